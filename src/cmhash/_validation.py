@@ -1,0 +1,149 @@
+"""Input validation with messages that name the argument and the problem."""
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+import scipy.sparse as sp
+
+
+class ConvergenceWarning(UserWarning):
+    """An iterative solver stopped at ``max_iter`` without meeting its tolerance."""
+
+
+def check_random_state(seed) -> np.random.Generator:
+    """Turn ``None``, an int, or a Generator into a :class:`numpy.random.Generator`."""
+    if seed is None or isinstance(seed, (numbers.Integral, np.integer)):
+        return np.random.default_rng(seed)
+    if isinstance(seed, np.random.Generator):
+        return seed
+    raise TypeError(f"random_state must be None, an int or a numpy Generator, got {type(seed).__name__}")
+
+
+def check_features(X, name: str, *, allow_sparse: bool = True, dtype=None, min_ndim: int = 2,
+                   max_ndim: int = 2):
+    """Validate a feature matrix: 2-D (or up to ``max_ndim``), numeric, finite, non-empty.
+
+    Sparse input is returned as CSR (kept sparse); dense input as a C-contiguous array of
+    ``dtype`` (float64 if None and the input is not already floating point).
+    """
+    if X is None:
+        raise ValueError(f"{name} is None; expected an array of shape (n_samples, n_features)")
+    if sp.issparse(X):
+        if not allow_sparse:
+            raise TypeError(f"{name} is sparse but this operation needs a dense array")
+        X = sp.csr_matrix(X)
+        if dtype is not None:
+            X = X.astype(dtype, copy=False)
+        elif not np.issubdtype(X.dtype, np.floating):
+            X = X.astype(np.float64)
+        if X.shape[0] == 0 or X.shape[1] == 0:
+            raise ValueError(f"{name} is empty: shape {X.shape}")
+        if not np.all(np.isfinite(X.data)):
+            raise ValueError(f"{name} contains NaN or infinite values")
+        return X
+    try:
+        arr = np.asarray(X)
+    except Exception as exc:  # pragma: no cover - exotic inputs
+        raise TypeError(f"{name} could not be converted to an array: {exc}") from exc
+    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
+        raise TypeError(f"{name} must be numeric, got dtype {arr.dtype}")
+    if arr.ndim < min_ndim or arr.ndim > max_ndim:
+        want = f"{min_ndim}-D" if min_ndim == max_ndim else f"{min_ndim}-D to {max_ndim}-D"
+        raise ValueError(f"{name} must be a {want} array of shape (n_samples, n_features), "
+                         f"got shape {arr.shape}")
+    if arr.shape[0] == 0 or arr.size == 0:
+        raise ValueError(f"{name} is empty: shape {arr.shape}")
+    if dtype is None:
+        dtype = arr.dtype if np.issubdtype(arr.dtype, np.floating) else np.float64
+    arr = np.ascontiguousarray(arr, dtype=dtype)
+    if not np.all(np.isfinite(arr)):
+        bad = int(np.count_nonzero(~np.isfinite(arr)))
+        raise ValueError(f"{name} contains {bad} NaN or infinite value(s)")
+    return arr
+
+
+def check_labels(labels, n_samples: int | None = None, name: str = "labels", *,
+                 require_nonempty_classes: bool = True) -> np.ndarray:
+    """Return labels as a float64 multi-hot (n, c) matrix.
+
+    Accepts a multi-hot (n, c) matrix of 0/1 (or booleans), or a vector of class indices
+    (n,) / (n, 1), converted to one-hot over the sorted unique values.
+    """
+    if labels is None:
+        raise ValueError(f"{name} is None; supervised hashing needs labels")
+    if sp.issparse(labels):
+        labels = labels.toarray()
+    Y = np.asarray(labels)
+    if Y.dtype == object or not (np.issubdtype(Y.dtype, np.number) or Y.dtype == bool):
+        raise TypeError(f"{name} must be numeric, got dtype {Y.dtype}")
+    if Y.ndim == 2 and Y.shape[1] == 1 and not _is_binary(Y):
+        Y = Y[:, 0]
+    if Y.ndim == 1:
+        if not np.all(np.isfinite(Y)) or np.any(Y != np.round(Y)):
+            raise ValueError(f"{name}: class indices must be finite integers")
+        classes, idx = np.unique(Y.astype(np.int64), return_inverse=True)
+        Y = np.zeros((Y.shape[0], classes.size), dtype=np.float64)
+        Y[np.arange(Y.shape[0]), idx] = 1.0
+    elif Y.ndim != 2:
+        raise ValueError(f"{name} must be (n, c) multi-hot or (n,) class indices, got shape {Y.shape}")
+    Y = np.asarray(Y, dtype=np.float64)
+    if not np.all(np.isfinite(Y)):
+        raise ValueError(f"{name} contains NaN or infinite values")
+    if not _is_binary(Y):
+        raise ValueError(f"{name} must be multi-hot with entries in {{0, 1}}")
+    if Y.shape[0] == 0:
+        raise ValueError(f"{name} is empty")
+    if n_samples is not None and Y.shape[0] != n_samples:
+        raise ValueError(f"{name} has {Y.shape[0]} rows but the features have {n_samples} samples")
+    if require_nonempty_classes:
+        empty = np.flatnonzero(Y.sum(axis=0) == 0)
+        if empty.size:
+            raise ValueError(f"{name}: class column(s) {empty.tolist()} have no positive sample "
+                             "(empty class); drop them or pass labels without them")
+    return Y
+
+
+def _is_binary(Y) -> bool:
+    return bool(np.all((Y == 0) | (Y == 1)))
+
+
+def check_n_bits(n_bits) -> int:
+    if isinstance(n_bits, bool) or not isinstance(n_bits, (numbers.Integral, np.integer)):
+        raise TypeError(f"n_bits must be a positive integer, got {n_bits!r}")
+    if n_bits <= 0:
+        raise ValueError(f"n_bits must be a positive integer, got {n_bits}")
+    return int(n_bits)
+
+
+def check_positive(value, name: str, *, allow_zero: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (numbers.Real, np.floating, np.integer)):
+        raise TypeError(f"{name} must be a real number, got {value!r}")
+    value = float(value)
+    if not np.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be {bound}, got {value}")
+    return value
+
+
+def check_int(value, name: str, *, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, (numbers.Integral, np.integer)):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def check_choice(value, name: str, choices) -> str:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {sorted(choices)}, got {value!r}")
+    return value
+
+
+def check_codes(B, name: str = "codes") -> np.ndarray:
+    B = np.asarray(B)
+    if B.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D (n, n_bits) array, got shape {B.shape}")
+    if not np.all((B == 1) | (B == -1)):
+        raise ValueError(f"{name} must contain only -1 and +1")
+    return B.astype(np.int8, copy=False)

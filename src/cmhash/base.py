@@ -1,0 +1,425 @@
+"""The estimator base class shared by every cross-modal hasher, its persistence and registry.
+
+Subclasses implement ``_fit(views, labels, rng)`` (paired data: lists of (n, d_v) arrays and one
+(n, c) label matrix) and, where the method supports it, ``_fit_unpaired(views, labels, rng)``
+(per-modality samples and labels, no correspondence). They set learned attributes ending in
+``_``; ``codes_`` holds the learned training codes (one (n, r) matrix shared by all modalities,
+or a list with one matrix per modality). The base class validates input, seeds, times, names
+modalities, encodes, and saves/loads models as .npz + JSON (no pickle).
+"""
+from __future__ import annotations
+
+import importlib
+import inspect
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ._validation import (check_features, check_labels, check_n_bits, check_random_state)
+from .kernel import CenteredFeatures, RBFAnchorFeatures
+from .solvers import ridge_regression, sign
+
+FORMAT = "cmhash-model"
+FORMAT_VERSION = 1
+DEFAULT_NAMES = ("image", "text")
+
+#: name -> "module:Class"; resolved lazily so that importing cmhash never imports torch
+_REGISTRY: dict[str, str] = {
+    "batch": "cmhash.methods.batch:BATCH",
+    "ascmh": "cmhash.methods.ascmh:ASCMH",
+    "asfoh": "cmhash.methods.asfoh:ASFOH",
+    "amsh": "cmhash.methods.amsh:AMSH",
+    "ta-adcmh": "cmhash.deep.ta_adcmh:TAADCMH",
+    "sdch": "cmhash.deep.sdch:SDCH",
+}
+
+#: classes whose instances can be stored as learned state (get_state/from_state)
+_STATE_CLASSES = {"RBFAnchorFeatures": RBFAnchorFeatures, "CenteredFeatures": CenteredFeatures}
+
+
+def register(name: str, target: str) -> None:
+    """Register a method under ``name`` as ``"package.module:ClassName"``."""
+    _REGISTRY[name] = target
+
+
+def available_methods() -> list[str]:
+    """Registered method names whose module is present in this installation."""
+    out = []
+    for name, target in _REGISTRY.items():
+        module = target.split(":")[0]
+        if importlib.util.find_spec(module) is not None:
+            out.append(name)
+    return out
+
+
+def get_method(name: str):
+    """The estimator class registered as ``name`` (e.g. ``"batch"``)."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown method {name!r}; available: {sorted(_REGISTRY)}")
+    module, cls = _REGISTRY[name].split(":")
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name == "torch":
+            raise ImportError(f"method {name!r} needs PyTorch: pip install 'cmhash[deep]'") from exc
+        raise
+    return getattr(mod, cls)
+
+
+def make_hasher(name: str, **params):
+    """Instantiate the method registered as ``name`` with ``params``."""
+    return get_method(name)(**params)
+
+
+class CrossModalHasher:
+    """Base class of cross-modal hashers (scikit-learn style).
+
+    Parameters common to all methods: ``n_bits`` (code length r), ``random_state`` (seed of
+    every random choice: the same seed gives the same codes) and ``verbose`` (progress).
+    """
+
+    name = ""
+    supports_unpaired = False
+    #: modality count the method accepts
+    min_views, max_views = 2, 2
+    #: feature arrays up to this many dimensions (deep methods take images (n, C, H, W))
+    max_feature_ndim = 2
+
+    def __init__(self, n_bits: int = 32, *, random_state=None, verbose: bool = False):
+        self.n_bits = n_bits
+        self.random_state = random_state
+        self.verbose = verbose
+
+    # ----------------------------------------------------------------- params
+    @classmethod
+    def _param_names(cls) -> list[str]:
+        sig = inspect.signature(cls.__init__)
+        return [p.name for p in sig.parameters.values()
+                if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+
+    def get_params(self, deep: bool = True) -> dict:
+        return {k: getattr(self, k) for k in self._param_names()}
+
+    def set_params(self, **params):
+        valid = set(self._param_names())
+        for k, v in params.items():
+            if k not in valid:
+                raise ValueError(f"invalid parameter {k!r} for {type(self).__name__}; "
+                                 f"valid parameters: {sorted(valid)}")
+            setattr(self, k, v)
+        return self
+
+    def __repr__(self):
+        params = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"{type(self).__name__}({params})"
+
+    # -------------------------------------------------------------------- fit
+    def fit(self, image, text, labels):
+        """Fit on paired image/text data: ``image`` (n, d_x), ``text`` (n, d_y), ``labels`` (n, c)."""
+        return self.fit_views([image, text], labels, names=DEFAULT_NAMES)
+
+    def fit_views(self, views, labels, names=None):
+        """Fit on V >= 2 paired modalities: ``views[v]`` of shape (n, d_v), ``labels`` (n, c)."""
+        views, names = self._check_views(views, names)
+        n = views[0].shape[0]
+        for v, X in zip(names, views):
+            if X.shape[0] != n:
+                raise ValueError(f"paired training needs the same number of samples in every "
+                                 f"modality: {names[0]!r} has {n}, {v!r} has {X.shape[0]} "
+                                 f"(use fit_unpaired for unpaired data)")
+        Y = check_labels(labels, n)
+        self._prepare_fit(views, names, Y.shape[1])
+        rng = check_random_state(self.random_state)
+        start = time.perf_counter()
+        self._fit(views, Y, rng)
+        self.train_seconds_ = time.perf_counter() - start
+        self.paired_ = True
+        return self
+
+    def fit_unpaired(self, views, labels, names=None):
+        """Fit on unpaired modalities: ``views[v]`` (n_v, d_v) with its own ``labels[v]`` (n_v, c).
+
+        No correspondence between the modalities' samples is assumed and n_v may differ.
+        Only methods with ``supports_unpaired = True`` (AMSH) accept it.
+        """
+        if not self.supports_unpaired:
+            raise ValueError(f"{type(self).__name__} needs paired training data; it cannot be "
+                             f"fitted on unpaired modalities (methods that can: AMSH)")
+        views, names = self._check_views(views, names)
+        if not isinstance(labels, (list, tuple)) or len(labels) != len(views):
+            raise ValueError(f"unpaired training needs one label matrix per modality: got "
+                             f"{len(views)} modalities and "
+                             f"{len(labels) if isinstance(labels, (list, tuple)) else 'a single'} "
+                             f"label matrix/matrices")
+        Ys = [check_labels(L, X.shape[0], name=f"labels[{v!r}]", require_nonempty_classes=False)
+              for v, X, L in zip(names, views, labels)]
+        c = Ys[0].shape[1]
+        for v, Y in zip(names, Ys):
+            if Y.shape[1] != c:
+                raise ValueError(f"labels of {v!r} have {Y.shape[1]} classes but labels of "
+                                 f"{names[0]!r} have {c}")
+        empty = np.flatnonzero(sum(Y.sum(axis=0) for Y in Ys) == 0)
+        if empty.size:
+            raise ValueError(f"labels: class column(s) {empty.tolist()} have no positive sample "
+                             f"in any modality (empty class)")
+        self._prepare_fit(views, names, c)
+        rng = check_random_state(self.random_state)
+        start = time.perf_counter()
+        self._fit_unpaired(views, Ys, rng)
+        self.train_seconds_ = time.perf_counter() - start
+        self.paired_ = False
+        return self
+
+    def _check_views(self, views, names):
+        if not isinstance(views, (list, tuple)):
+            raise TypeError("views must be a list of feature arrays, one per modality")
+        V = len(views)
+        if V < self.min_views or V > self.max_views:
+            want = (f"exactly {self.min_views}" if self.min_views == self.max_views
+                    else f"between {self.min_views} and {self.max_views}")
+            raise ValueError(f"{type(self).__name__} takes {want} modalities, got {V}")
+        if names is None:
+            names = DEFAULT_NAMES if V == 2 else tuple(f"view{v}" for v in range(V))
+        names = tuple(str(s) for s in names)
+        if len(names) != V or len(set(names)) != V:
+            raise ValueError(f"names must be {V} distinct modality names, got {names}")
+        views = [check_features(X, f"features of modality {nm!r}", max_ndim=self.max_feature_ndim)
+                 for nm, X in zip(names, views)]
+        return views, names
+
+    def _prepare_fit(self, views, names, n_classes):
+        self.n_bits = check_n_bits(self.n_bits)
+        self._validate_params()
+        self.modality_names_ = list(names)
+        self.n_features_ = [list(X.shape[1:]) for X in views]
+        self.n_classes_ = int(n_classes)
+
+    def _validate_params(self) -> None:
+        """Subclasses check their hyper-parameters here (messages quote the bad value)."""
+
+    def _fit(self, views, labels, rng):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _fit_unpaired(self, views, labels, rng):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    # ----------------------------------------------------------------- encode
+    def _check_fitted(self):
+        if not hasattr(self, "modality_names_"):
+            raise RuntimeError(f"{type(self).__name__} is not fitted; call fit(...) first")
+
+    def modality_index(self, modality) -> int:
+        """Index of ``modality`` given by name or by integer position."""
+        self._check_fitted()
+        names = self.modality_names_
+        if isinstance(modality, (int, np.integer)) and not isinstance(modality, bool):
+            if 0 <= modality < len(names):
+                return int(modality)
+            raise ValueError(f"modality index {modality} out of range for {len(names)} modalities")
+        if modality in names:
+            return names.index(modality)
+        raise ValueError(f"unknown modality {modality!r}; this model has {names}")
+
+    def _check_task(self, task):
+        if task is None:
+            return None
+        if not (isinstance(task, (tuple, list)) and len(task) == 2):
+            raise ValueError(f"task must be a (query_modality, database_modality) pair, got {task!r}")
+        q, d = (self.modality_index(t) for t in task)
+        if q == d:
+            raise ValueError(f"task {task!r} is not cross-modal")
+        return (q, d)
+
+    def encode(self, X, modality, *, task=None) -> np.ndarray:
+        """Binary codes (m, r) int8 in {-1, +1} for samples ``X`` of ``modality``.
+
+        ``task`` = (query_modality, database_modality) selects task-specific hash functions
+        (TA-ADCMH); other methods ignore it.
+        """
+        m = self.modality_index(modality)
+        t = self._check_task(task)
+        X = check_features(X, f"features of modality {self.modality_names_[m]!r}",
+                           max_ndim=self.max_feature_ndim)
+        if list(X.shape[1:]) != list(self.n_features_[m]):
+            raise ValueError(f"features of modality {self.modality_names_[m]!r} have shape "
+                             f"{X.shape[1:]} per sample but the model was fitted on "
+                             f"{tuple(self.n_features_[m])}")
+        return self._encode(X, m, t)
+
+    def learned_codes(self, modality, *, task=None) -> np.ndarray:
+        """The codes learned for the training samples of ``modality`` (n_v, r), int8 +-1."""
+        m = self.modality_index(modality)
+        return self._learned_codes(m, self._check_task(task))
+
+    def _learned_codes(self, m, task):
+        codes = self.codes_
+        return codes[m] if isinstance(codes, (list, tuple)) else codes
+
+    def _encode(self, X, m, task):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    # ------------------------------------------------------------ persistence
+    def save(self, path) -> Path:
+        """Write the model to ``path`` (.npz: arrays + a JSON header; loads without pickle)."""
+        self._check_fitted()
+        arrays, meta_state = _pack_state(self)
+        header = {"format": FORMAT, "version": FORMAT_VERSION, "method": self.name,
+                  "class": f"{type(self).__module__}:{type(self).__name__}",
+                  "params": _jsonable_params(self.get_params()), "state": meta_state}
+        arrays["__header__"] = np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8)
+        path = Path(path)
+        with open(path, "wb") as fh:
+            np.savez_compressed(fh, **arrays)
+        return path
+
+    @classmethod
+    def load(cls, path):
+        return load(path)
+
+    def _after_load(self) -> None:
+        """Hook run after the learned state is restored (deep methods rebuild networks)."""
+
+
+def _jsonable_params(params: dict) -> dict:
+    out = {}
+    for k, v in params.items():
+        if isinstance(v, np.random.Generator):
+            v = None  # a Generator's state is not a parameter; the fitted model is saved instead
+        elif isinstance(v, np.generic):
+            v = v.item()
+        elif isinstance(v, tuple):
+            v = list(v)
+        elif isinstance(v, type) or isinstance(v, np.dtype):
+            v = np.dtype(v).name
+        out[k] = v
+    return out
+
+
+def _pack_state(obj) -> tuple[dict, dict]:
+    arrays, meta = {}, {}
+    for key, value in vars(obj).items():
+        if not key.endswith("_") or key.startswith("_"):
+            continue
+        meta[key] = _pack_value(key, value, arrays)
+    return arrays, meta
+
+
+def _pack_value(key, value, arrays):
+    if isinstance(value, np.ndarray):
+        arrays[key] = value
+        return {"kind": "array"}
+    if isinstance(value, (np.generic,)):
+        return {"kind": "json", "value": value.item()}
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return {"kind": "json", "value": value}
+    if hasattr(value, "get_state") and type(value).__name__ in _STATE_CLASSES:
+        for sk, sv in value.get_state().items():
+            arrays[f"{key}/{sk}"] = np.asarray(sv)
+        return {"kind": "object", "class": type(value).__name__, "params": value.get_params(),
+                "keys": list(value.get_state())}
+    if isinstance(value, dict):
+        if all(isinstance(v, np.ndarray) for v in value.values()):
+            for sk, sv in value.items():
+                arrays[f"{key}/{sk}"] = sv
+            return {"kind": "array_dict", "keys": list(value)}
+        return {"kind": "json", "value": json.loads(json.dumps(value, default=_json_default))}
+    if isinstance(value, (list, tuple)):
+        if value and all(isinstance(v, np.ndarray) or hasattr(v, "get_state") or v is None
+                         for v in value) and not all(v is None for v in value):
+            return {"kind": "list", "items": [_pack_value(f"{key}/{i}", v, arrays)
+                                              for i, v in enumerate(value)]}
+        return {"kind": "json", "value": json.loads(json.dumps(list(value), default=_json_default))}
+    raise TypeError(f"cannot save attribute {key!r} of type {type(value).__name__}")
+
+
+def _json_default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def _unpack_value(key, spec, data):
+    kind = spec["kind"]
+    if kind == "array":
+        return data[key]
+    if kind == "json":
+        return spec["value"]
+    if kind == "object":
+        cls = _STATE_CLASSES[spec["class"]]
+        return cls.from_state(spec["params"], {k: data[f"{key}/{k}"] for k in spec["keys"]})
+    if kind == "array_dict":
+        return {k: data[f"{key}/{k}"] for k in spec["keys"]}
+    if kind == "list":
+        return [_unpack_value(f"{key}/{i}", s, data) for i, s in enumerate(spec["items"])]
+    raise ValueError(f"unknown state kind {kind!r} in model file")
+
+
+def load(path):
+    """Load a model written by :meth:`CrossModalHasher.save` (no pickle involved)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"model file not found: {path}")
+    with np.load(path, allow_pickle=False) as data:
+        if "__header__" not in data.files:
+            raise ValueError(f"{path} is not a cmhash model file (no header)")
+        header = json.loads(bytes(data["__header__"]).decode("utf-8"))
+        if header.get("format") != FORMAT:
+            raise ValueError(f"{path} is not a cmhash model file")
+        if header.get("version", 0) > FORMAT_VERSION:
+            raise ValueError(f"{path} was written by a newer cmhash (format {header['version']})")
+        cls = get_method(header["method"])
+        params = {k: v for k, v in header["params"].items() if k in cls._param_names()}
+        obj = cls(**params)
+        for key, spec in header["state"].items():
+            setattr(obj, key, _unpack_value(key, spec, data))
+    obj._after_load()
+    return obj
+
+
+class TwoStepKernelHasher(CrossModalHasher):
+    """Shared skeleton of the two-step kernel methods (BATCH, ASCMH, ASFOH, AMSH).
+
+    Step 1 learns training codes from kernel features ``phi_v = kernels_[v].transform(X_v)``;
+    step 2 fits one linear hash function per modality, ``W_v = (phi_v^T phi_v + xi I)^{-1}
+    phi_v^T B`` (:func:`cmhash.solvers.ridge_regression`), and encodes ``sign(phi_v(X) W_v)``.
+    Subclasses call :meth:`_kernelize` and :meth:`_fit_hash_functions` (or set
+    ``projections_`` themselves for non-ridge hash functions, e.g. AMSH's margins).
+    """
+
+    def _anchors_for(self, v: int, n_views: int) -> int:
+        q = self.n_anchors
+        if isinstance(q, (list, tuple)):
+            if len(q) != n_views:
+                raise ValueError(f"n_anchors lists {len(q)} values but there are {n_views} modalities")
+            return int(q[v])
+        return int(q)
+
+    def _kernelize(self, views, rng, *, use_kernel: bool = True):
+        """Fit one feature map per modality; returns the list of training features phi_v."""
+        self.kernels_ = []
+        phis = []
+        for v, X in enumerate(views):
+            if use_kernel:
+                fmap = RBFAnchorFeatures(self._anchors_for(v, len(views)),
+                                         anchors=getattr(self, "anchor_method", "random"),
+                                         random_state=rng)
+            else:
+                fmap = CenteredFeatures()
+            phis.append(fmap.fit_transform(X))
+            self.kernels_.append(fmap)
+        return phis
+
+    def _fit_hash_functions(self, phis, codes, xi: float):
+        """``projections_[v] = (phi_v^T phi_v + xi I)^{-1} phi_v^T B_v`` for each modality."""
+        if not isinstance(codes, (list, tuple)):
+            codes = [codes] * len(phis)
+        self.projections_ = [ridge_regression(phi, B.astype(np.float32), xi)
+                             for phi, B in zip(phis, codes)]
+
+    def _encode(self, X, m, task):
+        phi = self.kernels_[m].transform(X)
+        return sign(phi @ self.projections_[m].astype(phi.dtype))

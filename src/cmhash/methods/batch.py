@@ -1,0 +1,135 @@
+"""BATCH: scalable asymmetric discrete cross-modal hashing (Wang et al., IEEE TKDE 2020).
+
+Algorithm (row-sample convention; see docs/methods/batch.md for the derivation)::
+
+    phi_x, phi_y = kernel features (500 image / 1,000 text anchors)
+    G = labels with unit-norm rows
+    B = sign(randn(n, r)), V = randn(n, r)
+    repeat n_iter (6) times:
+        U_m = (V^T V + rho I)^{-1} V^T phi_m            m = image, text, labels
+        Z   = r G (G^T B) + omega B + eta1 phi_x U_x^T + eta2 phi_y U_y^T + eta0 L U_l^T
+        V   = argmax tr(Z^T V)  s.t. V^T V = n I, V^T 1 = 0      (solvers.orthogonal_zero_mean)
+        B   = sign(r G (G^T V) + omega V)
+    W_m = (phi_m^T phi_m + xi I)^{-1} phi_m^T B        (two-step hash functions)
+
+Each step exactly minimises the objective recorded in ``objective_`` over its block::
+
+    ||B V^T - r G G^T||^2 + omega ||B - V||^2 + eta1 ||phi_x - V U_x||^2
+        + eta2 ||phi_y - V U_y||^2 + eta0 ||L - V U_l||^2 + rho sum_m eta_m ||U_m||^2
+
+with the n x n term expanded through labels (never formed).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .._validation import check_int, check_positive
+from ..base import TwoStepKernelHasher
+from ..labels import normalize_rows
+from ..progress import progress
+from ..solvers import gram, orthogonal_zero_mean, sign, solve_psd
+
+
+class BATCH(TwoStepKernelHasher):
+    """BATCH (Wang et al., TKDE 2020), as in the authors' released code.
+
+    Parameters
+    ----------
+    n_bits : int
+        Code length r.
+    eta_image, eta_text, eta_label : float
+        Weights eta1, eta2, eta0 of the image, text and label factorisation terms.
+    omega : float
+        Weight of the quantisation term ||B - V||^2.
+    xi : float
+        Ridge of the hash functions.
+    rho : float
+        Ridge of the latent-to-feature maps U (1e-3 in the reference code).
+    n_anchors : int or (int, int)
+        Kernel anchors per modality (500 image, 1,000 text).
+    n_iter : int
+        Alternating iterations (6).
+    random_state, verbose : see :class:`cmhash.base.CrossModalHasher`.
+
+    Attributes
+    ----------
+    codes_ : (n, r) int8       learned training codes B (shared by both modalities)
+    latent_ : (n, r) float64    V
+    projections_ : list of (q_m, r) float64   hash functions W_m
+    kernels_ : list of RBFAnchorFeatures
+    objective_ : list of float  objective after each iteration
+    """
+
+    name = "batch"
+
+    def __init__(self, n_bits: int = 32, *, eta_image: float = 0.05, eta_text: float = 0.05,
+                 eta_label: float = 0.9, omega: float = 0.01, xi: float = 0.01,
+                 rho: float = 1e-3, n_anchors=(500, 1000), n_iter: int = 6,
+                 random_state=None, verbose: bool = False):
+        super().__init__(n_bits, random_state=random_state, verbose=verbose)
+        self.eta_image = eta_image
+        self.eta_text = eta_text
+        self.eta_label = eta_label
+        self.omega = omega
+        self.xi = xi
+        self.rho = rho
+        self.n_anchors = n_anchors
+        self.n_iter = n_iter
+
+    def _validate_params(self):
+        for p in ("eta_image", "eta_text", "eta_label", "omega", "xi", "rho"):
+            check_positive(getattr(self, p), p, allow_zero=True)
+        check_int(self.n_iter, "n_iter")
+
+    def _fit(self, views, labels, rng):
+        phis = self._kernelize(views, rng)
+        n, r = views[0].shape[0], self.n_bits
+        L = labels
+        G = normalize_rows(L)
+        etas = (self.eta_image, self.eta_text)
+        phi_sq = [float(np.einsum("ij,ij->", phi, phi, dtype=np.float64)) for phi in phis]
+
+        B = sign(rng.standard_normal((n, r))).astype(np.float64)
+        V = rng.standard_normal((n, r))
+        self.objective_ = []
+        for _ in progress(range(self.n_iter), desc="BATCH", verbose=self.verbose):
+            # U-step: ridge regressions of each modality (and the labels) on V
+            VtV = V.T @ V + self.rho * np.eye(r)
+            V32 = V.astype(np.float32)
+            Vt_phis = [gram(V32, phi) for phi in phis]               # r x q_m
+            Us = [solve_psd(VtV, Vt_phi) for Vt_phi in Vt_phis]    # U_m (r x q_m)
+            U_l = solve_psd(VtV, V.T @ L)                           # r x c
+            # V-step
+            Z = r * (G @ (G.T @ B)) + self.omega * B + self.eta_label * (L @ U_l.T)
+            for eta, phi, U in zip(etas, phis, Us):
+                Z += eta * (phi @ U.T.astype(np.float32))
+            V = orthogonal_zero_mean(Z, rng)
+            # B-step
+            B = sign(r * (G @ (G.T @ V)) + self.omega * V).astype(np.float64)
+            self.objective_.append(self._objective(B, V, G, L, phis, phi_sq, Us, U_l))
+
+        self.latent_ = V
+        self.codes_ = B.astype(np.int8)
+        self.n_iter_ = self.n_iter
+        self._fit_hash_functions(phis, self.codes_, self.xi)
+
+    def _objective(self, B, V, G, L, phis, phi_sq, Us, U_l) -> float:
+        """The BATCH objective at (B, V, U), computed in O(n (q + c) r) without n x n matrices."""
+        r = self.n_bits
+        GtG = G.T @ G
+        sim = (np.sum((B.T @ B) * (V.T @ V)) - 2 * r * np.sum((G.T @ B) * (G.T @ V))
+               + r * r * np.sum(GtG * GtG))
+        quant = self.omega * float(np.sum((B - V) ** 2))
+        VtV = V.T @ V
+        fact = 0.0
+        V32 = V.astype(np.float32)
+        for eta, phi, sq, U in zip((self.eta_image, self.eta_text), phis, phi_sq, Us):
+            cross = float(np.sum(gram(V32, phi) * U))
+            fact += eta * (sq - 2 * cross + float(np.sum(U * (VtV @ U))))
+        fact += self.eta_label * float(np.sum((L - V @ U_l) ** 2))
+        # the reference U-step (V^T V + rho I)^{-1} V^T phi_m minimises eta_m ||phi_m - V U_m||^2
+        # + eta_m rho ||U_m||^2, so the ridge is weighted by eta_m
+        reg = self.rho * (sum(eta * float(np.sum(U * U))
+                              for eta, U in zip((self.eta_image, self.eta_text), Us))
+                          + self.eta_label * float(np.sum(U_l * U_l)))
+        return float(sim + quant + fact + reg)

@@ -1,0 +1,130 @@
+"""Closed-form solvers shared by every method.
+
+Each solver is written once here and reused by BATCH, ASCMH, ASFOH and AMSH:
+
+* :func:`orthogonal_zero_mean` -- ``max tr(Z^T V) s.t. V^T V = n I, V^T 1 = 0``
+  (SCRATCH/BATCH Eq. "V-step"; ASCMH Eq. 18-20; ASFOH Eq. 20-21; AMSH's V-steps).
+* :func:`procrustes` -- ``max tr(R^T M) s.t. R^T R = I`` (ASCMH Eq. 14-16).
+* :func:`svt` -- singular value thresholding, the proximal operator of ``tau ||.||_*``
+  (ASFOH Eq. 28).
+* :func:`ridge_regression` / :func:`gram` -- ``(A^T A + alpha I)^{-1} A^T Y`` with a chunked,
+  float64-accumulated Gram matrix (every two-step hash function).
+* :func:`sign` -- sign with 0 mapped to -1, as the reference codes do.
+"""
+from __future__ import annotations
+
+import numpy as np
+import scipy.linalg as sla
+import scipy.sparse as sp
+
+#: rows per chunk when accumulating Gram matrices of tall matrices
+GRAM_CHUNK = 16384
+
+
+def sign(X) -> np.ndarray:
+    """Elementwise sign as int8 codes in {-1, +1}; zeros map to -1 (``B(B==0) = -1``)."""
+    return np.where(np.asarray(X) > 0, 1, -1).astype(np.int8)
+
+
+def orthogonal_zero_mean(Z, random_state=None, *, rel_tol: float = 1e-10) -> np.ndarray:
+    """Solve ``max_V tr(Z^T V)  s.t.  V^T V = n I_r,  V^T 1 = 0`` for ``V`` of shape (n, r).
+
+    Since ``V^T 1 = 0``, ``tr(Z^T V) = tr(Zc^T V)`` with ``Zc = Z - 1 mean(Z)``. With the
+    eigendecomposition ``Zc^T Zc = Q diag(lam) Q^T`` (an r x r problem, O(n r^2) in all), the
+    maximiser is ``V = sqrt(n) [Zc Q_k lam_k^{-1/2}, P_bar] [Q_k, Q_bar]^T`` where ``k`` is the
+    numerical rank of ``Zc``; when ``k < r`` the completion ``P_bar`` is a random orthonormal
+    basis orthogonal to both ``Zc Q_k`` and ``1`` (the SCRATCH/BATCH construction, with the
+    orthogonality to ``1`` that their released code omits enforced here) and ``Q_bar`` spans
+    the null space of ``Zc^T Zc``. Equivalent to ``sqrt(n) U W^T`` for the thin SVD
+    ``Zc = U S W^T`` when ``Zc`` has full column rank.
+    """
+    Z = np.asarray(Z, dtype=np.float64)
+    if Z.ndim != 2:
+        raise ValueError(f"Z must be 2-D (n, r), got shape {Z.shape}")
+    n, r = Z.shape
+    if n <= r:
+        raise ValueError(f"orthogonal_zero_mean needs n > r (V^T 1 = 0 leaves n - 1 dimensions), "
+                         f"got n={n}, r={r}")
+    Zc = Z - Z.mean(axis=0, keepdims=True)
+    lam, Q = np.linalg.eigh(Zc.T @ Zc)
+    lam, Q = lam[::-1], Q[:, ::-1]
+    keep = lam > rel_tol * max(lam[0], 1e-300)
+    k = int(np.count_nonzero(keep))
+    P = Zc @ (Q[:, :k] / np.sqrt(lam[:k]))
+    if k < r:
+        rng = np.random.default_rng(random_state) if not isinstance(random_state, np.random.Generator) else random_state
+        basis = np.hstack([np.full((n, 1), 1.0 / np.sqrt(n)), P])
+        R = rng.standard_normal((n, r - k))
+        # two passes of classical Gram-Schmidt against [1, P] for numerical safety
+        for _ in range(2):
+            R -= basis @ (basis.T @ R)
+        P_bar, _ = np.linalg.qr(R)
+        P = np.hstack([P, P_bar])
+    return np.sqrt(n) * (P @ Q.T)
+
+
+def procrustes(M) -> np.ndarray:
+    """Solve ``max_R tr(R^T M)  s.t.  R^T R = I`` (square ``M``): ``R = U W^T`` for ``M = U S W^T``."""
+    M = np.asarray(M, dtype=np.float64)
+    U, _, Wt = np.linalg.svd(M, full_matrices=False)
+    return U @ Wt
+
+
+def svt(M, tau: float):
+    """Singular value thresholding: ``argmin_X tau ||X||_* + 1/2 ||X - M||_F^2``.
+
+    Returns ``U diag(max(s - tau, 0)) W^T``.
+    """
+    if tau < 0:
+        raise ValueError(f"tau must be >= 0, got {tau}")
+    M = np.asarray(M, dtype=np.float64)
+    U, s, Wt = np.linalg.svd(M, full_matrices=False)
+    s = np.maximum(s - tau, 0.0)
+    k = int(np.count_nonzero(s))
+    return (U[:, :k] * s[:k]) @ Wt[:k]
+
+
+def gram(A, B=None, chunk: int = GRAM_CHUNK) -> np.ndarray:
+    """``A^T B`` (``B`` defaults to ``A``) accumulated over row chunks in float64.
+
+    Each chunk product runs in the inputs' dtype (fast float32 BLAS for kernel features) and is
+    added to a float64 accumulator, so memory stays O(chunk x q) and rounding does not grow with n.
+    """
+    same = B is None
+    B = A if same else B
+    n = A.shape[0]
+    if B.shape[0] != n:
+        raise ValueError(f"gram: A has {n} rows but B has {B.shape[0]}")
+    out = np.zeros((A.shape[1], B.shape[1]), dtype=np.float64)
+    for start in range(0, n, chunk):
+        a = A[start:start + chunk]
+        b = a if same else B[start:start + chunk]
+        prod = a.T @ b
+        out += prod.toarray() if sp.issparse(prod) else np.asarray(prod, dtype=np.float64)
+    return out
+
+
+def solve_psd(G, R) -> np.ndarray:
+    """Solve ``G X = R`` for symmetric positive (semi)definite ``G`` (Cholesky, lstsq fallback)."""
+    G = np.asarray(G, dtype=np.float64)
+    R = np.asarray(R, dtype=np.float64)
+    try:
+        return sla.cho_solve(sla.cho_factor(G, lower=False, check_finite=False), R,
+                             check_finite=False)
+    except np.linalg.LinAlgError:
+        return np.linalg.lstsq(G, R, rcond=None)[0]
+
+
+def ridge_regression(A, Y, alpha: float, *, gram_matrix=None) -> np.ndarray:
+    """``W = (A^T A + alpha I)^{-1} A^T Y``: the minimiser of ``||A W - Y||^2 + alpha ||W||^2``.
+
+    ``A`` (n, q) may be float32 or sparse; ``Y`` (n, r). ``gram_matrix`` lets callers reuse a
+    precomputed ``A^T A``. Cost O(n q^2 + n q r + q^3), memory O(q^2 + chunk q).
+    """
+    if alpha < 0:
+        raise ValueError(f"alpha must be >= 0, got {alpha}")
+    G = gram(A) if gram_matrix is None else np.array(gram_matrix, dtype=np.float64)
+    G[np.diag_indices_from(G)] += alpha
+    Y = np.asarray(Y)
+    rhs = gram(A, Y.astype(A.dtype if A.dtype in (np.float32, np.float64) else np.float64, copy=False))
+    return solve_psd(G, rhs)

@@ -372,7 +372,9 @@ def load(path):
         if header.get("version", 0) > FORMAT_VERSION:
             raise ValueError(f"{path} was written by a newer cmhash (format {header['version']})")
         cls = get_method(header["method"])
-        params = {k: v for k, v in header["params"].items() if k in cls._param_names()}
+        defaults = {p.name: p.default for p in inspect.signature(cls.__init__).parameters.values()}
+        params = {k: (tuple(v) if isinstance(v, list) and isinstance(defaults.get(k), tuple) else v)
+                  for k, v in header["params"].items() if k in cls._param_names()}
         obj = cls(**params)
         for key, spec in header["state"].items():
             setattr(obj, key, _unpack_value(key, spec, data))

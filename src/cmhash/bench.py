@@ -1,0 +1,172 @@
+"""Benchmark harness: several methods x bits x seeds, Markdown + JSON, papers side by side.
+
+Also the generic sweeps used by the method issues: a hyper-parameter sensitivity sweep
+(ASCMH Fig. 2 style) and training time / peak memory versus n (ASCMH Table 1, BATCH/ASFOH
+scale checks), each (n, bits) measured in a fresh subprocess so peak memory is its own.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+from .published import published_map
+from .protocol import run_evaluation, task_name
+from .progress import log, progress
+
+#: names as they appear in the papers' tables
+DISPLAY = {"batch": "BATCH", "ascmh": "ASCMH", "asfoh": "ASFOH", "amsh": "AMSH",
+           "ta-adcmh": "TA-ADCMH", "sdch": "SDCH"}
+
+
+def run_bench(methods, dataset, *, bits=(16, 32, 64, 128), seeds=5, params=None, verbose=True,
+              dataset_source=None, **protocol) -> dict:
+    """Run :func:`cmhash.protocol.run_evaluation` for each method; ``params[method]`` are
+    that method's constructor parameters."""
+    params = params or {}
+    results = [run_evaluation(m, dataset, bits=bits, seeds=seeds, params=params.get(m),
+                              verbose=verbose, dataset_source=dataset_source, **protocol)
+               for m in methods]
+    return {"format": "cmhash-bench", "version": 1, "results": results}
+
+
+def _dataset_key(name: str) -> str:
+    name = (name or "").lower()
+    for key in ("wiki", "mirflickr25k", "nuswide", "iapr-tc12"):
+        if name.startswith(key.replace("-", "")) or name.startswith(key):
+            return key
+    return name
+
+
+def markdown_table(results: list[dict], *, with_published: bool = True) -> str:
+    """One Markdown table per task: our mean +- std per bit length, then the papers' rows."""
+    if not results:
+        return ""
+    bits = results[0]["bits"]
+    tasks = [k.removeprefix("map_") for k in results[0]["runs"][0] if k.startswith("map_")]
+    ds = results[0]["dataset"]["name"]
+    proto = results[0]["protocol"]
+    lines = [f"Dataset: **{ds}** - database: {proto['database']}, ties: {proto['ties']}, "
+             f"zero-relevant queries: {proto['zero_relevant']}, training: {proto['training']}, "
+             f"seeds: {len(results[0]['seeds'])}", ""]
+    for task in tasks:
+        lines += [f"### {task.upper()} mAP", "",
+                  "| method | " + " | ".join(f"{b} bits" for b in bits) + " | train s (max bits) |",
+                  "|---|" + "---|" * (len(bits) + 1)]
+        for res in results:
+            cells = []
+            for b in bits:
+                s = res["summary"][str(b)][f"map_{task}"]
+                cells.append(f"{s['mean']:.4f} ± {s['std']:.4f}")
+            t = res["summary"][str(bits[-1])]["train_seconds"]["mean"]
+            lines.append(f"| cmhash {DISPLAY.get(res['method'], res['method'])} | "
+                         + " | ".join(cells) + f" | {t:.2f} |")
+        if with_published:
+            pub_rows: dict[str, dict[int, tuple[float, str]]] = {}
+            for b in bits:
+                for method, (value, where) in published_map(_dataset_key(ds), task, b).items():
+                    pub_rows.setdefault(method, {})[b] = (value, where)
+            for method, vals in sorted(pub_rows.items()):
+                where = next(iter(vals.values()))[1]
+                cells = [f"{vals[b][0]:.4f}" if b in vals else "-" for b in bits]
+                lines.append(f"| {method} (published, {where}) | " + " | ".join(cells) + " | |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- sweeps
+def param_sweep(method, dataset, param, values, *, bits=(32,), seeds=3, params=None,
+                verbose=True, **protocol) -> dict:
+    """mAP of ``method`` as one hyper-parameter varies (e.g. ASCMH's omega, Fig. 2)."""
+    out = []
+    for value in progress(values, desc=f"{method} {param} sweep", verbose=verbose, leave=True):
+        p = {**(params or {}), param: value}
+        res = run_evaluation(method, dataset, bits=bits, seeds=seeds, params=p, verbose=False,
+                             **protocol)
+        out.append({"value": value, "summary": res["summary"]})
+    return {"format": "cmhash-sweep", "method": method, "param": param,
+            "dataset": dataset.name, "bits": list(bits), "points": out}
+
+
+def _scale_worker(spec: dict) -> dict:
+    """Fit one (method, n, bits) on synthetic data; report seconds and peak RSS (this process)."""
+    import resource
+
+    from .base import make_hasher
+    from .data import load_dataset
+
+    ds = load_dataset(spec["data"], random_state=spec.get("seed", 0),
+                      n_train=spec["n"])
+    views, labels = ds.views("train"), ds.labels_of("train")
+    rss_before = _current_rss_bytes()
+    hasher = make_hasher(spec["method"], n_bits=spec["bits"], random_state=spec.get("seed", 0),
+                         **spec.get("params", {}))
+    start = time.perf_counter()
+    hasher.fit_views(views, labels, names=ds.modality_names)
+    seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return {"method": spec["method"], "n": int(labels.shape[0]), "bits": spec["bits"],
+            "train_seconds": seconds, "peak_rss_bytes": int(peak),
+            "rss_before_fit_bytes": int(rss_before)}
+
+
+def _current_rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as fh:
+            import os
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:  # pragma: no cover - non-Linux
+        return 0
+
+
+def scale_table(method, data, ns, bits=(32,), *, params=None, seed=0, verbose=True) -> dict:
+    """Training time and peak memory versus training size n, one subprocess per point.
+
+    ``data`` is a dataset spec (e.g. ``"synthetic:nuswide-like"``) whose retrieval set holds
+    at least ``max(ns)`` items; each point trains on a random ``n``-subset.
+    """
+    rows = []
+    for n in progress(ns, desc=f"{method} scale", verbose=verbose, leave=True):
+        for b in bits:
+            spec = {"method": method, "data": data, "n": int(n), "bits": int(b),
+                    "params": params or {}, "seed": seed}
+            proc = subprocess.run([sys.executable, "-m", "cmhash.bench", json.dumps(spec)],
+                                  capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise RuntimeError(f"scale worker failed for n={n}, bits={b}:\n{proc.stderr[-2000:]}")
+            row = json.loads(proc.stdout.strip().splitlines()[-1])
+            rows.append(row)
+            log(f"  n={row['n']:>7} bits={b:>3}: {row['train_seconds']:.2f} s, peak RSS "
+                f"{row['peak_rss_bytes'] / 2**30:.2f} GiB", verbose)
+    # least-squares fit t = a + b n per bit length: linear growth check
+    fits = {}
+    for b in bits:
+        pts = [(r["n"], r["train_seconds"]) for r in rows if r["bits"] == b]
+        if len(pts) >= 2:
+            x, y = np.array(pts, dtype=float).T
+            slope, intercept = np.polyfit(x, y, 1)
+            pred = slope * x + intercept
+            r2 = 1 - np.sum((y - pred) ** 2) / max(np.sum((y - y.mean()) ** 2), 1e-12)
+            fits[str(b)] = {"seconds_per_1k": float(slope * 1000), "intercept": float(intercept),
+                            "r2_linear": float(r2)}
+    return {"format": "cmhash-scale", "method": method, "data": data, "rows": rows,
+            "linear_fit": fits}
+
+
+def scale_markdown(doc: dict) -> str:
+    lines = [f"Training time and peak memory of {DISPLAY.get(doc['method'], doc['method'])} "
+             f"on {doc['data']}", "", "| n | bits | train s | peak RSS GiB |", "|---|---|---|---|"]
+    for r in doc["rows"]:
+        lines.append(f"| {r['n']} | {r['bits']} | {r['train_seconds']:.2f} | "
+                     f"{r['peak_rss_bytes'] / 2**30:.2f} |")
+    for b, f in doc["linear_fit"].items():
+        lines.append(f"\n{b} bits: {f['seconds_per_1k']:.3f} s per 1,000 samples, "
+                     f"R² of a linear fit {f['r2_linear']:.3f}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # scale worker entry point
+    print(json.dumps(_scale_worker(json.loads(sys.argv[1]))))

@@ -1,0 +1,463 @@
+"""The ``cmhash`` command line.
+
+    cmhash demo
+    cmhash evaluate --method batch --data PATH --bits 16 32 64 128 --seeds 5 --json out.json --quiet
+    cmhash bench --methods batch asfoh amsh --data PATH --out-dir results/
+    cmhash fit --method batch --data PATH --bits 64 --out model.npz
+    cmhash encode --model model.npz --data PATH --split query --modality image --out q.npz
+    cmhash search --database db.npz --queries q.npz -k 10
+    cmhash sweep --method ascmh --data PATH --param omega --values 0 0.001 0.01 0.1 1
+    cmhash scale --method batch --data synthetic:nuswide-like --ns 25000 50000 100000 186577
+    cmhash plot --json out.json --kind map --out map.png
+
+``--data`` is a file path (layout and preset auto-detected), a list of files, or
+``synthetic:<preset or key=value,...>``. Progress goes to stderr; ``--quiet`` silences it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+
+
+# ----------------------------------------------------------------------------- helpers
+def _parse_value(text: str):
+    """``"0.01"`` -> 0.01, ``"500,1000"`` -> (500, 1000), ``"true"`` -> True, else the string."""
+    if "," in text:
+        return tuple(_parse_value(t) for t in text.split(",") if t != "")
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low in ("none", "null"):
+        return None
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _parse_params(items) -> dict:
+    params = {}
+    for item in items or []:
+        if "=" not in item:
+            raise SystemExit(f"cmhash: --param expects key=value, got {item!r}")
+        key, value = item.split("=", 1)
+        params[key.strip()] = _parse_value(value.strip())
+    return params
+
+
+def _method_params(method: str, args) -> dict:
+    """Constructor parameters from --hparams (class PRESETS), --variant (VARIANTS), --param."""
+    from .base import get_method
+
+    cls = get_method(method)
+    params = {}
+    hp = getattr(args, "hparams", None)
+    if hp:
+        presets = getattr(cls, "PRESETS", {})
+        if hp not in presets:
+            raise SystemExit(f"cmhash: {method} has no hyper-parameter preset {hp!r}; "
+                             f"available: {sorted(presets)}")
+        params.update(presets[hp])
+    variant = getattr(args, "variant", None)
+    if variant:
+        variants = getattr(cls, "VARIANTS", {})
+        if variant not in variants:
+            raise SystemExit(f"cmhash: {method} has no variant {variant!r}; "
+                             f"available: {sorted(variants)}")
+        params.update(variants[variant])
+    params.update(_parse_params(getattr(args, "param", None)))
+    valid = set(cls._param_names()) - {"n_bits", "random_state"}
+    unknown = set(params) - valid
+    if unknown:
+        raise SystemExit(f"cmhash: unknown parameter(s) {sorted(unknown)} for {method}; "
+                         f"valid: {sorted(valid)}")
+    return params
+
+
+def _load_data(args):
+    from .data import load_dataset
+
+    spec = args.data
+    path = spec if spec.startswith("synthetic") else (
+        [p for p in spec.split("+")] if "+" in spec else spec)
+    kwargs = {}
+    if getattr(args, "preset", None):
+        kwargs["preset"] = args.preset
+    if getattr(args, "n_train", None):
+        kwargs["n_train"] = args.n_train
+    return load_dataset(path, random_state=args.split_seed, **kwargs)
+
+
+def _write_json(doc, path):
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(doc, indent=2))
+
+
+def _add_data(p, required=True):
+    p.add_argument("--data", required=required,
+                   help="dataset file (.mat/.npz/.h5; several joined by '+') or "
+                        "synthetic:<preset|key=value,...>")
+    p.add_argument("--preset", help="split protocol (wiki, mirflickr25k, nuswide, iapr-tc12; "
+                                    "default: auto-detected)")
+    p.add_argument("--split-seed", type=int, default=0, help="seed of random splits (default 0)")
+    p.add_argument("--n-train", type=int, help="train on a random subset of this size")
+
+
+def _add_method_params(p):
+    p.add_argument("--param", action="append", metavar="KEY=VALUE",
+                   help="constructor parameter (repeatable), e.g. --param omega=0.01")
+    p.add_argument("--variant", help="paper variant / ablation (see `cmhash methods`)")
+    p.add_argument("--hparams", help="per-dataset hyper-parameters from the paper "
+                                     "(see `cmhash methods`)")
+
+
+def _add_protocol(p):
+    p.add_argument("--database", choices=["learned", "hashed"], default="learned",
+                   help="database codes: learned training codes (papers) or hashed features")
+    p.add_argument("--ties", choices=["stable", "random", "expected"], default="stable")
+    p.add_argument("--zero-relevant", choices=["zero", "skip"], default="zero")
+    p.add_argument("--top-r", type=int, help="also report mAP@R (hits-within-top-R denominator)")
+    p.add_argument("--unpaired", action="store_true",
+                   help="shuffle each modality's training set independently (AMSH Sec. IV-E)")
+    p.add_argument("--curves", action="store_true",
+                   help="also store PR curves and precision@K in the JSON")
+
+
+def _protocol_kwargs(args) -> dict:
+    return dict(database=args.database, ties=args.ties, zero_relevant=args.zero_relevant,
+                top_r=args.top_r, unpaired=args.unpaired, curves=args.curves)
+
+
+# ---------------------------------------------------------------------------- commands
+def cmd_demo(args):
+    from .bench import markdown_table, run_bench
+    from .data import load_dataset
+
+    start = time.perf_counter()
+    ds = load_dataset(f"synthetic:{args.synthetic}", random_state=0)
+    if not args.quiet:
+        print(f"cmhash {__version__} demo: fit + evaluate on synthetic data "
+              f"'{args.synthetic}' ({ds.indices('train').size} train / "
+              f"{ds.indices('query').size} query, {ds.n_classes} classes)", file=sys.stderr)
+    doc = run_bench(args.methods, ds, bits=args.bits, seeds=args.seeds, verbose=not args.quiet,
+                    dataset_source=f"synthetic:{args.synthetic}")
+    print(markdown_table(doc["results"], with_published=False))
+    for res in doc["results"]:
+        chance = float(np.mean((ds.labels_of("query") @ ds.labels_of("train").T) > 0))
+        print(f"{res['method']}: chance-level mAP ≈ {chance:.3f} (fraction of relevant pairs)")
+    print(f"total {time.perf_counter() - start:.1f} s")
+    _write_json(doc, args.json)
+
+
+def cmd_evaluate(args):
+    from .bench import markdown_table
+    from .protocol import run_evaluation
+
+    ds = _load_data(args)
+    params = _method_params(args.method, args)
+    doc = run_evaluation(args.method, ds, bits=args.bits, seeds=args.seeds, params=params,
+                         verbose=not args.quiet, dataset_source=args.data,
+                         **_protocol_kwargs(args))
+    _write_json(doc, args.json)
+    table = markdown_table([doc])
+    if args.markdown:
+        Path(args.markdown).write_text(table + "\n")
+    if not args.quiet:
+        print(table)
+
+
+def cmd_bench(args):
+    from .bench import markdown_table, run_bench
+
+    ds = _load_data(args)
+    params = {m: _parse_params(getattr(args, "param", None)) if len(args.methods) == 1 else {}
+              for m in args.methods}
+    for item in args.method_param or []:
+        method, _, kv = item.partition(":")
+        params.setdefault(method, {}).update(_parse_params([kv]))
+    doc = run_bench(args.methods, ds, bits=args.bits, seeds=args.seeds, params=params,
+                    verbose=not args.quiet, dataset_source=args.data, **_protocol_kwargs(args))
+    table = markdown_table(doc["results"])
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench.md").write_text(table + "\n")
+    _write_json(doc, out / "bench.json")
+    _write_json(doc, args.json)
+    if not args.quiet:
+        print(table)
+        print(f"wrote {out / 'bench.md'} and {out / 'bench.json'}", file=sys.stderr)
+
+
+def cmd_fit(args):
+    from .base import make_hasher
+
+    ds = _load_data(args)
+    params = _method_params(args.method, args)
+    hasher = make_hasher(args.method, n_bits=args.bits, random_state=args.seed,
+                         verbose=not args.quiet, **params)
+    if args.unpaired:
+        views, labels = ds.unpaired(random_state=args.seed)
+        hasher.fit_unpaired(views, labels, names=ds.modality_names)
+    else:
+        hasher.fit_views(ds.views("train"), ds.labels_of("train"), names=ds.modality_names)
+    hasher.save(args.out)
+    if not args.quiet:
+        print(f"fitted {args.method} ({args.bits} bits) in {hasher.train_seconds_:.2f} s; "
+              f"wrote {args.out}", file=sys.stderr)
+
+
+def cmd_encode(args):
+    from .base import load
+    from .codes import pack_codes
+
+    hasher = load(args.model)
+    ds = _load_data(args)
+    X = ds.get(args.split, args.modality)
+    task = tuple(args.task.split(",")) if args.task else None
+    codes = hasher.encode(X, args.modality, task=task)
+    np.savez_compressed(args.out, packed=pack_codes(codes), n_bits=np.array(codes.shape[1]),
+                        ids=ds.indices(args.split), labels=ds.labels_of(args.split),
+                        modality=np.array(args.modality))
+    if not args.quiet:
+        print(f"encoded {codes.shape[0]} {args.modality} items of split {args.split!r} "
+              f"to {codes.shape[1]} bits; wrote {args.out}", file=sys.stderr)
+
+
+def _read_codes(path):
+    from .index import HammingIndex
+
+    with np.load(path, allow_pickle=False) as f:
+        if "packed" in f.files and "ids" in f.files:
+            return f["packed"], int(f["n_bits"]), f["ids"], None
+    index = HammingIndex.load(path)
+    return None, index.n_bits, None, index
+
+
+def cmd_search(args):
+    from .index import HammingIndex
+
+    db_packed, n_bits, db_ids, index = _read_codes(args.database)
+    if index is None:
+        index = HammingIndex(n_bits, backend=args.backend)
+        index.add(db_packed, packed=True)
+    q_packed, q_bits, q_ids, _ = _read_codes(args.queries)
+    if q_packed is None:
+        raise SystemExit("cmhash: --queries must be a codes file written by `cmhash encode`")
+    if q_bits != n_bits:
+        raise SystemExit(f"cmhash: queries have {q_bits} bits but the database has {n_bits}")
+    start = time.perf_counter()
+    if args.radius is not None:
+        lims, dist, ids = index.range_search(q_packed, args.radius, packed=True)
+        results = [ids[lims[i]:lims[i + 1]] for i in range(len(lims) - 1)]
+        dists = [dist[lims[i]:lims[i + 1]] for i in range(len(lims) - 1)]
+    else:
+        d, i = index.search(q_packed, args.k, packed=True)
+        results, dists = list(i), list(d)
+    seconds = time.perf_counter() - start
+    if db_ids is not None:  # map index positions to the dataset's item ids
+        results = [db_ids[r] for r in results]
+    if args.out:
+        doc = {"queries": [int(q) for q in (q_ids if q_ids is not None else range(len(results)))],
+               "results": [[int(x) for x in r] for r in results],
+               "distances": [[int(x) for x in d] for d in dists]}
+        _write_json(doc, args.out)
+    if not args.quiet:
+        for qi, (r, d) in enumerate(zip(results[:args.show], dists[:args.show])):
+            qid = q_ids[qi] if q_ids is not None else qi
+            pairs = " ".join(f"{int(a)}:{int(b)}" for a, b in zip(r[:10], d[:10]))
+            print(f"query {qid}: {pairs}{' ...' if len(r) > 10 else ''}")
+        print(f"{len(results)} queries in {seconds:.3f} s "
+              f"({len(results) / max(seconds, 1e-9):.0f} queries/s, backend {index.backend})",
+              file=sys.stderr)
+
+
+def cmd_sweep(args):
+    from .bench import param_sweep
+
+    ds = _load_data(args)
+    doc = param_sweep(args.method, ds, args.param_name, [_parse_value(v) for v in args.values],
+                      bits=args.bits, seeds=args.seeds, params=_method_params(args.method, args),
+                      verbose=not args.quiet, database=args.database, ties=args.ties)
+    _write_json(doc, args.json)
+    tasks = [k for k in doc["points"][0]["summary"][str(args.bits[0])] if k.startswith("map_")]
+    print(f"| {args.param_name} | bits | " + " | ".join(tasks) + " |")
+    print("|---|---|" + "---|" * len(tasks))
+    for pt in doc["points"]:
+        for b in args.bits:
+            s = pt["summary"][str(b)]
+            print(f"| {pt['value']} | {b} | "
+                  + " | ".join(f"{s[t]['mean']:.4f} ± {s[t]['std']:.4f}" for t in tasks) + " |")
+
+
+def cmd_scale(args):
+    from .bench import scale_markdown, scale_table
+
+    doc = scale_table(args.method, args.data, args.ns, bits=args.bits,
+                      params=_method_params(args.method, args), verbose=not args.quiet)
+    _write_json(doc, args.json)
+    print(scale_markdown(doc))
+
+
+def cmd_plot(args):
+    from . import plots
+
+    results = []
+    for path in args.json:
+        doc = json.loads(Path(path).read_text())
+        results.extend(doc["results"] if doc.get("format") == "cmhash-bench" else [doc])
+    fn = {"map": plots.plot_map_vs_bits, "curves": plots.plot_curves,
+          "convergence": plots.plot_convergence}[args.kind]
+    out = fn(results, args.out)
+    if not args.quiet:
+        print(f"wrote {out}", file=sys.stderr)
+
+
+def cmd_methods(args):
+    from .base import _REGISTRY, get_method
+
+    for name in _REGISTRY:
+        try:
+            cls = get_method(name)
+        except ImportError as exc:
+            print(f"{name}: not available ({exc})")
+            continue
+        doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+        print(f"{name}: {doc}")
+        for attr in ("PRESETS", "VARIANTS"):
+            values = getattr(cls, attr, None)
+            if values:
+                print(f"    {attr.lower()}: {', '.join(sorted(values))}")
+
+
+# ------------------------------------------------------------------------------ parser
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cmhash", description="Supervised cross-modal hashing.")
+    parser.add_argument("--version", action="version", version=f"cmhash {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p):
+        p.add_argument("--quiet", action="store_true", help="no progress output")
+        p.add_argument("--json", help="write the result document to this path")
+
+    p = sub.add_parser("demo", help="fit + evaluate on built-in synthetic data (< 1 minute)")
+    p.add_argument("--methods", nargs="+", default=["batch"])
+    p.add_argument("--bits", type=int, nargs="+", default=[16, 32, 64])
+    p.add_argument("--seeds", type=int, default=1)
+    p.add_argument("--synthetic", default="small", help="synthetic preset or key=value list")
+    common(p)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("evaluate", help="one method on one dataset, several bits and seeds")
+    p.add_argument("--method", required=True)
+    _add_data(p)
+    p.add_argument("--bits", type=int, nargs="+", default=[16, 32, 64, 128])
+    p.add_argument("--seeds", type=int, default=5, help="number of seeds (0..N-1)")
+    _add_method_params(p)
+    _add_protocol(p)
+    p.add_argument("--markdown", help="also write the Markdown table here")
+    common(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("bench", help="several methods; Markdown table + JSON with papers' numbers")
+    p.add_argument("--methods", nargs="+", required=True)
+    _add_data(p)
+    p.add_argument("--bits", type=int, nargs="+", default=[16, 32, 64, 128])
+    p.add_argument("--seeds", type=int, default=5)
+    p.add_argument("--param", action="append", metavar="KEY=VALUE",
+                   help="parameter for a single method")
+    p.add_argument("--method-param", action="append", metavar="METHOD:KEY=VALUE",
+                   help="parameter for one of several methods, e.g. ascmh:omega=0.01")
+    p.add_argument("--out-dir", default="results")
+    _add_protocol(p)
+    common(p)
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("fit", help="fit a method and write a model file")
+    p.add_argument("--method", required=True)
+    _add_data(p)
+    p.add_argument("--bits", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--unpaired", action="store_true")
+    p.add_argument("--out", required=True)
+    _add_method_params(p)
+    common(p)
+    p.set_defaults(func=cmd_fit)
+
+    p = sub.add_parser("encode", help="encode a split of a dataset with a fitted model")
+    p.add_argument("--model", required=True)
+    _add_data(p)
+    p.add_argument("--split", default="query")
+    p.add_argument("--modality", required=True)
+    p.add_argument("--task", help="query,database modalities for task-specific models")
+    p.add_argument("--out", required=True)
+    common(p)
+    p.set_defaults(func=cmd_encode)
+
+    p = sub.add_parser("search", help="Hamming search: database codes + query codes -> top-k ids")
+    p.add_argument("--database", required=True, help="codes file from `encode` or a saved index")
+    p.add_argument("--queries", required=True, help="codes file from `encode`")
+    p.add_argument("-k", type=int, default=10)
+    p.add_argument("--radius", type=int, help="radius search instead of top-k")
+    p.add_argument("--backend", choices=["auto", "numpy", "faiss"], default="auto")
+    p.add_argument("--show", type=int, default=5, help="queries to print")
+    p.add_argument("--out", help="write ids and distances as JSON")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("sweep", help="mAP as one hyper-parameter varies (e.g. ASCMH omega)")
+    p.add_argument("--method", required=True)
+    _add_data(p)
+    p.add_argument("--param-name", "--sweep", dest="param_name", required=True)
+    p.add_argument("--values", nargs="+", required=True)
+    p.add_argument("--bits", type=int, nargs="+", default=[32])
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--database", choices=["learned", "hashed"], default="learned")
+    p.add_argument("--ties", choices=["stable", "random", "expected"], default="stable")
+    _add_method_params(p)
+    common(p)
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("scale", help="training time and peak memory versus n")
+    p.add_argument("--method", required=True)
+    p.add_argument("--data", default="synthetic:nuswide-like")
+    p.add_argument("--ns", type=int, nargs="+", default=[25000, 50000, 100000, 184577])
+    p.add_argument("--bits", type=int, nargs="+", default=[32])
+    _add_method_params(p)
+    common(p)
+    p.set_defaults(func=cmd_scale)
+
+    p = sub.add_parser("plot", help="plot results JSON: mAP vs bits, PR/P@K curves, convergence")
+    p.add_argument("--json", nargs="+", required=True, dest="json")
+    p.add_argument("--kind", choices=["map", "curves", "convergence"], default="map")
+    p.add_argument("--out", required=True)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_plot)
+
+    p = sub.add_parser("methods", help="list methods, their presets and variants")
+    p.set_defaults(func=cmd_methods)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except (ValueError, TypeError, FileNotFoundError, ImportError, RuntimeError) as exc:
+        print(f"cmhash {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

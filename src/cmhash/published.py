@@ -1,0 +1,47 @@
+"""Published numbers from the papers' tables (src/cmhash/published/*.json).
+
+Each JSON file is ``{"source": str, "tables": [{"table", "dataset", "metric", "task",
+"bits": [...], "rows": {"METHOD": [values per bit length]}}]}``; this module merges them so the
+benchmark harness can print our numbers beside the papers'.
+"""
+from __future__ import annotations
+
+import json
+from importlib import resources
+
+
+def _files():
+    folder = resources.files("cmhash") / "published"
+    if not folder.is_dir():
+        return []
+    return sorted((p for p in folder.iterdir() if p.name.endswith(".json")), key=lambda p: p.name)
+
+
+def load_published() -> list[dict]:
+    """All published tables, each with its ``source`` and ``file`` added."""
+    tables = []
+    for path in _files():
+        doc = json.loads(path.read_text())
+        for t in doc.get("tables", []):
+            tables.append({**t, "source": doc.get("source", ""), "file": path.name})
+    return tables
+
+
+def published_map(dataset: str, task: str, bits: int) -> dict[str, tuple[float, str]]:
+    """``{method: (mAP, "paper table")}`` for one dataset, task and bit length.
+
+    When several papers report the same method, the first file (alphabetical) wins and the
+    others are ignored; the returned label says which table the number came from.
+    """
+    out: dict[str, tuple[float, str]] = {}
+    for t in load_published():
+        if t.get("dataset") != dataset or t.get("task") != task or t.get("metric", "map") != "map":
+            continue
+        if bits not in t["bits"]:
+            continue
+        j = t["bits"].index(bits)
+        where = f"{t['file'].removesuffix('.json')} {t.get('table', '')}".strip()
+        for method, values in t["rows"].items():
+            if method not in out and j < len(values) and values[j] is not None:
+                out[method] = (float(values[j]), where)
+    return out

@@ -1,0 +1,110 @@
+"""Estimator API: parameters, validation errors, determinism, save/load, registry."""
+import numpy as np
+import pytest
+
+import cmhash
+from cmhash.base import available_methods, get_method, load, make_hasher
+from cmhash.methods.batch import BATCH
+from conftest import make_structured
+
+
+def _small(**kw):
+    return BATCH(8, n_anchors=(30, 30), random_state=0, **kw)
+
+
+def test_get_set_params_round_trip():
+    m = BATCH(16, omega=0.5)
+    p = m.get_params()
+    assert p["n_bits"] == 16 and p["omega"] == 0.5 and "random_state" in p
+    m.set_params(omega=0.1)
+    assert m.omega == 0.1
+    with pytest.raises(ValueError, match="invalid parameter 'omgea'"):
+        m.set_params(omgea=1)
+    assert BATCH(**p).get_params() == p
+
+
+@pytest.mark.parametrize("bits", [0, -3])
+def test_bad_bits(bits):
+    X, T, Y = make_structured(100)
+    with pytest.raises(ValueError, match="n_bits must be a positive integer"):
+        BATCH(bits).fit(X, T, Y)
+
+
+def test_input_errors_name_the_problem():
+    X, T, Y = make_structured(100)
+    with pytest.raises(ValueError, match="same number of samples"):
+        _small().fit(X, T[:90], Y)
+    with pytest.raises(ValueError, match="labels has 90 rows"):
+        _small().fit(X, T, Y[:90])
+    Xn = X.copy()
+    Xn[3, 2] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        _small().fit(Xn, T, Y)
+    Ye = np.hstack([Y, np.zeros((100, 1))])
+    with pytest.raises(ValueError, match="empty class"):
+        _small().fit(X, T, Ye)
+    with pytest.raises(ValueError, match="omega must be >= 0"):
+        BATCH(8, omega=-1).fit(X, T, Y)
+    m = _small().fit(X, T, Y)
+    with pytest.raises(ValueError, match="unknown modality 'audio'"):
+        m.encode(X, "audio")
+    with pytest.raises(ValueError, match="have shape"):
+        m.encode(T, "image")
+    with pytest.raises(ValueError, match="needs paired training data"):
+        _small().fit_unpaired([X, T], [Y, Y])
+    with pytest.raises(RuntimeError, match="not fitted"):
+        BATCH(8).encode(X, "image")
+
+
+def test_class_index_labels_are_accepted():
+    X, T, Y = make_structured(120, multilabel=0)
+    idx = Y.argmax(axis=1) + 1  # MATLAB-style 1-based class index
+    a = _small().fit(X, T, Y).learned_codes("text")
+    b = _small().fit(X, T, idx).learned_codes("text")
+    assert np.array_equal(a, b)
+
+
+def test_same_seed_same_codes_different_seed_different_codes():
+    X, T, Y = make_structured(150)
+    a = _small().fit(X, T, Y)
+    b = _small().fit(X, T, Y)
+    c = BATCH(8, n_anchors=(30, 30), random_state=1).fit(X, T, Y)
+    assert np.array_equal(a.learned_codes("image"), b.learned_codes("image"))
+    assert np.array_equal(a.encode(X, "image"), b.encode(X, "image"))
+    assert not np.array_equal(a.learned_codes("image"), c.learned_codes("image"))
+
+
+def test_save_load_round_trip_without_pickle(tmp_path):
+    X, T, Y = make_structured(150)
+    m = _small().fit(X, T, Y)
+    path = m.save(tmp_path / "model.npz")
+    with np.load(path, allow_pickle=False) as f:  # loads without pickle
+        assert "__header__" in f.files
+    m2 = load(path)
+    assert type(m2) is BATCH and m2.get_params() == m.get_params()
+    for mod, F in (("image", X), ("text", T)):
+        assert np.array_equal(m.encode(F, mod), m2.encode(F, mod))
+    assert np.array_equal(m.learned_codes("text"), m2.learned_codes("text"))
+    assert m2.objective_ == m.objective_
+    with pytest.raises(FileNotFoundError):
+        load(tmp_path / "missing.npz")
+    np.savez(tmp_path / "other.npz", a=np.zeros(3))
+    with pytest.raises(ValueError, match="not a cmhash model"):
+        load(tmp_path / "other.npz")
+
+
+def test_registry():
+    assert get_method("batch") is BATCH
+    assert "batch" in available_methods()
+    assert isinstance(make_hasher("batch", n_bits=8), BATCH)
+    with pytest.raises(ValueError, match="unknown method"):
+        get_method("nope")
+
+
+def test_importing_cmhash_does_not_import_torch():
+    import subprocess
+    import sys
+    code = "import sys, cmhash, cmhash.base, cmhash.methods.batch; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+    assert cmhash.__version__

@@ -1,0 +1,97 @@
+"""BATCH: every step minimises its block, constraints hold, retrieval has structure."""
+import tracemalloc
+
+import numpy as np
+import pytest
+
+from cmhash.labels import normalize_rows
+from cmhash.metrics import mean_average_precision
+from cmhash.methods.batch import BATCH
+from cmhash.solvers import sign
+from conftest import make_structured
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    X, T, Y = make_structured(500, seed=1)
+    m = BATCH(16, n_anchors=(60, 60), n_iter=8, random_state=0).fit(X, T, Y)
+    return m, X, T, Y
+
+
+def test_constraints(fitted):
+    m, X, *_ = fitted
+    n, r = m.latent_.shape
+    V = m.latent_
+    assert np.allclose(V.T @ V, n * np.eye(r), atol=1e-6 * n)
+    assert np.allclose(V.sum(axis=0), 0, atol=1e-6 * n)
+    assert set(np.unique(m.codes_)) <= {-1, 1} and m.codes_.dtype == np.int8
+    assert set(np.unique(m.encode(X, "image"))) <= {-1, 1}
+
+
+def test_objective_is_monotone(fitted):
+    obj = np.array(fitted[0].objective_)
+    assert len(obj) == 8
+    assert np.all(np.diff(obj) <= 1e-6 * np.abs(obj[1:]))
+    assert obj[-1] < obj[0]
+
+
+def test_b_step_is_the_block_minimiser(fitted):
+    """B = sign(r G G^T V + omega V) minimises the B-terms; flips of any entry do not help."""
+    m, X, T, Y = fitted
+    G = normalize_rows(Y)
+    V, B = m.latent_, m.codes_.astype(float)
+    r = m.n_bits
+
+    def f(Bc):  # B-dependent part of the objective (||B V^T||^2 is constant)
+        return -2 * r * np.sum((G.T @ Bc) * (G.T @ V)) - 2 * m.omega * np.sum(Bc * V)
+
+    assert np.array_equal(B, sign(r * G @ (G.T @ V) + m.omega * V))
+    base = f(B)
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        Bp = B.copy()
+        i, j = rng.integers(0, B.shape[0]), rng.integers(0, r)
+        Bp[i, j] *= -1
+        assert f(Bp) >= base - 1e-9
+
+
+def test_hash_functions_are_ridge_solutions(fitted):
+    m, X, *_ = fitted
+    phi = m.kernels_[0].transform(X).astype(np.float64)
+    W = m.projections_[0]
+    grad = phi.T @ (phi @ W - m.codes_) + m.xi * W
+    assert np.abs(grad).max() < 1e-4 * np.abs(phi.T @ m.codes_).max()
+
+
+def test_retrieval_beats_chance_and_lsh_baseline():
+    X, T, Y = make_structured(900, seed=2, noise=1.0)
+    tr, te = np.arange(700), np.arange(700, 900)
+    m = BATCH(16, n_anchors=(100, 100), random_state=0).fit(X[tr], T[tr], Y[tr])
+    i2t = mean_average_precision(m.encode(X[te], "image"), m.learned_codes("text"), Y[te], Y[tr])
+    t2i = mean_average_precision(m.encode(T[te], "text"), m.learned_codes("image"), Y[te], Y[tr])
+    chance = np.mean((Y[te] @ Y[tr].T) > 0)
+    # unsupervised baseline: random-hyperplane LSH on raw features (needs a shared space, so
+    # same-modality codes would be the only meaningful use; cross-modal LSH is ~chance)
+    rng = np.random.default_rng(0)
+    lsh_i = sign((X - X[tr].mean(0)) @ rng.standard_normal((X.shape[1], 16)))
+    lsh_t = sign((T - T[tr].mean(0)) @ rng.standard_normal((T.shape[1], 16)))
+    lsh = mean_average_precision(lsh_i[te], lsh_t[tr], Y[te], Y[tr])
+    assert i2t > chance + 0.3 and t2i > chance + 0.3
+    assert i2t > lsh + 0.2
+
+
+def _peak_fit_bytes(n):
+    X, T, Y = make_structured(n, seed=3)
+    tracemalloc.start()
+    BATCH(16, n_anchors=(50, 50), n_iter=2, random_state=0).fit(X, T, Y)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return peak
+
+
+def test_memory_is_linear_in_n_no_n_by_n_matrix():
+    small, large = _peak_fit_bytes(2000), _peak_fit_bytes(8000)
+    # a single 8000 x 8000 float64 matrix would take 512 MB; the whole fit must stay far below
+    assert large < 0.05 * 8000 * 8000 * 8
+    # 4x more samples -> at most ~4x (plus slack) more memory, not 16x
+    assert large / small < 5.5

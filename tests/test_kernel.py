@@ -1,0 +1,74 @@
+"""RBF anchor features: definition, chunking, sparse input, persistence."""
+import numpy as np
+import scipy.sparse as sp
+import pytest
+
+from cmhash.kernel import CenteredFeatures, RBFAnchorFeatures
+
+
+def _reference(X, A):
+    D = ((X[:, None, :] - A[None, :, :]) ** 2).sum(-1)
+    sigma = D.mean()
+    phi = np.exp(-D / (2 * sigma))
+    return phi, sigma
+
+
+def test_matches_definition_and_is_centred():
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((300, 7))
+    k = RBFAnchorFeatures(40, dtype=np.float64, chunk_size=33, random_state=1).fit(X)
+    phi_ref, sigma_ref = _reference(X, k.anchors_)
+    assert np.isclose(k.sigma_, sigma_ref)
+    phi = k.transform(X)
+    assert np.allclose(phi, phi_ref - phi_ref.mean(axis=0), atol=1e-10)
+    assert np.allclose(phi.mean(axis=0), 0, atol=1e-10)
+    # anchors are training samples
+    assert all(any(np.allclose(a, x) for x in X) for a in k.anchors_[:5])
+
+
+def test_sparse_input_equals_dense_and_float32_default():
+    rng = np.random.default_rng(1)
+    Xd = (rng.random((200, 50)) < 0.05) * rng.random((200, 50))
+    Xs = sp.csr_matrix(Xd)
+    kd = RBFAnchorFeatures(30, random_state=3).fit(Xd)
+    ks = RBFAnchorFeatures(30, random_state=3).fit(Xs)
+    assert ks.transform(Xs).dtype == np.float32
+    assert np.allclose(kd.transform(Xd), ks.transform(Xs), atol=1e-6)
+
+
+def test_same_seed_same_anchors_and_kmeans_option():
+    X = np.random.default_rng(2).standard_normal((500, 4))
+    a = RBFAnchorFeatures(20, random_state=5).fit(X).anchors_
+    b = RBFAnchorFeatures(20, random_state=5).fit(X).anchors_
+    c = RBFAnchorFeatures(20, random_state=6).fit(X).anchors_
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    km = RBFAnchorFeatures(20, anchors="kmeans", random_state=5).fit(X)
+    # k-means centres quantise the data better than random anchors
+    def qerr(A):
+        return ((X[:, None] - A[None]) ** 2).sum(-1).min(1).mean()
+    assert qerr(km.anchors_) < qerr(a)
+
+
+def test_validation_errors():
+    X = np.random.default_rng(3).standard_normal((50, 4))
+    k = RBFAnchorFeatures(10).fit(X)
+    with pytest.raises(ValueError, match="features"):
+        k.transform(np.ones((3, 5)))
+    bad = X.copy()
+    bad[0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        RBFAnchorFeatures(10).fit(bad)
+    with pytest.raises(RuntimeError, match="not fitted"):
+        RBFAnchorFeatures(10).transform(X)
+    with pytest.raises(ValueError, match="anchors"):
+        RBFAnchorFeatures(10, anchors="grid").fit(X)
+
+
+def test_state_round_trip():
+    X = np.random.default_rng(4).standard_normal((60, 3))
+    k = RBFAnchorFeatures(10, random_state=0).fit(X)
+    k2 = RBFAnchorFeatures.from_state(k.get_params(), k.get_state())
+    assert np.array_equal(k.transform(X), k2.transform(X))
+    c = CenteredFeatures().fit(X)
+    c2 = CenteredFeatures.from_state(c.get_params(), c.get_state())
+    assert np.allclose(c2.transform(X).mean(0), 0, atol=1e-6)

@@ -1,0 +1,101 @@
+"""The shared solvers solve their problems (checked against feasible competitors)."""
+import numpy as np
+import pytest
+
+from cmhash.solvers import (gram, orthogonal_zero_mean, procrustes, ridge_regression, sign,
+                            solve_psd, svt)
+
+
+def _random_feasible(n, r, rng):
+    """A random V with V^T V = n I and V^T 1 = 0."""
+    M = rng.standard_normal((n, r))
+    M -= M.mean(axis=0)
+    Q, _ = np.linalg.qr(M)
+    return np.sqrt(n) * Q
+
+
+@pytest.mark.parametrize("rank_deficit", [0, 3])
+def test_orthogonal_zero_mean_feasible_and_optimal(rank_deficit):
+    rng = np.random.default_rng(0)
+    n, r = 200, 8
+    Z = rng.standard_normal((n, r))
+    if rank_deficit:
+        Z[:, -rank_deficit:] = Z[:, :rank_deficit] * 2.0  # rank r - rank_deficit
+    V = orthogonal_zero_mean(Z, rng)
+    assert np.allclose(V.T @ V, n * np.eye(r), atol=1e-8 * n)
+    assert np.allclose(V.sum(axis=0), 0, atol=1e-8 * n)
+    best = np.trace(Z.T @ V)
+    for _ in range(200):
+        assert np.trace(Z.T @ _random_feasible(n, r, rng)) <= best + 1e-9
+    # local optimality: feasible perturbations along the constraint manifold do not improve
+    for _ in range(20):
+        A = rng.standard_normal((r, r)) * 1e-3
+        Rot = np.linalg.matrix_power(np.eye(r) + (A - A.T) / 2, 1)
+        Rot, _ = np.linalg.qr(Rot)
+        assert np.trace(Z.T @ (V @ Rot)) <= best + 1e-9
+
+
+def test_orthogonal_zero_mean_matches_svd_solution():
+    rng = np.random.default_rng(1)
+    Z = rng.standard_normal((150, 6)) + 3.0  # large mean: must be removed
+    V = orthogonal_zero_mean(Z)
+    Zc = Z - Z.mean(axis=0)
+    U, _, Wt = np.linalg.svd(Zc, full_matrices=False)
+    assert np.allclose(V, np.sqrt(150) * U @ Wt, atol=1e-8)
+
+
+def test_orthogonal_zero_mean_rejects_bad_shapes():
+    with pytest.raises(ValueError, match="n > r"):
+        orthogonal_zero_mean(np.ones((4, 4)))
+
+
+def test_procrustes_beats_random_rotations():
+    rng = np.random.default_rng(2)
+    M = rng.standard_normal((6, 6))
+    R = procrustes(M)
+    assert np.allclose(R.T @ R, np.eye(6), atol=1e-10)
+    best = np.trace(R.T @ M)
+    for _ in range(500):
+        Q, _ = np.linalg.qr(rng.standard_normal((6, 6)))
+        assert np.trace(Q.T @ M) <= best + 1e-10
+
+
+def test_svt_is_the_nuclear_norm_prox():
+    rng = np.random.default_rng(3)
+    M = rng.standard_normal((7, 5))
+    tau = 0.8
+    X = svt(M, tau)
+
+    def f(Y):
+        return tau * np.linalg.svd(Y, compute_uv=False).sum() + 0.5 * np.sum((Y - M) ** 2)
+
+    fx = f(X)
+    for scale in (1e-1, 1e-2, 1e-3):
+        for _ in range(100):
+            assert f(X + scale * rng.standard_normal(M.shape)) >= fx - 1e-12
+    # thresholding of the singular values
+    s = np.linalg.svd(M, compute_uv=False)
+    assert np.allclose(np.linalg.svd(X, compute_uv=False), np.maximum(s - tau, 0), atol=1e-10)
+    with pytest.raises(ValueError):
+        svt(M, -1.0)
+
+
+def test_ridge_regression_zeroes_gradient_and_chunked_gram():
+    rng = np.random.default_rng(4)
+    A = rng.standard_normal((1000, 12)).astype(np.float32)
+    Y = rng.standard_normal((1000, 3))
+    alpha = 0.3
+    W = ridge_regression(A, Y, alpha)
+    A64 = A.astype(np.float64)
+    grad = 2 * A64.T @ (A64 @ W - Y) + 2 * alpha * W
+    assert np.abs(grad).max() < 1e-6 * np.abs(A64.T @ Y).max()
+    exact = A64.T @ A64
+    assert np.abs(gram(A, chunk=97) - exact).max() < 1e-5 * np.abs(exact).max()
+
+
+def test_solve_psd_and_sign():
+    G = np.array([[2.0, 0.5], [0.5, 1.0]])
+    R = np.array([[1.0], [2.0]])
+    assert np.allclose(G @ solve_psd(G, R), R)
+    assert sign(np.array([-0.1, 0.0, 2.0])).tolist() == [-1, -1, 1]
+    assert sign(np.array([0.0])).dtype == np.int8

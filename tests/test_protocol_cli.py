@@ -1,0 +1,128 @@
+"""Protocol runner, public JSON format and the CLI contract."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from cmhash.cli import main
+from cmhash.data import CrossModalDataset
+from cmhash.methods.batch import BATCH
+from cmhash.metrics import mean_average_precision
+from cmhash.protocol import evaluate_hasher, run_evaluation
+from conftest import WIKI, make_structured
+
+
+@pytest.fixture(scope="module")
+def dataset():
+    X, T, Y = make_structured(600, seed=5)
+    idx = np.arange(600)
+    return CrossModalDataset({"image": X, "text": T}, Y,
+                             {"train": idx[:500], "retrieval": idx[:500], "query": idx[500:]},
+                             name="structured")
+
+
+def test_learned_and_hashed_databases(dataset):
+    m = BATCH(16, n_anchors=(60, 60), random_state=0).fit(*dataset.views("train"),
+                                                          dataset.labels_of("train"))
+    learned = evaluate_hasher(m, dataset, database="learned", timing=False)
+    hashed = evaluate_hasher(m, dataset, database="hashed", timing=False)
+    assert learned["protocol"]["database"] == "learned"
+    assert hashed["protocol"]["database"] == "hashed"
+    # the learned protocol is exactly mAP(encoded queries, learned codes)
+    q = m.encode(dataset.get("query", "image"), "image")
+    ref = mean_average_precision(q, m.codes_, dataset.labels_of("query"), dataset.labels_of("train"))
+    assert learned["tasks"]["i2t"]["map"] == pytest.approx(ref)
+    qh = m.encode(dataset.get("retrieval", "text"), "text")
+    ref_h = mean_average_precision(q, qh, dataset.labels_of("query"), dataset.labels_of("retrieval"))
+    assert hashed["tasks"]["i2t"]["map"] == pytest.approx(ref_h)
+    with pytest.raises(ValueError, match="database must be one of"):
+        evaluate_hasher(m, dataset, database="both")
+
+
+def test_learned_database_needs_train_equal_retrieval(dataset):
+    sub = dataset.subset_train(300, random_state=0)
+    m = BATCH(8, n_anchors=(30, 30), random_state=0).fit(*sub.views("train"), sub.labels_of("train"))
+    with pytest.raises(ValueError, match="training split must equal the retrieval split"):
+        evaluate_hasher(m, sub, database="learned")
+    assert evaluate_hasher(m, sub, database="hashed", timing=False)["tasks"]["t2i"]["map"] > 0
+
+
+def test_run_evaluation_json_format(dataset):
+    doc = run_evaluation("batch", dataset, bits=[8, 16], seeds=2, params={"n_anchors": (40, 40)},
+                         verbose=False, top_r=50)
+    assert doc["format"] == "cmhash-evaluation"
+    assert doc["method"] == "batch" and doc["dataset"]["name"] == "structured"
+    assert doc["protocol"] == {"database": "learned", "ties": "stable", "zero_relevant": "zero",
+                               "relevance": "shares at least one label", "training": "paired",
+                               "map_at_r": {"r": 50, "denominator": "hits within top R"}}
+    assert [(r["bits"], r["seed"]) for r in doc["runs"]] == [(8, 0), (8, 1), (16, 0), (16, 1)]
+    for r in doc["runs"]:
+        assert {"map_i2t", "map_t2i", "train_seconds"} <= set(r)
+        assert set(r["tasks"]["i2t"]["query_seconds"]) == {"top100", "top1000", "radius2"}
+    vals = [r["map_i2t"] for r in doc["runs"] if r["bits"] == 16]
+    s = doc["summary"]["16"]["map_i2t"]
+    assert s["mean"] == pytest.approx(np.mean(vals)) and s["std"] == pytest.approx(np.std(vals, ddof=1))
+    json.dumps(doc)  # serialisable
+
+
+def test_unpaired_protocol_refused_by_paired_methods(dataset):
+    with pytest.raises(ValueError, match="needs paired training data"):
+        run_evaluation("batch", dataset, bits=[8], seeds=1, unpaired=True, verbose=False)
+
+
+def test_cli_evaluate_contract(tmp_path, capsys):
+    if not WIKI.exists():
+        pytest.skip("real Wiki data not available")
+    out = tmp_path / "out.json"
+    rc = main(["evaluate", "--method", "batch", "--data", str(WIKI), "--bits", "16",
+               "--seeds", "1", "--json", str(out), "--quiet"])
+    assert rc == 0
+    doc = json.loads(out.read_text())
+    assert doc["dataset"]["n_train"] == 2173 and doc["dataset"]["n_query"] == 693
+    assert doc["runs"][0]["map_t2i"] > 0.6  # BATCH on Wiki T->I is ~0.73 (chance ~0.1)
+    assert capsys.readouterr().out == ""  # --quiet prints nothing
+
+
+def test_cli_fit_encode_search_round_trip(tmp_path, capsys):
+    data = "synthetic:n=800,n_classes=4,seed=1"
+    model = tmp_path / "m.npz"
+    assert main(["fit", "--method", "batch", "--data", data, "--bits", "16", "--param",
+                 "n_anchors=50,50", "--out", str(model), "--quiet"]) == 0
+    db, q = tmp_path / "db.npz", tmp_path / "q.npz"
+    assert main(["encode", "--model", str(model), "--data", data, "--split", "retrieval",
+                 "--modality", "text", "--out", str(db), "--quiet"]) == 0
+    assert main(["encode", "--model", str(model), "--data", data, "--split", "query",
+                 "--modality", "image", "--out", str(q), "--quiet"]) == 0
+    res = tmp_path / "res.json"
+    assert main(["search", "--database", str(db), "--queries", str(q), "-k", "5",
+                 "--out", str(res), "--quiet"]) == 0
+    doc = json.loads(res.read_text())
+    with np.load(db) as f:
+        db_ids, db_labels = f["ids"], f["labels"]
+    with np.load(q) as f:
+        q_labels = f["labels"]
+    assert len(doc["results"]) == q_labels.shape[0] and all(len(r) == 5 for r in doc["results"])
+    # results are dataset ids of retrieval items, sorted by distance
+    assert set(doc["results"][0]) <= set(db_ids.tolist())
+    assert all(d == sorted(d) for d in doc["distances"])
+    # top-5 neighbours share a label far more often than chance
+    pos = {int(i): k for k, i in enumerate(db_ids)}
+    hits = np.mean([(q_labels[i] @ db_labels[pos[j]]) > 0
+                    for i, r in enumerate(doc["results"]) for j in r])
+    chance = np.mean((q_labels @ db_labels.T) > 0)
+    assert hits > chance + 0.2
+
+
+def test_cli_errors_are_clear(capsys):
+    assert main(["evaluate", "--method", "nope", "--data", "synthetic:small", "--quiet"]) == 2
+    assert "unknown method 'nope'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--method", "batch", "--data", "synthetic:small", "--param", "bogus=1"])
+
+
+def test_console_script_is_installed():
+    out = subprocess.run([sys.executable, "-m", "cmhash.cli", "--version"], capture_output=True,
+                         text=True, check=True)
+    assert out.stdout.startswith("cmhash ")

@@ -1,0 +1,781 @@
+"""Load cross-modal datasets from MATLAB (.mat v5 / v7.3), .npz and .h5 files.
+
+:func:`load_dataset` reads every numeric array of one or more files, recognises the common
+key layouts of the field (Wiki ``I_tr/T_tr/L_tr``, ``XTrain/YTrain/LTrain``, database /
+query splits, single-pool ``IAll/YAll/LAll``), fixes transposed (``d x n``) storage by matching
+the sample count with the labels, and returns a :class:`~cmhash.data.CrossModalDataset`.
+The exact key grammar is documented in ``docs/data.md``.
+
+``load_dataset("synthetic:...")`` builds a synthetic dataset instead (see
+:mod:`cmhash.data.synthetic`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from .dataset import CrossModalDataset, DataWarning, _rng, as_label_matrix
+from .presets import DatasetPreset, detect_preset, get_preset
+
+__all__ = [
+    "load_dataset",
+    "save_dataset",
+    "read_arrays",
+    "default_shared_dir",
+    "shared_path",
+    "SPARSE_DENSITY_THRESHOLD",
+]
+
+#: dense 2-D modalities with a fraction of non-zeros below this are stored as CSR
+SPARSE_DENSITY_THRESHOLD = 0.1
+
+_EXTS = (".mat", ".npz", ".h5", ".hdf5")
+
+
+# --------------------------------------------------------------------------------------------
+# where the shared data lives
+# --------------------------------------------------------------------------------------------
+def default_shared_dir() -> Path:
+    """The shared data folder: ``$CMHASH_SHARED`` if set, else ``<repo>/../shared``.
+
+    ``<repo>`` is the source checkout containing this package (``src/cmhash/data`` ->
+    three levels up, recognised by its ``pyproject.toml``); for an installed copy without
+    a checkout, ``<cwd>/../shared``. The folder may not exist: callers check.
+    """
+    env = os.environ.get("CMHASH_SHARED")
+    if env:
+        return Path(env).expanduser()
+    here = Path(__file__).resolve()
+    try:
+        repo = here.parents[3]
+    except IndexError:  # pragma: no cover - unusual install layout
+        repo = None
+    if repo is not None and (repo / "pyproject.toml").is_file():
+        return (repo.parent / "shared").resolve()
+    return (Path.cwd().parent / "shared").resolve()
+
+
+def shared_path(*parts: str) -> Path:
+    """``default_shared_dir() / part / ...`` (existence not checked)."""
+    return default_shared_dir().joinpath(*parts)
+
+
+# --------------------------------------------------------------------------------------------
+# reading raw arrays
+# --------------------------------------------------------------------------------------------
+def _is_matlab_h5(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(128)
+    except OSError:
+        return False
+    return head.startswith(b"MATLAB")
+
+
+def _read_mat_v5(path: Path) -> dict[str, Any]:
+    import scipy.io
+
+    raw = scipy.io.loadmat(str(path))
+    out = {}
+    for k, v in raw.items():
+        if k.startswith("__"):
+            continue
+        if sp.issparse(v) or (isinstance(v, np.ndarray) and v.dtype.kind in "biuf"):
+            out[k] = v
+    return out
+
+
+def _h5_sparse_from_matlab(g: Any) -> sp.csr_matrix:
+    nrows = int(np.asarray(g.attrs["MATLAB_sparse"]).reshape(-1)[0])
+    jc = np.asarray(g["jc"][()], dtype=np.int64).reshape(-1)
+    ir = np.asarray(g["ir"][()], dtype=np.int64).reshape(-1) if "ir" in g else np.zeros(0, np.int64)
+    data = np.asarray(g["data"][()]).reshape(-1) if "data" in g else np.zeros(ir.size)
+    if data.dtype.kind == "b":
+        data = data.astype(np.float32)
+    return sp.csc_matrix((data, ir, jc), shape=(nrows, jc.size - 1)).tocsr()
+
+
+def _read_h5(path: Path, matlab: bool) -> dict[str, Any]:
+    """Flatten an HDF5 file into ``{"a/b": array}``. MATLAB v7.3 arrays are transposed back
+    to MATLAB's orientation (h5py sees column-major data with reversed axes)."""
+    import h5py
+
+    out: dict[str, Any] = {}
+
+    def visit(group: Any, prefix: str) -> None:
+        for key in group:
+            if key.startswith("#"):  # MATLAB's #refs# / #subsystem#
+                continue
+            obj = group[key]
+            name = f"{prefix}{key}"
+            if isinstance(obj, h5py.Group):
+                if "MATLAB_sparse" in obj.attrs:
+                    out[name] = _h5_sparse_from_matlab(obj)
+                else:
+                    visit(obj, name + "/")
+                continue
+            mcls = obj.attrs.get("MATLAB_class", b"")
+            if isinstance(mcls, bytes):
+                mcls = mcls.decode("ascii", "replace")
+            if mcls in ("char", "cell", "struct", "function_handle"):
+                continue
+            if obj.dtype.kind not in "biuf" or obj.ndim == 0:
+                continue
+            arr = obj[()]
+            if isinstance(arr, np.ndarray) and matlab:
+                arr = arr.T
+            if mcls == "logical":
+                arr = np.asarray(arr).astype(bool)
+            out[name] = np.asarray(arr)
+
+    with h5py.File(path, "r") as f:
+        visit(f, "")
+    return out
+
+
+def _read_npz(path: Path) -> dict[str, Any]:
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+def _rebuild_sparse(raw: dict[str, Any]) -> dict[str, Any]:
+    """``P/data, P/indices, P/indptr, P/shape`` -> one CSR matrix at key ``P``."""
+    out = dict(raw)
+    for k in list(raw):
+        if not k.endswith("/indptr"):
+            continue
+        base = k[: -len("/indptr")]
+        parts = [f"{base}/{s}" for s in ("data", "indices", "indptr", "shape")]
+        if all(p in raw for p in parts):
+            shape = tuple(int(s) for s in np.asarray(raw[parts[3]]).reshape(-1))
+            out[base] = sp.csr_matrix(
+                (np.asarray(raw[parts[0]]), np.asarray(raw[parts[1]]), np.asarray(raw[parts[2]])),
+                shape=shape,
+            )
+            for p in parts + [f"{base}/format"]:
+                out.pop(p, None)
+    return out
+
+
+def read_arrays(path: str | os.PathLike) -> dict[str, Any]:
+    """All numeric arrays of one file as ``{key: ndarray or CSR}``, in MATLAB/row orientation
+    as stored (v7.3 .mat files are transposed back; nested HDF5 groups give ``"a/b"`` keys)."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"data file not found: {p}")
+    ext = p.suffix.lower()
+    import h5py
+
+    if ext == ".npz":
+        raw = _read_npz(p)
+    elif ext == ".mat":
+        if h5py.is_hdf5(str(p)):
+            raw = _read_h5(p, matlab=True)
+        else:
+            raw = _read_mat_v5(p)
+    elif ext in (".h5", ".hdf5"):
+        raw = _read_h5(p, matlab=_is_matlab_h5(p))
+    else:
+        raise ValueError(f"unsupported data file extension {ext!r} ({p}); supported: {list(_EXTS)}")
+    return _rebuild_sparse(raw)
+
+
+# --------------------------------------------------------------------------------------------
+# key grammar
+# --------------------------------------------------------------------------------------------
+_ROLE_TOKENS = {
+    "image": {"i", "x", "im", "img", "imgs", "image", "images", "vis", "visual"},
+    "text": {"t", "y", "txt", "text", "texts", "tag", "tags", "bow"},
+    "labels": {"l", "lab", "labs", "label", "labels", "gnd", "gt", "cat", "cats", "category"},
+}
+_SPLIT_TOKENS = {
+    "train": {"tr", "trn", "train", "training"},
+    "query": {"te", "tst", "test", "testing", "q", "qry", "query", "queries"},
+    "retrieval": {"db", "database", "retrieval", "ret", "base", "gallery"},
+    "all": {"all"},
+}
+_TOKEN_RE = re.compile(r"[A-Z][a-z]+|[A-Z]+(?![a-z])|[a-z]+|\d+")
+
+
+def _tokens(key: str) -> list[str]:
+    toks: list[str] = []
+    for part in re.split(r"[_\-./\s]+", key):
+        toks.extend(t.lower() for t in _TOKEN_RE.findall(part))
+    return toks
+
+
+def _classify(key: str) -> tuple[str, str] | None:
+    """Key -> (role, split) or None. A key must be exactly one role token plus at most one
+    split token (no split token = the whole pool, like ``*All``)."""
+    toks = _tokens(key)
+    roles = [r for t in toks for r, v in _ROLE_TOKENS.items() if t in v]
+    splits = [s for t in toks for s, v in _SPLIT_TOKENS.items() if t in v]
+    if len(roles) != 1 or len(splits) > 1 or len(roles) + len(splits) != len(toks):
+        return None
+    return roles[0], (splits[0] if splits else "all")
+
+
+def _label_score(a: Any) -> int:
+    """Preference among several label arrays for one split: multi-hot first."""
+    if sp.issparse(a):
+        return 2
+    a = np.asarray(a)
+    if a.ndim == 2 and min(a.shape) > 1:
+        return 2
+    return 1
+
+
+# --------------------------------------------------------------------------------------------
+# orientation
+# --------------------------------------------------------------------------------------------
+def _sample_dims(a: Any) -> set[int]:
+    if sp.issparse(a) or np.ndim(a) == 2:
+        return {int(a.shape[0]), int(a.shape[1])}
+    if np.ndim(a) == 1:
+        return {int(a.shape[0])}
+    return {int(a.shape[0]), int(a.shape[-1])}
+
+
+def _orient(split: str, mods: dict[str, Any], labels: Any) -> tuple[dict[str, Any], Any]:
+    """Transpose arrays stored ``d x n`` so every array of the split has ``n`` rows."""
+    lab = labels.toarray() if sp.issparse(labels) else np.asarray(labels)
+    if lab.ndim == 1 or (lab.ndim == 2 and 1 in lab.shape):
+        cands = {int(lab.size)}
+    elif lab.ndim == 2:
+        cands = {int(lab.shape[0]), int(lab.shape[1])}
+    else:
+        raise ValueError(f"labels of split '{split}' have unsupported shape {lab.shape}")
+    common = set(cands)
+    for m in mods.values():
+        common &= _sample_dims(m)
+    if not common:
+        shapes = {k: tuple(v.shape) for k, v in mods.items()}
+        raise ValueError(
+            f"split '{split}': cannot match the sample count of labels {lab.shape} with "
+            f"modalities {shapes} (no common dimension)"
+        )
+    n = int(lab.shape[0]) if lab.ndim == 2 and lab.shape[0] in common else max(common)
+    if lab.ndim == 2 and lab.shape[0] != n and not (1 in lab.shape):
+        lab = lab.T
+    elif lab.ndim == 2 and 1 in lab.shape:
+        lab = lab.reshape(-1)
+    out = {}
+    for k, m in mods.items():
+        if m.shape[0] == n:
+            out[k] = m
+        elif sp.issparse(m):
+            out[k] = m.T.tocsr()
+        elif np.ndim(m) == 2:
+            out[k] = np.ascontiguousarray(m.T)
+        else:
+            out[k] = np.ascontiguousarray(np.moveaxis(m, -1, 0))
+    return out, lab
+
+
+# --------------------------------------------------------------------------------------------
+# feature post-processing
+# --------------------------------------------------------------------------------------------
+def _dense_to_csr(X: np.ndarray, chunk_elems: int = 1 << 24) -> sp.csr_matrix:
+    """Dense 2-D -> CSR, row-chunked (several times faster than ``csr_matrix(X)``)."""
+    if X.flags.f_contiguous and not X.flags.c_contiguous:
+        # MATLAB files load column-major: convert the C-ordered transpose, transpose back
+        return _dense_to_csr(X.T, chunk_elems).T.tocsr()
+    n, d = X.shape
+    step = max(1, chunk_elems // max(d, 1))
+    data, cols, counts = [], [], []
+    for s in range(0, n, step):
+        B = np.ascontiguousarray(X[s : s + step])
+        mask = B != 0
+        flat = np.flatnonzero(mask)
+        counts.append(mask.sum(axis=1))
+        cols.append((flat % d).astype(np.int32 if d < 2**31 else np.int64))
+        data.append(B.reshape(-1)[flat])
+    indptr = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(np.concatenate(counts) if counts else np.zeros(0, np.int64), out=indptr[1:])
+    out = sp.csr_matrix(
+        (np.concatenate(data) if data else np.zeros(0, X.dtype),
+         np.concatenate(cols) if cols else np.zeros(0, np.int32), indptr),
+        shape=(n, d),
+    )
+    return out
+
+
+def _finish_features(X: Any, sparse: str | bool, dtype: Any) -> Any:
+    if sp.issparse(X):
+        X = X.tocsr()
+        if sparse is False:
+            X = X.toarray()
+    elif np.ndim(X) == 2:
+        if sparse is True:
+            X = _dense_to_csr(X)
+        elif sparse == "auto":
+            total = X.shape[0] * X.shape[1]
+            if total and np.count_nonzero(X) / total < SPARSE_DENSITY_THRESHOLD:
+                X = _dense_to_csr(X)
+    if not sp.issparse(X):
+        X = np.ascontiguousarray(X)  # MATLAB arrays load column-major; rows are gathered often
+    if dtype is not None:
+        X = X.astype(dtype, copy=False)
+    elif X.dtype.kind in "biu":
+        X = X.astype(np.float32)
+    if sp.issparse(X):
+        X.sum_duplicates()
+        X.eliminate_zeros()
+    return X
+
+
+# --------------------------------------------------------------------------------------------
+# native cmhash layout (save_dataset)
+# --------------------------------------------------------------------------------------------
+def save_dataset(dataset: CrossModalDataset, path: str | os.PathLike) -> Path:
+    """Write a dataset (pool, labels, splits) to ``.npz`` or ``.h5`` in cmhash's own layout
+    (keys ``modality/<name>`` -- CSR as ``.../data|indices|indptr|shape`` --, ``labels``,
+    ``split/<name>``, ``modality_order``, ``name``). :func:`load_dataset` reads it back."""
+    p = Path(path)
+    ext = p.suffix.lower()
+    arrays: dict[str, np.ndarray] = {}
+    for k, X in dataset.modalities.items():
+        if sp.issparse(X):
+            arrays[f"modality/{k}/data"] = X.data
+            arrays[f"modality/{k}/indices"] = X.indices
+            arrays[f"modality/{k}/indptr"] = X.indptr
+            arrays[f"modality/{k}/shape"] = np.asarray(X.shape, dtype=np.int64)
+        else:
+            arrays[f"modality/{k}"] = np.asarray(X)
+    arrays["labels"] = dataset.labels.astype(np.uint8)
+    for k, v in dataset.splits.items():
+        arrays[f"split/{k}"] = np.asarray(v, dtype=np.int64)
+    arrays["modality_order"] = np.array(dataset.modality_names)
+    arrays["name"] = np.array(dataset.name)
+    if dataset.class_names is not None:
+        arrays["class_names"] = np.array(dataset.class_names)
+    if ext == ".npz":
+        np.savez_compressed(p, **arrays)
+    elif ext in (".h5", ".hdf5"):
+        import h5py
+
+        with h5py.File(p, "w") as f:
+            f.attrs["cmhash_format"] = 1
+            for k, v in arrays.items():
+                if v.dtype.kind == "U":
+                    f.create_dataset(k, data=np.char.encode(v, "utf-8"))
+                else:
+                    f.create_dataset(k, data=v, compression="gzip" if v.size > 4096 else None)
+    else:
+        raise ValueError(f"save_dataset: use a .npz or .h5 path, got {p.name!r}")
+    return p
+
+
+def _str_array(a: Any) -> list[str]:
+    a = np.asarray(a)
+    if a.dtype.kind == "S":
+        a = np.char.decode(a, "utf-8")
+    return [str(x) for x in a.reshape(-1)]
+
+
+def _read_native(path: Path) -> dict[str, Any] | None:
+    """Raw keys (incl. string arrays) when the file is in the native layout, else None."""
+    ext = path.suffix.lower()
+    if ext == ".npz":
+        with np.load(path, allow_pickle=False) as z:
+            if "labels" not in z.files or not any(f.startswith("modality/") for f in z.files):
+                return None
+            raw = {k: z[k] for k in z.files}
+    elif ext in (".h5", ".hdf5"):
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            if "cmhash_format" not in f.attrs:
+                return None
+            raw: dict[str, Any] = {}
+            f.visititems(lambda k, o: raw.__setitem__(k, o[()]) if isinstance(o, h5py.Dataset) else None)
+    else:
+        return None
+    return _rebuild_sparse(raw)
+
+
+def _from_native(raw: dict[str, Any], **kwargs: Any) -> CrossModalDataset:
+    order = _str_array(raw["modality_order"]) if "modality_order" in raw else sorted(
+        {k.split("/")[1] for k in raw if k.startswith("modality/")}
+    )
+    mods = {m: raw[f"modality/{m}"] for m in order}
+    splits = {k.split("/", 1)[1]: np.asarray(v) for k, v in raw.items() if k.startswith("split/")}
+    name = _str_array(raw["name"])[0] if "name" in raw else ""
+    cn = _str_array(raw["class_names"]) if "class_names" in raw else None
+    return CrossModalDataset(mods, raw["labels"], splits, name=name, class_names=cn, **kwargs)
+
+
+# --------------------------------------------------------------------------------------------
+# layout assembly
+# --------------------------------------------------------------------------------------------
+def _group(raw: dict[str, Any]) -> tuple[dict[str, dict[str, list[tuple[str, Any]]]], list[str]]:
+    """{split: {role: [(key, array), ...]}} and the list of unrecognised keys."""
+    groups: dict[str, dict[str, list[tuple[str, Any]]]] = {}
+    unknown = []
+    for k, v in raw.items():
+        c = _classify(k)
+        if c is None and "/" in k:  # nested HDF5 key: try the last component alone
+            c = _classify(k.rsplit("/", 1)[1])
+        if c is None:
+            unknown.append(k)
+            continue
+        role, split = c
+        groups.setdefault(split, {}).setdefault(role, []).append((k, v))
+    return groups, unknown
+
+
+def _pick(split: str, role: str, cands: list[tuple[str, Any]]) -> tuple[str, Any]:
+    if len(cands) == 1:
+        return cands[0]
+    if role == "labels":
+        best = max(_label_score(v) for _, v in cands)
+        top = [c for c in cands if _label_score(c[1]) == best]
+        if len(top) == 1:
+            return top[0]
+        cands = top
+    raise ValueError(
+        f"ambiguous layout: several arrays for {role} of split '{split}': "
+        f"{[k for k, _ in cands]}"
+    )
+
+
+def _split_entry(split: str, g: dict[str, list[tuple[str, Any]]]) -> tuple[dict[str, Any], Any, list[str]]:
+    if "labels" not in g:
+        raise ValueError(
+            f"no label array for split '{split}' (found {sorted(k for r in g.values() for k, _ in r)}); "
+            "expected e.g. L_tr / LTrain / LAll"
+        )
+    keys = []
+    lk, lab = _pick(split, "labels", g["labels"])
+    keys.append(lk)
+    mods = {}
+    for role in ("image", "text"):
+        if role in g:
+            k, arr = _pick(split, role, g[role])
+            mods[role] = arr
+            keys.append(k)
+    if not mods:
+        raise ValueError(f"split '{split}' has labels ({lk}) but no feature array")
+    mods, lab = _orient(split, mods, lab)
+    return mods, lab, keys
+
+
+def _same_rows(a: Any, b: Any) -> bool:
+    return a.shape == b.shape and _rows_equal(a, b)
+
+
+_HASH_MULT = None
+
+
+def _row_hash(X: Any, Y: np.ndarray) -> np.ndarray:
+    """Exact per-row 64-bit hash of features + labels (modular integer arithmetic on the
+    raw bits, so identical rows always hash equal; chunked, O(n) memory)."""
+    global _HASH_MULT
+    if _HASH_MULT is None:
+        _HASH_MULT = np.random.default_rng(12345).integers(1, 2**63, size=1 << 16, dtype=np.uint64) | np.uint64(1)
+
+    def bits(a: np.ndarray) -> np.ndarray:
+        a = np.ascontiguousarray(a)
+        if a.dtype.itemsize == 8:
+            return a.view(np.uint64)
+        if a.dtype.itemsize == 4:
+            return a.view(np.uint32).astype(np.uint64)
+        return a.astype(np.float64).view(np.uint64)
+
+    def mult(cols: np.ndarray, salt: int) -> np.ndarray:
+        return _HASH_MULT[(cols * 7919 + salt) % _HASH_MULT.size]
+
+    n = X.shape[0]
+    h = np.zeros(n, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        if sp.issparse(X):
+            X = sp.csr_matrix(X)
+            X.sum_duplicates()
+            prod = bits(X.data) * mult(X.indices.astype(np.int64), 1)
+            nz = np.diff(X.indptr) > 0
+            if prod.size:
+                h[nz] = np.add.reduceat(prod, X.indptr[:-1][nz])
+        else:
+            F = np.asarray(X).reshape(n, -1)
+            d = F.shape[1]
+            m = mult(np.arange(d, dtype=np.int64), 1)
+            step = max(1, (1 << 22) // max(d, 1))
+            for s0 in range(0, n, step):
+                h[s0 : s0 + step] = (bits(F[s0 : s0 + step]) * m).sum(axis=1)
+        L = np.asarray(Y, dtype=np.float64).reshape(n, -1)
+        h += (bits(L) * mult(np.arange(L.shape[1], dtype=np.int64), 2)).sum(axis=1)
+    return h
+
+
+def _rows_equal(A: Any, B: Any) -> bool:
+    if sp.issparse(A) or sp.issparse(B):
+        return (sp.csr_matrix(A) != sp.csr_matrix(B)).nnz == 0
+    return bool(np.array_equal(np.asarray(A), np.asarray(B)))
+
+
+def _match_subset(tr: tuple[dict, np.ndarray], db: tuple[dict, np.ndarray]) -> np.ndarray | None:
+    """Positions of the training rows inside the database rows when train is a subset of the
+    database (same features of every modality and same labels), else None."""
+    names = list(tr[0])
+    if tr[0][names[0]].shape[0] > db[0][names[0]].shape[0]:
+        return None
+    m0 = names[0]
+    h_db = _row_hash(db[0][m0], db[1])
+    h_tr = _row_hash(tr[0][m0], tr[1])
+    order = np.argsort(h_db, kind="stable")
+    hs = h_db[order]
+    left = np.searchsorted(hs, h_tr, side="left")
+    right = np.searchsorted(hs, h_tr, side="right")
+    if np.any(left == right):
+        return None
+    pos = order[np.minimum(left, hs.size - 1)]
+    dup = np.flatnonzero(right - left > 1)
+    if dup.size:  # identical database rows: give each training row its own occurrence
+        used: dict[int, int] = {}
+        for i in dup:
+            k = used.get(int(left[i]), 0)
+            if left[i] + k >= right[i]:
+                return None
+            pos[i] = order[left[i] + k]
+            used[int(left[i])] = k + 1
+    if np.unique(pos).size != pos.size:
+        return None
+    for m in names:
+        if not _rows_equal(tr[0][m], db[0][m][pos]):
+            return None
+    if not _rows_equal(np.asarray(tr[1]), np.asarray(db[1])[pos]):
+        return None
+    return pos.astype(np.int64)
+
+
+def _assemble(raw: dict[str, Any], source: str) -> tuple[str, dict[str, Any], np.ndarray, dict[str, np.ndarray] | None]:
+    """-> (layout, pooled modalities, pooled labels, splits or None for the 'all' layout)."""
+    groups, _unknown = _group(raw)
+    has_split = any(s in groups for s in ("train", "query", "retrieval"))
+    if not has_split and "all" not in groups:
+        raise ValueError(
+            f"{source}: no known layout; keys found: {sorted(raw)}. Expected e.g. "
+            "I_tr/T_tr/L_tr + I_te/T_te/L_te, XTrain/YTrain/LTrain + XTest/..., or IAll/YAll/LAll"
+        )
+    if has_split:
+        entries = {s: _split_entry(s, groups[s]) for s in ("train", "query", "retrieval") if s in groups}
+        names = {s: list(e[0]) for s, e in entries.items()}
+        first = next(iter(names.values()))
+        for s, nm in names.items():
+            if nm != first:
+                raise ValueError(f"{source}: splits have different modalities: {names}")
+        tr = entries.get("train")
+        q = entries.get("query")
+        db = entries.get("retrieval")
+        if tr is None and db is None:
+            raise ValueError(
+                f"{source}: found only query arrays ({sorted(k for r in groups['query'].values() for k, _ in r)}); "
+                "a training or database split is required"
+            )
+        parts: list[tuple[str, tuple[dict, np.ndarray]]] = []
+        splits: dict[str, np.ndarray] = {}
+        if tr is not None and db is not None:
+            if all(_same_rows(tr[0][m], db[0][m]) for m in tr[0]) and _same_rows(tr[1], db[1]):
+                layout = "train/query (database = train)"
+                db = None
+            else:
+                sub = _match_subset((tr[0], np.asarray(tr[1])), (db[0], np.asarray(db[1])))
+                if sub is not None:
+                    layout = "database/query + training subset of the database"
+                    parts = [("retrieval", (db[0], db[1]))]
+                    if q is not None:
+                        parts.append(("query", (q[0], q[1])))
+                    return _pool(parts, {"train": sub}, layout)
+                layout = "train/query/database (disjoint arrays)"
+        elif tr is not None:
+            layout = "train/query"
+        else:
+            layout = "database/query"
+        for s, e in (("train", tr), ("query", q), ("retrieval", db)):
+            if e is not None:
+                parts.append((s, (e[0], e[1])))
+        return _pool(parts, splits, layout)
+    mods, lab, _ = _split_entry("all", groups["all"])
+    return "single pool (random split)", mods, lab, None
+
+
+def _pool(parts: list, extra: dict[str, np.ndarray], layout: str):
+    names = list(parts[0][1][0])
+    pooled = {}
+    for m in names:
+        arrs = [p[1][0][m] for p in parts]
+        if any(sp.issparse(a) for a in arrs):
+            pooled[m] = sp.vstack([sp.csr_matrix(a) for a in arrs], format="csr")
+        else:
+            pooled[m] = np.concatenate([np.asarray(a) for a in arrs], axis=0)
+    labs = [np.asarray(p[1][1]) for p in parts]
+    if all(lab.ndim == 1 for lab in labs):
+        Y = np.concatenate(labs)
+    else:
+        Y = np.concatenate([as_label_matrix(lab) for lab in labs], axis=0)
+    splits: dict[str, np.ndarray] = {}
+    start = 0
+    for s, (mods, _) in parts:
+        k = next(iter(mods.values())).shape[0]
+        splits[s] = np.arange(start, start + k)
+        start += k
+    splits.update(extra)
+    if "train" not in splits:
+        splits["train"] = splits["retrieval"]
+    if "retrieval" not in splits:
+        splits["retrieval"] = splits["train"]
+    return layout, pooled, Y, splits
+
+
+def _random_split(n: int, n_query: int, n_train: int | None, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    if not 0 <= n_query < n:
+        raise ValueError(f"n_query must be in [0, {n}), got {n_query}")
+    perm = rng.permutation(n)
+    query = np.sort(perm[:n_query])
+    ret = np.sort(perm[n_query:])
+    train = ret
+    if n_train is not None and n_train < ret.size:
+        if n_train <= 0:
+            raise ValueError(f"n_train must be positive, got {n_train}")
+        train = np.sort(rng.choice(ret, size=n_train, replace=False))
+    return {"train": train, "query": query, "retrieval": ret}
+
+
+def default_n_query(n: int) -> int:
+    """Queries drawn for an unknown single-pool dataset: 2,000, capped at 10% of the pool."""
+    return int(min(2000, max(1, n // 10)))
+
+
+# --------------------------------------------------------------------------------------------
+# public entry point
+# --------------------------------------------------------------------------------------------
+def _expand_paths(path: Any) -> list[Path]:
+    if isinstance(path, (list, tuple)):
+        out: list[Path] = []
+        for p in path:
+            out.extend(_expand_paths(p))
+        return out
+    p = Path(path).expanduser()
+    if p.is_dir():
+        files = sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in _EXTS)
+        if not files:
+            raise FileNotFoundError(f"no {'/'.join(_EXTS)} file in directory {p}")
+        return files
+    if not p.exists():
+        raise FileNotFoundError(f"data file not found: {p}")
+    return [p]
+
+
+def load_dataset(
+    path: Any,
+    preset: str | DatasetPreset | None = "auto",
+    random_state: Any = 0,
+    *,
+    n_query: int | None = None,
+    n_train: int | None = None,
+    sparse: str | bool = "auto",
+    dtype: Any = None,
+    name: str | None = None,
+    allow_empty_classes: bool = False,
+    allow_overlap: bool = False,
+) -> CrossModalDataset:
+    """Load a dataset from file(s), or build a synthetic one.
+
+    Parameters
+    ----------
+    path : str | Path | list of paths | directory | ``"synthetic:<spec>"`` | CrossModalDataset
+        A list (or a directory: all its .mat/.npz/.h5 files) is merged into one key space,
+        e.g. ``[".../mirflickr25k-yall.mat", ".../mirflickr25k-lall.mat"]``.
+    preset : "auto" (default), None / "none", a preset name or a DatasetPreset
+        Split protocol (see :mod:`cmhash.data.presets`). "auto" detects it from the pool size
+        and class count, then from the file name. It sets ``n_query`` / ``n_train`` for
+        single-pool files and ``n_train`` (training subset) for natively split files.
+    random_state : seed of the random split / training subset (same seed, same split)
+    n_query, n_train : override the preset's numbers (``n_train=None`` and no preset value:
+        train = retrieval)
+    sparse : "auto" (stored sparse or density < 0.1 -> CSR), True (all 2-D modalities CSR),
+        False (all dense)
+    dtype : cast features (default: floats kept, integer/bool -> float32)
+    name : dataset name (default: the preset name, else the file stem)
+    allow_empty_classes, allow_overlap : passed to :class:`CrossModalDataset`
+    """
+    if isinstance(path, CrossModalDataset):
+        return path
+    if isinstance(path, str) and path.strip().lower().startswith("synthetic"):
+        from .synthetic import from_spec
+
+        return from_spec(path, random_state=random_state, n_query=n_query, n_train=n_train)
+    files = _expand_paths(path)
+    ds_kwargs = dict(allow_empty_classes=allow_empty_classes, allow_overlap=allow_overlap)
+
+    if len(files) == 1:
+        native = _read_native(files[0])
+        if native is not None:
+            ds = _from_native(native, **ds_kwargs)
+            if n_train is not None:
+                ds = ds.subset_train(n_train, random_state)
+            ds.meta.update(layout="cmhash native", preset=None, source=str(files[0]))
+            return ds
+
+    raw: dict[str, Any] = {}
+    for f in files:
+        for k, v in read_arrays(f).items():
+            if k in raw:
+                raise ValueError(f"key {k!r} appears in more than one file ({[str(x) for x in files]})")
+            raw[k] = v
+    source = ", ".join(str(f) for f in files)
+    layout, mods, labels, splits = _assemble(raw, source)
+    mods = {k: _finish_features(v, sparse, dtype) for k, v in mods.items()}
+    Y = as_label_matrix(labels)
+    n = Y.shape[0]
+
+    fname = " ".join(f"{f.parent.name}/{f.name}" for f in files)
+    if preset is None or (isinstance(preset, str) and preset.lower() in ("none", "")):
+        pre = None
+    elif isinstance(preset, str) and preset.lower() == "auto":
+        pre = detect_preset(n, Y.shape[1], fname)
+    else:
+        pre = get_preset(preset)
+        if pre.n_total is not None and pre.n_total != n:
+            warnings.warn(
+                f"preset '{pre.name}' expects {pre.n_total} items, the data has {n}",
+                DataWarning,
+                stacklevel=2,
+            )
+        if pre.n_classes is not None and pre.n_classes != Y.shape[1]:
+            warnings.warn(
+                f"preset '{pre.name}' expects {pre.n_classes} classes, the data has {Y.shape[1]}",
+                DataWarning,
+                stacklevel=2,
+            )
+    rng = _rng(random_state)
+    nq = n_query if n_query is not None else (pre.n_query if pre is not None and pre.n_query else None)
+    nt = n_train if n_train is not None else (pre.n_train if pre is not None else None)
+    if splits is None:
+        splits = _random_split(n, int(nq) if nq is not None else default_n_query(n), nt, rng)
+    elif n_query is not None:
+        warnings.warn(
+            f"n_query={n_query} ignored: the file stores its own query split "
+            f"({splits['query'].size} items)",
+            DataWarning,
+            stacklevel=2,
+        )
+    elif nt is not None and nt < splits["retrieval"].size:
+        splits["train"] = np.sort(rng.choice(splits["retrieval"], size=int(nt), replace=False))
+    dname = name if name is not None else (pre.name if pre is not None else files[0].stem)
+    ds = CrossModalDataset(mods, Y, splits, name=dname, **ds_kwargs)
+    ds.meta.update(
+        layout=layout,
+        preset=pre.name if pre is not None else None,
+        source=source,
+        random_state=random_state if isinstance(random_state, (int, type(None))) else "generator",
+        keys=sorted(raw),
+    )
+    return ds

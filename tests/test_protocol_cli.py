@@ -126,3 +126,22 @@ def test_console_script_is_installed():
     out = subprocess.run([sys.executable, "-m", "cmhash.cli", "--version"], capture_output=True,
                          text=True, check=True)
     assert out.stdout.startswith("cmhash ")
+
+
+def test_plots_draw_the_results(tmp_path, dataset):
+    pytest.importorskip("matplotlib")
+    import matplotlib.image as mpimg
+
+    from cmhash.plots import plot_convergence, plot_curves, plot_map_vs_bits
+
+    doc = run_evaluation("batch", dataset, bits=[8, 16], seeds=1, params={"n_anchors": (40, 40)},
+                         verbose=False, curves=True)
+    for fn, name in ((plot_map_vs_bits, "map.png"), (plot_curves, "curves.png"),
+                     (plot_convergence, "conv.png")):
+        img = mpimg.imread(fn([doc], tmp_path / name))
+        assert img.shape[0] > 200 and img.shape[1] > 300
+        assert img[..., :3].std() > 0.05  # something was drawn, not a blank canvas
+    no_curves = run_evaluation("batch", dataset, bits=[8], seeds=1, params={"n_anchors": (40, 40)},
+                               verbose=False)
+    with pytest.raises(ValueError, match="no curves"):
+        plot_curves([no_curves], tmp_path / "x.png")

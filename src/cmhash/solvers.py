@@ -26,17 +26,18 @@ def sign(X) -> np.ndarray:
     return np.where(np.asarray(X) > 0, 1, -1).astype(np.int8)
 
 
-def orthogonal_zero_mean(Z, random_state=None, *, rel_tol: float = 1e-10) -> np.ndarray:
+def orthogonal_zero_mean(Z, random_state=None) -> np.ndarray:
     """Solve ``max_V tr(Z^T V)  s.t.  V^T V = n I_r,  V^T 1 = 0`` for ``V`` of shape (n, r).
 
-    Since ``V^T 1 = 0``, ``tr(Z^T V) = tr(Zc^T V)`` with ``Zc = Z - 1 mean(Z)``. With the
-    eigendecomposition ``Zc^T Zc = Q diag(lam) Q^T`` (an r x r problem, O(n r^2) in all), the
-    maximiser is ``V = sqrt(n) [Zc Q_k lam_k^{-1/2}, P_bar] [Q_k, Q_bar]^T`` where ``k`` is the
-    numerical rank of ``Zc``; when ``k < r`` the completion ``P_bar`` is a random orthonormal
-    basis orthogonal to both ``Zc Q_k`` and ``1`` (the SCRATCH/BATCH construction, with the
-    orthogonality to ``1`` that their released code omits enforced here) and ``Q_bar`` spans
-    the null space of ``Zc^T Zc``. Equivalent to ``sqrt(n) U W^T`` for the thin SVD
-    ``Zc = U S W^T`` when ``Zc`` has full column rank.
+    Since ``V^T 1 = 0``, ``tr(Z^T V) = tr(Zc^T V)`` with ``Zc = Z - 1 mean(Z)``. With the thin
+    SVD ``Zc = U S W^T`` (O(n r^2)), the maximiser is ``V = sqrt(n) [U_k, P_bar] W^T`` where
+    ``k`` is the numerical rank of ``Zc``. This is the SCRATCH/BATCH solution
+    ``sqrt(n) [Zc Q Omega^{-1/2}, P_bar][Q, Q_bar]^T`` (``Zc^T Zc = Q Omega Q^T``), computed from
+    the SVD of ``Zc`` instead of the eigendecomposition of ``Zc^T Zc`` so that badly conditioned
+    ``Z`` (ASFOH's, whose label part is 1e5-1e8 times larger than the rest) keeps its weak
+    directions to machine precision instead of losing them to the squared condition number.
+    When ``k < r`` the completion ``P_bar`` is a random orthonormal basis orthogonal to both
+    ``U_k`` and ``1`` (the released BATCH code omits the orthogonality to ``1``).
     """
     Z = np.asarray(Z, dtype=np.float64)
     if Z.ndim != 2:
@@ -46,25 +47,27 @@ def orthogonal_zero_mean(Z, random_state=None, *, rel_tol: float = 1e-10) -> np.
         raise ValueError(f"orthogonal_zero_mean needs n > r (V^T 1 = 0 leaves n - 1 dimensions), "
                          f"got n={n}, r={r}")
     Zc = Z - Z.mean(axis=0, keepdims=True)
-    lam, Q = np.linalg.eigh(Zc.T @ Zc)
-    lam, Q = lam[::-1], Q[:, ::-1]
-    keep = lam > rel_tol * max(lam[0], 1e-300)
-    k = int(np.count_nonzero(keep))
-    P = Zc @ (Q[:, :k] / np.sqrt(lam[:k]))
+    U, s, Wt = np.linalg.svd(Zc, full_matrices=False)
+    k = int(np.count_nonzero(s > max(n, r) * np.finfo(np.float64).eps * max(s[0], 1e-300)))
+    U = U[:, :k]
     if k < r:
-        rng = np.random.default_rng(random_state) if not isinstance(random_state, np.random.Generator) else random_state
-        basis = np.hstack([np.full((n, 1), 1.0 / np.sqrt(n)), P])
+        rng = (random_state if isinstance(random_state, np.random.Generator)
+               else np.random.default_rng(random_state))
+        basis = np.hstack([np.full((n, 1), 1.0 / np.sqrt(n)), U])
         R = rng.standard_normal((n, r - k))
-        # two passes of classical Gram-Schmidt against [1, P] for numerical safety
+        # two passes of classical Gram-Schmidt against [1, U_k] for numerical safety
         for _ in range(2):
             R -= basis @ (basis.T @ R)
-        P_bar, _ = np.linalg.qr(R)
-        P = np.hstack([P, P_bar])
-    return np.sqrt(n) * (P @ Q.T)
+        U = np.hstack([U, np.linalg.qr(R)[0]])
+    return np.sqrt(n) * (U @ Wt)
 
 
 def procrustes(M) -> np.ndarray:
-    """Solve ``max_R tr(R^T M)  s.t.  R^T R = I`` (square ``M``): ``R = U W^T`` for ``M = U S W^T``."""
+    """Solve ``max_R tr(R^T M)  s.t.  R^T R = I`` for ``M`` of shape (a, b), a >= b.
+
+    ``R = U W^T`` for the thin SVD ``M = U S W^T`` (square ``M``: an orthogonal rotation;
+    tall ``M``: orthonormal columns).
+    """
     M = np.asarray(M, dtype=np.float64)
     U, _, Wt = np.linalg.svd(M, full_matrices=False)
     return U @ Wt

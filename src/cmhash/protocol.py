@@ -113,9 +113,14 @@ def evaluate_hasher(hasher, dataset, *, database: str = "learned", ties: str = "
             ks = [k for k in PRECISION_KS if k <= db_codes.shape[0]]
             res["precision_at_k"] = {"k": ks, "precision": np.asarray(
                 precision_at_k(q_codes, db_codes, q_labels, db_labels, ks, **metric_kw)).tolist()}
-            rec, prec = pr_curve_ranking(q_codes, db_codes, q_labels, db_labels, **metric_kw)
+            # the expected interpolated maximum has no closed form: the rank-based PR curve
+            # falls back to stable ties under ties="expected" and says so
+            curve_ties = "stable" if ties == "expected" else ties
+            rec, prec = pr_curve_ranking(q_codes, db_codes, q_labels, db_labels,
+                                         ties=curve_ties, random_state=random_state)
             res["pr_curve_ranking"] = {"recall": np.asarray(rec).tolist(),
-                                       "precision": np.asarray(prec).tolist()}
+                                       "precision": np.asarray(prec).tolist(),
+                                       "ties": curve_ties}
             rad = pr_curve_radius(q_codes, db_codes, q_labels, db_labels)
             res["pr_curve_radius"] = {k: np.asarray(v).tolist() for k, v in rad.items()}
         tasks[task_name(q_mod, d_mod)] = res

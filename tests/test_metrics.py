@@ -761,7 +761,7 @@ def test_bad_options():
         M.pr_curve_ranking(*args, ties="expected")
     with pytest.raises(ValueError, match="ties='expected' defines an expectation"):
         M.hamming_ranking(args[0], args[1], ties="expected")
-    with pytest.raises(ValueError, match="random_state must be"):
+    with pytest.raises(TypeError, match="random_state must be"):
         M.mean_average_precision(*args, ties="random", random_state="seed")
 
 

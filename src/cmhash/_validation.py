@@ -12,11 +12,17 @@ class ConvergenceWarning(UserWarning):
 
 
 def check_random_state(seed) -> np.random.Generator:
-    """Turn ``None``, an int, or a Generator into a :class:`numpy.random.Generator`."""
-    if seed is None or isinstance(seed, (numbers.Integral, np.integer)):
-        return np.random.default_rng(seed)
+    """Turn ``None``, an int, a SeedSequence/BitGenerator, a legacy RandomState or a Generator
+    into a :class:`numpy.random.Generator` (a Generator is returned as is, so its stream is
+    shared with the caller)."""
     if isinstance(seed, np.random.Generator):
         return seed
+    if seed is None or (isinstance(seed, (numbers.Integral, np.integer)) and not isinstance(seed, bool)):
+        return np.random.default_rng(seed)
+    if isinstance(seed, (np.random.SeedSequence, np.random.BitGenerator)):
+        return np.random.default_rng(seed)
+    if isinstance(seed, np.random.RandomState):
+        return np.random.default_rng(seed.randint(0, 2**31 - 1))
     raise TypeError(f"random_state must be None, an int or a numpy Generator, got {type(seed).__name__}")
 
 

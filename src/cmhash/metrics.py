@@ -37,6 +37,8 @@ from typing import Iterator
 
 import numpy as np
 
+from ._validation import check_random_state
+
 __all__ = [
     "hamming_distances",
     "hamming_ranking",
@@ -117,19 +119,6 @@ def _check_labels(labels, name):
 
 def _non_negative(arr):
     return arr.dtype == bool or arr.size == 0 or arr.min() >= 0
-
-
-def _check_random_state(random_state):
-    if random_state is None or isinstance(random_state, (int, np.integer)):
-        return np.random.default_rng(random_state)
-    if isinstance(random_state, np.random.Generator):
-        return random_state
-    if isinstance(random_state, (np.random.SeedSequence, np.random.BitGenerator)):
-        return np.random.default_rng(random_state)
-    raise ValueError(
-        "random_state must be None, an int or a numpy.random.Generator; "
-        f"got {type(random_state).__name__}"
-    )
 
 
 def _check_int(value, name, low, high=None):
@@ -222,7 +211,7 @@ def _prepare(query_codes, db_codes, query_labels=None, db_labels=None, batch_siz
     if ties == "random":
         # Random tie order = stable order over a uniformly shuffled database: every query
         # sees its tie groups in a uniformly random order (one permutation per call).
-        perm = _check_random_state(random_state).permutation(n)
+        perm = check_random_state(random_state).permutation(n)
         d = d[perm]
         if ldb is not None:
             ldb = ldb[perm]

@@ -23,6 +23,8 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from .._validation import check_random_state
+
 __all__ = [
     "CrossModalDataset",
     "DataSplit",
@@ -48,19 +50,6 @@ class DataWarning(UserWarning):
 # --------------------------------------------------------------------------------------------
 # small helpers
 # --------------------------------------------------------------------------------------------
-def _rng(random_state: Any) -> np.random.Generator:
-    """None / int / Generator / RandomState -> ``np.random.Generator``."""
-    if isinstance(random_state, np.random.Generator):
-        return random_state
-    if isinstance(random_state, np.random.RandomState):
-        return np.random.default_rng(random_state.randint(0, 2**31 - 1))
-    if random_state is None or isinstance(random_state, (int, np.integer)):
-        return np.random.default_rng(random_state)
-    raise TypeError(
-        f"random_state must be None, an int or a numpy Generator, got {type(random_state).__name__}"
-    )
-
-
 def _is_int_valued(a: np.ndarray) -> bool:
     if a.dtype.kind in "iub":
         return True
@@ -651,7 +640,7 @@ class CrossModalDataset:
             raise ValueError(f"subset_train: n must be positive, got {n}")
         if n >= ret.size:
             return self._derive({**self._splits, "train": ret})
-        pick = _rng(random_state).choice(ret.size, size=n, replace=False)
+        pick = check_random_state(random_state).choice(ret.size, size=n, replace=False)
         return self._derive({**self._splits, "train": np.sort(ret[pick])})
 
     def validation_split(self, val_size: float | int = 0.2, random_state: Any = None) -> CrossModalDataset:
@@ -674,7 +663,7 @@ class CrossModalDataset:
             raise ValueError(
                 f"validation_split: need 1 <= n_val < {tr.size} (training size), got {k}"
             )
-        perm = _rng(random_state).permutation(tr.size)
+        perm = check_random_state(random_state).permutation(tr.size)
         val = np.sort(tr[perm[:k]])
         rest = np.sort(tr[perm[k:]])
         name = f"{self.name}[val]" if self.name else "validation"
@@ -692,7 +681,7 @@ class CrossModalDataset:
         ``(views, labels, indices)`` with the pool indices of each shuffled list.
         """
         idx = self.indices(split)
-        rng = _rng(random_state)
+        rng = check_random_state(random_state)
         views, labs, inds = [], [], []
         for X in self._modalities.values():
             p = idx[rng.permutation(idx.size)]

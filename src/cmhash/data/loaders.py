@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from .dataset import CrossModalDataset, DataWarning, _rng, as_label_matrix
+from .._validation import check_random_state
+from .dataset import CrossModalDataset, DataWarning, as_label_matrix
 from .presets import DatasetPreset, detect_preset, get_preset
 
 __all__ = [
@@ -755,7 +756,7 @@ def load_dataset(
                 DataWarning,
                 stacklevel=2,
             )
-    rng = _rng(random_state)
+    rng = check_random_state(random_state)
     nq = n_query if n_query is not None else (pre.n_query if pre is not None and pre.n_query else None)
     nt = n_train if n_train is not None else (pre.n_train if pre is not None else None)
     if splits is None:

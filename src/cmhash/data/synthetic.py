@@ -28,7 +28,8 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from .dataset import CrossModalDataset, _rng
+from .._validation import check_random_state
+from .dataset import CrossModalDataset
 
 __all__ = [
     "make_synthetic",
@@ -236,7 +237,7 @@ def make_synthetic(
     if len(names) != len(dims_):
         raise ValueError(f"modality_names {names} do not match dims {dims_}")
 
-    rng = _rng(random_state)
+    rng = check_random_state(random_state)
     Y = _labels(rng, n_, c, float(p["multilabel_rate"]))
     splits = _splits(rng, n_, int(p["n_query"]), p["n_train"])
     _fill_empty(rng, Y, splits["train"])
@@ -302,7 +303,7 @@ def make_synthetic_image_text(
     """
     if image_size < 4:
         raise ValueError(f"image_size must be >= 4, got {image_size}")
-    rng = _rng(random_state)
+    rng = check_random_state(random_state)
     nq = max(1, n // 10) if n_query is None else int(n_query)
     Y = _labels(rng, int(n), int(n_classes), float(multilabel_rate))
     splits = _splits(rng, int(n), nq, n_train)

@@ -1,0 +1,11 @@
+"""Deep cross-modal hashing methods (optional: needs PyTorch, ``pip install 'cmhash[deep]'``).
+
+* :mod:`cmhash.deep.backbones` -- MLP, CNN-F, AlexNet, the papers' text networks; loading of
+  user-supplied weights (PyTorch state_dict, MatConvNet imagenet-vgg-f.mat). Nothing is
+  downloaded.
+* :mod:`cmhash.deep._torch_base` -- ``TorchHasher`` base class, devices, seeding.
+* :mod:`cmhash.deep.ta_adcmh` -- TA-ADCMH (task-adaptive asymmetric deep cross-modal hashing).
+* :mod:`cmhash.deep.sdch` -- SDCH.
+
+Importing this package does not import torch; its submodules do.
+"""

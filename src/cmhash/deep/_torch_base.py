@@ -1,0 +1,180 @@
+"""Shared PyTorch machinery of the deep methods (TA-ADCMH, SDCH).
+
+Only the deep methods import this module, so ``import cmhash`` never imports torch.
+
+* :func:`resolve_device` -- ``"auto"`` / ``"cpu"`` / ``"cuda"`` / ``"cuda:N"`` -> ``torch.device``.
+* :func:`seed_everything` -- seeds torch's generators from the estimator's numpy Generator.
+* :class:`TorchHasher` -- base estimator: tensors from dense / CSR arrays, batched prediction,
+  and persistence of networks as plain arrays (``network_states_``: "net.param" -> ndarray)
+  plus their JSON architecture (``architectures_``), so ``cmhash.load`` rebuilds them without
+  pickle.
+
+Reproducibility: on CPU a seeded fit is bit-reproducible (same seed -> same codes) on the
+same machine and thread count. CUDA runs may not be bit-reproducible (atomic adds in some
+backward kernels); :func:`seed_everything` disables cuDNN autotuning and asks for deterministic
+cuDNN kernels, which removes most but not all of the variation.
+"""
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from torch import nn
+
+from ..base import CrossModalHasher
+from ..solvers import sign
+from .backbones import build_backbone
+
+__all__ = ["resolve_device", "seed_everything", "TorchHasher"]
+
+
+def resolve_device(device: str) -> torch.device:
+    """``"auto"`` -> cuda if available else cpu; ``"cpu"``; ``"cuda"`` / ``"cuda:N"`` (must exist)."""
+    if isinstance(device, torch.device):
+        device = str(device)
+    if not isinstance(device, str):
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {device!r}")
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cpu":
+        return torch.device("cpu")
+    if device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit()):
+        if not torch.cuda.is_available():
+            raise ValueError(f"device={device!r} requested but CUDA is not available "
+                             f"(use device='auto' or 'cpu')")
+        if ":" in device and int(device[5:]) >= torch.cuda.device_count():
+            raise ValueError(f"device={device!r}: only {torch.cuda.device_count()} CUDA device(s)")
+        return torch.device(device)
+    raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {device!r}")
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch's CPU (and CUDA) generators; deterministic cuDNN kernels, no autotuning.
+
+    CPU runs are then bit-reproducible; CUDA runs may still differ in the last bits.
+    """
+    seed = int(seed) % (2 ** 63 - 1)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+
+
+def _seed_from_rng(rng: np.random.Generator) -> int:
+    return int(rng.integers(0, 2 ** 62))
+
+
+class TorchHasher(CrossModalHasher):
+    """Base class of the deep hashers.
+
+    Parameters (in addition to ``n_bits``, ``random_state``, ``verbose``): ``device``
+    (``"auto"``: the GPU when present, never required). Live networks are kept in the private
+    dict ``self._nets`` (not saved); their weights and architectures are saved through
+    ``network_states_`` and ``architectures_`` (see :meth:`_store_networks`).
+    """
+
+    max_feature_ndim = 4  # images (n, C, H, W)
+    predict_batch_size = 1024
+
+    def __init__(self, n_bits: int = 32, *, device: str = "auto", random_state=None,
+                 verbose: bool = False):
+        super().__init__(n_bits, random_state=random_state, verbose=verbose)
+        self.device = device
+
+    # ------------------------------------------------------------- tensors
+    @staticmethod
+    def _to_tensor(X, device, chunk: int = 4096) -> torch.Tensor:
+        """Dense ndarray or CSR -> float32 tensor on ``device`` (CSR densified chunk by chunk)."""
+        device = torch.device(device)
+        if sp.issparse(X):
+            X = sp.csr_matrix(X)
+            out = torch.empty(X.shape, dtype=torch.float32, device=device)
+            for s in range(0, X.shape[0], chunk):
+                out[s:s + chunk] = torch.from_numpy(
+                    X[s:s + chunk].toarray().astype(np.float32, copy=False)).to(device)
+            return out
+        return torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32)).to(device)
+
+    @staticmethod
+    def _rows(X, idx, device) -> torch.Tensor:
+        """Rows ``idx`` of a dense array, CSR matrix or tensor as a float32 tensor on ``device``."""
+        if isinstance(X, torch.Tensor):
+            return X[torch.as_tensor(idx, device=X.device)].to(device)
+        if sp.issparse(X):
+            return torch.from_numpy(X[idx].toarray().astype(np.float32, copy=False)).to(device)
+        return torch.from_numpy(np.ascontiguousarray(X[idx], dtype=np.float32)).to(device)
+
+    @classmethod
+    def _predict(cls, net: nn.Module, X, batch_size: int | None = None,
+                 device=None) -> np.ndarray:
+        """Network outputs for every row of ``X`` as float32 ndarray (eval mode, no_grad, batched)."""
+        batch_size = int(batch_size or cls.predict_batch_size)
+        if device is None:
+            device = next(net.parameters()).device
+        was_training = net.training
+        net.eval()
+        outs = []
+        n = X.shape[0]
+        try:
+            with torch.no_grad():
+                for s in range(0, n, batch_size):
+                    xb = cls._rows(X, np.arange(s, min(s + batch_size, n)), device)
+                    outs.append(net(xb).float().cpu().numpy())
+        finally:
+            net.train(was_training)
+        return np.concatenate(outs, axis=0)
+
+    # --------------------------------------------------------- persistence
+    def _store_networks(self, **nets: nn.Module) -> None:
+        """Keep the networks live in ``self._nets`` and as arrays for saving.
+
+        ``network_states_`` maps "name.param" (e.g. "f1.net.0.weight") to a CPU ndarray;
+        ``architectures_`` maps "name" to the JSON spec of :func:`build_backbone` (every
+        network must have been built by it, i.e. carry ``.spec``).
+        """
+        states, archs = {}, {}
+        for name, net in nets.items():
+            if "." in name:
+                raise ValueError(f"network name {name!r} must not contain '.'")
+            spec = getattr(net, "spec", None)
+            if spec is None:
+                raise ValueError(f"network {name!r} was not built by build_backbone (no .spec)")
+            archs[name] = dict(spec)
+            for k, v in net.state_dict().items():
+                states[f"{name}.{k}"] = v.detach().cpu().numpy().copy()
+        self._nets = dict(nets)
+        self.network_states_ = states
+        self.architectures_ = archs
+
+    def _build_networks(self, device=None) -> dict:
+        """Rebuild every network of ``architectures_`` and load ``network_states_``."""
+        device = resolve_device(self.device) if device is None else device
+        nets = {}
+        for name, spec in self.architectures_.items():
+            net = build_backbone(dict(spec))
+            prefix = name + "."
+            state = {k[len(prefix):]: torch.from_numpy(np.array(v))
+                     for k, v in self.network_states_.items() if k.startswith(prefix)}
+            net.load_state_dict(state, strict=True)
+            nets[name] = net.to(device).eval()
+        return nets
+
+    def _after_load(self) -> None:
+        if hasattr(self, "architectures_"):
+            try:
+                device = resolve_device(self.device)
+            except ValueError:  # saved on a GPU machine, loaded on a CPU-only one
+                device = torch.device("cpu")
+            self._nets = self._build_networks(device)
+
+    def _network(self, name: str) -> nn.Module:
+        nets = getattr(self, "_nets", None)
+        if nets is None:
+            self._after_load()
+            nets = self._nets
+        return nets[name]
+
+    def _encode_with(self, name: str, X) -> np.ndarray:
+        """``sign(net(X))`` as int8 codes (0 -> -1)."""
+        return sign(self._predict(self._network(name), X))

@@ -1,0 +1,550 @@
+"""TA-ADCMH: task-adaptive asymmetric deep cross-modal hashing (Li et al.; paper ta-adcmh.md).
+
+Row-sample convention (the paper writes r x n matrices; here F, G, B are n x r and the
+projections P, W are c x r, so the paper's ``P L`` is ``L P`` here). See
+docs/methods/ta-adcmh.md for the derivation and every deviation.
+
+Two couples of networks, one per retrieval task t (I2T: t = 1, T2I: t = 2)::
+
+    F_t = f_t(X) (n x r, image network), G_t = g_t(Y) (n x r, text network),
+    Phi = F_t G_t^T / 2,  S_ij = 1 if l_i and l_j share a label else 0
+
+    J_1 = sum_ij [log(1 + e^Phi_ij) - S_ij Phi_ij] + lambda1 ||B1 - F1||^2 + beta1 ||B1 - G1||^2
+          + mu1 ||F1 - L P||^2 + nu1 (||F1^T 1||^2 + ||G1^T 1||^2 + ||P||^2)        (Eq. 1, 3)
+    J_2 = the same with (lambda2, beta2, nu2) and the label regression on the TEXT (query)
+          side: mu2 ||G2 - L W||^2 + nu2 ||W||^2                                   (Eq. 4, 5)
+
+Algorithm 1, per outer iteration (epoch) and task::
+
+    I2T: one epoch of f1 (mini-batches of 128, gradient Eq. 6), one epoch of g1 (Eq. 7),
+         B1 = sign(lambda1 F1 + beta1 G1)                                          (Eq. 9)
+         P  = (L^T L + nu1/mu1 I)^{-1} L^T F1                                      (Eq. 11)
+    T2I: one epoch of g2 (Eq. 13), one epoch of f2 (Eq. 14),
+         B2 = sign(lambda2 F2 + beta2 G2)                                          (Eq. 16)
+         W  = (L^T L + nu2/mu2 I)^{-1} L^T G2                                      (Eq. 18)
+
+The likelihood of a mini-batch I is evaluated against all n samples of the other modality
+(a |I| x n block of S built from the labels); the other modality's outputs and the rest of
+F (for the balance term) come from buffers refreshed as each batch is processed, exactly as
+DCMH does. No n x n matrix is ever formed. Encoding: an image query of I2T is
+``sign(f1(x))`` and a text query of T2I is ``sign(g2(y))`` (Section 3.4).
+
+Variants (Sections 5.2-5.3, ``VARIANTS``): TA-ADCMH-I regresses the labels from the shared
+codes (``regression="codes"``: B = sign(lambda F + beta G + mu L V)), TA-ADCMH-II has no label
+regression (``regression="none"``); both use one couple of networks for both tasks.
+TA-ADCMH-III drops the discrete constraint (``discrete=False``: B = (lambda F + beta G) /
+(lambda + beta), binarised by sign at the end).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from torch.nn import functional as Fnn
+
+from .._validation import check_choice, check_int, check_positive
+from ..progress import progress
+from ..solvers import sign
+from ._torch_base import TorchHasher, _seed_from_rng, resolve_device, seed_everything
+from .backbones import CNNF, build_backbone, load_state_dict_file, load_vggf_mat
+
+__all__ = ["TAADCMH", "similarity_block", "batch_loss", "objective_terms", "analytic_gradients",
+           "codes_step", "projection_step"]
+
+OBJECTIVE_BLOCK = 1024  # rows of the S / Phi blocks when evaluating the whole objective
+
+
+# ---------------------------------------------------------------- the paper's formulas
+def similarity_block(L_rows: torch.Tensor, L: torch.Tensor) -> torch.Tensor:
+    """Rows of the pairwise similarity S (|I| x n): S_ij = 1 iff l_i^T l_j > 0."""
+    return (L_rows @ L.T > 0).to(L.dtype)
+
+
+def nll_block(Fb: torch.Tensor, G: torch.Tensor, Sb: torch.Tensor) -> torch.Tensor:
+    """``sum_ij log(1 + e^Phi_ij) - S_ij Phi_ij`` for Phi = Fb G^T / 2 (a block of rows)."""
+    Phi = 0.5 * (Fb @ G.T)
+    return (Fnn.softplus(Phi) - Sb * Phi).sum()
+
+
+def batch_loss(out, idx, own, other, B, L, Q, *, w_quant, mu, nu):
+    """The part of J that depends on the mini-batch outputs ``out`` = F_I (or G_I).
+
+    ``sum_{i in I, j} [log(1 + e^Phi_ij) - S_ij Phi_ij] + w ||B_I - out||^2
+    + mu ||out - L_I Q||^2 + nu ||out^T 1 + (rest of own)^T 1||^2``, where ``own`` is the
+    n x r buffer of this network's outputs (its rows ``idx`` are replaced by ``out``) and
+    ``other`` the buffer of the other modality. Its gradient w.r.t. ``out`` equals the rows
+    ``idx`` of Eq. 6 (f1), 7 (g1), 13 (g2, with mu) or 14 (f2). For the text side the
+    likelihood is symmetric: ``sum_{i, j in I}`` with Phi = F G^T / 2 equals
+    ``nll_block(G_I, F, S_I)`` because S is symmetric.
+    """
+    Lb = L[idx]
+    loss = nll_block(out, other, similarity_block(Lb, L))
+    loss = loss + w_quant * ((B[idx] - out) ** 2).sum()
+    if mu > 0:
+        loss = loss + mu * ((out - Lb @ Q) ** 2).sum()
+    rest = own.sum(0) - own[idx].sum(0)                               # other rows of F^T 1
+    return loss + nu * ((rest + out.sum(0)) ** 2).sum()
+
+
+def objective_terms(F, G, B, L, Q, *, lam, beta, mu, nu, query="image",
+                    block: int = OBJECTIVE_BLOCK) -> dict:
+    """Every term of J_1 (``query="image"``, Eq. 1/3) or J_2 (``query="text"``, Eq. 4/5).
+
+    ``Q`` is P (regression of F on L) for I2T or W (regression of G on L) for T2I;
+    ``query="codes"`` gives TA-ADCMH-I (mu ||B - L V||^2) and ``query=None`` TA-ADCMH-II.
+    Tensors are n x r (F, G, B), n x c (L), c x r (Q). The likelihood is summed over row
+    blocks of ``block`` x n, never an n x n matrix.
+    """
+    n = F.shape[0]
+    nll = F.new_zeros(())
+    for s in range(0, n, block):
+        nll = nll + nll_block(F[s:s + block], G, similarity_block(L[s:s + block], L))
+    terms = {"nll": nll,
+             "quant_f": lam * ((B - F) ** 2).sum(),
+             "quant_g": beta * ((B - G) ** 2).sum(),
+             "balance": nu * ((F.sum(0) ** 2).sum() + (G.sum(0) ** 2).sum())}
+    target = {"image": F, "text": G, "codes": B, None: None}[query]
+    if target is not None:
+        terms["regression"] = mu * ((target - L @ Q) ** 2).sum()
+        terms["ridge"] = nu * (Q ** 2).sum()
+    terms["total"] = sum(terms.values())
+    return terms
+
+
+def analytic_gradients(F, G, B, L, Q, *, lam, beta, mu, nu, query="image",
+                       block: int = OBJECTIVE_BLOCK):
+    """The paper's gradients (dJ/dF, dJ/dG), n x r each, computed in row blocks.
+
+    I2T (``query="image"``): dJ1/dF1 is Eq. 6, dJ1/dG1 is Eq. 7::
+
+        dF = 1/2 (sigma(Phi) - S) G + 2 lambda (F - B) + 2 mu (F - L P) + 2 nu 1 1^T F
+        dG = 1/2 (sigma(Phi) - S)^T F + 2 beta (G - B) + 2 nu 1 1^T G
+
+    T2I (``query="text"``): dJ2/dG2 is Eq. 13 (with the 2 mu (G - L W) term) and dJ2/dF2 is
+    Eq. 14 (without it). ``query`` "codes"/None (variants I/II): no regression term on F or G.
+    """
+    n = F.shape[0]
+    dF = torch.zeros_like(F)
+    dG = torch.zeros_like(G)
+    for s in range(0, n, block):
+        Sb = similarity_block(L[s:s + block], L)
+        R = torch.sigmoid(0.5 * (F[s:s + block] @ G.T)) - Sb   # sigma(Phi) - S, block x n
+        dF[s:s + block] = 0.5 * (R @ G)
+        dG += 0.5 * (R.T @ F[s:s + block])
+    dF += 2 * lam * (F - B) + 2 * nu * F.sum(0, keepdim=True)
+    dG += 2 * beta * (G - B) + 2 * nu * G.sum(0, keepdim=True)
+    if query == "image":
+        dF += 2 * mu * (F - L @ Q)
+    elif query == "text":
+        dG += 2 * mu * (G - L @ Q)
+    return dF, dG
+
+
+def codes_step(F, G, *, lam, beta, mu=0.0, LQ=None, discrete=True) -> np.ndarray:
+    """B-step. Discrete (Eq. 9/16): ``B = sign(lam F + beta G [+ mu L V])``, the exact minimiser
+    of ``lam ||B - F||^2 + beta ||B - G||^2 [+ mu ||B - L V||^2]`` over B in {-1,+1}^{n x r}
+    (``||B||^2 = n r`` is constant, so only ``-2 tr(B^T (lam F + beta G + mu L V))`` varies).
+    Relaxed (TA-ADCMH-III): the real minimiser ``(lam F + beta G + mu L V) / (lam + beta + mu)``.
+    """
+    M = lam * np.asarray(F, dtype=np.float64) + beta * np.asarray(G, dtype=np.float64)
+    w = lam + beta
+    if LQ is not None and mu > 0:
+        M = M + mu * np.asarray(LQ, dtype=np.float64)
+        w = w + mu
+    if discrete:
+        return sign(M).astype(np.float64)
+    if w <= 0:
+        raise ValueError("the relaxed B-step needs lambda + beta (+ mu) > 0")
+    return M / w
+
+
+def projection_step(T, L, *, mu, nu) -> np.ndarray:
+    """P-step (Eq. 11) / W-step (Eq. 18) / V-step (variant I), row convention:
+    ``argmin_Q mu ||T - L Q||^2 + nu ||Q||^2 = (L^T L + nu/mu I)^{-1} L^T T`` (c x r).
+
+    ``mu = 0`` leaves only ``nu ||Q||^2``, minimised by Q = 0. Solved as
+    ``(mu L^T L + nu I) Q = mu L^T T`` so that nu = 0 with a full-rank L^T L also works.
+    """
+    L = np.asarray(L, dtype=np.float64)
+    T = np.asarray(T, dtype=np.float64)
+    c = L.shape[1]
+    if mu == 0:
+        return np.zeros((c, T.shape[1]))
+    A = mu * (L.T @ L) + nu * np.eye(c)
+    rhs = mu * (L.T @ T)
+    try:
+        return np.linalg.solve(A, rhs)
+    except np.linalg.LinAlgError:
+        return np.linalg.lstsq(A, rhs, rcond=None)[0]
+
+
+# ---------------------------------------------------------------------- the estimator
+class TAADCMH(TorchHasher):
+    """TA-ADCMH (task-adaptive asymmetric deep cross-modal hashing).
+
+    Parameters
+    ----------
+    n_bits : int
+        Code length r (the size of every network's last layer).
+    lambda1, beta1, mu1, nu1 : float
+        I2T weights: ||B1 - F1||^2, ||B1 - G1||^2, ||F1 - L P||^2, balance + ||P||^2.
+    lambda2, beta2, mu2, nu2 : float
+        T2I weights: ||B2 - F2||^2, ||B2 - G2||^2, ||G2 - L W||^2, balance + ||W||^2.
+    regression : {"query", "codes", "none"}
+        "query": the paper's task-adaptive regression of the QUERY network output on the
+        labels, two couples of networks. "codes" (TA-ADCMH-I) and "none" (TA-ADCMH-II): one
+        couple shared by both tasks, trained with the I2T weights.
+    discrete : bool
+        False gives TA-ADCMH-III (relaxed, real-valued B during training).
+    image_backbone, text_backbone : {"auto", "mlp", "cnnf", "text-ta"}
+        "auto": CNN-F for image arrays (n, C, H, W), else an MLP (image) / the paper's
+        two-layer text network "text-ta" (text).
+    image_hidden, text_hidden : int or tuple of int
+        Hidden widths of the MLP / text-ta networks (the paper's text network: 8,192).
+    fc_dim : int
+        Width of CNN-F's fc6/fc7 (4,096 in the paper; smaller only for fast tests).
+    dropout : float
+        Dropout after hidden layers (0: none).
+    image_weights : str or None
+        Pretrained weights for the image networks, loaded into f1 and f2 from this file only:
+        a MatConvNet ``imagenet-vgg-f.mat`` (``.mat``) or a PyTorch state_dict (other suffix).
+    standardize : bool
+        z-score dense inputs with training means / standard deviations (stored): per feature
+        for vectors, per channel for images (n, C, H, W). CSR input is left as is.
+    n_epochs : int
+        Outer iterations of Algorithm 1 (the paper: 500).
+    batch_size : int
+        Mini-batch size N1 = N2 (128).
+    lr : float
+        Learning rate of every network.
+    optimizer : {"adam", "sgd"}
+        "sgd" is plain SGD with momentum 0.9 (the paper's MatConvNet SGD); "adam" converges in
+        far fewer epochs on feature inputs.
+    weight_decay : float
+        L2 penalty on the network weights (0: none; not part of the paper's objective).
+    track_objective : bool
+        Evaluate J_1 and J_2 exactly after each epoch (O(n^2 r) time in n x batch blocks).
+    device : "auto", "cpu", "cuda" or "cuda:N"
+    random_state, verbose : see :class:`cmhash.base.CrossModalHasher`.
+
+    Attributes
+    ----------
+    codes_ : [B2, B1] int8 (n, r)   learned codes of each modality as the DATABASE side:
+        image -> B2 (T2I task), text -> B1 (I2T task)
+    projection_i2t_, projection_t2i_ : (c, r) float64   P and W (V for variant I)
+    objective_ : list of float   J_1 + J_2 after each epoch (J of the shared couple for
+        variants I/II); objective_i2t_, objective_t2i_ the two parts
+    loss_terms_ : dict of (n_epochs,) arrays   each term of J_1 / J_2 after each epoch
+    network_states_, architectures_ : the networks f1, g1, f2, g2 (f, g for variants I/II)
+    input_means_, input_scales_ : per-modality standardisation (None where not applied)
+    """
+
+    name = "ta-adcmh"
+
+    #: the paper's Section 4.3 values (500 iterations, batches of 128); "wiki" was selected on
+    #: a validation split of the Wiki training set with MLP backbones (docs/methods/ta-adcmh.md)
+    PRESETS = {
+        "mirflickr25k": {"lambda1": 0.1, "beta1": 0.01, "mu1": 1e-4, "nu1": 0.1,
+                         "lambda2": 0.1, "beta2": 100.0, "mu2": 0.1, "nu2": 0.1,
+                         "n_epochs": 500, "batch_size": 128},
+        "nuswide": {"lambda1": 0.1, "beta1": 1.0, "mu1": 1.0, "nu1": 0.1,
+                    "lambda2": 0.1, "beta2": 1.0, "mu2": 1.0, "nu2": 0.1,
+                    "n_epochs": 500, "batch_size": 128},
+        "wiki": {"lambda1": 0.1, "beta1": 1.0, "mu1": 1.0, "nu1": 1e-3,
+                 "lambda2": 0.1, "beta2": 1.0, "mu2": 1.0, "nu2": 1e-3,
+                 "n_epochs": 30, "batch_size": 128, "lr": 1e-2, "text_hidden": 512},
+    }
+    VARIANTS = {
+        "TA-ADCMH": {"regression": "query", "discrete": True},
+        "TA-ADCMH-I": {"regression": "codes", "discrete": True},
+        "TA-ADCMH-II": {"regression": "none", "discrete": True},
+        "TA-ADCMH-III": {"regression": "query", "discrete": False},
+    }
+
+    def __init__(self, n_bits: int = 32, *, lambda1: float = 0.1, beta1: float = 1.0,
+                 mu1: float = 1.0, nu1: float = 0.1, lambda2: float = 0.1, beta2: float = 1.0,
+                 mu2: float = 1.0, nu2: float = 0.1, regression: str = "query",
+                 discrete: bool = True, image_backbone: str = "auto",
+                 text_backbone: str = "auto", image_hidden=(512,), text_hidden=8192,
+                 fc_dim: int = 4096, dropout: float = 0.0, image_weights=None,
+                 standardize: bool = True, n_epochs: int = 40, batch_size: int = 128,
+                 lr: float = 1e-3, optimizer: str = "adam", weight_decay: float = 0.0,
+                 track_objective: bool = True, device: str = "auto", random_state=None,
+                 verbose: bool = False):
+        super().__init__(n_bits, device=device, random_state=random_state, verbose=verbose)
+        self.lambda1 = lambda1
+        self.beta1 = beta1
+        self.mu1 = mu1
+        self.nu1 = nu1
+        self.lambda2 = lambda2
+        self.beta2 = beta2
+        self.mu2 = mu2
+        self.nu2 = nu2
+        self.regression = regression
+        self.discrete = discrete
+        self.image_backbone = image_backbone
+        self.text_backbone = text_backbone
+        self.image_hidden = image_hidden
+        self.text_hidden = text_hidden
+        self.fc_dim = fc_dim
+        self.dropout = dropout
+        self.image_weights = image_weights
+        self.standardize = standardize
+        self.n_epochs = n_epochs
+        self.batch_size = batch_size
+        self.lr = lr
+        self.optimizer = optimizer
+        self.weight_decay = weight_decay
+        self.track_objective = track_objective
+
+    # ------------------------------------------------------------ validation
+    def _validate_params(self):
+        for p in ("lambda1", "beta1", "mu1", "nu1", "lambda2", "beta2", "mu2", "nu2",
+                  "weight_decay"):
+            check_positive(getattr(self, p), p, allow_zero=True)
+        check_positive(self.lr, "lr")
+        check_choice(self.regression, "regression", {"query", "codes", "none"})
+        check_choice(self.image_backbone, "image_backbone", {"auto", "mlp", "cnnf"})
+        check_choice(self.text_backbone, "text_backbone", {"auto", "mlp", "text-ta"})
+        check_choice(self.optimizer, "optimizer", {"adam", "sgd"})
+        check_int(self.n_epochs, "n_epochs")
+        check_int(self.batch_size, "batch_size")
+        check_int(self.fc_dim, "fc_dim")
+        if not isinstance(self.discrete, (bool, np.bool_)):
+            raise TypeError(f"discrete must be True or False, got {self.discrete!r}")
+        if not (isinstance(self.dropout, (int, float)) and 0 <= self.dropout < 1):
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if not self.discrete:
+            for t in ("1", "2"):
+                if getattr(self, "lambda" + t) + getattr(self, "beta" + t) <= 0:
+                    raise ValueError(f"the relaxed variant (discrete=False) needs lambda{t} + "
+                                     f"beta{t} > 0")
+        if self.image_weights is not None and not Path(self.image_weights).exists():
+            raise ValueError(f"image_weights file not found: {self.image_weights!r}")
+        resolve_device(self.device)
+
+    # ----------------------------------------------------------- networks
+    def _spec(self, X, which):
+        shape = list(X.shape[1:])
+        kind = self.image_backbone if which == "image" else self.text_backbone
+        if kind == "auto":
+            kind = "cnnf" if len(shape) == 3 else ("mlp" if which == "image" else "text-ta")
+        spec = {"kind": kind, "in_shape": shape, "out_dim": int(self.n_bits),
+                "dropout": float(self.dropout)}
+        if kind == "cnnf":
+            if len(shape) != 3:
+                raise ValueError(f"the cnnf backbone takes images (n, C, H, W); the {which} "
+                                 f"modality has samples of shape {tuple(shape)}")
+            spec["fc_dim"] = int(self.fc_dim)
+        else:
+            hidden = self.image_hidden if which == "image" else self.text_hidden
+            if kind == "text-ta":
+                hidden = [int(np.atleast_1d(hidden)[0])] if np.ndim(hidden) else [int(hidden)]
+            spec["hidden"] = [int(h) for h in np.atleast_1d(hidden)]
+        return spec
+
+    def _new_network(self, spec, device):
+        net = build_backbone(spec)
+        if spec["kind"] == "cnnf" and self.image_weights is not None:
+            path = Path(self.image_weights)
+            if path.suffix.lower() == ".mat":
+                load_vggf_mat(net, path)
+            else:
+                load_state_dict_file(net, path, strict=False)
+        return net.to(device)
+
+    def _make_optimizer(self, net):
+        if self.optimizer == "adam":
+            return torch.optim.Adam(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        return torch.optim.SGD(net.parameters(), lr=self.lr, momentum=0.9,
+                               weight_decay=self.weight_decay)
+
+    # -------------------------------------------------------- preprocessing
+    def _fit_standardization(self, views):
+        self.input_means_, self.input_scales_ = [], []
+        for X in views:
+            if self.standardize and X.ndim in (2, 4) and not sp.issparse(X):
+                # vectors: per feature; images (n, C, H, W): per channel
+                axes = 0 if X.ndim == 2 else (0, 2, 3)
+                mean = X.mean(axis=axes, dtype=np.float64, keepdims=True)[0]
+                std = X.std(axis=axes, dtype=np.float64, keepdims=True)[0]
+                self.input_means_.append(mean.astype(np.float32))
+                self.input_scales_.append(np.where(std > 1e-12, std, 1.0).astype(np.float32))
+            else:
+                self.input_means_.append(None)
+                self.input_scales_.append(None)
+
+    def _prepare(self, X, m):
+        mean = self.input_means_[m] if hasattr(self, "input_means_") else None
+        if mean is None or sp.issparse(X):
+            return X
+        return ((np.asarray(X, dtype=np.float32) - mean) / self.input_scales_[m]).astype(np.float32)
+
+    # ------------------------------------------------------------------ fit
+    def _fit(self, views, labels, rng):
+        device = resolve_device(self.device)
+        seed_everything(_seed_from_rng(rng))
+        self._fit_standardization(views)
+        X, Y = (self._prepare(V, m) for m, V in enumerate(views))
+        n, r = X.shape[0], self.n_bits
+        if n < 2:
+            raise ValueError(f"TA-ADCMH needs at least 2 training samples, got {n}")
+        Lnp = np.asarray(labels, dtype=np.float64)
+        L = torch.from_numpy(Lnp.astype(np.float32)).to(device)
+        # dense inputs live on the device once; CSR stays on the host, densified per batch
+        Xd = self._to_tensor(X, device) if not sp.issparse(X) and X.ndim == 2 else X
+        Yd = self._to_tensor(Y, device) if not sp.issparse(Y) and Y.ndim == 2 else Y
+
+        shared = self.regression != "query"
+        tasks = ["shared"] if shared else ["i2t", "t2i"]
+        specs = {"image": self._spec(X, "image"), "text": self._spec(Y, "text")}
+        state = {}
+        for t in tasks:
+            f = self._new_network(specs["image"], device)
+            g = self._new_network(specs["text"], device)
+            hp = self._task_params(t)
+            F = self._predict(f, Xd, self.batch_size, device)
+            G = self._predict(g, Yd, self.batch_size, device)
+            state[t] = {
+                "f": f, "g": g, "opt_f": self._make_optimizer(f), "opt_g": self._make_optimizer(g),
+                "F": torch.from_numpy(F).to(device), "G": torch.from_numpy(G).to(device),
+                # Algorithm 1: "Randomly initialize P, B1"
+                "B": torch.from_numpy(sign(rng.standard_normal((n, r))).astype(np.float32)).to(device),
+                "Q": torch.from_numpy(rng.standard_normal((L.shape[1], r)).astype(np.float32)).to(device),
+                "hp": hp,
+            }
+
+        self.objective_, self.objective_i2t_, self.objective_t2i_ = [], [], []
+        terms_log: dict[str, list] = {}
+        bar = progress(range(self.n_epochs), desc="TA-ADCMH", verbose=self.verbose)
+        for _ in bar:
+            postfix = {}
+            for t in tasks:
+                s = state[t]
+                hp = s["hp"]
+                # I2T trains the image (query) network first, T2I the text (query) network
+                order = ("g", "f") if t == "t2i" else ("f", "g")
+                for side in order:
+                    self._train_side(side, s, Xd, Yd, L, rng, device)
+                # B-step (Eq. 9 / 16; variant I adds mu L V; variant III relaxed)
+                LQ = (L @ s["Q"]).cpu().numpy() if hp["query"] == "codes" else None
+                Bnew = codes_step(s["F"].cpu().numpy(), s["G"].cpu().numpy(), lam=hp["lam"],
+                                  beta=hp["beta"], mu=hp["mu"], LQ=LQ, discrete=self.discrete)
+                s["B"] = torch.from_numpy(Bnew.astype(np.float32)).to(device)
+                # P / W / V step (Eq. 11 / 18)
+                target = {"image": s["F"], "text": s["G"], "codes": s["B"]}.get(hp["query"])
+                if target is not None:
+                    Q = projection_step(target.cpu().numpy(), Lnp, mu=hp["mu"], nu=hp["nu"])
+                    s["Q"] = torch.from_numpy(Q.astype(np.float32)).to(device)
+                if self.track_objective:
+                    terms = self._objective(s, L)
+                    for k, v in terms.items():
+                        terms_log.setdefault(f"{t}/{k}", []).append(v)
+                    postfix[t] = f"{terms['total']:.4g}"
+                    postfix.update({f"{t}:{k}": f"{v:.3g}" for k, v in terms.items()
+                                    if k != "total"} if self.verbose else {})
+            if self.track_objective:
+                if shared:
+                    J = terms_log["shared/total"][-1]
+                    self.objective_i2t_.append(J)
+                    self.objective_t2i_.append(J)
+                    self.objective_.append(J)
+                else:
+                    J1, J2 = terms_log["i2t/total"][-1], terms_log["t2i/total"][-1]
+                    self.objective_i2t_.append(J1)
+                    self.objective_t2i_.append(J2)
+                    self.objective_.append(J1 + J2)
+                if hasattr(bar, "set_postfix"):
+                    bar.set_postfix(postfix, refresh=False)
+        self.loss_terms_ = {k: np.asarray(v) for k, v in terms_log.items()}
+        self.n_iter_ = self.n_epochs
+
+        # learned codes; relaxed B (variant III) is binarised by sign at the end
+        codes = {t: sign(state[t]["B"].cpu().numpy()) for t in tasks}
+        B1 = codes["shared" if shared else "i2t"]
+        B2 = codes["shared" if shared else "t2i"]
+        self.codes_ = [B2, B1]  # image as database -> T2I codes, text as database -> I2T codes
+        self.projection_i2t_ = state[tasks[0]]["Q"].cpu().numpy().astype(np.float64)
+        self.projection_t2i_ = state[tasks[-1]]["Q"].cpu().numpy().astype(np.float64)
+        if shared:
+            self._store_networks(f=state["shared"]["f"], g=state["shared"]["g"])
+        else:
+            self._store_networks(f1=state["i2t"]["f"], g1=state["i2t"]["g"],
+                                 f2=state["t2i"]["f"], g2=state["t2i"]["g"])
+        for net in self._nets.values():
+            net.eval()
+
+    def _task_params(self, t):
+        k = "2" if t == "t2i" else "1"
+        query = {"query": "text" if t == "t2i" else "image", "codes": "codes",
+                 "none": None}[self.regression]
+        return {"lam": float(getattr(self, "lambda" + k)), "beta": float(getattr(self, "beta" + k)),
+                "mu": float(getattr(self, "mu" + k)) if query is not None else 0.0,
+                "nu": float(getattr(self, "nu" + k)), "query": query}
+
+    def _train_side(self, side, s, Xd, Yd, L, rng, device):
+        """One epoch of the image (``side="f"``) or text (``"g"``) network of one task.
+
+        The mini-batch loss is the part of J that depends on the batch outputs; its gradient
+        with respect to the batch rows is exactly Eq. 6/7 (I2T) or Eq. 14/13 (T2I) for those
+        rows (the other rows enter through the buffers). It is divided by |I| n to keep the
+        step size independent of n (a constant rescaling of the gradient).
+        """
+        net, opt = s[side], s["opt_" + side]
+        data = Xd if side == "f" else Yd
+        own, other = (s["F"], s["G"]) if side == "f" else (s["G"], s["F"])
+        hp = s["hp"]
+        w_quant = hp["lam"] if side == "f" else hp["beta"]
+        regress = (hp["query"] == "image" and side == "f") or (hp["query"] == "text" and side == "g")
+        n = own.shape[0]
+        net.train()
+        perm = rng.permutation(n)
+        for start in range(0, n, self.batch_size):
+            idx = np.sort(perm[start:start + self.batch_size])
+            it = torch.as_tensor(idx, device=device)
+            out = net(self._rows(data, idx, device))                  # F_I (or G_I)
+            loss = batch_loss(out, it, own, other, s["B"], L, s["Q"], w_quant=w_quant,
+                              mu=hp["mu"] if regress else 0.0, nu=hp["nu"])
+            opt.zero_grad(set_to_none=True)
+            (loss / (len(idx) * n)).backward()
+            opt.step()
+            own[it] = out.detach()
+
+    def _objective(self, s, L) -> dict:
+        hp = s["hp"]
+        with torch.no_grad():
+            terms = objective_terms(s["F"].double(), s["G"].double(), s["B"].double(),
+                                    L.double(), s["Q"].double(), lam=hp["lam"], beta=hp["beta"],
+                                    mu=hp["mu"], nu=hp["nu"], query=hp["query"])
+        return {k: float(v) for k, v in terms.items()}
+
+    # -------------------------------------------------------------- encoding
+    def _task_index(self, task):
+        """0 for I2T (image query, text database), 1 for T2I."""
+        return 0 if task == (0, 1) else 1
+
+    def _net_name(self, m, task):
+        if self.regression != "query":
+            return "f" if m == 0 else "g"
+        if task is None:  # the task in which this modality is the QUERY: image->f1, text->g2
+            t = 0 if m == 0 else 1
+        else:
+            t = self._task_index(task)
+        return ("f" if m == 0 else "g") + str(t + 1)
+
+    def _encode(self, X, m, task):
+        return self._encode_with(self._net_name(m, task), self._prepare(X, m))
+
+    def _learned_codes(self, m, task):
+        if task is None:  # the task in which this modality is the DATABASE side
+            return self.codes_[m]
+        B2, B1 = self.codes_
+        return B1 if self._task_index(task) == 0 else B2
+
+    def network_outputs(self, X, modality, *, task=None) -> np.ndarray:
+        """Real-valued network outputs (before sign) of the network :meth:`encode` would use."""
+        m = self.modality_index(modality)
+        t = self._check_task(task)
+        return self._predict(self._network(self._net_name(m, t)), self._prepare(X, m))

@@ -1,0 +1,295 @@
+"""TA-ADCMH: the paper's gradients, the exact B / P / W steps, training and the estimator API."""
+import itertools
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import cmhash.base  # noqa: E402
+from cmhash.deep.ta_adcmh import (TAADCMH, analytic_gradients, batch_loss,  # noqa: E402
+                                  codes_step, objective_terms, projection_step)
+from cmhash.metrics import mean_average_precision  # noqa: E402
+
+HP = dict(lam=0.7, beta=1.3, mu=0.9, nu=0.4)
+
+
+def _problem(n=11, r=5, c=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    F = torch.randn(n, r, generator=g, dtype=torch.float64)
+    G = torch.randn(n, r, generator=g, dtype=torch.float64)
+    B = torch.sign(torch.randn(n, r, generator=g, dtype=torch.float64))
+    L = (torch.rand(n, c, generator=g) < 0.4).double()
+    L[torch.arange(n), torch.arange(n) % c] = 1.0        # every row labelled, some multi-label
+    Q = torch.randn(c, r, generator=g, dtype=torch.float64)
+    return F, G, B, L, Q
+
+
+def _autograd(F, G, B, L, Q, query, hp):
+    F = F.clone().requires_grad_(True)
+    G = G.clone().requires_grad_(True)
+    J = objective_terms(F, G, B, L, Q, query=query, block=4, **hp)["total"]
+    dF, dG = torch.autograd.grad(J, (F, G))
+    return dF, dG
+
+
+@pytest.mark.parametrize("query", ["image", "text", "codes", None])
+def test_analytic_gradients_match_autograd(query):
+    """Eq. 6 / 7 (I2T, query="image") and Eq. 14 / 13 (T2I, query="text") equal autograd of J."""
+    F, G, B, L, Q = _problem()
+    dF, dG = analytic_gradients(F, G, B, L, Q, query=query, block=3, **HP)
+    aF, aG = _autograd(F, G, B, L, Q, query, HP)
+    torch.testing.assert_close(dF, aF, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(dG, aG, rtol=1e-10, atol=1e-10)
+    # the regression term sits on the query side only: Eq. 7 / Eq. 14 have no mu term
+    dF0, dG0 = analytic_gradients(F, G, B, L, Q, query=query, block=3, **{**HP, "mu": 0.0})
+    if query == "image":
+        assert torch.equal(dG, dG0) and not torch.allclose(dF, dF0)
+    elif query == "text":
+        assert torch.equal(dF, dF0) and not torch.allclose(dG, dG0)
+
+
+def test_gradients_match_finite_differences():
+    """Independent of autograd: central differences of J in a few coordinates of F and G."""
+    F, G, B, L, Q = _problem(n=7, r=3, c=3, seed=4)
+    dF, dG = analytic_gradients(F, G, B, L, Q, query="image", **HP)
+    eps = 1e-6
+    for (M, D) in ((F, dF), (G, dG)):
+        for (i, k) in [(0, 0), (3, 2), (6, 1)]:
+            Mp, Mm = M.clone(), M.clone()
+            Mp[i, k] += eps
+            Mm[i, k] -= eps
+            args = lambda X: (X, G) if M is F else (F, X)  # noqa: E731
+            Jp = objective_terms(*args(Mp), B, L, Q, query="image", **HP)["total"]
+            Jm = objective_terms(*args(Mm), B, L, Q, query="image", **HP)["total"]
+            assert float((Jp - Jm) / (2 * eps)) == pytest.approx(float(D[i, k]), rel=1e-5, abs=1e-6)
+
+
+@pytest.mark.parametrize("side", ["f", "g"])
+def test_batch_loss_gradient_is_the_papers_gradient_on_the_batch_rows(side):
+    """The mini-batch loss used for SGD has gradient = rows I of Eq. 6 (f1) / Eq. 7 (g1)."""
+    F, G, B, L, Q = _problem(n=13, seed=2)
+    idx = torch.tensor([1, 4, 5, 11])
+    dF, dG = analytic_gradients(F, G, B, L, Q, query="image", **HP)
+    if side == "f":
+        out = F[idx].clone().requires_grad_(True)
+        loss = batch_loss(out, idx, F, G, B, L, Q, w_quant=HP["lam"], mu=HP["mu"], nu=HP["nu"])
+        want = dF[idx]
+    else:
+        out = G[idx].clone().requires_grad_(True)
+        loss = batch_loss(out, idx, G, F, B, L, Q, w_quant=HP["beta"], mu=0.0, nu=HP["nu"])
+        want = dG[idx]
+    (grad,) = torch.autograd.grad(loss, out)
+    torch.testing.assert_close(grad, want, rtol=1e-10, atol=1e-10)
+
+
+def _sub_b(B, F, G, lam, beta, mu=0.0, LQ=None):
+    val = lam * np.sum((B - F) ** 2) + beta * np.sum((B - G) ** 2)
+    return val + (mu * np.sum((B - LQ) ** 2) if LQ is not None else 0.0)
+
+
+@pytest.mark.parametrize("with_codes_regression", [False, True])
+def test_b_step_is_the_exact_discrete_minimiser(with_codes_regression):
+    """Eq. 9 / 16 (and variant I's sign(lam F + beta G + mu L V)) beat all 2^(n r) codes."""
+    rng = np.random.default_rng(0)
+    n, r = 3, 3
+    F, G = rng.standard_normal((n, r)), rng.standard_normal((n, r))
+    LQ = rng.standard_normal((n, r)) if with_codes_regression else None
+    kw = dict(lam=0.3, beta=0.8, mu=0.5 if with_codes_regression else 0.0)
+    B = codes_step(F, G, LQ=LQ, **kw)
+    assert set(np.unique(B)) <= {-1.0, 1.0}
+    best = _sub_b(B, F, G, LQ=LQ, **kw)
+    for bits in itertools.product([-1.0, 1.0], repeat=n * r):
+        assert best <= _sub_b(np.array(bits).reshape(n, r), F, G, LQ=LQ, **kw) + 1e-12
+
+
+def test_relaxed_b_step_zeroes_the_gradient():
+    """TA-ADCMH-III: B = (lam F + beta G) / (lam + beta) makes the B-gradient vanish."""
+    rng = np.random.default_rng(1)
+    F, G = rng.standard_normal((6, 4)), rng.standard_normal((6, 4))
+    B = codes_step(F, G, lam=0.3, beta=0.8, discrete=False)
+    np.testing.assert_allclose(2 * 0.3 * (B - F) + 2 * 0.8 * (B - G), 0, atol=1e-12)
+
+
+def test_projection_step_is_the_exact_minimiser():
+    """Eq. 11 / 18: P = (L^T L + nu/mu I)^{-1} L^T F zeroes the gradient, perturbations cost."""
+    F, _, _, L, _ = _problem(n=20, r=6, c=4, seed=3)
+    F, L = F.numpy(), L.numpy()
+    mu, nu = 0.7, 0.2
+    P = projection_step(F, L, mu=mu, nu=nu)
+    grad = 2 * mu * L.T @ (L @ P - F) + 2 * nu * P
+    np.testing.assert_allclose(grad, 0, atol=1e-10)
+    # the paper's form (column convention): P^T = F^T L (L^T L + nu/mu I)^{-1}
+    np.testing.assert_allclose(P.T, F.T @ L @ np.linalg.inv(L.T @ L + nu / mu * np.eye(4)),
+                               rtol=1e-10, atol=1e-12)
+    sub = lambda Q: mu * np.sum((F - L @ Q) ** 2) + nu * np.sum(Q ** 2)  # noqa: E731
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        assert sub(P) < sub(P + 1e-3 * rng.standard_normal(P.shape))
+    assert np.all(projection_step(F, L, mu=0.0, nu=nu) == 0)
+
+
+def test_alternating_steps_do_not_increase_the_objective():
+    F, G, B, L, Q = _problem(n=30, r=6, c=4, seed=5)
+    for query in ("image", "text"):
+        hp = dict(lam=0.1, beta=1.0, mu=1.0, nu=0.1)
+        J0 = float(objective_terms(F, G, B, L, Q, query=query, **hp)["total"])
+        B1 = torch.from_numpy(codes_step(F.numpy(), G.numpy(), lam=hp["lam"], beta=hp["beta"]))
+        J1 = float(objective_terms(F, G, B1, L, Q, query=query, **hp)["total"])
+        T = F if query == "image" else G
+        Q1 = torch.from_numpy(projection_step(T.numpy(), L.numpy(), mu=hp["mu"], nu=hp["nu"]))
+        J2 = float(objective_terms(F, G, B1, L, Q1, query=query, **hp)["total"])
+        assert J1 <= J0 + 1e-9 and J2 <= J1 + 1e-9 and J2 < J0
+
+
+# ------------------------------------------------------------------ end-to-end (vectors)
+def _vector_data(n=240, c=4, seed=0):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, c, n)
+    Y = np.eye(c)[y]
+    X = Y @ rng.standard_normal((c, 20)) * 2 + rng.standard_normal((n, 20))
+    T = Y @ rng.standard_normal((c, 12)) * 2 + rng.standard_normal((n, 12))
+    return X, T, Y
+
+
+FAST = dict(n_epochs=6, image_hidden=(32,), text_hidden=32, batch_size=64, lr=1e-2,
+            device="cpu")
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    X, T, Y = _vector_data()
+    h = TAADCMH(8, random_state=0, **FAST).fit(X[:200], T[:200], Y[:200])
+    return h, (X, T, Y)
+
+
+def test_training_retrieves_far_above_chance(fitted):
+    h, (X, T, Y) = fitted
+    Xq, Tq, Yq, Yd = X[200:], T[200:], Y[200:], Y[:200]
+    chance = float(np.mean((Yq @ Yd.T) > 0))
+    i2t = mean_average_precision(h.encode(Xq, "image"), h.learned_codes("text"), Yq, Yd)
+    t2i = mean_average_precision(h.encode(Tq, "text"), h.learned_codes("image"), Yq, Yd)
+    i2t_h = mean_average_precision(h.encode(Xq, "image"),
+                                   h.encode(T[:200], "text", task=("image", "text")), Yq, Yd)
+    for m in (i2t, t2i, i2t_h):
+        assert m > 0.85 > chance + 0.5
+    # the objective (J1 + J2, paper's terms) decreased over training
+    assert h.objective_[-1] < h.objective_[0]
+    assert len(h.objective_) == FAST["n_epochs"] == len(h.loss_terms_["i2t/nll"])
+
+
+def test_task_routing_and_learned_codes(fitted):
+    h, (X, T, Y) = fitted
+    assert set(h.architectures_) == {"f1", "g1", "f2", "g2"}
+    # task=None: the network of the task in which the modality is the QUERY
+    np.testing.assert_array_equal(h.encode(X, "image"), h.encode(X, "image", task=("image", "text")))
+    np.testing.assert_array_equal(h.encode(T, "text"), h.encode(T, "text", task=("text", "image")))
+    # the two tasks really use different networks
+    assert not np.array_equal(h.encode(X, "image", task=("text", "image")), h.encode(X, "image"))
+    # learned codes: B1 for (image, text), B2 for (text, image); None -> modality as database
+    B2, B1 = h.codes_
+    np.testing.assert_array_equal(h.learned_codes("text"), B1)
+    np.testing.assert_array_equal(h.learned_codes("image"), B2)
+    np.testing.assert_array_equal(h.learned_codes("image", task=("image", "text")), B1)
+    np.testing.assert_array_equal(h.learned_codes("text", task=("text", "image")), B2)
+    assert B1.dtype == np.int8 and set(np.unique(B1)) <= {-1, 1}
+
+
+def test_seeded_runs_are_reproducible_and_save_load_round_trips(fitted, tmp_path):
+    h, (X, T, Y) = fitted
+    h2 = TAADCMH(8, random_state=0, **FAST).fit(X[:200], T[:200], Y[:200])
+    np.testing.assert_array_equal(h.codes_[0], h2.codes_[0])
+    np.testing.assert_array_equal(h.encode(X, "image"), h2.encode(X, "image"))
+    h3 = TAADCMH(8, random_state=1, **FAST).fit(X[:200], T[:200], Y[:200])
+    assert not np.array_equal(h.codes_[1], h3.codes_[1])
+    path = h.save(tmp_path / "ta.npz")
+    loaded = cmhash.base.load(path)
+    assert isinstance(loaded, TAADCMH)
+    for mod, task in [("image", None), ("text", None), ("image", ("text", "image")),
+                      ("text", ("image", "text"))]:
+        Z = X if mod == "image" else T
+        np.testing.assert_array_equal(loaded.encode(Z, mod, task=task), h.encode(Z, mod, task=task))
+        np.testing.assert_array_equal(loaded.learned_codes(mod, task=task),
+                                      h.learned_codes(mod, task=task))
+    np.testing.assert_allclose(loaded.network_outputs(X, "image"), h.network_outputs(X, "image"))
+
+
+@pytest.mark.parametrize("variant", ["TA-ADCMH-I", "TA-ADCMH-II", "TA-ADCMH-III"])
+def test_variants(variant):
+    X, T, Y = _vector_data(n=160, seed=1)
+    params = {**FAST, "n_epochs": 3, **TAADCMH.VARIANTS[variant]}
+    h = TAADCMH(8, random_state=0, **params).fit(X, T, Y)
+    B2, B1 = h.codes_
+    assert set(np.unique(B1)) <= {-1, 1} and B1.dtype == np.int8
+    if variant in ("TA-ADCMH-I", "TA-ADCMH-II"):   # one couple of networks shared by both tasks
+        assert set(h.architectures_) == {"f", "g"}
+        np.testing.assert_array_equal(B1, B2)
+        np.testing.assert_array_equal(h.encode(X, "image"),
+                                      h.encode(X, "image", task=("text", "image")))
+    else:
+        assert set(h.architectures_) == {"f1", "g1", "f2", "g2"}
+    if variant == "TA-ADCMH-II":
+        assert "shared/regression" not in h.loss_terms_
+    if variant == "TA-ADCMH-I":
+        assert "shared/regression" in h.loss_terms_
+
+
+@pytest.mark.parametrize("bad, match", [
+    ({"regression": "labels"}, "regression"), ({"lambda1": -1.0}, "lambda1"),
+    ({"device": "gpu"}, "device"), ({"n_epochs": 0}, "n_epochs"),
+    ({"image_backbone": "resnet"}, "image_backbone"), ({"dropout": 1.0}, "dropout"),
+    ({"image_weights": "/nonexistent/vgg-f.mat"}, "image_weights"),
+])
+def test_bad_parameters_raise(bad, match):
+    X, T, Y = _vector_data(n=40)
+    with pytest.raises(ValueError, match=match):
+        TAADCMH(8, **{**FAST, **bad}).fit(X, T, Y)
+
+
+def test_presets_and_variants_are_valid_parameters():
+    names = set(TAADCMH._param_names())
+    for preset in TAADCMH.PRESETS.values():
+        assert set(preset) <= names
+    for v in TAADCMH.VARIANTS.values():
+        assert set(v) <= names
+    assert TAADCMH.PRESETS["mirflickr25k"]["beta2"] == 100.0  # Section 4.3
+
+
+# ------------------------------------------------------------------ CNN path (images)
+def _image_data():
+    from cmhash.data.synthetic import make_synthetic_image_text
+    ds = make_synthetic_image_text(180, image_size=32, n_classes=4, multilabel_rate=0.0,
+                                   noise=0.2, n_query=40, random_state=0)
+    tr, q = ds.splits["train"], ds.splits["query"]
+    return ds.modalities["image"], ds.modalities["text"], ds.labels, tr, q
+
+
+CNN_FAST = dict(n_epochs=2, fc_dim=32, text_hidden=32, batch_size=45, device="cpu")
+
+
+def test_cnn_backbone_end_to_end_and_save_load(tmp_path):
+    img, txt, Y, tr, q = _image_data()
+    h = TAADCMH(8, random_state=0, **CNN_FAST).fit(img[tr], txt[tr], Y[tr])
+    assert h.architectures_["f1"]["kind"] == "cnnf" and h.architectures_["g1"]["kind"] == "text-ta"
+    codes = h.encode(img[q], "image")
+    assert codes.shape == (len(q), 8) and set(np.unique(codes)) <= {-1, 1}
+    # per-channel standardisation of images is stored and re-applied at encoding
+    assert h.input_means_[0].shape == (3, 1, 1) and h.input_means_[1] is None  # CSR text
+    loaded = cmhash.base.load(h.save(tmp_path / "cnn.npz"))
+    np.testing.assert_array_equal(loaded.encode(img[q], "image"), codes)
+    np.testing.assert_array_equal(loaded.encode(txt[q], "text", task=("image", "text")),
+                                  h.encode(txt[q], "text", task=("image", "text")))
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=False, reason="known shortfall: CNN-F from random initialisation "
+                   "barely learns the synthetic images in a few CPU epochs (I->T ~0.28 vs "
+                   "chance 0.25); see docs/methods/ta-adcmh.md")
+def test_cnn_backbone_retrieves_far_above_chance():
+    img, txt, Y, tr, q = _image_data()
+    h = TAADCMH(8, random_state=0, **{**CNN_FAST, "n_epochs": 8, "fc_dim": 64,
+                                      "text_hidden": 64}).fit(img[tr], txt[tr], Y[tr])
+    chance = float(np.mean((Y[q] @ Y[tr].T) > 0))
+    i2t = mean_average_precision(h.encode(img[q], "image"), h.learned_codes("text"), Y[q], Y[tr])
+    t2i = mean_average_precision(h.encode(txt[q], "text"), h.learned_codes("image"), Y[q], Y[tr])
+    assert i2t > chance + 0.3 and t2i > chance + 0.3, (i2t, t2i, chance)

@@ -65,13 +65,12 @@ def markdown_table(results: list[dict], *, with_published: bool = True) -> str:
             lines.append(f"| cmhash {DISPLAY.get(res['method'], res['method'])} | "
                          + " | ".join(cells) + f" | {t:.2f} |")
         if with_published:
-            pub_rows: dict[str, dict[int, tuple[float, str]]] = {}
+            pub_rows: dict[tuple[str, str], dict[int, float]] = {}
             for b in bits:
-                for method, (value, where) in published_map(_dataset_key(ds), task, b).items():
-                    pub_rows.setdefault(method, {})[b] = (value, where)
-            for method, vals in sorted(pub_rows.items()):
-                where = next(iter(vals.values()))[1]
-                cells = [f"{vals[b][0]:.4f}" if b in vals else "-" for b in bits]
+                for method, value, where in published_map(_dataset_key(ds), task, b):
+                    pub_rows.setdefault((method, where), {})[b] = value
+            for (method, where), vals in sorted(pub_rows.items()):
+                cells = [f"{vals[b]:.4f}" if b in vals else "-" for b in bits]
                 lines.append(f"| {method} (published, {where}) | " + " | ".join(cells) + " | |")
         lines.append("")
     return "\n".join(lines)

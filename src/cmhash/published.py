@@ -27,13 +27,13 @@ def load_published() -> list[dict]:
     return tables
 
 
-def published_map(dataset: str, task: str, bits: int) -> dict[str, tuple[float, str]]:
-    """``{method: (mAP, "paper table")}`` for one dataset, task and bit length.
+def published_map(dataset: str, task: str, bits: int) -> list[tuple[str, float, str]]:
+    """``[(method, mAP, "paper table"), ...]`` for one dataset, task and bit length.
 
-    When several papers report the same method, the first file (alphabetical) wins and the
-    others are ignored; the returned label says which table the number came from.
+    Every paper's number is kept: the same baseline often appears in several papers' tables
+    (with different splits or features), so each row names its source table.
     """
-    out: dict[str, tuple[float, str]] = {}
+    out = []
     for t in load_published():
         if t.get("dataset") != dataset or t.get("task") != task or t.get("metric", "map") != "map":
             continue
@@ -42,6 +42,6 @@ def published_map(dataset: str, task: str, bits: int) -> dict[str, tuple[float, 
         j = t["bits"].index(bits)
         where = f"{t['file'].removesuffix('.json')} {t.get('table', '')}".strip()
         for method, values in t["rows"].items():
-            if method not in out and j < len(values) and values[j] is not None:
-                out[method] = (float(values[j]), where)
+            if j < len(values) and values[j] is not None:
+                out.append((method, float(values[j]), where))
     return out

@@ -1,0 +1,353 @@
+"""AMSH: adaptive marginalized semantic hashing, paired and unpaired (Luo et al.).
+
+Algorithm (row-sample convention: L_t (n_t, c), V_t and B_t (n_t, r), phi_t (n_t, q); the
+paper's column-sample matrices are the transposes -- see docs/methods/amsh.md)::
+
+    phi_t   = kernel features of modality t (1,500 random anchors, RBFAnchorFeatures)
+    Lh_t    = L_t with unit-norm rows (L^ / L~ in the paper), R_t = 2 L_t - 1, E_t = 0
+    V_t     = phi_t W_t, W_t = top-r principal directions of 1,000 random rows of phi_t
+    B_t     = sign(V_t)
+    stage 1, n_iter (15) times:                                          (Sec. III-C)
+        P_t = T_t^T V_t (V_t^T V_t)^{-1},   T_t = L_t + R_t o E_t         Eq. 12 (all t)
+        for i = 1..m (Gauss-Seidel: V_j is the newest one)                Eq. 13-15
+            Z_i = T_i P_i + eta B_i + lam r Lh_i (Lh_i^T B_i)
+                  + beta r sum_{j != i} Lh_i (Lh_j^T V_j)
+            V_i = argmax tr(Z_i^T V) s.t. V^T V = n_i I, V^T 1 = 0    (orthogonal_zero_mean)
+        B_t = sign(eta V_t + lam r Lh_t (Lh_t^T V_t))                     Eq. 18
+        E_t = max(R_t o (V_t P_t^T - L_t), 0)                              Eq. 21
+    stage 2, n_iter_hash (15) times, per modality:                        (Sec. III-D)
+        W_t = (phi_t^T phi_t + xi I)^{-1} phi_t^T (B_t + B_t o M_t)        Eq. 26 (F_t = W_t^T)
+        M_t = max(B_t o (phi_t W_t - B_t), 0)                              Eq. 27
+    encode: sign(phi_t(x) W_t)
+
+Every step exactly minimises, over its block, the objective recorded in ``objective_``::
+
+    sum_t ||L_t + R_t o E_t - V_t P_t^T||^2 + eta ||B_t - V_t||^2
+          + lam ||B_t V_t^T - r Lh_t Lh_t^T||^2
+    + beta sum_{i<j} ||V_i V_j^T - r Lh_i Lh_j^T||^2                       (Eq. 10)
+
+(one term per unordered pair: that is the objective whose V-step is the paper's Z with
+coefficient beta r; the paper's sum over ordered pairs i != j would need 2 beta r). The
+n_i x n_j matrices are never formed: every norm is expanded through r x r, c x r and c x c
+products, so a fit costs O(n (q + c) r) time and O(n (q + c + r)) memory.
+Stage 2 records ``objective_hash_``: sum_t ||B_t + B_t o M_t - phi_t W_t||^2 + xi ||W_t||^2.
+"""
+from __future__ import annotations
+
+from functools import partial
+
+import numpy as np
+import scipy.linalg as sla
+
+from .._validation import check_int, check_positive
+from ..base import TwoStepKernelHasher
+from ..labels import normalize_rows
+from ..progress import progress
+from ..solvers import gram, orthogonal_zero_mean, sign, solve_psd
+
+_DEFAULTS = {"eta": 1.0, "lam": 1e-3, "beta": 1e-3, "n_anchors": 1500, "n_iter": 15,
+             "n_iter_hash": 15}
+
+
+class AMSH(TwoStepKernelHasher):
+    """Adaptive Marginalized Semantic Hashing (Luo et al.), paired and unpaired.
+
+    Parameters
+    ----------
+    n_bits : int
+        Code length r.
+    eta : float
+        Weight of the quantisation term ``||B_t - V_t||^2`` (1).
+    lam : float
+        Weight lambda of the intra-modal similarity term ``||B_t V_t^T - r S^(tt)||^2`` (1e-3).
+    beta : float
+        Weight of the inter-modal similarity terms ``||V_i V_j^T - r S^(ij)||^2`` (1e-3).
+    xi : float
+        Ridge of the hash functions, ``(phi^T phi + xi I)^{-1}`` (0.01; Eq. 26 has none).
+    n_anchors : int or list of int
+        Kernel anchors per modality (1,500).
+    n_iter, n_iter_hash : int
+        Iterations of stage 1 (codes) and stage 2 (hash functions), 15 each.
+    n_init_samples : int
+        Rows of phi_t whose covariance gives the initial principal directions (1,000).
+    intra_modal, inter_modal, kernel, margins : bool
+        Ablations of Table V: ``intra_modal=False`` is AMSH-s (no lambda term),
+        ``inter_modal=False`` AMSH-t (no beta term), ``kernel=False`` AMSH-k (centred raw
+        features instead of RBF kernel features), ``margins=False`` AMSH-m (E_t = 0 and
+        M_t = 0: plain regression targets in both stages).
+    random_state, verbose : see :class:`cmhash.base.CrossModalHasher`.
+
+    Attributes
+    ----------
+    codes_ : list of (n_t, r) int8       learned codes B_t, one matrix per modality
+    latent_ : list of (n_t, r) float64   latent representations V_t
+    projections_ : list of (q_t, r) float64   hash functions W_t = F_t^T
+    kernels_ : list of RBFAnchorFeatures (or CenteredFeatures for AMSH-k)
+    objective_ : list of float   Eq. 10 after each stage-1 iteration
+    objective_hash_ : list of float   stage-2 objective after each F-step
+    n_iter_ : int
+    """
+
+    name = "amsh"
+    supports_unpaired = True
+    min_views, max_views = 2, float("inf")
+
+    #: Section IV-B: the same values on every dataset; "wiki" selected on a validation split
+    #: of the Wiki training set (benchmarks/amsh_wiki.py --select), see docs/methods/amsh.md.
+    PRESETS = {
+        "wiki": {**_DEFAULTS, "eta": 0.1},
+        "mirflickr25k": dict(_DEFAULTS),
+        "nuswide": dict(_DEFAULTS),
+        "iapr-tc12": dict(_DEFAULTS),
+    }
+    #: Table V
+    VARIANTS = {
+        "AMSH": {},
+        "AMSH-s": {"intra_modal": False},
+        "AMSH-t": {"inter_modal": False},
+        "AMSH-k": {"kernel": False},
+        "AMSH-m": {"margins": False},
+    }
+
+    def __init__(self, n_bits: int = 32, *, eta: float = 1.0, lam: float = 1e-3,
+                 beta: float = 1e-3, xi: float = 0.01, n_anchors=1500, n_iter: int = 15,
+                 n_iter_hash: int = 15, n_init_samples: int = 1000, intra_modal: bool = True,
+                 inter_modal: bool = True, kernel: bool = True, margins: bool = True,
+                 random_state=None, verbose: bool = False):
+        super().__init__(n_bits, random_state=random_state, verbose=verbose)
+        self.eta = eta
+        self.lam = lam
+        self.beta = beta
+        self.xi = xi
+        self.n_anchors = n_anchors
+        self.n_iter = n_iter
+        self.n_iter_hash = n_iter_hash
+        self.n_init_samples = n_init_samples
+        self.intra_modal = intra_modal
+        self.inter_modal = inter_modal
+        self.kernel = kernel
+        self.margins = margins
+
+    def _validate_params(self):
+        for p in ("eta", "lam", "beta", "xi"):
+            check_positive(getattr(self, p), p, allow_zero=True)
+        check_int(self.n_iter, "n_iter")
+        check_int(self.n_iter_hash, "n_iter_hash")
+        check_int(self.n_init_samples, "n_init_samples", minimum=2)
+        for p in ("intra_modal", "inter_modal", "kernel", "margins"):
+            if not isinstance(getattr(self, p), (bool, np.bool_)):
+                raise TypeError(f"{p} must be True or False, got {getattr(self, p)!r}")
+        if self.kernel:
+            qs = self.n_anchors if isinstance(self.n_anchors, (list, tuple)) else [self.n_anchors]
+            for q in qs:
+                check_int(q, "n_anchors")
+
+    # -------------------------------------------------------------------- fit
+    def _fit(self, views, labels, rng):
+        # paired data: every modality carries the same labels; AMSH still learns one V_t, B_t
+        # per modality (the paired case is the unpaired one with n_1 = ... = n_m, L_t = L)
+        self._fit_unpaired(views, [labels] * len(views), rng)
+
+    def _fit_unpaired(self, views, labels, rng):
+        r = self.n_bits
+        for name, L in zip(self.modality_names_, labels):
+            if L.shape[0] <= r:
+                raise ValueError(f"modality {name!r} has {L.shape[0]} training samples; AMSH "
+                                 f"needs more than n_bits={r} (V_t^T V_t = n_t I, V_t^T 1 = 0)")
+        phis = self._kernelize(views, rng, use_kernel=self.kernel)
+        V0 = [_pca_init(phi, r, self.n_init_samples, rng) for phi in phis]
+
+        # ---- stage 1: codes (Eq. 10-21)
+        s1 = Stage1(labels, V0, n_bits=r, eta=self.eta,
+                    lam=self.lam if self.intra_modal else 0.0,
+                    beta=self.beta if self.inter_modal else 0.0,
+                    margins=self.margins, rng=rng)
+        self.objective_ = []
+        for _ in progress(range(self.n_iter), desc="AMSH codes", verbose=self.verbose):
+            s1.iterate()
+            self.objective_.append(s1.objective())
+        self.codes_ = [B.astype(np.int8) for B in s1.B]
+        self.latent_ = s1.V
+        self.n_iter_ = self.n_iter
+
+        # ---- stage 2: hash functions with adaptive margins (Eq. 25-27)
+        stages = [HashStage(phi, B, self.xi, margins=self.margins)
+                  for phi, B in zip(phis, s1.B)]
+        n_hash = self.n_iter_hash if self.margins else 1  # without M one ridge solve is exact
+        self.objective_hash_ = []
+        for _ in progress(range(n_hash), desc="AMSH hash", verbose=self.verbose):
+            obj = 0.0
+            for st in stages:
+                st.update_F()
+                obj += st.objective()
+                st.update_M()
+            self.objective_hash_.append(obj)
+        self.projections_ = [st.W for st in stages]
+
+
+def _pca_init(phi, r: int, n_samples: int, rng) -> np.ndarray:
+    """``V = phi W`` with W the top-r eigenvectors of the covariance of random rows of phi.
+
+    Computed on the smaller of the k x k Gram matrix and the q x q covariance (same
+    eigenvectors: W = S^T U diag(s)^-1). When fewer than r directions exist (q < r, e.g.
+    AMSH-k on 10-D text) the missing columns are Gaussian (from ``rng``).
+    """
+    n, q = phi.shape
+    k = min(n_samples, n)
+    idx = np.sort(rng.choice(n, size=k, replace=False))
+    S = np.asarray(phi[idx], dtype=np.float64)
+    S -= S.mean(axis=0)
+    p = min(r, k - 1, q)  # a centred k-sample covariance has rank <= k - 1
+    if k < q:
+        lam, U = sla.eigh(S @ S.T, subset_by_index=[k - p, k - 1])
+        W = S.T @ (U / np.sqrt(np.maximum(lam, 1e-300)))
+    else:
+        _, W = sla.eigh(S.T @ S, subset_by_index=[q - p, q - 1])
+    W = W[:, ::-1]  # descending variance
+    V = np.asarray(phi @ W.astype(phi.dtype), dtype=np.float64)
+    if p < r:
+        V = np.hstack([V, rng.standard_normal((n, r - p))])
+    return V
+
+
+class Stage1:
+    """Stage-1 state of AMSH (Eq. 10) for m modalities; one method per closed-form step.
+
+    ``labels[t]`` (n_t, c) multi-hot, ``V0[t]`` (n_t, r) initial latent matrices. ``lam = 0``
+    removes the intra-modal term (AMSH-s), ``beta = 0`` the inter-modal one (AMSH-t),
+    ``margins=False`` keeps E_t = 0 (AMSH-m).
+    """
+
+    def __init__(self, labels, V0, *, n_bits, eta, lam, beta, margins=True, rng=None):
+        self.r = int(n_bits)
+        self.eta, self.lam, self.beta = float(eta), float(lam), float(beta)
+        self.margins = bool(margins)
+        self.rng = rng
+        self.L = [np.asarray(L, dtype=np.float64) for L in labels]
+        self.Lh = [normalize_rows(L) for L in self.L]          # L^_t, unit-norm rows
+        self.R = [2.0 * L - 1.0 for L in self.L]                  # R_t (Eq. 3)
+        self.E = [np.zeros_like(L) for L in self.L]               # E_t >= 0
+        self.V = [np.asarray(V, dtype=np.float64) for V in V0]
+        self.B = [sign(V).astype(np.float64) for V in self.V]
+        self.P = [None] * len(self.L)
+        self.LhtLh = [Lh.T @ Lh for Lh in self.Lh]                # c x c
+        self.m = len(self.L)
+
+    def targets(self, t) -> np.ndarray:
+        """T_t = L_t + R_t o E_t, the marginalised regression target."""
+        return self.L[t] + self.R[t] * self.E[t]
+
+    # ----------------------------------------------------------------- steps
+    def update_P(self, t=None):
+        """Eq. 12: P_t = T_t^T V_t (V_t^T V_t)^{-1} (c x r), the least-squares minimiser."""
+        for t in (range(self.m) if t is None else [t]):
+            V = self.V[t]
+            self.P[t] = solve_psd(V.T @ V, V.T @ self.targets(t)).T
+
+    def z_matrix(self, i) -> np.ndarray:
+        """Z_i of Eq. 13: the objective restricted to feasible V_i is const - 2 tr(Z_i^T V_i)."""
+        r, Lh = self.r, self.Lh[i]
+        Z = self.targets(i) @ self.P[i] + self.eta * self.B[i]
+        acc = self.lam * (Lh.T @ self.B[i])                                    # c x r
+        if self.beta:
+            acc += self.beta * sum(self.Lh[j].T @ self.V[j] for j in range(self.m) if j != i)
+        return Z + r * (Lh @ acc)
+
+    def update_V(self, i=None):
+        """Eq. 13-15 for V_i (all modalities in turn, each using the newest V_j)."""
+        for i in (range(self.m) if i is None else [i]):
+            self.V[i] = orthogonal_zero_mean(self.z_matrix(i), self.rng)
+
+    def update_B(self, t=None):
+        """Eq. 18: B_t = sign(eta V_t + lam r Lh_t (Lh_t^T V_t))."""
+        for t in (range(self.m) if t is None else [t]):
+            V, Lh = self.V[t], self.Lh[t]
+            self.B[t] = sign(self.eta * V + self.lam * self.r * (Lh @ (Lh.T @ V))).astype(np.float64)
+
+    def update_E(self, t=None):
+        """Eq. 21: E_t = max(R_t o (V_t P_t^T - L_t), 0), elementwise minimiser of Eq. 19/20."""
+        if not self.margins:
+            return
+        for t in (range(self.m) if t is None else [t]):
+            H = self.V[t] @ self.P[t].T - self.L[t]
+            self.E[t] = np.maximum(self.R[t] * H, 0.0)
+
+    def iterate(self):
+        """One iteration in the reference order: P (all), V_1..V_m, B (all), E (all)."""
+        self.update_P()
+        self.update_V()
+        self.update_B()
+        self.update_E()
+
+    # ------------------------------------------------------------- objective
+    def terms(self) -> dict:
+        """The terms of Eq. 10 at the current state, O(n (c + r) r), no n x n matrix."""
+        r = self.r
+        reg = quant = intra = inter = 0.0
+        VtV = [V.T @ V for V in self.V]
+        LhtV = [Lh.T @ V for Lh, V in zip(self.Lh, self.V)]
+        for t in range(self.m):
+            V, B, Lh = self.V[t], self.B[t], self.Lh[t]
+            reg += float(np.sum((self.targets(t) - V @ self.P[t].T) ** 2))
+            quant += float(np.sum((B - V) ** 2))
+            # ||B V^T - r Lh Lh^T||^2 = <B^T B, V^T V> - 2r <Lh^T B, Lh^T V> + r^2 ||Lh^T Lh||^2
+            intra += (float(np.sum((B.T @ B) * VtV[t])) - 2 * r * float(np.sum((Lh.T @ B) * LhtV[t]))
+                      + r * r * float(np.sum(self.LhtLh[t] ** 2)))
+        for i in range(self.m):
+            for j in range(i + 1, self.m):
+                # ||V_i V_j^T - r Lh_i Lh_j^T||^2 through r x r and c x r / c x c products
+                inter += (float(np.sum(VtV[i] * VtV[j])) - 2 * r * float(np.sum(LhtV[i] * LhtV[j]))
+                          + r * r * float(np.sum(self.LhtLh[i] * self.LhtLh[j])))
+        return {"regression": reg, "quantization": quant, "intra": intra, "inter": inter}
+
+    def objective(self) -> float:
+        """Eq. 10 (inter-modal term over unordered pairs i < j)."""
+        t = self.terms()
+        return float(t["regression"] + self.eta * t["quantization"] + self.lam * t["intra"]
+                     + self.beta * t["inter"])
+
+
+class HashStage:
+    """Stage 2 for one modality: ``min_{W, M >= 0} ||B + B o M - phi W||^2 + xi ||W||^2``.
+
+    The Gram matrix ``phi^T phi + xi I`` is accumulated (float64, :func:`solvers.gram`) and
+    Cholesky-factorised once (LU if rounding made it indefinite); each F-step is then two
+    triangular solves (Eq. 26, the same minimiser as :func:`solvers.ridge_regression`).
+    """
+
+    def __init__(self, phi, B, xi: float, *, margins: bool = True):
+        self.phi = phi
+        self.B = np.asarray(B, dtype=np.float64)
+        self.xi = float(xi)
+        self.margins = bool(margins)
+        self.M = np.zeros_like(self.B)
+        G = gram(phi)
+        G[np.diag_indices_from(G)] += self.xi
+        try:
+            self._solve = partial(sla.cho_solve, sla.cho_factor(G, check_finite=False),
+                                  check_finite=False)
+        except np.linalg.LinAlgError:
+            # at n ~ 1e5 the float32 chunk products of gram() can leave phi^T phi + xi I
+            # numerically indefinite (tiny xi against eigenvalues ~ n); solve the same system
+            # by LU, as MATLAB's backslash does for a matrix that is not positive definite
+            self._solve = partial(sla.lu_solve, sla.lu_factor(G, check_finite=False),
+                                  check_finite=False)
+        self.W = None
+        self._fitted = None  # phi W, reused by the M-step and the objective
+
+    def target(self) -> np.ndarray:
+        return self.B + self.B * self.M
+
+    def update_F(self):
+        """Eq. 26 (with ridge xi): W = (phi^T phi + xi I)^{-1} phi^T (B + B o M)."""
+        T = self.target().astype(self.phi.dtype)
+        self.W = self._solve(gram(self.phi, T))
+        self._fitted = np.asarray(self.phi @ self.W.astype(self.phi.dtype), dtype=np.float64)
+
+    def update_M(self):
+        """Eq. 27: M = max(B o (phi W - B), 0), the elementwise minimiser given W."""
+        if self.margins:
+            self.M = np.maximum(self.B * (self._fitted - self.B), 0.0)
+
+    def objective(self) -> float:
+        return float(np.sum((self.target() - self._fitted) ** 2) + self.xi * np.sum(self.W ** 2))

@@ -1,0 +1,584 @@
+"""HammingIndex: exact Hamming top-k and radius search over binary codes.
+
+A small faiss-like index. Codes are stored packed (see :mod:`cmhash.codes`), zero padded to
+whole 64-bit words so distances are popcounts of XORed words. Two backends:
+
+* ``"numpy"`` -- pure NumPy, always available. Distances are computed for a batch of
+  queries against the whole database, block by block (:data:`DISTANCE_BLOCK_BYTES` of uint64
+  scratch), into a ``(batch, ntotal)`` uint8/uint16 distance block
+  (:data:`QUERY_BLOCK_BYTES`, at least one row). Top-k uses a counting rule per query: the
+  k-th smallest distance ``t`` is found by counting ``d <= v`` for a few integer values
+  ``v`` (distances are small integers 0..r), then every item with ``d <= t`` is taken in
+  id order and stably sorted by distance (a radix sort for uint8/uint16) and cut to ``k``.
+  Radius search keeps ``d <= radius`` and sorts each query's hits by (distance, id).
+  Query batches can run on several threads (``n_threads``); NumPy releases the GIL in the
+  array kernels.
+* ``"faiss"`` -- ``faiss.IndexBinaryFlat`` (multi-threaded scan) for top-k and radius
+  search, plus ``faiss.IndexBinaryMultiHash`` (multi-index hashing, exact by the pigeonhole
+  principle) for small radii once enough radius queries have been asked to pay for building
+  it. faiss is optional (``pip install cmhash[faiss]``) and imported lazily.
+
+Whatever the backend, results are exact and **ties are stable**: equal distances are
+returned smallest id first, the k-th boundary tie group included (faiss is asked for more
+than ``k`` neighbours and any query whose boundary tie group might extend past what faiss
+returned is completed exactly by a faiss radius scan at its k-th distance).
+
+See ``docs/search.md`` for the measured speeds behind the ``backend="auto"`` rule.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from .codes import (
+    _check_packed,
+    _check_pm1,
+    _distance_dtype,
+    _distances_into,
+    n_bytes,
+    n_words,
+    pack_codes,
+    to_words,
+)
+
+__all__ = ["HammingIndex", "faiss_available"]
+
+#: Version of the ``.npz`` layout written by :meth:`HammingIndex.save`.
+FORMAT_VERSION = 1
+#: uint64 XOR scratch per block of the NumPy distance kernel (per worker thread).
+DISTANCE_BLOCK_BYTES = 4 * 2**20
+#: Size of one query batch's ``(batch, ntotal)`` distance block (per worker thread; a batch
+#: is never smaller than one query, so the block is at least one row of ``ntotal`` distances).
+QUERY_BLOCK_BYTES = 32 * 2**20
+#: Up to this many codes the NumPy top-k fully sorts each row (vectorised over the batch)
+#: instead of the per-query counting rule.
+SMALL_DB_FULL_SORT = 4096
+#: Queries per faiss call (bounds the ``(batch, k')`` result buffers).
+FAISS_QUERY_BATCH = 4096
+#: ... and at most about this many bytes of faiss top-k results (int32 + int64) per call.
+FAISS_RESULT_BYTES = 32 * 2**20
+#: Queries per faiss radius call of the top-k tie fix-up.
+FAISS_REDO_BATCH = 256
+#: Extra neighbours asked from faiss beyond ``k`` to see the whole boundary tie group.
+FAISS_EXTRA_K = 64
+#: Multi-index hashing is used for a radius search only if the number of hash-table probes
+#: per query is at most this many.
+MULTIHASH_MAX_PROBES = 256
+#: Build the multi-hash index once this many radius queries *per hash table* have been
+#: answered by a full scan (ski-rental rule: on the benchmark machine, 2 cores, building the
+#: 3 tables for 1M 64-bit codes took 2.3 s, the time of ~7000 scanned radius queries).
+MULTIHASH_BUILD_QUERIES_PER_TABLE = 2000
+
+#: backend="auto": which operations go to faiss (when it is installed) -- set from
+#: benchmarks/search_speed.py, see docs/search.md.
+AUTO_FAISS_FOR = {"search": True, "range": True}
+#: backend="auto" uses NumPy below this many (query, code) pairs per call: small calls are
+#: dominated by faiss's per-call OpenMP start-up (milliseconds, far more on a busy machine).
+AUTO_FAISS_MIN_PAIRS = 2**22
+
+_BACKENDS = ("auto", "numpy", "faiss")
+_FAISS_MISSING = ("the faiss backend needs faiss, which is not installed: "
+                  "pip install cmhash[faiss]  (or: pip install faiss-cpu)")
+
+
+def _import_faiss():
+    try:
+        import faiss  # noqa: PLC0415 - optional dependency, imported lazily
+    except ImportError as exc:
+        raise ImportError(_FAISS_MISSING) from exc
+    return faiss
+
+
+def faiss_available() -> bool:
+    """True if ``faiss`` can be imported."""
+    try:
+        _import_faiss()
+    except ImportError:
+        return False
+    return True
+
+
+def _check_int(value, name: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (numbers.Integral, np.integer)):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+class HammingIndex:
+    """Exact Hamming-distance index over ``n_bits``-bit binary codes.
+
+    Parameters
+    ----------
+    n_bits : int
+        Code length ``r``.
+    backend : {"auto", "numpy", "faiss"}
+        ``"numpy"`` is pure NumPy; ``"faiss"`` needs faiss (``ImportError`` naming
+        ``pip install cmhash[faiss]`` otherwise); ``"auto"`` uses faiss when it is installed
+        and NumPy otherwise (faiss was faster for both top-k and radius search in
+        ``benchmarks/search_speed.py``; see ``docs/search.md``).
+    n_threads : int or None
+        Worker threads of the NumPy backend (None: ``min(os.cpu_count(), 8)``). faiss uses
+        its own OpenMP threads.
+    multihash : bool or None
+        faiss backend only: whether small-radius :meth:`range_search` may use a
+        ``faiss.IndexBinaryMultiHash`` (exact multi-index hashing). None (default): build it
+        lazily once enough radius queries have been scanned to pay for it (see
+        :data:`MULTIHASH_BUILD_QUERIES_PER_TABLE`); True: build it at the first eligible
+        radius search; False: always scan.
+
+    Ids are ``0 .. ntotal-1`` in insertion order. All searches are exact; equal distances
+    are ordered by id (smallest first) on every backend.
+    """
+
+    def __init__(self, n_bits, backend: str = "auto", *, n_threads: int | None = None,
+                 multihash: bool | None = None):
+        if isinstance(n_bits, bool) or not isinstance(n_bits, (numbers.Integral, np.integer)):
+            raise TypeError(f"n_bits must be a positive integer, got {n_bits!r}")
+        if n_bits <= 0:
+            raise ValueError(f"n_bits must be a positive integer, got {n_bits}")
+        if backend not in _BACKENDS:
+            raise ValueError(f"backend must be one of {list(_BACKENDS)}, got {backend!r}")
+        if backend == "faiss":
+            _import_faiss()
+        if n_threads is not None:
+            n_threads = _check_int(n_threads, "n_threads", 1)
+        self.n_bits = int(n_bits)
+        self.backend = backend
+        self.n_threads = n_threads
+        if multihash not in (None, True, False):
+            raise ValueError(f"multihash must be None, True or False, got {multihash!r}")
+        self.multihash = multihash
+        self.code_size = n_bytes(self.n_bits)          # bytes per packed code
+        self._w = n_words(self.n_bits)                 # uint64 words per stored code
+        self._buf = np.zeros((0, 8 * self._w), dtype=np.uint8)
+        self._n = 0
+        self._reset_faiss()
+
+    # ------------------------------------------------------------------ storage
+    def _reset_faiss(self):
+        self._faiss_flat = None
+        self._faiss_mh = None
+        self._faiss_mh_nhash = 0
+        self._faiss_mh_b = 0
+        self._radius_scans = 0
+
+    @property
+    def ntotal(self) -> int:
+        """Number of codes in the index."""
+        return self._n
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __repr__(self) -> str:
+        return (f"HammingIndex(n_bits={self.n_bits}, backend={self.backend!r}, "
+                f"ntotal={self._n})")
+
+    @property
+    def _words(self) -> np.ndarray:
+        return self._buf[:self._n].view(np.uint64)
+
+    def _as_packed(self, codes, packed: bool, name: str) -> np.ndarray:
+        """Validate codes (±1 or packed) and return ``(n, code_size)`` packed uint8."""
+        if packed:
+            arr = np.asarray(codes)
+            if arr.ndim == 1:
+                arr = arr[None, :]
+            return _check_packed(arr, name, self.n_bits)
+        arr = np.asarray(codes)
+        if arr.ndim == 1:
+            arr = arr[None, :]
+        if arr.ndim == 2 and arr.shape[1] != self.n_bits:
+            raise ValueError(f"{name} have {arr.shape[1]} bits per code but the index holds "
+                             f"{self.n_bits}-bit codes")
+        return pack_codes(_check_pm1(arr, name))
+
+    def add(self, codes, *, packed: bool = False) -> None:
+        """Append codes; they get ids ``ntotal .. ntotal + n - 1``.
+
+        ``codes`` is an ``(n, n_bits)`` array of -1/+1 values, or, with ``packed=True``, an
+        ``(n, ceil(n_bits/8))`` uint8 array from :func:`cmhash.codes.pack_codes` (padding
+        bits zero). A single 1-D code is accepted as one row.
+        """
+        p = self._as_packed(codes, packed, "codes")
+        n = p.shape[0]
+        if n == 0:
+            return
+        need = self._n + n
+        if need > self._buf.shape[0]:
+            cap = max(need, int(self._buf.shape[0] * 1.5), 1024)
+            buf = np.zeros((cap, 8 * self._w), dtype=np.uint8)
+            buf[:self._n] = self._buf[:self._n]
+            self._buf = buf
+        self._buf[self._n:need, :self.code_size] = p
+        self._buf[self._n:need, self.code_size:] = 0
+        old = self._n
+        self._n = need
+        # keep already-built faiss indexes in sync (they append in the same order)
+        new_rows = self._buf[old:need]
+        if self._faiss_flat is not None:
+            self._faiss_flat.add(new_rows)
+        if self._faiss_mh is not None:
+            self._faiss_mh.add(new_rows)
+
+    def reset(self) -> None:
+        """Remove every code (``ntotal`` becomes 0); ``n_bits`` and the backend are kept."""
+        self._buf = np.zeros((0, 8 * self._w), dtype=np.uint8)
+        self._n = 0
+        self._reset_faiss()
+
+    remove_all = reset
+
+    def get_codes(self, *, packed: bool = False) -> np.ndarray:
+        """A copy of the stored codes: ``(ntotal, n_bits)`` int8 ±1, or packed uint8."""
+        p = np.ascontiguousarray(self._buf[:self._n, :self.code_size])
+        if packed:
+            return p
+        bits = np.unpackbits(p, axis=1, count=self.n_bits, bitorder="big").view(np.int8)
+        bits *= 2
+        bits -= 1
+        return bits
+
+    # ------------------------------------------------------------------ save / load
+    def save(self, path) -> None:
+        """Write the index to ``path`` as an ``.npz`` archive (no pickled objects).
+
+        Stored arrays: ``format_version``, ``n_bits``, ``backend`` (a unicode string) and
+        ``codes`` (the packed ``(ntotal, ceil(n_bits/8))`` uint8 codes). The file is written
+        to exactly ``path`` (no ``.npz`` suffix is appended).
+        """
+        with open(os.fspath(path), "wb") as f:
+            np.savez(f, format_version=np.int64(FORMAT_VERSION),
+                     n_bits=np.int64(self.n_bits), backend=np.str_(self.backend),
+                     codes=np.ascontiguousarray(self._buf[:self._n, :self.code_size]))
+
+    @classmethod
+    def load(cls, path, *, backend: str | None = None, n_threads: int | None = None
+             ) -> "HammingIndex":
+        """Read an index written by :meth:`save` (loaded with ``allow_pickle=False``).
+
+        ``backend`` overrides the saved backend.
+        """
+        with np.load(os.fspath(path), allow_pickle=False) as z:
+            missing = {"format_version", "n_bits", "codes"} - set(z.files)
+            if missing:
+                raise ValueError(f"{path} is not a saved HammingIndex: missing "
+                                 f"{sorted(missing)}")
+            version = int(z["format_version"])
+            if version > FORMAT_VERSION:
+                raise ValueError(f"{path} has HammingIndex format version {version}; this "
+                                 f"cmhash reads versions <= {FORMAT_VERSION}")
+            n_bits = int(z["n_bits"])
+            saved_backend = str(z["backend"]) if "backend" in z.files else "auto"
+            codes = z["codes"]
+        index = cls(n_bits, backend=backend or saved_backend, n_threads=n_threads)
+        index.add(codes, packed=True)
+        return index
+
+    # ------------------------------------------------------------------ dispatch
+    def _use_faiss(self, op: str, m: int) -> bool:
+        """Backend for operation ``op`` ("search" or "range") on ``m`` queries."""
+        if self.backend == "faiss":
+            return True
+        if self.backend == "numpy":
+            return False
+        if m * self._n < AUTO_FAISS_MIN_PAIRS or not AUTO_FAISS_FOR[op]:
+            return False
+        return faiss_available()
+
+    def _threads(self) -> int:
+        if self.n_threads is not None:
+            return self.n_threads
+        return max(1, min(os.cpu_count() or 1, 8))
+
+    def _prepare_queries(self, query_codes, packed: bool) -> np.ndarray:
+        if self._n == 0:
+            raise ValueError("the index is empty: add codes before searching")
+        p = self._as_packed(query_codes, packed, "query_codes")
+        q = np.zeros((p.shape[0], 8 * self._w), dtype=np.uint8)
+        q[:, :self.code_size] = p
+        return q
+
+    # ------------------------------------------------------------------ top-k
+    def search(self, query_codes, k, *, packed: bool = False):
+        """The ``k`` nearest codes of each query by Hamming distance.
+
+        Parameters
+        ----------
+        query_codes : (m, n_bits) -1/+1 array (or (m, ceil(n_bits/8)) uint8 with
+            ``packed=True``; a 1-D code is one query).
+        k : int >= 1. ``k > ntotal`` is clamped to ``ntotal``.
+
+        Returns
+        -------
+        distances : (m, min(k, ntotal)) int32, ascending along each row.
+        ids : (m, min(k, ntotal)) int64; equal distances are ordered by id (smallest first),
+            including the tie group at the k-th distance.
+        """
+        k = _check_int(k, "k", 1)
+        q = self._prepare_queries(query_codes, packed)
+        k = min(k, self._n)
+        m = q.shape[0]
+        D = np.empty((m, k), dtype=np.int32)
+        ids = np.empty((m, k), dtype=np.int64)
+        if m == 0:
+            return D, ids
+        if self._use_faiss("search", m):
+            self._faiss_search(q, k, D, ids)
+        else:
+            self._numpy_search(q.view(np.uint64), k, D, ids)
+        return D, ids
+
+    def _query_batches(self, m: int):
+        itemsize = np.dtype(_distance_dtype(self._w)).itemsize
+        mb = max(1, min(256, QUERY_BLOCK_BYTES // max(1, self._n * itemsize)))
+        return [(i, min(m, i + mb)) for i in range(0, m, mb)]
+
+    def _run_batches(self, fn, batches):
+        threads = min(self._threads(), len(batches))
+        if threads <= 1:
+            return [fn(b) for b in batches]
+        with ThreadPoolExecutor(max_workers=threads) as ex:
+            return list(ex.map(fn, batches))
+
+    def _distance_block(self, qw: np.ndarray) -> np.ndarray:
+        """``(len(qw), ntotal)`` distances (uint8 or uint16), computed in db chunks."""
+        db = self._words
+        n, mq = self._n, qw.shape[0]
+        out = np.empty((mq, n), dtype=_distance_dtype(self._w))
+        nb = max(1, min(n, DISTANCE_BLOCK_BYTES // (8 * mq)))
+        tmp = np.empty((mq, nb), dtype=np.uint64)
+        cnt = None if (self._w == 1 and out.dtype == np.uint8) else np.empty((mq, nb), np.uint8)
+        for j0 in range(0, n, nb):
+            j1 = min(n, j0 + nb)
+            _distances_into(out[:, j0:j1], qw, db[j0:j1], tmp[:, :j1 - j0],
+                            None if cnt is None else cnt[:, :j1 - j0])
+        return out
+
+    def _numpy_search(self, qw, k, D_out, I_out):
+        """Exact top-k of every query (counting rule, or a full sort for small databases)."""
+        m = qw.shape[0]
+        rmax = 64 * self._w
+        n = self._n
+
+        def work(batch):
+            i0, i1 = batch
+            Db = self._distance_block(qw[i0:i1])
+            if n <= SMALL_DB_FULL_SORT:
+                # small database: one stable (radix) sort per row = (distance, id) order
+                order = np.argsort(Db, axis=1, kind="stable")[:, :k]
+                D_out[i0:i1] = np.take_along_axis(Db, order, axis=1)
+                I_out[i0:i1] = order
+                return
+            mask = np.empty(n, dtype=bool)
+            guess = None
+            for r in range(i1 - i0):
+                d = Db[r]
+                t = _kth_smallest_value(d, k, rmax, guess, mask)
+                guess = t
+                np.less_equal(d, t, out=mask)
+                cand = np.flatnonzero(mask)                 # ids ascending
+                dc = d[cand]
+                order = np.argsort(dc, kind="stable")[:k]   # -> (distance, id) order
+                D_out[i0 + r] = dc[order]
+                I_out[i0 + r] = cand[order]
+
+        self._run_batches(work, self._query_batches(m))
+
+    def _faiss_index(self):
+        if self._faiss_flat is None:
+            faiss = _import_faiss()
+            idx = faiss.IndexBinaryFlat(64 * self._w)
+            idx.add(self._buf[:self._n])
+            self._faiss_flat = idx
+        return self._faiss_flat
+
+    def _faiss_search(self, q, k, D_out, I_out):
+        idx = self._faiss_index()
+        n = self._n
+        k2 = min(n, k + max(k, FAISS_EXTRA_K))
+        m = q.shape[0]
+        redo = []
+        qb = max(1, min(FAISS_QUERY_BATCH, FAISS_RESULT_BYTES // (12 * k2)))
+        for i0 in range(0, m, qb):
+            i1 = min(m, i0 + qb)
+            D2, I2 = idx.search(q[i0:i1], k2)
+            # sort each row by (distance, id): faiss does not promise an order among ties
+            key = D2.astype(np.int64) * n + I2
+            order = np.argsort(key, axis=1)
+            D2 = np.take_along_axis(D2, order, axis=1)
+            I2 = np.take_along_axis(I2, order, axis=1)
+            D_out[i0:i1] = D2[:, :k]
+            I_out[i0:i1] = I2[:, :k]
+            if k2 < n:
+                # the boundary tie group is complete only if faiss's last (k2-th)
+                # neighbour is strictly farther than the k-th one
+                incomplete = D2[:, k2 - 1] <= D2[:, k - 1]
+                redo.extend((np.flatnonzero(incomplete) + i0).tolist())
+        if redo:
+            # Exact fix-up: fetch every code with d <= t (t = the row's k-th distance) by a
+            # faiss radius scan, grouped by t, sort by (distance, id) and keep k.
+            rows = np.asarray(redo, dtype=np.int64)
+            t_rows = D_out[rows, k - 1]
+            for t in np.unique(t_rows):
+                group = rows[t_rows == t]
+                for g0 in range(0, len(group), FAISS_REDO_BATCH):
+                    g = group[g0:g0 + FAISS_REDO_BATCH]
+                    lims, Dr, Ir = idx.range_search(q[g], int(t) + 1)   # faiss: d < radius
+                    lims = np.asarray(lims, dtype=np.int64)
+                    counts = np.diff(lims)
+                    if np.any(counts < k):      # cannot happen with an exact faiss index
+                        raise RuntimeError("faiss range_search returned fewer codes than "
+                                           "its top-k search; please report this")
+                    rr = np.repeat(np.arange(len(g)), counts)
+                    order = np.lexsort((np.asarray(Ir), np.asarray(Dr), rr))
+                    sel = order[lims[:-1, None] + np.arange(k)]
+                    D_out[g] = np.asarray(Dr)[sel]
+                    I_out[g] = np.asarray(Ir)[sel]
+
+    # ------------------------------------------------------------------ radius
+    def range_search(self, query_codes, radius, *, packed: bool = False):
+        """All codes within Hamming distance ``radius`` (inclusive: ``d <= radius``).
+
+        Returns ``(lims, distances, ids)`` in the faiss convention: the results of query
+        ``i`` are ``distances[lims[i]:lims[i+1]]`` / ``ids[lims[i]:lims[i+1]]``, sorted by
+        (distance, id). ``lims`` is ``(m + 1,)`` int64, distances int32, ids int64.
+        ``radius`` is a number >= 0 (distances are integers, so 2.5 acts as 2).
+        """
+        if isinstance(radius, bool) or not isinstance(radius, (numbers.Real, np.integer,
+                                                               np.floating)):
+            raise TypeError(f"radius must be a number >= 0, got {radius!r}")
+        if not np.isfinite(radius) or radius < 0:
+            raise ValueError(f"radius must be >= 0, got {radius}")
+        R = int(math.floor(radius))
+        q = self._prepare_queries(query_codes, packed)
+        m = q.shape[0]
+        if m == 0:
+            return (np.zeros(1, np.int64), np.zeros(0, np.int32), np.zeros(0, np.int64))
+        R = min(R, self.n_bits)
+        if self._use_faiss("range", m):
+            return self._faiss_range(q, R)
+        return self._numpy_range(q.view(np.uint64), R)
+
+    def _numpy_range(self, qw, R):
+        m = qw.shape[0]
+        rmax = 64 * self._w
+
+        def work(batch):
+            i0, i1 = batch
+            Db = self._distance_block(qw[i0:i1])
+            flat = np.flatnonzero(Db <= R)      # row-major: ids ascending within a row
+            rows, cols = np.divmod(flat, self._n)   # (2-D np.nonzero is ~10x slower)
+            d = Db.ravel()[flat]
+            order = np.argsort(rows * (rmax + 1) + d, kind="stable")
+            counts = np.bincount(rows, minlength=i1 - i0)
+            return counts, d[order].astype(np.int32), cols[order].astype(np.int64)
+
+        parts = self._run_batches(work, self._query_batches(m))
+        return _assemble(parts)
+
+    def _multihash_plan(self, R):
+        """(nhash, b, nflip) for an exact multi-hash radius-R search, or None."""
+        r_eff = 8 * (self.n_bits // 8)          # whole bytes only: padding bits never hash
+        if r_eff < 8:
+            return None
+        b = int(min(r_eff, max(8, round(math.log2(max(2, self._n))))))
+        nhash = max(1, r_eff // b)
+        nflip = R // nhash                      # pigeonhole: some substring has <= nflip
+        if nflip > b:
+            return None
+        if _n_probes(nhash, b, nflip) > MULTIHASH_MAX_PROBES:
+            return None
+        return nhash, b, nflip
+
+    def _faiss_range(self, q, R):
+        m = q.shape[0]
+        idx = None
+        if self._faiss_mh is not None:
+            nhash, b = self._faiss_mh_nhash, self._faiss_mh_b
+            nflip = R // nhash
+            if _n_probes(nhash, b, nflip) <= MULTIHASH_MAX_PROBES:
+                idx = self._faiss_mh
+                idx.nflip = nflip
+        else:
+            plan = self._multihash_plan(R)
+            if plan is not None:
+                nhash, b, nflip = plan
+                if (self.multihash is True or (self.multihash is None and self._radius_scans + m
+                                               >= MULTIHASH_BUILD_QUERIES_PER_TABLE * nhash)):
+                    faiss = _import_faiss()
+                    mh = faiss.IndexBinaryMultiHash(64 * self._w, nhash, b)
+                    mh.add(self._buf[:self._n])
+                    self._faiss_mh, self._faiss_mh_nhash, self._faiss_mh_b = mh, nhash, b
+                    idx = mh
+                    idx.nflip = nflip
+                else:
+                    self._radius_scans += m
+        if idx is None:
+            idx = self._faiss_index()
+        parts = []
+        for i0 in range(0, m, FAISS_QUERY_BATCH):
+            i1 = min(m, i0 + FAISS_QUERY_BATCH)
+            lims, D, I = idx.range_search(q[i0:i1], R + 1)    # faiss keeps d < radius
+            lims = lims.astype(np.int64)
+            D = D.astype(np.int32)
+            I = I.astype(np.int64)
+            counts = np.diff(lims)
+            rows = np.repeat(np.arange(i1 - i0, dtype=np.int64), counts)
+            order = np.lexsort((I, D, rows))
+            parts.append((counts, D[order], I[order]))
+        return _assemble(parts)
+
+
+def _n_probes(nhash: int, b: int, nflip: int) -> int:
+    """Hash-table probes per query of a multi-hash search."""
+    if nflip > b:
+        return 1 << 62
+    return nhash * sum(math.comb(b, i) for i in range(nflip + 1))
+
+
+def _assemble(parts):
+    counts = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.int64)
+    lims = np.zeros(len(counts) + 1, dtype=np.int64)
+    np.cumsum(counts, out=lims[1:])
+    D = np.concatenate([p[1] for p in parts]).astype(np.int32, copy=False)
+    ids = np.concatenate([p[2] for p in parts]).astype(np.int64, copy=False)
+    return lims, D, ids
+
+
+def _kth_smallest_value(d, k, rmax, guess, mask):
+    """Smallest integer ``t`` with ``count(d <= t) >= k`` (needs ``len(d) >= k``).
+
+    Tries ``guess`` and its neighbour first (consecutive queries usually share ``t``), then
+    bisects; each probe is one pass of ``d <= v`` over the row.
+    """
+    lo, hi = 0, rmax                     # invariant: answer in [lo, hi]
+
+    def enough(v):
+        np.less_equal(d, v, out=mask)
+        return np.count_nonzero(mask) >= k
+
+    if guess is not None and lo <= guess <= hi:
+        if enough(guess):
+            hi = guess
+            if guess - 1 >= lo and not enough(guess - 1):
+                return guess
+            hi = guess - 1 if guess - 1 >= lo else guess
+        else:
+            lo = guess + 1
+            if lo <= hi and enough(lo):
+                return lo
+            lo = lo + 1
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if enough(mid):
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo

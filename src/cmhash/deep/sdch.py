@@ -1,0 +1,486 @@
+"""SDCH: semantic deep cross-modal hashing (Yan et al., Neurocomputing 2019; paper sdch.md).
+
+Row-sample convention (the paper writes Z, B as r x (m + n); here they are (N, r)). See
+docs/methods/sdch.md for the derivation, the gradients and every deviation from the paper.
+
+Networks (Fig. 2, Table 1)::
+
+    f_x = f(x; psi_x) in R^k,  f_y = f(y; psi_y) in R^k     (k = 256; AlexNet / text net / MLP)
+    z   = fc4(f)  in R^r                                      (ONE hash layer for both modalities)
+    encode(x) = sign(fc4(f(x; psi_x))),  encode(y) = sign(fc4(f(y; psi_y)))
+
+Losses on a mini-batch of b pairs (Fx, Fy: (b, k); Z = [fc4(Fx); fc4(Fy)]: (2b, r))::
+
+    S^f_ij = 1 if image i and text j share a label else 0                          (b x b)
+    L_f = sum_ij log(1 + exp(Theta_ij)) - S^f_ij Theta_ij,  Theta = Fx Fy^T         (Eq. 4)
+    S^h_ij = +1 if items i, j (either modality) share a label else -1             (2b x 2b)
+    L_h = ||Z Z^T / r - S^h||^2 + beta1 ||Z - B||^2
+          + beta2 ||Z^T Z / N - I_r||^2 + beta3 / r ||Z^T 1||^2                    (Eq. 7)
+    L   = L_f + gamma L_h                                                          (Eq. 8)
+
+(N = 2b, the number of items in the batch; the paper's decorrelation ``Z Z^T / r`` and balance
+``||Z||^2 / r`` are kept available with ``paper_literal=True``.)
+
+Algorithm 1 with the warm-up of Section 4.2::
+
+    epoch 1: update psi_x, psi_y on L_f (lr of Theta_h = 0)
+             B = ITQ(Z of all m + n training items)                     (cmhash.itq.ITQ)
+    epoch 2: update fc4 on gamma L_h (lr of Theta_f = 0);  B = sign(Z)   (Eq. 10)
+    epoch 3..: per batch, first fc4 on gamma L_h (features fixed), then psi on L_f + gamma L_h
+             through the updated fc4; after each epoch B = sign(Z)      (Eq. 9-10)
+
+The gradients of L_f and L_h with respect to the network outputs are the closed forms of
+:func:`feature_loss_grad` and :func:`hash_loss_grad` (checked against autograd in the tests);
+training back-propagates exactly these through the networks. One code matrix per modality:
+``B`` has m + n rows, ``codes_ = [B_x, B_y]`` (the paper's B = {b_1, ..., b_{m+n}}).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from torch.nn import functional as Fnn
+
+from .._validation import check_choice, check_int, check_positive
+from ..itq import ITQ
+from ..progress import progress
+from ..solvers import sign
+from ._torch_base import TorchHasher, _seed_from_rng, resolve_device, seed_everything
+from .backbones import build_backbone, load_state_dict_file
+
+__all__ = ["SDCH", "label_similarity", "feature_loss", "feature_loss_grad", "hash_loss_terms",
+           "hash_loss", "hash_loss_grad", "codes_step"]
+
+TERMS = ("feature", "similarity", "quantization", "decorrelation", "balance")
+
+
+# ---------------------------------------------------------------- the paper's formulas
+def label_similarity(La: torch.Tensor, Lb: torch.Tensor) -> torch.Tensor:
+    """``S_ij = 1`` if rows ``La[i]`` and ``Lb[j]`` share at least one label, else 0."""
+    return (La @ Lb.T > 0).to(La.dtype)
+
+
+def feature_loss(Fx: torch.Tensor, Fy: torch.Tensor, Sf: torch.Tensor) -> torch.Tensor:
+    """Eq. 4: ``L_f = sum_ij log(1 + e^Theta_ij) - S^f_ij Theta_ij`` with ``Theta = Fx Fy^T``.
+
+    ``softplus`` evaluates ``log(1 + e^t)`` without overflow for large inner products.
+    """
+    theta = Fx @ Fy.T
+    return (Fnn.softplus(theta) - Sf * theta).sum()
+
+
+def feature_loss_grad(Fx, Fy, Sf):
+    """``dL_f/dFx = (sigma(Theta) - S^f) Fy`` and ``dL_f/dFy = (sigma(Theta) - S^f)^T Fx``."""
+    A = torch.sigmoid(Fx @ Fy.T) - Sf
+    return A @ Fy, A.T @ Fx
+
+
+def hash_loss_terms(Z, B, Sh, *, paper_literal: bool = False) -> dict:
+    """The four terms of Eq. 7 (unweighted) for a batch ``Z`` (N, r), ``B`` (N, r), ``S^h`` (N, N).
+
+    similarity    ``||Z Z^T / r - S^h||^2``
+    quantization  ``||Z - B||^2``
+    decorrelation ``||Z^T Z / N - I_r||^2``  (``paper_literal``: ``||Z^T Z / r - I_r||^2``)
+    balance       ``||Z^T 1||^2 / r``         (``paper_literal``: ``||Z||^2 / r``)
+    """
+    N, r = Z.shape
+    eye = torch.eye(r, dtype=Z.dtype, device=Z.device)
+    scale = r if paper_literal else N
+    bal = (Z ** 2).sum() / r if paper_literal else (Z.sum(0) ** 2).sum() / r
+    return {"similarity": ((Z @ Z.T / r - Sh) ** 2).sum(),
+            "quantization": ((Z - B) ** 2).sum(),
+            "decorrelation": ((Z.T @ Z / scale - eye) ** 2).sum(),
+            "balance": bal}
+
+
+def hash_loss(Z, B, Sh, *, beta1, beta2, beta3, paper_literal: bool = False):
+    """Eq. 7: ``L_h = sim + beta1 quant + beta2 decor + beta3 balance``."""
+    t = hash_loss_terms(Z, B, Sh, paper_literal=paper_literal)
+    return t["similarity"] + beta1 * t["quantization"] + beta2 * t["decorrelation"] \
+        + beta3 * t["balance"]
+
+
+def hash_loss_grad(Z, B, Sh, *, beta1, beta2, beta3, paper_literal: bool = False):
+    """``dL_h/dZ`` in closed form (S^h symmetric; A = Z Z^T / r - S^h, C = Z^T Z / s - I)::
+
+        4/r A Z + 2 beta1 (Z - B) + 4 beta2 / s Z C + 2 beta3 / r 1 (1^T Z)
+
+    with ``s = N`` (``paper_literal``: ``s = r`` and the balance gradient ``2 beta3 / r Z``).
+    """
+    N, r = Z.shape
+    s = r if paper_literal else N
+    A = Z @ Z.T / r - Sh
+    C = Z.T @ Z / s - torch.eye(r, dtype=Z.dtype, device=Z.device)
+    bal = Z if paper_literal else Z.sum(0, keepdim=True).expand_as(Z)
+    return 4.0 / r * (A @ Z) + 2.0 * beta1 * (Z - B) + 4.0 * beta2 / s * (Z @ C) \
+        + 2.0 * beta3 / r * bal
+
+
+def codes_step(Z) -> np.ndarray:
+    """Eq. 9-10: ``argmin_{B in {-1,1}} beta1 ||Z - B||^2 = argmax tr(Z^T B) = sign(Z)``."""
+    return sign(np.asarray(Z))
+
+
+def _he_init(net) -> None:
+    """He-normal weights, zero biases for an AlexNet trained from scratch (no image_weights).
+
+    The paper starts conv1-fc7 from ImageNet weights; PyTorch's default initialisation of an
+    8-layer ReLU/LRN stack without them shrinks the outputs ~100x, and the features collapse
+    to a constant in the first epochs. The last layer gets N(0, 1/fan_in) ("random values
+    with a normal distribution", Section 4.2).
+    """
+    layers = [mod for mod in net.modules() if isinstance(mod, (torch.nn.Conv2d, torch.nn.Linear))]
+    with torch.no_grad():
+        for i, mod in enumerate(layers):
+            if i < len(layers) - 1:
+                torch.nn.init.kaiming_normal_(mod.weight, nonlinearity="relu")
+            else:
+                torch.nn.init.normal_(mod.weight, std=float(mod.weight.shape[1]) ** -0.5)
+            torch.nn.init.zeros_(mod.bias)
+
+
+# ------------------------------------------------------------------------ estimator
+class SDCH(TorchHasher):
+    """SDCH (Yan et al., Neurocomputing 2019).
+
+    Parameters
+    ----------
+    n_bits : int
+        Code length r (the width of the shared hash layer fc4).
+    gamma : float
+        Weight of the hash loss L_h in L = L_f + gamma L_h (0.01).
+    beta1, beta2, beta3 : float
+        Weights of quantization, decorrelation and balance in L_h (1, 1, 0.1).
+    paper_literal : bool
+        Use the paper's printed decorrelation ``||Z^T Z / r - I||^2`` and "balance"
+        ``||Z||^2 / r`` instead of the consistent ``/N`` and ``||Z^T 1||^2 / r`` forms.
+    feature_dim : int
+        k, the width of img-fc3 / txt-fc3 (256).
+    image_backbone : {"auto", "mlp", "alexnet"}
+        "auto": AlexNet for image arrays (n, C, H, W), an MLP for feature vectors.
+    text_backbone : {"auto", "mlp", "text-sdch"}
+        "auto": the MLP for feature vectors; "text-sdch" is Table 1's 4096-4096-256 network.
+    image_hidden, text_hidden : tuple of int or None
+        Hidden widths (None: (512,) for "mlp", (4096, 4096) for "text-sdch").
+    fc_dim : int
+        Width of AlexNet's fc6/fc7 (4096 in the paper; smaller only for fast tests).
+    dropout : float
+        Dropout after hidden layers (0: none).
+    image_weights : str or None
+        A PyTorch state_dict file for the image network (matching names are loaded; those
+        layers train at ``pretrained_lr_scale`` x ``lr_feature``, Section 4.2).
+    standardize : bool
+        z-score dense vector inputs with training means / standard deviations (stored).
+    n_epochs : int
+        Epochs including the two warm-up epochs (the paper: 50).
+    warmup : bool
+        Section 4.2's warm-up (epoch 1: features on L_f; ITQ; epoch 2: fc4 only). False:
+        B = ITQ(Z) of the initial networks and full training from epoch 1.
+    batch_size : int
+        Pairs per mini-batch (64; the hash loss sees 2 x batch_size items).
+    lr_feature, lr_hash, pretrained_lr_scale : float
+        Learning rates of Theta_f (1e-3) and Theta_h (1e-2); factor for pretrained layers (0.1).
+    optimizer : {"adam", "sgd"}
+        The paper (TensorFlow) does not name its optimizer; "sgd" has momentum 0.9.
+    weight_decay : float
+        L2 penalty on the network weights (not in the paper's objective; 0 by default).
+    itq_iter : int
+        ITQ iterations for the initial B (50).
+    device : "auto", "cpu", "cuda" or "cuda:N"
+    random_state, verbose : see :class:`cmhash.base.CrossModalHasher`.
+
+    Attributes
+    ----------
+    codes_ : [B_x, B_y] int8 (n, r)   learned codes of the image and of the text items
+    objective_ : list of float        L summed over the mini-batches of each epoch
+    loss_terms_ : dict of (n_epochs,) arrays   each (unweighted) term summed over the epoch
+    itq_loss_ : list of float         quantization loss of the ITQ initialisation
+    network_states_, architectures_ : networks "f" (image), "g" (text), "h" (fc4)
+    input_means_, input_scales_ : per-modality standardisation (None where not applied)
+    """
+
+    name = "sdch"
+
+    #: the paper's Section 4.2 values; "wiki" uses the same values (no validation-split
+    #: selection was run for Wiki yet; docs/methods/sdch.md lists the numbers they give)
+    PRESETS = {
+        "nuswide": {"gamma": 0.01, "beta1": 1.0, "beta2": 1.0, "beta3": 0.1,
+                    "batch_size": 64, "n_epochs": 50},
+        "mirflickr25k": {"gamma": 0.01, "beta1": 1.0, "beta2": 1.0, "beta3": 0.1,
+                         "batch_size": 64, "n_epochs": 50},
+        "iapr-tc12": {"gamma": 0.01, "beta1": 1.0, "beta2": 1.0, "beta3": 0.1,
+                      "batch_size": 64, "n_epochs": 50},
+        "wiki": {"gamma": 0.01, "beta1": 1.0, "beta2": 1.0, "beta3": 0.1,
+                 "batch_size": 64, "n_epochs": 50},
+    }
+    #: the paper has no named ablation variants; "SDCH-literal" is its printed Eq. 7
+    VARIANTS = {"SDCH": {"paper_literal": False}, "SDCH-literal": {"paper_literal": True}}
+
+    def __init__(self, n_bits: int = 32, *, gamma: float = 0.01, beta1: float = 1.0,
+                 beta2: float = 1.0, beta3: float = 0.1, paper_literal: bool = False,
+                 feature_dim: int = 256, image_backbone: str = "auto",
+                 text_backbone: str = "auto", image_hidden=None, text_hidden=None,
+                 fc_dim: int = 4096, dropout: float = 0.0, image_weights=None,
+                 standardize: bool = True, n_epochs: int = 50, warmup: bool = True,
+                 batch_size: int = 64, lr_feature: float = 1e-3, lr_hash: float = 1e-2,
+                 pretrained_lr_scale: float = 0.1, optimizer: str = "adam",
+                 weight_decay: float = 0.0, itq_iter: int = 50, device: str = "auto",
+                 random_state=None, verbose: bool = False):
+        super().__init__(n_bits, device=device, random_state=random_state, verbose=verbose)
+        self.gamma = gamma
+        self.beta1 = beta1
+        self.beta2 = beta2
+        self.beta3 = beta3
+        self.paper_literal = paper_literal
+        self.feature_dim = feature_dim
+        self.image_backbone = image_backbone
+        self.text_backbone = text_backbone
+        self.image_hidden = image_hidden
+        self.text_hidden = text_hidden
+        self.fc_dim = fc_dim
+        self.dropout = dropout
+        self.image_weights = image_weights
+        self.standardize = standardize
+        self.n_epochs = n_epochs
+        self.warmup = warmup
+        self.batch_size = batch_size
+        self.lr_feature = lr_feature
+        self.lr_hash = lr_hash
+        self.pretrained_lr_scale = pretrained_lr_scale
+        self.optimizer = optimizer
+        self.weight_decay = weight_decay
+        self.itq_iter = itq_iter
+
+    # ------------------------------------------------------------ validation
+    def _validate_params(self):
+        for p in ("gamma", "beta1", "beta2", "beta3", "weight_decay", "pretrained_lr_scale"):
+            check_positive(getattr(self, p), p, allow_zero=True)
+        check_positive(self.lr_feature, "lr_feature")
+        check_positive(self.lr_hash, "lr_hash")
+        check_choice(self.image_backbone, "image_backbone", {"auto", "mlp", "alexnet"})
+        check_choice(self.text_backbone, "text_backbone", {"auto", "mlp", "text-sdch"})
+        check_choice(self.optimizer, "optimizer", {"adam", "sgd"})
+        check_int(self.n_epochs, "n_epochs")
+        check_int(self.batch_size, "batch_size", minimum=2)
+        check_int(self.feature_dim, "feature_dim")
+        check_int(self.fc_dim, "fc_dim")
+        check_int(self.itq_iter, "itq_iter", minimum=0)
+        for p in ("paper_literal", "warmup", "standardize"):
+            if not isinstance(getattr(self, p), (bool, np.bool_)):
+                raise TypeError(f"{p} must be True or False, got {getattr(self, p)!r}")
+        if not (isinstance(self.dropout, (int, float)) and 0 <= self.dropout < 1):
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if self.image_weights is not None and not Path(self.image_weights).exists():
+            raise ValueError(f"image_weights file not found: {self.image_weights!r}")
+        resolve_device(self.device)
+
+    # ----------------------------------------------------------- networks
+    def _spec(self, X, which):
+        shape = list(X.shape[1:])
+        kind = self.image_backbone if which == "image" else self.text_backbone
+        if kind == "auto":
+            kind = "alexnet" if len(shape) == 3 else "mlp"
+        spec = {"kind": kind, "in_shape": shape, "out_dim": int(self.feature_dim),
+                "dropout": float(self.dropout)}
+        if kind == "alexnet":
+            if len(shape) != 3:
+                raise ValueError(f"the alexnet backbone takes images (n, C, H, W); the {which} "
+                                 f"modality has samples of shape {tuple(shape)}")
+            spec["fc_dim"] = int(self.fc_dim)
+            return spec
+        hidden = self.image_hidden if which == "image" else self.text_hidden
+        if hidden is None:
+            hidden = (4096, 4096) if kind == "text-sdch" else (512,)
+        hidden = [int(h) for h in np.atleast_1d(hidden)]
+        if kind == "text-sdch" and len(hidden) != 2:
+            raise ValueError(f"text_backbone='text-sdch' has two hidden layers (txt-fc1, "
+                             f"txt-fc2); got text_hidden={self.text_hidden!r}")
+        spec["hidden"] = hidden
+        return spec
+
+    def _optimizer(self, groups):
+        if self.optimizer == "adam":
+            return torch.optim.Adam(groups, weight_decay=self.weight_decay)
+        return torch.optim.SGD(groups, momentum=0.9, weight_decay=self.weight_decay)
+
+    def _feature_groups(self, f, g, pretrained):
+        """Parameter groups of Theta_f: pretrained image layers at 0.1 x lr (Section 4.2)."""
+        lr = float(self.lr_feature)
+        pre = [p for k, p in f.named_parameters() if k in pretrained]
+        rest = [p for k, p in f.named_parameters() if k not in pretrained] + list(g.parameters())
+        groups = [{"params": rest, "lr": lr}]
+        if pre:
+            groups.append({"params": pre, "lr": lr * float(self.pretrained_lr_scale)})
+        return groups
+
+    # -------------------------------------------------------- preprocessing
+    def _fit_standardization(self, views):
+        self.input_means_, self.input_scales_ = [], []
+        for X in views:
+            if self.standardize and X.ndim == 2 and not sp.issparse(X):
+                mean = X.mean(axis=0, dtype=np.float64)
+                std = X.std(axis=0, dtype=np.float64)
+                self.input_means_.append(mean.astype(np.float32))
+                self.input_scales_.append(np.where(std > 1e-12, std, 1.0).astype(np.float32))
+            else:
+                self.input_means_.append(None)
+                self.input_scales_.append(None)
+
+    def _prepare(self, X, m):
+        mean = self.input_means_[m] if hasattr(self, "input_means_") else None
+        if mean is None or sp.issparse(X):
+            return X
+        return ((np.asarray(X, dtype=np.float32) - mean) / self.input_scales_[m]).astype(np.float32)
+
+    # ------------------------------------------------------------------ fit
+    def _fit(self, views, labels, rng):
+        device = resolve_device(self.device)
+        seed_everything(_seed_from_rng(rng))
+        self._fit_standardization(views)
+        X, Y = (self._prepare(V, m) for m, V in enumerate(views))
+        n, r = X.shape[0], self.n_bits
+        if n < 2:
+            raise ValueError(f"SDCH needs at least 2 training samples, got {n}")
+        L = torch.from_numpy(np.asarray(labels, dtype=np.float32)).to(device)
+        Xd = self._to_tensor(X, device) if not sp.issparse(X) and X.ndim == 2 else X
+        Yd = self._to_tensor(Y, device) if not sp.issparse(Y) and Y.ndim == 2 else Y
+
+        f = build_backbone(self._spec(X, "image")).to(device)          # psi_x
+        g = build_backbone(self._spec(Y, "text")).to(device)           # psi_y
+        h = build_backbone({"kind": "mlp", "in_shape": [int(self.feature_dim)],
+                            "out_dim": int(r), "hidden": []}).to(device)   # fc4 (Theta_h)
+        if f.spec["kind"] == "alexnet" and self.image_weights is None:
+            _he_init(f)
+        pretrained = set()
+        if self.image_weights is not None:
+            pretrained = set(load_state_dict_file(f, self.image_weights, strict=False))
+        opt_f = self._optimizer(self._feature_groups(f, g, pretrained))
+        opt_h = self._optimizer([{"params": list(h.parameters()), "lr": float(self.lr_hash)}])
+        hp = {"beta1": float(self.beta1), "beta2": float(self.beta2), "beta3": float(self.beta3),
+              "paper_literal": bool(self.paper_literal)}
+        gamma = float(self.gamma)
+
+        B = None                      # (2, n, r) float32 tensor: [B_x, B_y]
+        self.itq_loss_ = []
+        if not self.warmup:
+            B = self._itq_codes(f, g, h, Xd, Yd, rng, device)
+        self.objective_ = []
+        terms_log = {k: [] for k in TERMS}
+        bar = progress(range(self.n_epochs), desc="SDCH", verbose=self.verbose)
+        for epoch in bar:
+            phase = "all"
+            if self.warmup and epoch == 0:
+                phase = "feature"     # lr of Theta_h = 0, B not yet initialised: L_f only
+            elif self.warmup and epoch == 1:
+                phase = "hash"        # lr of Theta_f = 0
+            sums = self._train_epoch(phase, f, g, h, opt_f, opt_h, Xd, Yd, L, B, gamma, hp,
+                                     rng, device)
+            for k in TERMS:
+                terms_log[k].append(sums[k])
+            self.objective_.append(sums["total"])
+            # B-step: ITQ after the first warm-up epoch, sign(Z) (Eq. 10) after every other
+            if B is None:
+                B = self._itq_codes(f, g, h, Xd, Yd, rng, device)
+            else:
+                Zx, Zy = self._all_z(f, g, h, Xd, Yd)
+                B = torch.from_numpy(np.stack([codes_step(Zx), codes_step(Zy)])
+                                     .astype(np.float32)).to(device)
+            if hasattr(bar, "set_postfix"):
+                bar.set_postfix({"L": f"{sums['total']:.4g}",
+                                 **{k[:5]: f"{sums[k]:.3g}" for k in TERMS}}, refresh=False)
+        self.loss_terms_ = {k: np.asarray(v, dtype=np.float64) for k, v in terms_log.items()}
+        self.n_iter_ = self.n_epochs
+        Bn = B.cpu().numpy()
+        self.codes_ = [Bn[0].astype(np.int8), Bn[1].astype(np.int8)]
+        self._store_networks(f=f, g=g, h=h)
+        for net in self._nets.values():
+            net.eval()
+
+    def _all_z(self, f, g, h, Xd, Yd):
+        """fc4 outputs of every training image and text (float32 ndarrays)."""
+        Fx = self._predict(f, Xd, 1024)
+        Fy = self._predict(g, Yd, 1024)
+        return self._predict(h, Fx, 4096), self._predict(h, Fy, 4096)
+
+    def _itq_codes(self, f, g, h, Xd, Yd, rng, device):
+        """B initialised by ITQ on the stacked z_i, i = 1..m+n (Section 4.2)."""
+        Zx, Zy = self._all_z(f, g, h, Xd, Yd)
+        itq = ITQ(n_iter=int(self.itq_iter), random_state=rng).fit(np.vstack([Zx, Zy]))
+        self.itq_loss_ = list(itq.quantization_loss_)
+        n = Zx.shape[0]
+        Bz = itq.transform(np.vstack([Zx, Zy]))
+        return torch.from_numpy(np.stack([Bz[:n], Bz[n:]]).astype(np.float32)).to(device)
+
+    def _train_epoch(self, phase, f, g, h, opt_f, opt_h, Xd, Yd, L, B, gamma, hp, rng, device):
+        """One epoch of Algorithm 1; returns the per-term sums over the mini-batches.
+
+        Per batch: (i) Theta_h takes a step on gamma L_h with the features fixed (the
+        gradient of ``hash_loss_grad`` through fc4); (ii) Theta_f takes a step on
+        ``L_f + gamma L_h`` evaluated through the UPDATED fc4 (``feature_loss_grad`` on the
+        feature outputs plus ``hash_loss_grad`` back-propagated through fc4).
+        """
+        n = L.shape[0]
+        f.train(), g.train(), h.train()
+        perm = rng.permutation(n)
+        sums = {k: 0.0 for k in TERMS + ("total",)}
+        for start in range(0, n, self.batch_size):
+            idx = np.sort(perm[start:start + self.batch_size])
+            if idx.size < 2:
+                continue
+            it = torch.as_tensor(idx, device=device)
+            Lb = L[it]
+            Sf = label_similarity(Lb, Lb)                                   # b x b
+            L2 = torch.cat([Lb, Lb])
+            Sh = 2.0 * label_similarity(L2, L2) - 1.0                      # 2b x 2b, +-1
+            Bb = torch.cat([B[0][it], B[1][it]]) if B is not None else None
+            Fx = f(self._rows(Xd, idx, device))
+            Fy = g(self._rows(Yd, idx, device))
+            Fxy = torch.cat([Fx, Fy])
+            if phase in ("hash", "all"):                                    # (i) Theta_h
+                Z1 = h(Fxy.detach())
+                gZ = gamma * hash_loss_grad(Z1.detach(), Bb, Sh, **hp)
+                opt_h.zero_grad(set_to_none=True)
+                Z1.backward(gZ)
+                opt_h.step()
+            with torch.no_grad():
+                Z = h(Fxy)
+                lf = float(feature_loss(Fx, Fy, Sf))
+                th = ({k: float(v) for k, v in hash_loss_terms(Z, Bb, Sh,
+                                                               paper_literal=hp["paper_literal"]).items()}
+                      if Bb is not None else {k: 0.0 for k in TERMS[1:]})
+            if phase in ("feature", "all"):                                 # (ii) Theta_f
+                gFx, gFy = feature_loss_grad(Fx.detach(), Fy.detach(), Sf)
+                outs, grads = [Fx, Fy], [gFx, gFy]
+                if Bb is not None:
+                    Z2 = h(Fxy)
+                    outs.append(Z2)
+                    grads.append(gamma * hash_loss_grad(Z2.detach(), Bb, Sh, **hp))
+                opt_f.zero_grad(set_to_none=True)
+                torch.autograd.backward(outs, grads)
+                opt_f.step()
+                h.zero_grad(set_to_none=True)       # fc4 gradients of (ii) are not used
+            sums["feature"] += lf
+            for k in TERMS[1:]:
+                sums[k] += th[k]
+            lh = (th["similarity"] + hp["beta1"] * th["quantization"]
+                  + hp["beta2"] * th["decorrelation"] + hp["beta3"] * th["balance"])
+            sums["total"] += lf + gamma * lh
+        return sums
+
+    # -------------------------------------------------------------- encoding
+    def network_outputs(self, X, modality) -> np.ndarray:
+        """Real-valued fc4 outputs ``z = fc4(f(x))`` (before sign) for samples of ``modality``."""
+        m = self.modality_index(modality)
+        F = self._predict(self._network("f" if m == 0 else "g"), self._prepare(X, m))
+        return self._predict(self._network("h"), F)
+
+    def features(self, X, modality) -> np.ndarray:
+        """The k-dimensional features f(x; psi) (img-fc3 / txt-fc3) of ``modality``."""
+        m = self.modality_index(modality)
+        return self._predict(self._network("f" if m == 0 else "g"), self._prepare(X, m))
+
+    def _encode(self, X, m, task):
+        F = self._predict(self._network("f" if m == 0 else "g"), self._prepare(X, m))
+        return sign(self._predict(self._network("h"), F))

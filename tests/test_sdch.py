@@ -1,0 +1,259 @@
+"""SDCH: the closed-form gradients of L_f and L_h, the B step, the networks, training."""
+import itertools
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import cmhash.base  # noqa: E402
+from cmhash.deep.backbones import AlexNet, build_backbone, load_state_dict_file  # noqa: E402
+from cmhash.deep.sdch import (SDCH, codes_step, feature_loss, feature_loss_grad,  # noqa: E402
+                              hash_loss, hash_loss_grad, hash_loss_terms, label_similarity)
+from cmhash.metrics import mean_average_precision  # noqa: E402
+from cmhash.solvers import sign  # noqa: E402
+from conftest import make_structured  # noqa: E402
+
+pytestmark = pytest.mark.deep
+HP = {"beta1": 1.0, "beta2": 1.0, "beta3": 0.1}
+
+
+def _batch(b=12, k=7, r=5, c=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    Lb = torch.zeros(b, c, dtype=torch.float64)
+    Lb[torch.arange(b), torch.randint(0, c, (b,), generator=g)] = 1
+    Lb[torch.rand(b, c, generator=g, dtype=torch.float64) < 0.15] = 1
+    Fx = torch.randn(b, k, generator=g, dtype=torch.float64)
+    Fy = torch.randn(b, k, generator=g, dtype=torch.float64)
+    Z = torch.randn(2 * b, r, generator=g, dtype=torch.float64)
+    B = torch.sign(torch.randn(2 * b, r, generator=g, dtype=torch.float64))
+    L2 = torch.cat([Lb, Lb])
+    return Lb, Fx, Fy, Z, B, 2 * label_similarity(L2, L2) - 1
+
+
+def test_similarities_follow_shared_labels():
+    L = torch.tensor([[1., 0, 0], [1, 1, 0], [0, 0, 1]])
+    S = label_similarity(L, L)
+    assert torch.equal(S, torch.tensor([[1., 1, 0], [1, 1, 0], [0, 0, 1]]))
+    Lb, *_, Sh = _batch()
+    assert set(Sh.unique().tolist()) == {-1.0, 1.0} and torch.equal(Sh, Sh.T)
+
+
+def test_feature_loss_gradient_matches_autograd():
+    Lb, Fx, Fy, *_ = _batch(seed=1)
+    Sf = label_similarity(Lb, Lb)
+    Fx.requires_grad_(True)
+    Fy.requires_grad_(True)
+    loss = feature_loss(Fx, Fy, Sf)
+    gx, gy = torch.autograd.grad(loss, (Fx, Fy))
+    ax, ay = feature_loss_grad(Fx.detach(), Fy.detach(), Sf)
+    assert torch.allclose(ax, gx, rtol=1e-10, atol=1e-12)
+    assert torch.allclose(ay, gy, rtol=1e-10, atol=1e-12)
+    # Eq. 4 written out for one pair, without matrix algebra
+    fx, fy = Fx.detach(), Fy.detach()
+    parts = [np.log1p(np.exp(float(fx[i] @ fy[j]))) - float(Sf[i, j]) * float(fx[i] @ fy[j])
+             for i in range(fx.shape[0]) for j in range(fy.shape[0])]
+    assert np.isclose(sum(parts), float(loss.detach()), rtol=1e-12)
+    # stable for huge inner products (softplus, no overflow)
+    big = feature_loss(100 * Fx.detach(), 100 * Fy.detach(), Sf)
+    assert torch.isfinite(big)
+
+
+@pytest.mark.parametrize("literal", [False, True])
+def test_hash_loss_gradient_matches_autograd(literal):
+    *_, Z, B, Sh = _batch(seed=2)
+    Z.requires_grad_(True)
+    loss = hash_loss(Z, B, Sh, paper_literal=literal, **HP)
+    (g,) = torch.autograd.grad(loss, Z)
+    a = hash_loss_grad(Z.detach(), B, Sh, paper_literal=literal, **HP)
+    assert torch.allclose(a, g, rtol=1e-10, atol=1e-10)
+    # every term contributes: dropping one from the closed form breaks the match
+    for off in ("beta1", "beta2", "beta3"):
+        hp = dict(HP, **{off: 0.0})
+        assert not torch.allclose(hash_loss_grad(Z.detach(), B, Sh, paper_literal=literal, **hp),
+                                  g, rtol=1e-6, atol=1e-6)
+
+
+def test_hash_loss_terms_definitions():
+    *_, Z, B, Sh = _batch(seed=3)
+    N, r = Z.shape
+    t = hash_loss_terms(Z, B, Sh)
+    Zn, Bn, Sn = Z.numpy(), B.numpy(), Sh.numpy()
+    assert np.isclose(float(t["similarity"]), np.sum((Zn @ Zn.T / r - Sn) ** 2))
+    assert np.isclose(float(t["quantization"]), np.sum((Zn - Bn) ** 2))
+    assert np.isclose(float(t["decorrelation"]), np.sum((Zn.T @ Zn / N - np.eye(r)) ** 2))
+    assert np.isclose(float(t["balance"]), np.sum(Zn.sum(0) ** 2) / r)
+    lit = hash_loss_terms(Z, B, Sh, paper_literal=True)
+    assert np.isclose(float(lit["decorrelation"]), np.sum((Zn.T @ Zn / r - np.eye(r)) ** 2))
+    assert np.isclose(float(lit["balance"]), np.sum(Zn ** 2) / r)
+    # balanced, uncorrelated, similarity-consistent codes make the regularisers vanish
+    H = np.array([[1, 1, 1, 1], [1, -1, 1, -1], [1, 1, -1, -1], [1, -1, -1, 1]], float)
+    Zh = torch.from_numpy(np.vstack([H[:, 1:], H[:, 1:]]))        # columns orthogonal to 1
+    th = hash_loss_terms(Zh, torch.sign(Zh), torch.eye(8, dtype=torch.float64))
+    assert float(th["balance"]) == 0 and float(th["decorrelation"]) == 0
+    assert float(th["quantization"]) == 0
+
+
+def test_b_step_is_the_exact_minimiser_of_its_subproblem():
+    """With Z fixed, min over B in {-1,1}^{N x r} of the whole L is attained at sign(Z)."""
+    g = torch.Generator().manual_seed(4)
+    Z = torch.randn(3, 3, generator=g, dtype=torch.float64)
+    Sh = torch.tensor([[1., 1, -1], [1, 1, -1], [-1, -1, 1]], dtype=torch.float64)
+    best, arg = np.inf, None
+    for bits in itertools.product([-1.0, 1.0], repeat=9):
+        B = torch.tensor(bits, dtype=torch.float64).reshape(3, 3)
+        val = float(hash_loss(Z, B, Sh, **HP))
+        if val < best - 1e-12:
+            best, arg = val, B
+    assert np.array_equal(arg.numpy(), codes_step(Z.numpy()).astype(float))
+    assert codes_step(np.array([[0.0, -0.0, 2.0]])).tolist() == [[-1, -1, 1]]
+
+
+def test_alexnet_has_the_papers_layer_shapes():
+    """Table 1 with a 227 x 227 x 3 input, batch 1 on CPU."""
+    torch.manual_seed(0)
+    net = AlexNet(out_dim=256).eval()
+    shapes = {}
+    for name in ("conv1", "pool1", "conv2", "pool2", "conv3", "conv4", "conv5", "pool5",
+                 "fc6", "fc7", "fc8"):
+        getattr(net, name).register_forward_hook(
+            lambda m, i, o, name=name: shapes.__setitem__(name, tuple(o.shape[1:])))
+    with torch.no_grad():
+        out = net(torch.randn(1, 3, 227, 227))
+    assert out.shape == (1, 256)
+    assert shapes == {"conv1": (96, 55, 55), "pool1": (96, 27, 27), "conv2": (256, 27, 27),
+                      "pool2": (256, 13, 13), "conv3": (384, 13, 13), "conv4": (384, 13, 13),
+                      "conv5": (256, 13, 13), "pool5": (256, 6, 6), "fc6": (4096,),
+                      "fc7": (4096,), "fc8": (256,)}
+    assert net.conv1.weight.shape == (96, 3, 11, 11) and net.conv2.weight.shape == (256, 96, 5, 5)
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    X, T, Y = make_structured(300, seed=5, noise=0.8)
+    m = SDCH(16, n_epochs=6, batch_size=32, image_hidden=(64,), text_hidden=(64,),
+             feature_dim=32, device="cpu", random_state=0).fit(X, T, Y)
+    return m, X, T, Y
+
+
+def test_learned_codes_are_the_final_b_step(fitted):
+    m, X, T, Y = fitted
+    Bx, By = m.learned_codes("image"), m.learned_codes("text")
+    assert Bx.dtype == np.int8 and Bx.shape == (300, 16) and set(np.unique(Bx)) <= {-1, 1}
+    assert np.array_equal(Bx, sign(m.network_outputs(X, "image")))
+    assert np.array_equal(By, sign(m.network_outputs(T, "text")))
+    assert np.array_equal(m.encode(X, "image"), Bx)
+    # ITQ initialisation ran and its quantization loss never increased
+    q = np.asarray(m.itq_loss_)
+    assert q.size == 50 and np.all(np.diff(q) <= 1e-6 * q[1:])
+    assert set(m.loss_terms_) == {"feature", "similarity", "quantization", "decorrelation",
+                                  "balance"}
+    assert len(m.objective_) == 6 and np.all(np.isfinite(m.objective_))
+    # epoch 1 trains the features on L_f alone; B (hence L_h) only exists from epoch 2
+    assert m.loss_terms_["similarity"][0] == 0 and m.loss_terms_["similarity"][1] > 0
+    assert m.loss_terms_["feature"][-1] < m.loss_terms_["feature"][0]
+
+
+def test_warmup_freezes_the_right_networks():
+    X, T, Y = make_structured(120, seed=6)
+    kw = dict(n_bits=8, batch_size=32, image_hidden=(16,), text_hidden=(16,), feature_dim=8,
+              device="cpu", random_state=3)
+    one = SDCH(n_epochs=1, **kw).fit(X, T, Y)
+    two = SDCH(n_epochs=2, **kw).fit(X, T, Y)
+    s1, s2 = one.network_states_, two.network_states_
+    # epoch 2 updates only fc4 (Theta_h); epoch 1 only the feature networks (Theta_f)
+    for k in s1:
+        if k.startswith(("f.", "g.")):
+            assert np.array_equal(s1[k], s2[k]), k
+    assert not np.array_equal(s1["h.net.0.weight"], s2["h.net.0.weight"])
+    # a model whose single epoch updates everything (no warm-up) moves fc4 in epoch 1
+    nowarm = SDCH(n_epochs=1, warmup=False, **kw).fit(X, T, Y)
+    assert not np.array_equal(nowarm.network_states_["h.net.0.weight"], s1["h.net.0.weight"])
+
+
+def test_retrieval_beats_chance():
+    X, T, Y = make_structured(500, seed=7, noise=1.0)
+    tr, te = np.arange(400), np.arange(400, 500)
+    m = SDCH(16, n_epochs=8, batch_size=32, image_hidden=(32,), text_hidden=(32,),
+             feature_dim=32, device="cpu", random_state=0).fit(X[tr], T[tr], Y[tr])
+    chance = np.mean((Y[te] @ Y[tr].T) > 0)
+    i2t = mean_average_precision(m.encode(X[te], "image"), m.learned_codes("text"), Y[te], Y[tr])
+    t2i = mean_average_precision(m.encode(T[te], "text"), m.learned_codes("image"), Y[te], Y[tr])
+    assert i2t > chance + 0.3 and t2i > chance + 0.3
+
+
+def test_seeded_cpu_training_is_reproducible(fitted, tmp_path):
+    m, X, T, Y = fitted
+    again = SDCH(**m.get_params()).fit(X, T, Y)
+    for a, b in zip(m.codes_, again.codes_):
+        assert np.array_equal(a, b)
+    assert np.array_equal(m.encode(T, "text"), again.encode(T, "text"))
+    other = SDCH(**dict(m.get_params(), random_state=1)).fit(X, T, Y)
+    assert not np.array_equal(m.codes_[0], other.codes_[0])
+    # save / cmhash.load round trip (no pickle) keeps codes and encoders
+    path = m.save(tmp_path / "sdch.npz")
+    back = cmhash.base.load(path)
+    assert isinstance(back, SDCH)
+    assert np.array_equal(back.learned_codes("image"), m.learned_codes("image"))
+    assert np.array_equal(back.encode(X, "image"), m.encode(X, "image"))
+    assert np.array_equal(back.encode(T, "text"), m.encode(T, "text"))
+
+
+def test_weights_round_trip_through_a_state_dict_file(fitted, tmp_path):
+    m, X, T, Y = fitted
+    f = m._network("f")
+    torch.save(f.state_dict(), tmp_path / "f.pt")
+    g = build_backbone(dict(f.spec))
+    assert not torch.equal(g.net[0].weight, f.net[0].weight)
+    loaded = load_state_dict_file(g, tmp_path / "f.pt", strict=True)
+    assert sorted(loaded) == sorted(f.state_dict())
+    g.eval()
+    Xs = torch.from_numpy(m._prepare(X, 0))
+    with torch.no_grad():
+        assert torch.equal(g(Xs), f(Xs))
+    # as SDCH's image_weights: the loaded layers start from the file's values
+    m2 = SDCH(**dict(m.get_params(), image_weights=str(tmp_path / "f.pt"), n_epochs=1,
+                     lr_feature=1e-12, pretrained_lr_scale=0.0)).fit(X, T, Y)
+    for k, v in f.state_dict().items():
+        assert np.array_equal(m2.network_states_["f." + k], v.numpy()), k
+
+
+@pytest.mark.slow
+def test_synthetic_image_text_with_alexnet():
+    synth = pytest.importorskip("cmhash.data.synthetic")
+    ds = synth.make_synthetic_image_text(n=360, image_size=32, n_classes=5, n_query=60,
+                                         text_dim=100, random_state=0)
+    (Xi, Xt), Ltr = ds.views("train"), ds.labels_of("train")
+    (Qi, Qt), Lq = ds.views("query"), ds.labels_of("query")
+    # measured (seed 0): i2t 0.559, t2i 0.547 against chance 0.361; L_f needs ~8 epochs to
+    # leave its zero-feature saddle on 300 items, hence 25 epochs (docs/methods/sdch.md)
+    m = SDCH(16, image_backbone="alexnet", fc_dim=64, feature_dim=32, text_hidden=(256,),
+             n_epochs=25, batch_size=16, lr_feature=3e-3, device="cpu",
+             random_state=0).fit(Xi, Xt, Ltr)
+    assert m.architectures_["f"]["kind"] == "alexnet"
+    chance = np.mean((Lq @ Ltr.T) > 0)
+    i2t = mean_average_precision(m.encode(Qi, "image"), m.learned_codes("text"), Lq, Ltr)
+    t2i = mean_average_precision(m.encode(Qt, "text"), m.learned_codes("image"), Lq, Ltr)
+    print(f"synthetic image-text AlexNet: i2t={i2t:.3f} t2i={t2i:.3f} chance={chance:.3f}")
+    assert i2t > chance + 0.12 and t2i > chance + 0.12
+
+
+def test_bad_parameters_and_inputs():
+    X, T, Y = make_structured(40, seed=8)
+    with pytest.raises(ValueError, match="gamma must be >= 0, got -1"):
+        SDCH(gamma=-1.0).fit(X, T, Y)
+    with pytest.raises(ValueError, match="image_backbone must be one of .* got 'vgg'"):
+        SDCH(image_backbone="vgg").fit(X, T, Y)
+    with pytest.raises(ValueError, match="alexnet backbone takes images"):
+        SDCH(image_backbone="alexnet", device="cpu").fit(X, T, Y)
+    with pytest.raises(ValueError, match="two hidden layers"):
+        SDCH(text_backbone="text-sdch", text_hidden=(8,), device="cpu").fit(X, T, Y)
+    with pytest.raises(TypeError, match="warmup must be True or False"):
+        SDCH(warmup="yes").fit(X, T, Y)
+    with pytest.raises(ValueError, match="batch_size must be >= 2"):
+        SDCH(batch_size=1).fit(X, T, Y)
+    m = SDCH(8, n_epochs=1, image_hidden=(8,), text_hidden=(8,), feature_dim=8,
+             device="cpu", random_state=0).fit(X, T, Y)
+    with pytest.raises(ValueError, match="shape"):
+        m.encode(X[:, :5], "image")
+    assert cmhash.base.get_method("sdch") is SDCH

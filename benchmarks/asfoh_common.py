@@ -51,3 +51,54 @@ def map_learned(model, I_q, T_q, L_q, L_db):
     i2t = mean_ap(model.encode(I_q, "image"), model.learned_codes("text"), L_q, L_db)
     t2i = mean_ap(model.encode(T_q, "text"), model.learned_codes("image"), L_q, L_db)
     return i2t, t2i
+
+
+# ------------------------------------------------------------------ validation grid search
+def validation_grid(cls, base: dict, grid: dict, ridge: str, ridges, *, bits=(16, 32, 64, 128),
+                    val_seeds=(0, 1), seeds=(0,), data=None, log=print):
+    """Hyper-parameter search on validation splits of the Wiki TRAINING set only.
+
+    For every point of ``grid`` (merged into ``base``) the method is fitted on the training
+    part of ``validation_split(0.2, random_state=s)`` for each ``s`` in ``val_seeds``, each
+    code length and each model seed; the 20 % held-out training pairs are the queries and the
+    learned codes of the rest the database. The hash-function ridge (``ridge``) is refitted on
+    the same codes for every value in ``ridges`` (step 2 does not change B). Because I->T uses
+    only the image hash function and T->I only the text one, the image ridge is chosen by the
+    I->T score and the text ridge by the T->I score; a configuration scores the mean of the
+    two. Returns the list of rows sorted by score (best first).
+    """
+    import itertools
+
+    from cmhash.data import load_dataset
+    from cmhash.metrics import mean_average_precision
+    ds = load_dataset(str(data or WIKI))
+    vals = {s: ds.validation_split(0.2, random_state=s) for s in val_seeds}
+    rows = []
+    for combo in itertools.product(*grid.values()):
+        point = dict(zip(grid, combo))
+        params = {k: (list(v) if isinstance(v, tuple) else v) for k, v in {**base, **point}.items()
+                  if k != ridge}
+        per = {r: {"i2t": [], "t2i": []} for r in ridges}
+        for s, b, seed in itertools.product(val_seeds, bits, seeds):
+            v = vals[s]
+            views = v.views("train")
+            h = cls(b, random_state=seed, **params, **{ridge: ridges[0]})
+            h.fit(*views, v.labels_of("train"))
+            phis = [k.transform(X) for k, X in zip(h.kernels_, views)]
+            qL, dL = v.labels_of("query"), v.labels_of("train")
+            for r in ridges:
+                h._fit_hash_functions(phis, h.codes_, r)
+                per[r]["i2t"].append(float(mean_average_precision(
+                    h.encode(v.get("query", "image"), "image"), h.learned_codes("text"), qL, dL)))
+                per[r]["t2i"].append(float(mean_average_precision(
+                    h.encode(v.get("query", "text"), "text"), h.learned_codes("image"), qL, dL)))
+        mean = {r: {t: float(np.mean(x)) for t, x in d.items()} for r, d in per.items()}
+        r_img = max(ridges, key=lambda r: mean[r]["i2t"])
+        r_txt = max(ridges, key=lambda r: mean[r]["t2i"])
+        row = {"point": point, "ridge_image": r_img, "ridge_text": r_txt,
+               "i2t": mean[r_img]["i2t"], "t2i": mean[r_txt]["t2i"], "by_ridge": mean}
+        row["score"] = (row["i2t"] + row["t2i"]) / 2
+        rows.append(row)
+        log(f"{point} {ridge}=({r_img:g}, {r_txt:g}): val I->T {row['i2t']:.4f} "
+            f"T->I {row['t2i']:.4f} score {row['score']:.4f}")
+    return sorted(rows, key=lambda r: -r["score"])

@@ -72,3 +72,17 @@ def test_state_round_trip():
     c = CenteredFeatures().fit(X)
     c2 = CenteredFeatures.from_state(c.get_params(), c.get_state())
     assert np.allclose(c2.transform(X).mean(0), 0, atol=1e-6)
+
+
+@pytest.mark.parametrize("sparse_input", [False, True])
+def test_fit_transform_equals_fit_then_transform(sparse_input):
+    rng = np.random.default_rng(7)
+    X = (rng.random((400, 30)) < 0.2) * rng.random((400, 30))
+    X = sp.csr_matrix(X) if sparse_input else X
+    a = RBFAnchorFeatures(25, chunk_size=64, random_state=2)
+    b = RBFAnchorFeatures(25, chunk_size=64, random_state=2)
+    phi_a = a.fit_transform(X)
+    phi_b = b.fit(X).transform(X)
+    assert a.sigma_ == pytest.approx(b.sigma_, rel=1e-12)
+    assert np.allclose(a.mean_, b.mean_, atol=1e-6)
+    assert np.allclose(phi_a, phi_b, atol=1e-6)

@@ -103,12 +103,13 @@ def _scale_worker(spec: dict) -> dict:
     rss_before = _current_rss_bytes()
     hasher = make_hasher(spec["method"], n_bits=spec["bits"], random_state=spec.get("seed", 0),
                          **spec.get("params", {}))
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     hasher.fit_views(views, labels, names=ds.modality_names)
     seconds = time.perf_counter() - start
+    cpu_seconds = time.process_time() - cpu_start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return {"method": spec["method"], "n": int(labels.shape[0]), "bits": spec["bits"],
-            "train_seconds": seconds, "peak_rss_bytes": int(peak),
+            "train_seconds": seconds, "cpu_seconds": cpu_seconds, "peak_rss_bytes": int(peak),
             "rss_before_fit_bytes": int(rss_before)}
 
 
@@ -138,7 +139,8 @@ def scale_table(method, data, ns, bits=(32,), *, params=None, seed=0, verbose=Tr
                 raise RuntimeError(f"scale worker failed for n={n}, bits={b}:\n{proc.stderr[-2000:]}")
             row = json.loads(proc.stdout.strip().splitlines()[-1])
             rows.append(row)
-            log(f"  n={row['n']:>7} bits={b:>3}: {row['train_seconds']:.2f} s, peak RSS "
+            log(f"  n={row['n']:>7} bits={b:>3}: {row['train_seconds']:.2f} s "
+                f"({row['cpu_seconds']:.2f} s CPU), peak RSS "
                 f"{row['peak_rss_bytes'] / 2**30:.2f} GiB", verbose)
     # least-squares fit t = a + b n per bit length: linear growth check
     fits = {}
@@ -157,10 +159,12 @@ def scale_table(method, data, ns, bits=(32,), *, params=None, seed=0, verbose=Tr
 
 def scale_markdown(doc: dict) -> str:
     lines = [f"Training time and peak memory of {DISPLAY.get(doc['method'], doc['method'])} "
-             f"on {doc['data']}", "", "| n | bits | train s | peak RSS GiB |", "|---|---|---|---|"]
+             f"on {doc['data']}", "",
+             "| n | bits | train s (wall) | CPU s (all threads) | peak RSS GiB |",
+             "|---|---|---|---|---|"]
     for r in doc["rows"]:
         lines.append(f"| {r['n']} | {r['bits']} | {r['train_seconds']:.2f} | "
-                     f"{r['peak_rss_bytes'] / 2**30:.2f} |")
+                     f"{r['cpu_seconds']:.2f} | {r['peak_rss_bytes'] / 2**30:.2f} |")
     for b, f in doc["linear_fit"].items():
         lines.append(f"\n{b} bits: {f['seconds_per_1k']:.3f} s per 1,000 samples, "
                      f"R² of a linear fit {f['r2_linear']:.3f}")

@@ -42,7 +42,6 @@ from .codes import (
     n_bytes,
     n_words,
     pack_codes,
-    to_words,
 )
 
 __all__ = ["HammingIndex", "faiss_available"]
@@ -120,8 +119,9 @@ class HammingIndex:
     backend : {"auto", "numpy", "faiss"}
         ``"numpy"`` is pure NumPy; ``"faiss"`` needs faiss (``ImportError`` naming
         ``pip install cmhash[faiss]`` otherwise); ``"auto"`` uses faiss when it is installed
-        and NumPy otherwise (faiss was faster for both top-k and radius search in
-        ``benchmarks/search_speed.py``; see ``docs/search.md``).
+        and the call compares at least :data:`AUTO_FAISS_MIN_PAIRS` (query, code) pairs, and
+        NumPy otherwise (faiss was faster for both top-k, +31%, and radius search, 2.3x, in
+        ``benchmarks/search_speed.py`` on 2 cores; see ``docs/search.md``).
     n_threads : int or None
         Worker threads of the NumPy backend (None: ``min(os.cpu_count(), 8)``). faiss uses
         its own OpenMP threads.

@@ -62,6 +62,23 @@ class RBFAnchorFeatures:
 
     # ------------------------------------------------------------------ fitting
     def fit(self, X, y=None):
+        X = self._fit_anchors(X)
+        n, q = X.shape[0], self.anchors_.shape[0]
+        # sigma = mean squared distance between every training sample and every anchor
+        total = 0.0
+        for start in range(0, n, self.chunk_size):
+            total += float(self._sq_dist(X[start:start + self.chunk_size]).sum())
+        self._set_sigma(total / (n * q))
+        self.mean_ = np.zeros(q)
+        if self.center:
+            acc = np.zeros(q)
+            for start in range(0, n, self.chunk_size):
+                acc += self._raw_phi(X[start:start + self.chunk_size]).sum(axis=0, dtype=np.float64)
+            self.mean_ = acc / n
+        return self
+
+    def _fit_anchors(self, X):
+        """Validate, pick the anchors; returns the validated X."""
         check_int(self.n_anchors, "n_anchors")
         check_int(self.chunk_size, "chunk_size")
         check_choice(self.anchors, "anchors", {"random", "kmeans"})
@@ -78,21 +95,13 @@ class RBFAnchorFeatures:
         self.anchors_ = np.asarray(A, dtype=np.float64)
         self._anchor_sqnorm = _squared_norms(self.anchors_)
         self.n_features_in_ = X.shape[1]
-        # sigma = mean squared distance between every training sample and every anchor
-        total = 0.0
-        for start in range(0, n, self.chunk_size):
-            total += float(self._sq_dist(X[start:start + self.chunk_size]).sum())
-        self.sigma_ = total / (n * q)
-        if not self.sigma_ > 0:
+        return X
+
+    def _set_sigma(self, sigma):
+        if not sigma > 0:
             raise ValueError("all training samples coincide with the anchors (sigma = 0); "
                              "the RBF kernel is undefined")
-        self.mean_ = np.zeros(q)
-        if self.center:
-            acc = np.zeros(q)
-            for start in range(0, n, self.chunk_size):
-                acc += self._raw_phi(X[start:start + self.chunk_size]).sum(axis=0, dtype=np.float64)
-            self.mean_ = acc / n
-        return self
+        self.sigma_ = float(sigma)
 
     def _sq_dist(self, Xc) -> np.ndarray:
         cross = Xc @ self.anchors_.T
@@ -117,7 +126,30 @@ class RBFAnchorFeatures:
         return out
 
     def fit_transform(self, X, y=None) -> np.ndarray:
-        return self.fit(X).transform(X)
+        """``fit(X).transform(X)`` in one pass over the distances.
+
+        The squared distances are written once into the output array, sigma is their mean,
+        and the exponential and the centring are applied in place (in ``dtype``), so the
+        training features cost one distance computation instead of three.
+        """
+        X = self._fit_anchors(X)
+        n, q = X.shape[0], self.anchors_.shape[0]
+        out = np.empty((n, q), dtype=self.dtype)
+        total = 0.0
+        for start in range(0, n, self.chunk_size):
+            D = self._sq_dist(X[start:start + self.chunk_size])
+            total += float(D.sum())
+            out[start:start + self.chunk_size] = D
+        self._set_sigma(total / (n * q))
+        for start in range(0, n, self.chunk_size):
+            block = out[start:start + self.chunk_size]
+            np.multiply(block, -1.0 / (2.0 * self.sigma_), out=block)
+            np.exp(block, out=block)
+        self.mean_ = np.zeros(q)
+        if self.center:
+            self.mean_ = out.mean(axis=0, dtype=np.float64)
+            out -= self.mean_.astype(self.dtype)
+        return out
 
     def _check_fitted(self):
         if not hasattr(self, "anchors_"):

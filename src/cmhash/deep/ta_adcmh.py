@@ -271,6 +271,7 @@ class TAADCMH(TorchHasher):
                  fc_dim: int = 4096, dropout: float = 0.0, image_weights=None,
                  standardize: bool = True, n_epochs: int = 40, batch_size: int = 128,
                  lr: float = 1e-3, optimizer: str = "adam", weight_decay: float = 0.0,
+                 normalize_likelihood: bool = False, refresh_buffers: bool = False,
                  track_objective: bool = True, device: str = "auto", random_state=None,
                  verbose: bool = False):
         super().__init__(n_bits, device=device, random_state=random_state, verbose=verbose)
@@ -297,6 +298,8 @@ class TAADCMH(TorchHasher):
         self.lr = lr
         self.optimizer = optimizer
         self.weight_decay = weight_decay
+        self.normalize_likelihood = normalize_likelihood
+        self.refresh_buffers = refresh_buffers
         self.track_objective = track_objective
 
     # ------------------------------------------------------------ validation
@@ -312,8 +315,9 @@ class TAADCMH(TorchHasher):
         check_int(self.n_epochs, "n_epochs")
         check_int(self.batch_size, "batch_size")
         check_int(self.fc_dim, "fc_dim")
-        if not isinstance(self.discrete, (bool, np.bool_)):
-            raise TypeError(f"discrete must be True or False, got {self.discrete!r}")
+        for p in ("discrete", "normalize_likelihood", "refresh_buffers", "track_objective"):
+            if not isinstance(getattr(self, p), (bool, np.bool_)):
+                raise TypeError(f"{p} must be True or False, got {getattr(self, p)!r}")
         if not (isinstance(self.dropout, (int, float)) and 0 <= self.dropout < 1):
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
         if not self.discrete:
@@ -404,7 +408,7 @@ class TAADCMH(TorchHasher):
         for t in tasks:
             f = self._new_network(specs["image"], device)
             g = self._new_network(specs["text"], device)
-            hp = self._task_params(t)
+            hp = self._task_params(t, n)
             F = self._predict(f, Xd, self.batch_size, device)
             G = self._predict(g, Yd, self.batch_size, device)
             state[t] = {
@@ -476,12 +480,17 @@ class TAADCMH(TorchHasher):
         for net in self._nets.values():
             net.eval()
 
-    def _task_params(self, t):
+    def _task_params(self, t, n):
+        """The weights of J_t as used in the objective. With ``normalize_likelihood`` the
+        per-sample weights lambda, beta, mu are given per likelihood ROW (the likelihood sums n
+        pairs per sample): the objective is the paper's J with n lambda, n beta, n mu."""
         k = "2" if t == "t2i" else "1"
         query = {"query": "text" if t == "t2i" else "image", "codes": "codes",
                  "none": None}[self.regression]
-        return {"lam": float(getattr(self, "lambda" + k)), "beta": float(getattr(self, "beta" + k)),
-                "mu": float(getattr(self, "mu" + k)) if query is not None else 0.0,
+        s = float(n) if self.normalize_likelihood else 1.0
+        return {"lam": s * float(getattr(self, "lambda" + k)),
+                "beta": s * float(getattr(self, "beta" + k)),
+                "mu": s * float(getattr(self, "mu" + k)) if query is not None else 0.0,
                 "nu": float(getattr(self, "nu" + k)), "query": query}
 
     def _train_side(self, side, s, Xd, Yd, L, rng, device):
@@ -511,6 +520,8 @@ class TAADCMH(TorchHasher):
             (loss / (len(idx) * n)).backward()
             opt.step()
             own[it] = out.detach()
+        if self.refresh_buffers:  # exact outputs of the updated network (eval mode) for B / P
+            own.copy_(torch.from_numpy(self._predict(net, data, self.batch_size, device)).to(device))
 
     def _objective(self, s, L) -> dict:
         hp = s["hp"]

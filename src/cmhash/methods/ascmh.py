@@ -37,7 +37,7 @@ from .._validation import check_int, check_positive
 from ..base import TwoStepKernelHasher
 from ..labels import normalize_rows
 from ..progress import progress
-from ..solvers import gram, orthogonal_zero_mean, procrustes, sign, solve_psd
+from ..solvers import gram, orthogonal_zero_mean, procrustes, ridge_regression, sign, solve_psd
 
 __all__ = ["ASCMH", "ascmh_objective"]
 
@@ -151,8 +151,9 @@ class ASCMH(TwoStepKernelHasher):
     lambda_image, lambda_text : float
         Weights lambda_1, lambda_2 of the collective matrix factorisation terms
         ``||phi_t - V P_t||^2`` (paper: 0.5 each).
-    lambda_h : float
-        Ridge of the two-step hash functions (Eq. 23-24).
+    lambda_h : float or (float, float)
+        Ridge of the two-step hash functions (Eq. 23-24); a pair gives (image, text) ridges
+        (the two hash functions are independent ridge regressions onto the same B).
     n_anchors : int or (int, int)
         Kernel anchors per modality (paper: 500 image, 1,000 text).
     n_iter : int
@@ -200,8 +201,16 @@ class ASCMH(TwoStepKernelHasher):
         self.anchor_method = anchor_method
 
     def _validate_params(self):
-        for p in ("omega", "lambda_image", "lambda_text", "lambda_h"):
+        for p in ("omega", "lambda_image", "lambda_text"):
             check_positive(getattr(self, p), p, allow_zero=True)
+        if isinstance(self.lambda_h, (list, tuple)):
+            if len(self.lambda_h) != 2:
+                raise ValueError(f"lambda_h must be a number or an (image, text) pair, "
+                                 f"got {self.lambda_h!r}")
+            for x in self.lambda_h:
+                check_positive(x, "lambda_h", allow_zero=True)
+        else:
+            check_positive(self.lambda_h, "lambda_h", allow_zero=True)
         check_int(self.n_iter, "n_iter")
         if self.anchor_method not in ("random", "kmeans"):
             raise ValueError(f"anchor_method must be 'random' or 'kmeans', got {self.anchor_method!r}")
@@ -254,6 +263,9 @@ class ASCMH(TwoStepKernelHasher):
         self.factor_loadings_ = Ps
         self.codes_ = B.astype(np.int8)
         self.n_iter_ = self.n_iter
-        self._fit_hash_functions(phis, self.codes_, self.lambda_h)
+        lh = (self.lambda_h if isinstance(self.lambda_h, (list, tuple))
+              else (self.lambda_h, self.lambda_h))
+        self.projections_ = [ridge_regression(phi, self.codes_.astype(np.float32), float(x))
+                             for phi, x in zip(phis, lh)]             # Eq. 23-24 per modality
         self.timings_ = {"kernel_features": t1 - t0, "iterations": t2 - t1,
                          "hash_functions": time.perf_counter() - t2}

@@ -50,7 +50,8 @@ from .._validation import check_choice, check_int, check_positive
 from ..base import TwoStepKernelHasher
 from ..labels import normalize_rows
 from ..progress import progress
-from ..solvers import gram, orthogonal_zero_mean, procrustes, sign, solve_psd, svt
+from ..solvers import (gram, orthogonal_zero_mean, procrustes, ridge_regression, sign,
+                       solve_psd, svt)
 
 CONSTRAINTS = ("both", "balance", "decorrelation", "none")
 REGULARIZERS = ("nuclear", "frobenius")
@@ -155,6 +156,16 @@ def update_J(P, Theta, beta, delta) -> np.ndarray:
     return svt(P + Theta / (2 * delta), beta / (2 * delta))
 
 
+def _per_modality(value, V: int, name: str) -> list:
+    """A scalar hyper-parameter repeated V times, or a per-modality list of length V."""
+    if isinstance(value, (list, tuple)):
+        if len(value) != V:
+            raise ValueError(f"{name} lists {len(value)} values but there are {V} modalities: "
+                             f"{value!r}")
+        return [float(x) for x in value]
+    return [float(value)] * V
+
+
 def nuclear_norm(A) -> float:
     return float(np.linalg.svd(np.asarray(A, dtype=np.float64), compute_uv=False).sum())
 
@@ -202,8 +213,9 @@ class ASFOH(TwoStepKernelHasher):
         Weight of the regulariser ``||Y R||^2``.
     omega : float
         Weight of the quantisation term ``||H - B||^2``.
-    xi : float
-        Ridge of the hash functions (Eq. 30).
+    xi : float or list of float
+        Ridge of the hash functions (Eq. 30); a list gives one ridge per modality (the hash
+        functions W_v are V independent ridge regressions, so each may take its own ridge).
     n_anchors : int or list of int
         Kernel anchors q per modality (1,200 in the paper; 5,000 on NUS-WIDE).
     n_iter : int
@@ -295,8 +307,15 @@ class ASFOH(TwoStepKernelHasher):
         if not (g == 0 or g > 1):
             raise ValueError(f"gamma must be 0 (equal modality weights) or > 1 (Eq. 15 needs "
                              f"gamma > 1; the paper uses gamma >= 2), got {self.gamma!r}")
-        for p in ("beta", "eta", "rho", "omega", "xi"):
+        for p in ("beta", "eta", "rho", "omega"):
             check_positive(getattr(self, p), p, allow_zero=True)
+        if isinstance(self.xi, (list, tuple)):
+            if not self.xi:
+                raise ValueError(f"xi must be a number or one number per modality, got {self.xi!r}")
+            for x in self.xi:
+                check_positive(x, "xi", allow_zero=True)
+        else:
+            check_positive(self.xi, "xi", allow_zero=True)
         check_int(self.n_iter, "n_iter")
         check_positive(self.delta0, "delta0")
         if check_positive(self.tau, "tau") < 1:
@@ -408,8 +427,10 @@ class ASFOH(TwoStepKernelHasher):
         self.transforms_ = Ps
         self.delta_ = delta
         self.codes_ = B.astype(np.int8)
-        # step 2: hash functions (Eq. 30)
-        self._fit_hash_functions(phis, self.codes_, self.xi)
+        # step 2: hash functions (Eq. 30), one ridge per modality when xi is a list
+        xis = _per_modality(self.xi, V, "xi")
+        self.projections_ = [ridge_regression(phi, self.codes_.astype(np.float32), x)
+                             for phi, x in zip(phis, xis)]
         return self
 
     # ------------------------------------------------------------ objectives

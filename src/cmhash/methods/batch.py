@@ -27,7 +27,7 @@ from .._validation import check_int, check_positive
 from ..base import TwoStepKernelHasher
 from ..labels import normalize_rows
 from ..progress import progress
-from ..solvers import gram, orthogonal_zero_mean, sign, solve_psd
+from ..solvers import orthogonal_zero_mean, sign, solve_psd
 
 
 class BATCH(TwoStepKernelHasher):
@@ -91,12 +91,11 @@ class BATCH(TwoStepKernelHasher):
 
         B = sign(rng.standard_normal((n, r))).astype(np.float64)
         V = rng.standard_normal((n, r))
+        Vt_phis = [_cross(V, phi) for phi in phis]                     # V^T phi_m (r x q_m)
         self.objective_ = []
         for _ in progress(range(self.n_iter), desc="BATCH", verbose=self.verbose):
             # U-step: ridge regressions of each modality (and the labels) on V
             VtV = V.T @ V + self.rho * np.eye(r)
-            V32 = V.astype(np.float32)
-            Vt_phis = [gram(V32, phi) for phi in phis]               # r x q_m
             Us = [solve_psd(VtV, Vt_phi) for Vt_phi in Vt_phis]    # U_m (r x q_m)
             U_l = solve_psd(VtV, V.T @ L)                           # r x c
             # V-step
@@ -106,14 +105,16 @@ class BATCH(TwoStepKernelHasher):
             V = orthogonal_zero_mean(Z, rng)
             # B-step
             B = sign(r * (G @ (G.T @ V)) + self.omega * V).astype(np.float64)
-            self.objective_.append(self._objective(B, V, G, L, phis, phi_sq, Us, U_l))
+            # V^T phi_m at the new V serves the objective now and the next U-step
+            Vt_phis = [_cross(V, phi) for phi in phis]
+            self.objective_.append(self._objective(B, V, G, L, phi_sq, Vt_phis, Us, U_l))
 
         self.latent_ = V
         self.codes_ = B.astype(np.int8)
         self.n_iter_ = self.n_iter
         self._fit_hash_functions(phis, self.codes_, self.xi)
 
-    def _objective(self, B, V, G, L, phis, phi_sq, Us, U_l) -> float:
+    def _objective(self, B, V, G, L, phi_sq, Vt_phis, Us, U_l) -> float:
         """The BATCH objective at (B, V, U), computed in O(n (q + c) r) without n x n matrices."""
         r = self.n_bits
         GtG = G.T @ G
@@ -122,9 +123,8 @@ class BATCH(TwoStepKernelHasher):
         quant = self.omega * float(np.sum((B - V) ** 2))
         VtV = V.T @ V
         fact = 0.0
-        V32 = V.astype(np.float32)
-        for eta, phi, sq, U in zip((self.eta_image, self.eta_text), phis, phi_sq, Us):
-            cross = float(np.sum(gram(V32, phi) * U))
+        for eta, Vt_phi, sq, U in zip((self.eta_image, self.eta_text), Vt_phis, phi_sq, Us):
+            cross = float(np.sum(Vt_phi * U))
             fact += eta * (sq - 2 * cross + float(np.sum(U * (VtV @ U))))
         fact += self.eta_label * float(np.sum((L - V @ U_l) ** 2))
         # the reference U-step (V^T V + rho I)^{-1} V^T phi_m minimises eta_m ||phi_m - V U_m||^2
@@ -133,3 +133,8 @@ class BATCH(TwoStepKernelHasher):
                               for eta, U in zip((self.eta_image, self.eta_text), Us))
                           + self.eta_label * float(np.sum(U_l * U_l)))
         return float(sim + quant + fact + reg)
+
+
+def _cross(V, phi) -> np.ndarray:
+    """``V^T phi`` (r x q) with float32 BLAS (phi is float32; this product is not ridge-sensitive)."""
+    return np.asarray(V.astype(np.float32).T @ phi, dtype=np.float64)

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Reproduces every number in docs/results.md. Long: run it on a quiet machine, not in CI.
+# Usage: bash benchmarks/run_all.sh [OUT_DIR]   (real data from ../shared or $CMHASH_SHARED)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${1:-results}
+SHARED=${CMHASH_SHARED:-../shared}
+WIKI=$SHARED/datasets/wiki/wiki_data.mat
+mkdir -p "$OUT"
+
+# Wiki, native split, learned database, stable ties (the papers' protocol)
+cmhash evaluate --method batch --data "$WIKI" --bits 16 32 64 128 --seeds 5 --json "$OUT/wiki_batch.json" --quiet
+for m in ascmh asfoh; do
+  cmhash evaluate --method $m --hparams wiki --data "$WIKI" --bits 16 32 64 128 --seeds 5 --json "$OUT/wiki_$m.json" --quiet
+done
+cmhash evaluate --method amsh --data "$WIKI" --bits 16 32 64 128 --seeds 5 --json "$OUT/wiki_amsh.json" --quiet
+cmhash evaluate --method amsh --unpaired --data "$WIKI" --bits 16 32 64 128 --seeds 5 --json "$OUT/wiki_amsh_unpaired.json" --quiet
+for m in ta-adcmh sdch; do
+  cmhash evaluate --method $m --hparams wiki --data "$WIKI" --bits 16 32 64 128 --seeds 3 --json "$OUT/wiki_$m.json" --quiet
+  cmhash evaluate --method $m --hparams wiki --database hashed --data "$WIKI" --bits 16 32 64 128 --seeds 3 --json "$OUT/wiki_${m}_hashed.json" --quiet
+done
+# the side-by-side table with the papers' published numbers
+cmhash bench --methods batch ascmh asfoh amsh --data "$WIKI" --bits 16 32 64 128 --seeds 5 \
+  --method-hparams ascmh:wiki --method-hparams asfoh:wiki --out-dir "$OUT/wiki_bench" --quiet
+
+# scale: training time and peak memory versus n (nuswide-like synthetic, 2 cores)
+cmhash scale --method batch --ns 25000 50000 100000 184577 --bits 64 --json "$OUT/scale_batch.json"
+cmhash scale --method ascmh --ns 3000 5000 6000 9000 10000 20000 50000 100000 184577 --bits 32 --json "$OUT/scale_ascmh.json"
+cmhash scale --method asfoh --ns 25000 50000 100000 184577 --bits 32 --json "$OUT/scale_asfoh.json"
+
+# Hamming search: 1,000 queries over 1,000,000 random 64-bit codes
+python benchmarks/search_speed.py --n 1000000 --queries 1000 --bits 64 --k 100

@@ -177,11 +177,19 @@ def cmd_evaluate(args):
 
 
 def cmd_bench(args):
+    from .base import get_method
     from .bench import markdown_table, run_bench
 
     ds = _load_data(args)
     params = {m: _parse_params(getattr(args, "param", None)) if len(args.methods) == 1 else {}
               for m in args.methods}
+    for item in args.method_hparams or []:
+        method, _, preset = item.partition(":")
+        presets = getattr(get_method(method), "PRESETS", {})
+        if preset not in presets:
+            raise SystemExit(f"cmhash: {method} has no hyper-parameter preset {preset!r}; "
+                             f"available: {sorted(presets)}")
+        params.setdefault(method, {}).update(presets[preset])
     for item in args.method_param or []:
         method, _, kv = item.partition(":")
         params.setdefault(method, {}).update(_parse_params([kv]))
@@ -377,6 +385,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="parameter for a single method")
     p.add_argument("--method-param", action="append", metavar="METHOD:KEY=VALUE",
                    help="parameter for one of several methods, e.g. ascmh:omega=0.01")
+    p.add_argument("--method-hparams", action="append", metavar="METHOD:PRESET",
+                   help="a method's per-dataset hyper-parameters, e.g. asfoh:wiki")
     p.add_argument("--out-dir", default="results")
     _add_protocol(p)
     common(p)

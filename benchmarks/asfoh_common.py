@@ -54,6 +54,23 @@ def map_learned(model, I_q, T_q, L_q, L_db):
 
 
 # ------------------------------------------------------------------ validation grid search
+def _capture_training_features(h) -> list:
+    """Make ``h.fit`` store the training kernel features it uses in the returned list, so that
+    refitting the hash functions with another ridge reproduces exactly what ``fit`` with that
+    ridge would give (``transform`` of the training data can differ from the features of
+    ``fit_transform`` in the last float32 bit, which matters for tiny ridges)."""
+    store: list = []
+    fit_features = h._kernelize
+
+    def kernelize(*args, **kwargs):
+        phis = fit_features(*args, **kwargs)
+        store[:] = phis
+        return phis
+
+    h._kernelize = kernelize
+    return store
+
+
 def validation_grid(cls, base: dict, grid: dict, ridge: str, ridges, *, bits=(16, 32, 64, 128),
                     val_seeds=(0, 1), seeds=(0,), data=None, log=print):
     """Hyper-parameter search on validation splits of the Wiki TRAINING set only.
@@ -83,8 +100,8 @@ def validation_grid(cls, base: dict, grid: dict, ridge: str, ridges, *, bits=(16
             v = vals[s]
             views = v.views("train")
             h = cls(b, random_state=seed, **params, **{ridge: ridges[0]})
+            phis = _capture_training_features(h)
             h.fit(*views, v.labels_of("train"))
-            phis = [k.transform(X) for k, X in zip(h.kernels_, views)]
             qL, dL = v.labels_of("query"), v.labels_of("train")
             for r in ridges:
                 h._fit_hash_functions(phis, h.codes_, r)

@@ -181,7 +181,9 @@ class ASCMH(TwoStepKernelHasher):
     #: hyper-parameters the paper gives (Sec. 4.3: MIRFlickr-25K) and the Wiki values selected
     #: on a validation split of the Wiki training set (docs/methods/ascmh.md, "Wiki preset")
     PRESETS = {
-        "wiki": {"omega": 0.01, "lambda_image": 5000.0, "lambda_text": 5000.0, "lambda_h": 0.1},
+        # benchmarks/ascmh_wiki.py select: lambda_h = (image ridge, text ridge)
+        "wiki": {"omega": 0.01, "lambda_image": 5000.0, "lambda_text": 5000.0,
+                 "n_anchors": [1000, 1000], "anchor_method": "random", "lambda_h": [0.3, 1e-5]},
         "mirflickr25k": {"omega": 0.01, "lambda_image": 0.5, "lambda_text": 0.5},
     }
     #: the paper reports no ablation variants

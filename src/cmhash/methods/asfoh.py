@@ -16,7 +16,7 @@ Algorithm 1 (row-sample convention, as in the paper; derivations in docs/methods
         P^v = (2 a_v H^T H + 2 delta I)^{-1} (2 a_v H^T phi_v + 2 delta J^v - Theta^v)   (Eq. 27)
         J^v = SVT(P^v + Theta^v / (2 delta), beta / (2 delta))               (Eq. 28, see below)
         Theta^v += 2 delta (P^v - J^v);   delta = min(delta_max, tau delta)
-    W_v = (phi_v^T phi_v + xi I)^{-1} phi_v^T B                               (Eq. 30)
+    W_v = (phi_v^T phi_v + xi_v I)^{-1} phi_v^T B    (Eq. 30; xi_v = xi or xi[v])
 
 with ``a_v = alpha_v^gamma``. The objective recorded per iteration in ``objective_`` is Eq. 11::
 
@@ -262,8 +262,9 @@ class ASFOH(TwoStepKernelHasher):
                       "xi": 1e-3, "n_anchors": 1200},
         # selected on a validation split of the Wiki training set
         # (benchmarks/asfoh_wiki.py --select; see docs/methods/asfoh.md)
+        # xi = (image ridge, text ridge)
         "wiki": {"gamma": 2, "beta": 1e-1, "eta": 1e-1, "rho": 1e-3, "omega": 1e-5,
-                 "xi": 1e-1, "n_anchors": 1200},
+                 "xi": [0.3, 1e-5], "n_anchors": [1200, 1200], "anchor_method": "kmeans"},
     }
 
     VARIANTS = {

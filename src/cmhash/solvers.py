@@ -110,6 +110,19 @@ def gram(A, B=None, chunk: int = GRAM_CHUNK) -> np.ndarray:
     return out
 
 
+def cross_product(A, B) -> np.ndarray:
+    """``A^T B`` for a tall float32 ``A`` or ``B`` (e.g. ``phi^T T``, ``V^T phi``), in one
+    float32 BLAS call, returned as float64.
+
+    For products that are not ridge-sensitive (right-hand sides, latent-feature cross terms)
+    float32 accumulation is accurate enough and about twice as fast as :func:`gram`;
+    Gram matrices that get a small ridge must use :func:`gram`.
+    """
+    dtype = np.float32 if np.float32 in (getattr(A, "dtype", None), getattr(B, "dtype", None)) \
+        else np.float64
+    return np.asarray(np.asarray(A, dtype=dtype).T @ np.asarray(B, dtype=dtype), dtype=np.float64)
+
+
 def _as_float64(X):
     return X.astype(np.float64) if sp.issparse(X) else np.asarray(X, dtype=np.float64)
 

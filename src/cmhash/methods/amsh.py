@@ -43,7 +43,7 @@ from .._validation import check_int, check_positive
 from ..base import TwoStepKernelHasher
 from ..labels import normalize_rows
 from ..progress import progress
-from ..solvers import gram, orthogonal_zero_mean, sign, solve_psd
+from ..solvers import cross_product, gram, orthogonal_zero_mean, sign, solve_psd
 
 _DEFAULTS = {"eta": 1.0, "lam": 1e-3, "beta": 1e-3, "n_anchors": 1500, "n_iter": 15,
              "n_iter_hash": 15}
@@ -327,9 +327,8 @@ class HashStage:
             self._solve = partial(sla.cho_solve, sla.cho_factor(G, check_finite=False),
                                   check_finite=False)
         except np.linalg.LinAlgError:
-            # at n ~ 1e5 the float32 chunk products of gram() can leave phi^T phi + xi I
-            # numerically indefinite (tiny xi against eigenvalues ~ n); solve the same system
-            # by LU, as MATLAB's backslash does for a matrix that is not positive definite
+            # a tiny xi against eigenvalues ~ n can leave phi^T phi + xi I numerically
+            # indefinite; solve the same system by LU, as MATLAB's backslash does
             self._solve = partial(sla.lu_solve, sla.lu_factor(G, check_finite=False),
                                   check_finite=False)
         self.W = None
@@ -341,7 +340,7 @@ class HashStage:
     def update_F(self):
         """Eq. 26 (with ridge xi): W = (phi^T phi + xi I)^{-1} phi^T (B + B o M)."""
         T = self.target().astype(self.phi.dtype)
-        self.W = self._solve(gram(self.phi, T))
+        self.W = self._solve(cross_product(self.phi, T))
         self._fitted = np.asarray(self.phi @ self.W.astype(self.phi.dtype), dtype=np.float64)
 
     def update_M(self):

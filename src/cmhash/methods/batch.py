@@ -27,7 +27,7 @@ from .._validation import check_int, check_positive
 from ..base import TwoStepKernelHasher
 from ..labels import normalize_rows
 from ..progress import progress
-from ..solvers import orthogonal_zero_mean, sign, solve_psd
+from ..solvers import cross_product, orthogonal_zero_mean, sign, solve_psd
 
 
 class BATCH(TwoStepKernelHasher):
@@ -91,7 +91,7 @@ class BATCH(TwoStepKernelHasher):
 
         B = sign(rng.standard_normal((n, r))).astype(np.float64)
         V = rng.standard_normal((n, r))
-        Vt_phis = [_cross(V, phi) for phi in phis]                     # V^T phi_m (r x q_m)
+        Vt_phis = [cross_product(V, phi) for phi in phis]                     # V^T phi_m (r x q_m)
         self.objective_ = []
         for _ in progress(range(self.n_iter), desc="BATCH", verbose=self.verbose):
             # U-step: ridge regressions of each modality (and the labels) on V
@@ -106,7 +106,7 @@ class BATCH(TwoStepKernelHasher):
             # B-step
             B = sign(r * (G @ (G.T @ V)) + self.omega * V).astype(np.float64)
             # V^T phi_m at the new V serves the objective now and the next U-step
-            Vt_phis = [_cross(V, phi) for phi in phis]
+            Vt_phis = [cross_product(V, phi) for phi in phis]
             self.objective_.append(self._objective(B, V, G, L, phi_sq, Vt_phis, Us, U_l))
 
         self.latent_ = V
@@ -133,8 +133,3 @@ class BATCH(TwoStepKernelHasher):
                               for eta, U in zip((self.eta_image, self.eta_text), Us))
                           + self.eta_label * float(np.sum(U_l * U_l)))
         return float(sim + quant + fact + reg)
-
-
-def _cross(V, phi) -> np.ndarray:
-    """``V^T phi`` (r x q) with float32 BLAS (phi is float32; this product is not ridge-sensitive)."""
-    return np.asarray(V.astype(np.float32).T @ phi, dtype=np.float64)

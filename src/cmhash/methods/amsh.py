@@ -43,7 +43,7 @@ from .._validation import check_int, check_positive
 from ..base import TwoStepKernelHasher
 from ..labels import normalize_rows
 from ..progress import progress
-from ..solvers import cross_product, gram, orthogonal_zero_mean, sign, solve_psd
+from ..solvers import gram, orthogonal_zero_mean, sign, solve_psd
 
 _DEFAULTS = {"eta": 1.0, "lam": 1e-3, "beta": 1e-3, "n_anchors": 1500, "n_iter": 15,
              "n_iter_hash": 15}
@@ -340,7 +340,7 @@ class HashStage:
     def update_F(self):
         """Eq. 26 (with ridge xi): W = (phi^T phi + xi I)^{-1} phi^T (B + B o M)."""
         T = self.target().astype(self.phi.dtype)
-        self.W = self._solve(cross_product(self.phi, T))
+        self.W = self._solve(gram(self.phi, T))
         self._fitted = np.asarray(self.phi @ self.W.astype(self.phi.dtype), dtype=np.float64)
 
     def update_M(self):

@@ -234,11 +234,50 @@ def test_variants(variant):
         assert "shared/regression" in h.loss_terms_
 
 
+def test_normalized_weights_and_refreshed_buffers_give_the_exact_closed_form_steps():
+    """normalize_likelihood: the objective is the paper's J with n lambda, n beta, n mu.
+
+    With refresh_buffers the B / P / W steps of the last epoch see the exact outputs of the
+    final networks, so on the training data (computed independently through
+    ``network_outputs``): B1 = sign(lambda1 F1 + beta1 G1), P = (L^T L + nu1 / (n mu1) I)^{-1}
+    L^T F1 (Eq. 11 with mu1 -> n mu1), W likewise from G2 (Eq. 18), and the recorded
+    quantisation / regression terms carry the factor n.
+    """
+    X, T, Y = _vector_data(n=150, seed=3)
+    n = X.shape[0]
+    hp = dict(lambda1=0.2, beta1=0.5, mu1=0.3, nu1=0.7, lambda2=0.4, beta2=0.1, mu2=0.6, nu2=0.9)
+    h = TAADCMH(8, random_state=0, **{**FAST, "n_epochs": 3}, **hp,
+                normalize_likelihood=True, refresh_buffers=True).fit(X, T, Y)
+    it, ti = ("image", "text"), ("text", "image")
+    F1 = h.network_outputs(X, "image", task=it).astype(np.float64)
+    G1 = h.network_outputs(T, "text", task=it).astype(np.float64)
+    F2 = h.network_outputs(X, "image", task=ti).astype(np.float64)
+    G2 = h.network_outputs(T, "text", task=ti).astype(np.float64)
+    np.testing.assert_array_equal(h.learned_codes("text", task=it), np.where(0.2 * F1 + 0.5 * G1 > 0, 1, -1))
+    np.testing.assert_array_equal(h.learned_codes("image", task=ti), np.where(0.4 * F2 + 0.1 * G2 > 0, 1, -1))
+    c = Y.shape[1]
+    P = np.linalg.solve(Y.T @ Y + 0.7 / (n * 0.3) * np.eye(c), Y.T @ F1)
+    W = np.linalg.solve(Y.T @ Y + 0.9 / (n * 0.6) * np.eye(c), Y.T @ G2)
+    np.testing.assert_allclose(h.projection_i2t_, P, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(h.projection_t2i_, W, rtol=1e-4, atol=1e-5)
+    B1 = h.learned_codes("text", task=it).astype(np.float64)
+    assert h.loss_terms_["i2t/quant_f"][-1] == pytest.approx(n * 0.2 * ((B1 - F1) ** 2).sum(), rel=1e-4)
+    assert h.loss_terms_["t2i/regression"][-1] == pytest.approx(
+        n * 0.6 * ((G2 - Y @ h.projection_t2i_) ** 2).sum(), rel=1e-4)
+    # without normalisation the same weights enter unscaled (Eq. 11 as printed)
+    h0 = TAADCMH(8, random_state=0, **{**FAST, "n_epochs": 1}, **hp, refresh_buffers=True).fit(X, T, Y)
+    F1 = h0.network_outputs(X, "image", task=it).astype(np.float64)
+    P0 = np.linalg.solve(Y.T @ Y + 0.7 / 0.3 * np.eye(c), Y.T @ F1)
+    np.testing.assert_allclose(h0.projection_i2t_, P0, rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("bad, match", [
     ({"regression": "labels"}, "regression"), ({"lambda1": -1.0}, "lambda1"),
     ({"device": "gpu"}, "device"), ({"n_epochs": 0}, "n_epochs"),
     ({"image_backbone": "resnet"}, "image_backbone"), ({"dropout": 1.0}, "dropout"),
     ({"image_weights": "/nonexistent/vgg-f.mat"}, "image_weights"),
+    ({"normalize_likelihood": "yes"}, "normalize_likelihood"),
+    ({"refresh_buffers": 1}, "refresh_buffers"),
 ])
 def test_bad_parameters_raise(bad, match):
     X, T, Y = _vector_data(n=40)

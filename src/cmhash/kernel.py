@@ -126,30 +126,9 @@ class RBFAnchorFeatures:
         return out
 
     def fit_transform(self, X, y=None) -> np.ndarray:
-        """``fit(X).transform(X)`` in one pass over the distances.
-
-        The squared distances are written once into the output array, sigma is their mean,
-        and the exponential and the centring are applied in place (in ``dtype``), so the
-        training features cost one distance computation instead of three.
-        """
-        X = self._fit_anchors(X)
-        n, q = X.shape[0], self.anchors_.shape[0]
-        out = np.empty((n, q), dtype=self.dtype)
-        total = 0.0
-        for start in range(0, n, self.chunk_size):
-            D = self._sq_dist(X[start:start + self.chunk_size])
-            total += float(D.sum())
-            out[start:start + self.chunk_size] = D
-        self._set_sigma(total / (n * q))
-        for start in range(0, n, self.chunk_size):
-            block = out[start:start + self.chunk_size]
-            np.multiply(block, -1.0 / (2.0 * self.sigma_), out=block)
-            np.exp(block, out=block)
-        self.mean_ = np.zeros(q)
-        if self.center:
-            self.mean_ = out.mean(axis=0, dtype=np.float64)
-            out -= self.mean_.astype(self.dtype)
-        return out
+        """``fit(X).transform(X)``; the training features are bit-identical to ``transform``
+        (three chunked passes: sigma, training mean, features)."""
+        return self.fit(X).transform(X)
 
     def _check_fitted(self):
         if not hasattr(self, "anchors_"):

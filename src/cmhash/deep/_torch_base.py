@@ -83,6 +83,35 @@ class TorchHasher(CrossModalHasher):
         self.device = device
 
     # ------------------------------------------------------------- tensors
+    #: input arrays of these ndims are z-scored when ``standardize`` is set (subclasses)
+    standardized_ndims = (2,)
+
+    def _fit_standardization(self, views) -> None:
+        """Training means / scales of each modality (``input_means_``, ``input_scales_``).
+
+        Vectors (n, d): per feature; images (n, C, H, W) (when 4 is in
+        ``standardized_ndims``): per channel. CSR input and other ndims are left as they are.
+        """
+        self.input_means_, self.input_scales_ = [], []
+        for X in views:
+            if (getattr(self, "standardize", False) and X.ndim in self.standardized_ndims
+                    and not sp.issparse(X)):
+                axes = 0 if X.ndim == 2 else (0, 2, 3)
+                mean = X.mean(axis=axes, dtype=np.float64, keepdims=True)[0]
+                std = X.std(axis=axes, dtype=np.float64, keepdims=True)[0]
+                self.input_means_.append(mean.astype(np.float32))
+                self.input_scales_.append(np.where(std > 1e-12, std, 1.0).astype(np.float32))
+            else:
+                self.input_means_.append(None)
+                self.input_scales_.append(None)
+
+    def _prepare(self, X, m):
+        """Apply modality ``m``'s training standardisation to ``X`` (float32)."""
+        mean = self.input_means_[m] if hasattr(self, "input_means_") else None
+        if mean is None or sp.issparse(X):
+            return X
+        return ((np.asarray(X, dtype=np.float32) - mean) / self.input_scales_[m]).astype(np.float32)
+
     @staticmethod
     def _to_tensor(X, device, chunk: int = 4096) -> torch.Tensor:
         """Dense ndarray or CSR -> float32 tensor on ``device`` (CSR densified chunk by chunk)."""

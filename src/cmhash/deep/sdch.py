@@ -318,24 +318,6 @@ class SDCH(TorchHasher):
         return groups
 
     # -------------------------------------------------------- preprocessing
-    def _fit_standardization(self, views):
-        self.input_means_, self.input_scales_ = [], []
-        for X in views:
-            if self.standardize and X.ndim == 2 and not sp.issparse(X):
-                mean = X.mean(axis=0, dtype=np.float64)
-                std = X.std(axis=0, dtype=np.float64)
-                self.input_means_.append(mean.astype(np.float32))
-                self.input_scales_.append(np.where(std > 1e-12, std, 1.0).astype(np.float32))
-            else:
-                self.input_means_.append(None)
-                self.input_scales_.append(None)
-
-    def _prepare(self, X, m):
-        mean = self.input_means_[m] if hasattr(self, "input_means_") else None
-        if mean is None or sp.issparse(X):
-            return X
-        return ((np.asarray(X, dtype=np.float32) - mean) / self.input_scales_[m]).astype(np.float32)
-
     # ------------------------------------------------------------------ fit
     def _fit(self, views, labels, rng):
         device = resolve_device(self.device)

@@ -255,6 +255,7 @@ class TAADCMH(TorchHasher):
     """
 
     name = "ta-adcmh"
+    standardized_ndims = (2, 4)   # vectors per feature, images per channel
 
     #: the paper's Section 4.3 values (500 iterations, batches of 128); "wiki" was selected on
     #: a validation split of the Wiki training set with MLP backbones (docs/methods/ta-adcmh.md)
@@ -382,26 +383,6 @@ class TAADCMH(TorchHasher):
                                weight_decay=self.weight_decay)
 
     # -------------------------------------------------------- preprocessing
-    def _fit_standardization(self, views):
-        self.input_means_, self.input_scales_ = [], []
-        for X in views:
-            if self.standardize and X.ndim in (2, 4) and not sp.issparse(X):
-                # vectors: per feature; images (n, C, H, W): per channel
-                axes = 0 if X.ndim == 2 else (0, 2, 3)
-                mean = X.mean(axis=axes, dtype=np.float64, keepdims=True)[0]
-                std = X.std(axis=axes, dtype=np.float64, keepdims=True)[0]
-                self.input_means_.append(mean.astype(np.float32))
-                self.input_scales_.append(np.where(std > 1e-12, std, 1.0).astype(np.float32))
-            else:
-                self.input_means_.append(None)
-                self.input_scales_.append(None)
-
-    def _prepare(self, X, m):
-        mean = self.input_means_[m] if hasattr(self, "input_means_") else None
-        if mean is None or sp.issparse(X):
-            return X
-        return ((np.asarray(X, dtype=np.float32) - mean) / self.input_scales_[m]).astype(np.float32)
-
     # ------------------------------------------------------------------ fit
     def _fit(self, views, labels, rng):
         device = resolve_device(self.device)

@@ -14,7 +14,7 @@ from cmhash.methods.ascmh import (ASCMH, ascmh_objective, update_M, update_P, up
 from cmhash.metrics import mean_average_precision
 from cmhash.solvers import orthogonal_zero_mean, procrustes, sign
 
-WIKI = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "wiki" / "wiki_data.mat"
+from conftest import WIKI  # ../shared or $CMHASH_SHARED
 
 
 # ------------------------------------------------------------------------------ fixtures

@@ -54,26 +54,27 @@ def _parse_params(items) -> dict:
     return params
 
 
+def _named_params(method: str, attr: str, name: str) -> dict:
+    """A method's ``PRESETS[name]`` or ``VARIANTS[name]``, or a clear exit naming the choices."""
+    from .base import get_method
+
+    table = getattr(get_method(method), attr, {})
+    if name not in table:
+        what = "hyper-parameter preset" if attr == "PRESETS" else "variant"
+        raise SystemExit(f"cmhash: {method} has no {what} {name!r}; available: {sorted(table)}")
+    return dict(table[name])
+
+
 def _method_params(method: str, args) -> dict:
     """Constructor parameters from --hparams (class PRESETS), --variant (VARIANTS), --param."""
     from .base import get_method
 
     cls = get_method(method)
     params = {}
-    hp = getattr(args, "hparams", None)
-    if hp:
-        presets = getattr(cls, "PRESETS", {})
-        if hp not in presets:
-            raise SystemExit(f"cmhash: {method} has no hyper-parameter preset {hp!r}; "
-                             f"available: {sorted(presets)}")
-        params.update(presets[hp])
-    variant = getattr(args, "variant", None)
-    if variant:
-        variants = getattr(cls, "VARIANTS", {})
-        if variant not in variants:
-            raise SystemExit(f"cmhash: {method} has no variant {variant!r}; "
-                             f"available: {sorted(variants)}")
-        params.update(variants[variant])
+    if getattr(args, "hparams", None):
+        params.update(_named_params(method, "PRESETS", args.hparams))
+    if getattr(args, "variant", None):
+        params.update(_named_params(method, "VARIANTS", args.variant))
     params.update(_parse_params(getattr(args, "param", None)))
     valid = set(cls._param_names()) - {"n_bits", "random_state"}
     unknown = set(params) - valid
@@ -177,7 +178,6 @@ def cmd_evaluate(args):
 
 
 def cmd_bench(args):
-    from .base import get_method
     from .bench import markdown_table, run_bench
 
     ds = _load_data(args)
@@ -185,11 +185,7 @@ def cmd_bench(args):
               for m in args.methods}
     for item in args.method_hparams or []:
         method, _, preset = item.partition(":")
-        presets = getattr(get_method(method), "PRESETS", {})
-        if preset not in presets:
-            raise SystemExit(f"cmhash: {method} has no hyper-parameter preset {preset!r}; "
-                             f"available: {sorted(presets)}")
-        params.setdefault(method, {}).update(presets[preset])
+        params.setdefault(method, {}).update(_named_params(method, "PRESETS", preset))
     for item in args.method_param or []:
         method, _, kv = item.partition(":")
         params.setdefault(method, {}).update(_parse_params([kv]))

@@ -81,7 +81,54 @@ class MLP(nn.Module):
         return self.net(x.flatten(1))
 
 
-class CNNF(nn.Module):
+class _FiveConvNet(nn.Module):
+    """conv1-conv5 (LRN + max-pool after conv1, conv2; max-pool after conv5), an adaptive 6 x 6
+    pool, fc6, fc7 and fc8 -> ``out_dim``: the layout shared by CNN-F and AlexNet, which differ
+    only in their convolution widths ``CHANNELS`` (conv1..conv5)."""
+
+    CHANNELS: tuple = ()
+
+    def __init__(self, out_dim: int, in_channels: int = 3, fc_dim: int = 4096,
+                 dropout: float = 0.0):
+        super().__init__()
+        _check_dim(out_dim, "out_dim")
+        _check_dim(in_channels, "in_channels")
+        _check_dim(fc_dim, "fc_dim")
+        _check_dropout(dropout)
+        c1, c2, c3, c4, c5 = self.CHANNELS
+        self.conv1 = nn.Conv2d(in_channels, c1, 11, stride=4, padding=0)
+        self.norm1 = nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2.0)
+        self.pool1 = _MaxPool()
+        self.conv2 = nn.Conv2d(c1, c2, 5, stride=1, padding=2)
+        self.norm2 = nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2.0)
+        self.pool2 = _MaxPool()
+        self.conv3 = nn.Conv2d(c2, c3, 3, padding=1)
+        self.conv4 = nn.Conv2d(c3, c4, 3, padding=1)
+        self.conv5 = nn.Conv2d(c4, c5, 3, padding=1)
+        self.pool5 = _MaxPool()
+        self.adapt = nn.AdaptiveAvgPool2d((6, 6))
+        self.fc6 = nn.Linear(c5 * 6 * 6, fc_dim)
+        self.fc7 = nn.Linear(fc_dim, fc_dim)
+        self.fc8 = nn.Linear(fc_dim, out_dim)
+        self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+
+    def features(self, x):
+        """Output of pool5 (N, conv5 channels, 6, 6) after the adaptive pooling."""
+        x = self.pool1(self.norm1(F.relu(self.conv1(x))))
+        x = self.pool2(self.norm2(F.relu(self.conv2(x))))
+        x = F.relu(self.conv3(x))
+        x = F.relu(self.conv4(x))
+        x = self.pool5(F.relu(self.conv5(x)))
+        return self.adapt(x)
+
+    def forward(self, x):
+        x = self.features(x).flatten(1)
+        x = self.drop(F.relu(self.fc6(x)))
+        x = self.drop(F.relu(self.fc7(x)))
+        return self.fc8(x)
+
+
+class CNNF(_FiveConvNet):
     """CNN-F (``imagenet-vgg-f``), the image network of DCMH / TA-ADCMH, fc8 -> ``out_dim``.
 
     Layer shapes for a 224 x 224 x 3 input (MatConvNet names)::
@@ -102,46 +149,10 @@ class CNNF(nn.Module):
     then do not fit and are refused.
     """
 
-    def __init__(self, out_dim: int, in_channels: int = 3, fc_dim: int = 4096,
-                 dropout: float = 0.0):
-        super().__init__()
-        _check_dim(out_dim, "out_dim")
-        _check_dim(in_channels, "in_channels")
-        _check_dim(fc_dim, "fc_dim")
-        _check_dropout(dropout)
-        self.conv1 = nn.Conv2d(in_channels, 64, 11, stride=4, padding=0)
-        self.norm1 = nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2.0)
-        self.pool1 = _MaxPool()
-        self.conv2 = nn.Conv2d(64, 256, 5, stride=1, padding=2)
-        self.norm2 = nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2.0)
-        self.pool2 = _MaxPool()
-        self.conv3 = nn.Conv2d(256, 256, 3, padding=1)
-        self.conv4 = nn.Conv2d(256, 256, 3, padding=1)
-        self.conv5 = nn.Conv2d(256, 256, 3, padding=1)
-        self.pool5 = _MaxPool()
-        self.adapt = nn.AdaptiveAvgPool2d((6, 6))
-        self.fc6 = nn.Linear(256 * 6 * 6, fc_dim)
-        self.fc7 = nn.Linear(fc_dim, fc_dim)
-        self.fc8 = nn.Linear(fc_dim, out_dim)
-        self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-
-    def features(self, x):
-        """Output of pool5 (N, 256, 6, 6) after the adaptive pooling."""
-        x = self.pool1(self.norm1(F.relu(self.conv1(x))))
-        x = self.pool2(self.norm2(F.relu(self.conv2(x))))
-        x = F.relu(self.conv3(x))
-        x = F.relu(self.conv4(x))
-        x = self.pool5(F.relu(self.conv5(x)))
-        return self.adapt(x)
-
-    def forward(self, x):
-        x = self.features(x).flatten(1)
-        x = self.drop(F.relu(self.fc6(x)))
-        x = self.drop(F.relu(self.fc7(x)))
-        return self.fc8(x)
+    CHANNELS = (64, 256, 256, 256, 256)
 
 
-class AlexNet(nn.Module):
+class AlexNet(_FiveConvNet):
     """AlexNet as configured in SDCH Table 1, the last layer (img-fc3 / fc8) -> ``out_dim``.
 
     Layer shapes for a 227 x 227 x 3 input::
@@ -159,42 +170,11 @@ class AlexNet(nn.Module):
     two-GPU grouping of conv2/4/5 is not used (as in torchvision's AlexNet).
     """
 
+    CHANNELS = (96, 256, 384, 384, 256)
+
     def __init__(self, out_dim: int = 256, in_channels: int = 3, fc_dim: int = 4096,
                  dropout: float = 0.0):
-        super().__init__()
-        _check_dim(out_dim, "out_dim")
-        _check_dim(in_channels, "in_channels")
-        _check_dim(fc_dim, "fc_dim")
-        _check_dropout(dropout)
-        self.conv1 = nn.Conv2d(in_channels, 96, 11, stride=4, padding=0)
-        self.norm1 = nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2.0)
-        self.pool1 = _MaxPool()
-        self.conv2 = nn.Conv2d(96, 256, 5, stride=1, padding=2)
-        self.norm2 = nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2.0)
-        self.pool2 = _MaxPool()
-        self.conv3 = nn.Conv2d(256, 384, 3, padding=1)
-        self.conv4 = nn.Conv2d(384, 384, 3, padding=1)
-        self.conv5 = nn.Conv2d(384, 256, 3, padding=1)
-        self.pool5 = _MaxPool()
-        self.adapt = nn.AdaptiveAvgPool2d((6, 6))
-        self.fc6 = nn.Linear(256 * 6 * 6, fc_dim)
-        self.fc7 = nn.Linear(fc_dim, fc_dim)
-        self.fc8 = nn.Linear(fc_dim, out_dim)
-        self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-
-    def features(self, x):
-        x = self.pool1(self.norm1(F.relu(self.conv1(x))))
-        x = self.pool2(self.norm2(F.relu(self.conv2(x))))
-        x = F.relu(self.conv3(x))
-        x = F.relu(self.conv4(x))
-        x = self.pool5(F.relu(self.conv5(x)))
-        return self.adapt(x)
-
-    def forward(self, x):
-        x = self.features(x).flatten(1)
-        x = self.drop(F.relu(self.fc6(x)))
-        x = self.drop(F.relu(self.fc7(x)))
-        return self.fc8(x)
+        super().__init__(out_dim, in_channels, fc_dim, dropout)
 
 
 class TextNetTA(nn.Module):

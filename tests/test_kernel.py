@@ -3,6 +3,7 @@ import numpy as np
 import scipy.sparse as sp
 import pytest
 
+import cmhash.kernel as kernel_module
 from cmhash.kernel import CenteredFeatures, RBFAnchorFeatures
 
 
@@ -74,8 +75,11 @@ def test_state_round_trip():
     assert np.allclose(c2.transform(X).mean(0), 0, atol=1e-6)
 
 
+@pytest.mark.parametrize("cache_bytes", [None, 0])  # distances reused / three passes
 @pytest.mark.parametrize("sparse_input", [False, True])
-def test_fit_transform_equals_fit_then_transform(sparse_input):
+def test_fit_transform_equals_fit_then_transform(sparse_input, cache_bytes, monkeypatch):
+    if cache_bytes is not None:
+        monkeypatch.setattr(kernel_module, "CACHE_BYTES", cache_bytes)
     rng = np.random.default_rng(7)
     X = (rng.random((400, 30)) < 0.2) * rng.random((400, 30))
     X = sp.csr_matrix(X) if sparse_input else X

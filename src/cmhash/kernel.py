@@ -16,6 +16,8 @@ import scipy.sparse as sp
 from ._validation import check_choice, check_features, check_int, check_random_state
 
 DEFAULT_CHUNK = 8192
+#: fit_transform reuses the train-to-anchor distances when they take at most this many bytes
+CACHE_BYTES = 256 * 2 ** 20
 
 
 def _squared_norms(X) -> np.ndarray:
@@ -62,7 +64,10 @@ class RBFAnchorFeatures:
 
     # ------------------------------------------------------------------ fitting
     def fit(self, X, y=None):
-        X = self._fit_anchors(X)
+        return self._fit_stats(self._fit_anchors(X))
+
+    def _fit_stats(self, X):
+        """sigma and the training mean for already chosen anchors (validated ``X``)."""
         n, q = X.shape[0], self.anchors_.shape[0]
         # sigma = mean squared distance between every training sample and every anchor
         total = 0.0
@@ -126,9 +131,35 @@ class RBFAnchorFeatures:
         return out
 
     def fit_transform(self, X, y=None) -> np.ndarray:
-        """``fit(X).transform(X)``; the training features are bit-identical to ``transform``
-        (three chunked passes: sigma, training mean, features)."""
-        return self.fit(X).transform(X)
+        """``fit(X).transform(X)``, bit-identical to it.
+
+        When the n x q float64 distance matrix fits in ``CACHE_BYTES`` the distances are
+        computed once and reused for sigma, the training mean and the features (the same
+        chunks and the same operations as the three passes of ``fit`` + ``transform``, so the
+        result is bit-identical); otherwise it runs the three chunked passes.
+        """
+        X = self._fit_anchors(X)
+        n, q = X.shape[0], self.anchors_.shape[0]
+        if n * q * 8 > CACHE_BYTES:
+            return self._fit_stats(X).transform(X)
+        chunks = [(start, self._sq_dist(X[start:start + self.chunk_size]))
+                  for start in range(0, n, self.chunk_size)]
+        total = 0.0
+        for _, D in chunks:
+            total += float(D.sum())
+        self._set_sigma(total / (n * q))
+        raws = [(start, np.exp(-D / (2.0 * self.sigma_))) for start, D in chunks]
+        del chunks
+        self.mean_ = np.zeros(q)
+        if self.center:
+            acc = np.zeros(q)
+            for _, raw in raws:
+                acc += raw.sum(axis=0, dtype=np.float64)
+            self.mean_ = acc / n
+        out = np.empty((n, q), dtype=self.dtype)
+        for start, raw in raws:
+            out[start:start + self.chunk_size] = raw - self.mean_
+        return out
 
     def _check_fitted(self):
         if not hasattr(self, "anchors_"):

@@ -36,6 +36,8 @@ def orthogonal_zero_mean(Z, random_state=None) -> np.ndarray:
     the SVD of ``Zc`` instead of the eigendecomposition of ``Zc^T Zc`` so that badly conditioned
     ``Z`` (ASFOH's, whose label part is 1e5-1e8 times larger than the rest) keeps its weak
     directions to machine precision instead of losing them to the squared condition number.
+    Well-conditioned ``Zc`` takes the equivalent Gram route (:func:`_polar_via_gram`, checked
+    against the SVD route in the tests), which is several times faster for r >= 64.
     When ``k < r`` the completion ``P_bar`` is a random orthonormal basis orthogonal to both
     ``U_k`` and ``1`` (the released BATCH code omits the orthogonality to ``1``).
     """
@@ -47,6 +49,9 @@ def orthogonal_zero_mean(Z, random_state=None) -> np.ndarray:
         raise ValueError(f"orthogonal_zero_mean needs n > r (V^T 1 = 0 leaves n - 1 dimensions), "
                          f"got n={n}, r={r}")
     Zc = Z - Z.mean(axis=0, keepdims=True)
+    V = _polar_via_gram(Zc)
+    if V is not None:
+        return np.sqrt(n) * V
     U, s, Wt = np.linalg.svd(Zc, full_matrices=False)
     k = int(np.count_nonzero(s > max(n, r) * np.finfo(np.float64).eps * max(s[0], 1e-300)))
     U = U[:, :k]
@@ -60,6 +65,30 @@ def orthogonal_zero_mean(Z, random_state=None) -> np.ndarray:
             R -= basis @ (basis.T @ R)
         U = np.hstack([U, np.linalg.qr(R)[0]])
     return np.sqrt(n) * (U @ Wt)
+
+
+#: largest condition number of Zc^T Zc for which the Gram route of orthogonal_zero_mean is used
+GRAM_ROUTE_MAX_COND = 1e8
+
+
+def _polar_via_gram(Zc):
+    """Orthonormal polar factor ``Zc (Zc^T Zc)^{-1/2}`` of a well-conditioned ``Zc``, or None.
+
+    ``U W^T`` of the thin SVD ``Zc = U S W^T`` equals ``Zc (Zc^T Zc)^{-1/2}``; through the
+    r x r Gram matrix it costs two n x r x r products and an r x r eigendecomposition instead
+    of a thin SVD (6-8x faster at r = 128). Forming the Gram matrix squares the condition
+    number, so the route is taken only when ``cond(Zc^T Zc) <= GRAM_ROUTE_MAX_COND`` and is
+    followed by one refinement pass ``Q <- Q (Q^T Q)^{-1/2}`` (the polar factor of ``Q`` is
+    that of ``Zc``), which brings ``Q^T Q`` to ``I`` within ~1e-13 -- as orthogonal as the SVD
+    route. Rank-deficient or badly conditioned ``Zc`` returns None (the caller uses the SVD).
+    """
+    Q = Zc
+    for _ in range(2):
+        lam, E = np.linalg.eigh(Q.T @ Q)
+        if not lam[0] > lam[-1] / GRAM_ROUTE_MAX_COND:
+            return None
+        Q = Q @ ((E / np.sqrt(lam)) @ E.T)
+    return Q
 
 
 def procrustes(M) -> np.ndarray:

@@ -399,3 +399,17 @@ def test_wiki_retrieval_is_far_above_chance(wiki):
     t2i = _map(m.encode(wiki["T_te"], "text"), m.learned_codes("image"), wiki["L_test"],
                wiki["L_train"])
     assert i2t > 0.30 and t2i > 0.65
+
+
+def test_adaptive_weights_downweight_a_noise_modality():
+    """alpha_v (Eq. 15) puts the least weight on a modality that carries no label structure,
+    and when the feature part of Q matters (omega large) gamma changes the codes."""
+    X, T, Y = make_structured(300, seed=11)
+    rng = np.random.default_rng(2)
+    N = rng.standard_normal((300, 12))                       # pure noise, no label structure
+    kw = dict(n_anchors=[40, 40, 40], n_iter=5, eta=1.0, omega=1.0, random_state=0)
+    m = ASFOH(8, gamma=3, **kw).fit_views([X, T, N], Y)
+    assert m.alpha_[2] < min(m.alpha_[0], m.alpha_[1])
+    m0 = ASFOH(8, gamma=0, **kw).fit_views([X, T, N], Y)
+    assert np.allclose(m0.alpha_, 1 / 3)
+    assert not np.array_equal(m.codes_, m0.codes_)

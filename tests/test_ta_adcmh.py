@@ -8,7 +8,7 @@ torch = pytest.importorskip("torch")
 
 import cmhash.base  # noqa: E402
 from cmhash.deep.ta_adcmh import (TAADCMH, analytic_gradients, batch_loss,  # noqa: E402
-                                  codes_step, objective_terms, projection_step)
+                                  class_codes, codes_step, objective_terms, projection_step)
 from cmhash.metrics import mean_average_precision  # noqa: E402
 
 HP = dict(lam=0.7, beta=1.3, mu=0.9, nu=0.4)
@@ -278,11 +278,108 @@ def test_normalized_weights_and_refreshed_buffers_give_the_exact_closed_form_ste
     ({"image_weights": "/nonexistent/vgg-f.mat"}, "image_weights"),
     ({"normalize_likelihood": "yes"}, "normalize_likelihood"),
     ({"refresh_buffers": 1}, "refresh_buffers"),
+    ({"projection_init": "eye"}, "projection_init"),
+    ({"projection_warmup": 6}, "projection_warmup"),
+    ({"projection_warmup": -1}, "projection_warmup"),
+    ({"image_lr": 0.0}, "image_lr"), ({"text_weight_decay": -1e-3}, "text_weight_decay"),
+    ({"optimizer": "rmsprop"}, "optimizer"), ({"lr_schedule": "linear"}, "lr_schedule"),
+    ({"input_kernel": "audio"}, "input_kernel"), ({"n_anchors": (10, 10, 10)}, "n_anchors"),
+    ({"n_anchors": 0}, "n_anchors"),
+    ({"projection_init": "hadamard", "n_bits": 12}, "hadamard"),
 ])
 def test_bad_parameters_raise(bad, match):
     X, T, Y = _vector_data(n=40)
+    bad = dict(bad)
+    bits = bad.pop("n_bits", 8)
     with pytest.raises(ValueError, match=match):
-        TAADCMH(8, **{**FAST, **bad}).fit(X, T, Y)
+        TAADCMH(bits, **{**FAST, **bad}).fit(X, T, Y)
+
+
+# ------------------------------------------------------- options beyond the paper's defaults
+def test_class_codes():
+    rng = np.random.default_rng(0)
+    H = class_codes("hadamard", 5, 16, rng)
+    assert H.shape == (5, 16) and set(np.unique(H)) == {-1.0, 1.0}
+    np.testing.assert_array_equal(H @ H.T, 16 * np.eye(5))        # orthogonal class codes
+    G = class_codes("gaussian", 5, 16, np.random.default_rng(0))
+    assert set(np.unique(G)) == {-1.0, 1.0}
+    np.testing.assert_array_equal(class_codes("random", 5, 16, np.random.default_rng(0)),
+                                  np.random.default_rng(0).standard_normal((5, 16)))
+    with pytest.raises(ValueError, match="hadamard"):
+        class_codes("hadamard", 16, 16, rng)
+
+
+@pytest.mark.parametrize("init", ["hadamard", "gaussian"])
+def test_projection_warmup_holds_the_class_codes_then_takes_the_closed_form_step(init):
+    """For exactly ``projection_warmup`` epochs P and W are the initial +-1 class codes (the
+    recorded ridge term nu ||P||^2 is nu c r); from then on they are Eq. 11 / 18 (checked
+    exactly on the final networks)."""
+    X, T, Y = _vector_data(n=150, seed=4)
+    n, c, r, w = X.shape[0], Y.shape[1], 8, 3
+    hp = dict(lambda1=0.2, beta1=0.5, mu1=0.3, nu1=0.7, lambda2=0.4, beta2=0.1, mu2=0.6, nu2=0.9)
+    h = TAADCMH(r, random_state=0, **{**FAST, "n_epochs": w + 2}, **hp, projection_init=init,
+                projection_warmup=w, normalize_likelihood=True, refresh_buffers=True).fit(X, T, Y)
+    for t, nu in (("i2t", 0.7), ("t2i", 0.9)):
+        ridge = h.loss_terms_[f"{t}/ridge"]
+        np.testing.assert_allclose(ridge[:w], nu * c * r, rtol=1e-6)
+        assert np.all(np.abs(ridge[w:] - nu * c * r) > 1e-3 * nu * c * r)
+    it, ti = ("image", "text"), ("text", "image")
+    F1 = h.network_outputs(X, "image", task=it).astype(np.float64)
+    G2 = h.network_outputs(T, "text", task=ti).astype(np.float64)
+    P = np.linalg.solve(Y.T @ Y + 0.7 / (n * 0.3) * np.eye(c), Y.T @ F1)
+    W = np.linalg.solve(Y.T @ Y + 0.9 / (n * 0.6) * np.eye(c), Y.T @ G2)
+    np.testing.assert_allclose(h.projection_i2t_, P, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(h.projection_t2i_, W, rtol=1e-4, atol=1e-5)
+    # warm-up 0 (Algorithm 1) takes the closed form from the first epoch
+    h0 = TAADCMH(r, random_state=0, **{**FAST, "n_epochs": 2}, **hp, projection_init=init,
+                 normalize_likelihood=True).fit(X, T, Y)
+    assert abs(h0.loss_terms_["i2t/ridge"][0] - 0.7 * c * r) > 1e-3
+
+
+def test_per_network_optimiser_settings_and_cosine_schedule():
+    X, T, Y = _vector_data(n=80)
+    h = TAADCMH(8, **{**FAST, "n_epochs": 4}, optimizer="adamw", image_lr=3e-3, text_lr=2e-2,
+                image_weight_decay=0.5, text_weight_decay=0.0, lr_schedule="cosine")
+    opt_f, opt_g = h._make_optimizer(torch.nn.Linear(2, 2), "f"), h._make_optimizer(torch.nn.Linear(2, 2), "g")
+    assert isinstance(opt_f, torch.optim.AdamW)
+    assert opt_f.defaults["lr"] == 3e-3 and opt_f.defaults["weight_decay"] == 0.5
+    assert opt_g.defaults["lr"] == 2e-2 and opt_g.defaults["weight_decay"] == 0.0
+    for e, factor in [(0, 1.0), (2, 0.5), (3, 0.5 * (1 + np.cos(0.75 * np.pi)))]:
+        h._set_epoch_lr(opt_f, "f", e)
+        assert opt_f.param_groups[0]["lr"] == pytest.approx(3e-3 * factor)
+    h.fit(X, T, Y)
+    # unset per-network values fall back to lr / weight_decay
+    h2 = TAADCMH(8, **FAST, weight_decay=0.1)
+    opt = h2._make_optimizer(torch.nn.Linear(2, 2), "f")
+    assert isinstance(opt, torch.optim.Adam) and opt.defaults["lr"] == FAST["lr"]
+    assert opt.defaults["weight_decay"] == 0.1
+
+
+def test_input_kernel_round_trips_and_encodes_identically(tmp_path):
+    from cmhash.kernel import RBFAnchorFeatures
+    X, T, Y = _vector_data()
+    h = TAADCMH(8, random_state=0, **{**FAST, "image_hidden": ()}, input_kernel="image",
+                n_anchors=(40, 30)).fit(X[:200], T[:200], Y[:200])
+    km, none = h.input_kernels_
+    assert isinstance(km, RBFAnchorFeatures) and none is None and km.anchors_.shape == (40, 20)
+    assert h.architectures_["f1"]["in_shape"] == [40] and h.architectures_["f1"]["hidden"] == []
+    assert h.architectures_["g1"]["in_shape"] == [12]
+    # encoding = the network on the standardised kernel features of the raw input
+    Z = (km.transform(X) - h.input_means_[0]) / h.input_scales_[0]
+    direct = h._predict(h._network("f1"), Z.astype(np.float32))
+    np.testing.assert_array_equal(h.encode(X, "image"), np.where(direct > 0, 1, -1))
+    loaded = cmhash.base.load(h.save(tmp_path / "kernel.npz"))
+    np.testing.assert_array_equal(loaded.input_kernels_[0].anchors_, km.anchors_)
+    assert loaded.input_kernels_[1] is None
+    for mod, Z in (("image", X), ("text", T)):
+        for task in (None, ("image", "text"), ("text", "image")):
+            np.testing.assert_array_equal(loaded.encode(Z, mod, task=task),
+                                          h.encode(Z, mod, task=task))
+    Xq, Yq, Yd = X[200:], Y[200:], Y[:200]
+    assert mean_average_precision(h.encode(Xq, "image"), h.learned_codes("text"), Yq, Yd) > 0.8
+    with pytest.raises(ValueError, match="input_kernel"):
+        import scipy.sparse as sp
+        TAADCMH(8, **FAST, input_kernel="text").fit(X[:50], sp.csr_matrix(T[:50]), Y[:50])
 
 
 def test_presets_and_variants_are_valid_parameters():

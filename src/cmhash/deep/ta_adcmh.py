@@ -48,13 +48,14 @@ import torch
 from torch.nn import functional as Fnn
 
 from .._validation import check_choice, check_int, check_positive
+from ..kernel import RBFAnchorFeatures
 from ..progress import progress
 from ..solvers import sign
 from ._torch_base import TorchHasher, _seed_from_rng, resolve_device, seed_everything
 from .backbones import CNNF, build_backbone, load_state_dict_file, load_vggf_mat
 
 __all__ = ["TAADCMH", "similarity_block", "batch_loss", "objective_terms", "analytic_gradients",
-           "codes_step", "projection_step"]
+           "codes_step", "projection_step", "class_codes"]
 
 OBJECTIVE_BLOCK = 1024  # rows of the S / Phi blocks when evaluating the whole objective
 
@@ -183,6 +184,29 @@ def projection_step(T, L, *, mu, nu) -> np.ndarray:
         return np.linalg.lstsq(A, rhs, rcond=None)[0]
 
 
+def class_codes(kind: str, c: int, r: int, rng: np.random.Generator) -> np.ndarray:
+    """Initial P / W (c x r) for ``projection_init``.
+
+    "random": a standard Gaussian matrix (Algorithm 1, "randomly initialize P").
+    "gaussian": its sign, one random +-1 code per class.
+    "hadamard": rows 1..c of the r x r Sylvester Hadamard matrix (row 0, all ones, is skipped
+    so that no class gets the constant code), columns multiplied by a random +-1 sign: pairwise
+    orthogonal class codes at Hamming distance exactly r / 2. Needs r a power of 2 and c < r.
+    """
+    if kind == "random":
+        return rng.standard_normal((c, r))
+    if kind == "gaussian":
+        return sign(rng.standard_normal((c, r))).astype(np.float64)
+    if r & (r - 1) or c >= r:
+        raise ValueError(f"projection_init='hadamard' needs n_bits a power of 2 and more bits "
+                         f"than classes, got n_bits={r}, {c} classes")
+    H = np.ones((1, 1))
+    while H.shape[0] < r:
+        H = np.block([[H, H], [H, -H]])
+    flips = sign(rng.standard_normal(r)).astype(np.float64)
+    return H[1:c + 1] * flips[None, :]
+
+
 # ---------------------------------------------------------------------- the estimator
 class TAADCMH(TorchHasher):
     """TA-ADCMH (task-adaptive asymmetric deep cross-modal hashing).
@@ -239,6 +263,28 @@ class TAADCMH(TorchHasher):
         instead of the per-batch stale buffer (one extra forward pass per epoch).
     track_objective : bool
         Evaluate J_1 and J_2 exactly after each epoch (O(n^2 r) time in n x batch blocks).
+    projection_init : {"random", "gaussian", "hadamard"}
+        Initial P and W (V): "random" Gaussian (Algorithm 1), "gaussian" its sign (a random
+        +-1 code per class), "hadamard" orthogonal class codes (see :func:`class_codes`).
+    projection_warmup : int
+        The P / W (V) closed-form step (Eq. 11 / 18) starts after this many epochs; before,
+        the initial class codes are the regression targets (0: from the first epoch, as in
+        Algorithm 1). Must be smaller than ``n_epochs``.
+    image_lr, text_lr : float or None
+        Learning rate of the image (f) / text (g) networks (None: ``lr``).
+    image_weight_decay, text_weight_decay : float or None
+        Weight decay of the image / text networks (None: ``weight_decay``); decoupled with
+        ``optimizer="adamw"``, an L2 gradient term otherwise.
+    lr_schedule : {"constant", "cosine"}
+        "cosine": every network's learning rate follows lr * (1 + cos(pi e / n_epochs)) / 2
+        in epoch e = 0 .. n_epochs - 1.
+    input_kernel : {"none", "image", "text", "both"}
+        Replace the feature-vector input of these modalities by centred RBF anchor features
+        (:class:`cmhash.kernel.RBFAnchorFeatures`, random training anchors, fitted on the
+        training inputs and stored in ``input_kernels_``); ``standardize`` then applies to
+        the kernel features. Dense 2-D inputs only.
+    n_anchors : int or (int, int)
+        Anchors of the input kernel (one value or one per modality, image first).
     device : "auto", "cpu", "cuda" or "cuda:N"
     random_state, verbose : see :class:`cmhash.base.CrossModalHasher`.
 
@@ -252,6 +298,7 @@ class TAADCMH(TorchHasher):
     loss_terms_ : dict of (n_epochs,) arrays   each term of J_1 / J_2 after each epoch
     network_states_, architectures_ : the networks f1, g1, f2, g2 (f, g for variants I/II)
     input_means_, input_scales_ : per-modality standardisation (None where not applied)
+    input_kernels_ : per-modality RBFAnchorFeatures (None where not applied)
     """
 
     name = "ta-adcmh"
@@ -289,8 +336,11 @@ class TAADCMH(TorchHasher):
                  standardize: bool = True, n_epochs: int = 40, batch_size: int = 128,
                  lr: float = 1e-3, optimizer: str = "adam", weight_decay: float = 0.0,
                  normalize_likelihood: bool = False, refresh_buffers: bool = False,
-                 track_objective: bool = True, device: str = "auto", random_state=None,
-                 verbose: bool = False):
+                 track_objective: bool = True, projection_init: str = "random",
+                 projection_warmup: int = 0, image_lr=None, text_lr=None,
+                 image_weight_decay=None, text_weight_decay=None,
+                 lr_schedule: str = "constant", input_kernel: str = "none", n_anchors=500,
+                 device: str = "auto", random_state=None, verbose: bool = False):
         super().__init__(n_bits, device=device, random_state=random_state, verbose=verbose)
         self.lambda1 = lambda1
         self.beta1 = beta1
@@ -318,6 +368,15 @@ class TAADCMH(TorchHasher):
         self.normalize_likelihood = normalize_likelihood
         self.refresh_buffers = refresh_buffers
         self.track_objective = track_objective
+        self.projection_init = projection_init
+        self.projection_warmup = projection_warmup
+        self.image_lr = image_lr
+        self.text_lr = text_lr
+        self.image_weight_decay = image_weight_decay
+        self.text_weight_decay = text_weight_decay
+        self.lr_schedule = lr_schedule
+        self.input_kernel = input_kernel
+        self.n_anchors = n_anchors
 
     # ------------------------------------------------------------ validation
     def _validate_params(self):
@@ -325,10 +384,28 @@ class TAADCMH(TorchHasher):
                   "weight_decay"):
             check_positive(getattr(self, p), p, allow_zero=True)
         check_positive(self.lr, "lr")
+        for p in ("image_lr", "text_lr"):
+            if getattr(self, p) is not None:
+                check_positive(getattr(self, p), p)
+        for p in ("image_weight_decay", "text_weight_decay"):
+            if getattr(self, p) is not None:
+                check_positive(getattr(self, p), p, allow_zero=True)
+        check_choice(self.projection_init, "projection_init", {"random", "gaussian", "hadamard"})
+        check_int(self.projection_warmup, "projection_warmup", minimum=0)
+        if self.projection_warmup > 0 and self.projection_warmup >= self.n_epochs:
+            raise ValueError(f"projection_warmup ({self.projection_warmup}) must be smaller than "
+                             f"n_epochs ({self.n_epochs}): the P / W step (Eq. 11 / 18) must run")
+        check_choice(self.lr_schedule, "lr_schedule", {"constant", "cosine"})
+        check_choice(self.input_kernel, "input_kernel", {"none", "image", "text", "both"})
+        anchors = self.n_anchors if isinstance(self.n_anchors, (list, tuple)) else [self.n_anchors]
+        if len(anchors) not in (1, 2):
+            raise ValueError(f"n_anchors must be an int or a pair (image, text), got {self.n_anchors!r}")
+        for a in anchors:
+            check_int(a, "n_anchors")
         check_choice(self.regression, "regression", {"query", "codes", "none"})
         check_choice(self.image_backbone, "image_backbone", {"auto", "mlp", "cnnf"})
         check_choice(self.text_backbone, "text_backbone", {"auto", "mlp", "text-ta"})
-        check_choice(self.optimizer, "optimizer", {"adam", "sgd"})
+        check_choice(self.optimizer, "optimizer", {"adam", "adamw", "sgd"})
         check_int(self.n_epochs, "n_epochs")
         check_int(self.batch_size, "batch_size")
         check_int(self.fc_dim, "fc_dim")
@@ -376,19 +453,62 @@ class TAADCMH(TorchHasher):
                 load_state_dict_file(net, path, strict=False)
         return net.to(device)
 
-    def _make_optimizer(self, net):
+    def _side_lr(self, side):
+        v = self.image_lr if side == "f" else self.text_lr
+        return float(self.lr if v is None else v)
+
+    def _make_optimizer(self, net, side):
+        lr = self._side_lr(side)
+        wd = self.image_weight_decay if side == "f" else self.text_weight_decay
+        wd = float(self.weight_decay if wd is None else wd)
         if self.optimizer == "adam":
-            return torch.optim.Adam(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
-        return torch.optim.SGD(net.parameters(), lr=self.lr, momentum=0.9,
-                               weight_decay=self.weight_decay)
+            return torch.optim.Adam(net.parameters(), lr=lr, weight_decay=wd)
+        if self.optimizer == "adamw":
+            return torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=wd)
+        return torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, weight_decay=wd)
+
+    def _set_epoch_lr(self, opt, side, epoch):
+        """Learning rate of epoch ``epoch`` under ``lr_schedule``."""
+        lr = self._side_lr(side)
+        if self.lr_schedule == "cosine":
+            lr = lr * 0.5 * (1.0 + np.cos(np.pi * epoch / self.n_epochs))
+        for group in opt.param_groups:
+            group["lr"] = lr
 
     # -------------------------------------------------------- preprocessing
+    def _fit_input_kernels(self, views, rng):
+        """RBF anchor maps of the modalities named by ``input_kernel`` (``input_kernels_``)."""
+        which = {"none": (), "image": (0,), "text": (1,), "both": (0, 1)}[self.input_kernel]
+        anchors = self.n_anchors if isinstance(self.n_anchors, (list, tuple)) else [self.n_anchors] * 2
+        self.input_kernels_ = []
+        for m, V in enumerate(views):
+            if m in which:
+                if sp.issparse(V) or V.ndim != 2:
+                    raise ValueError(f"input_kernel applies to dense feature vectors (n, d); "
+                                     f"modality {m} has shape {V.shape}")
+                km = RBFAnchorFeatures(int(anchors[m]), random_state=_seed_from_rng(rng))
+                self.input_kernels_.append(km.fit(V))
+            else:
+                self.input_kernels_.append(None)
+
+    def _kernelize(self, X, m):
+        kernels = getattr(self, "input_kernels_", None)
+        if not kernels or kernels[m] is None:
+            return X
+        return kernels[m].transform(X)
+
+    def _prepare(self, X, m):
+        """Input kernel (if any), then the training standardisation."""
+        return super()._prepare(self._kernelize(X, m), m)
+
     # ------------------------------------------------------------------ fit
     def _fit(self, views, labels, rng):
         device = resolve_device(self.device)
         seed_everything(_seed_from_rng(rng))
-        self._fit_standardization(views)
-        X, Y = (self._prepare(V, m) for m, V in enumerate(views))
+        self._fit_input_kernels(views, rng)
+        kviews = [self._kernelize(V, m) for m, V in enumerate(views)]
+        self._fit_standardization(kviews)
+        X, Y = (TorchHasher._prepare(self, V, m) for m, V in enumerate(kviews))
         n, r = X.shape[0], self.n_bits
         if n < 2:
             raise ValueError(f"TA-ADCMH needs at least 2 training samples, got {n}")
@@ -409,22 +529,26 @@ class TAADCMH(TorchHasher):
             F = self._predict(f, Xd, self.batch_size, device)
             G = self._predict(g, Yd, self.batch_size, device)
             state[t] = {
-                "f": f, "g": g, "opt_f": self._make_optimizer(f), "opt_g": self._make_optimizer(g),
+                "f": f, "g": g, "opt_f": self._make_optimizer(f, "f"),
+                "opt_g": self._make_optimizer(g, "g"),
                 "F": torch.from_numpy(F).to(device), "G": torch.from_numpy(G).to(device),
                 # Algorithm 1: "Randomly initialize P, B1"
                 "B": torch.from_numpy(sign(rng.standard_normal((n, r))).astype(np.float32)).to(device),
-                "Q": torch.from_numpy(rng.standard_normal((L.shape[1], r)).astype(np.float32)).to(device),
+                "Q": torch.from_numpy(class_codes(self.projection_init, L.shape[1], r, rng)
+                                      .astype(np.float32)).to(device),
                 "hp": hp,
             }
 
         self.objective_, self.objective_i2t_, self.objective_t2i_ = [], [], []
         terms_log: dict[str, list] = {}
         bar = progress(range(self.n_epochs), desc="TA-ADCMH", verbose=self.verbose)
-        for _ in bar:
+        for epoch in bar:
             postfix = {}
             for t in tasks:
                 s = state[t]
                 hp = s["hp"]
+                for side in ("f", "g"):
+                    self._set_epoch_lr(s["opt_" + side], side, epoch)
                 # I2T trains the image (query) network first, T2I the text (query) network
                 order = ("g", "f") if t == "t2i" else ("f", "g")
                 for side in order:
@@ -436,7 +560,7 @@ class TAADCMH(TorchHasher):
                 s["B"] = torch.from_numpy(Bnew.astype(np.float32)).to(device)
                 # P / W / V step (Eq. 11 / 18)
                 target = {"image": s["F"], "text": s["G"], "codes": s["B"]}.get(hp["query"])
-                if target is not None:
+                if target is not None and epoch >= self.projection_warmup:
                     Q = projection_step(target.cpu().numpy(), Lnp, mu=hp["mu"], nu=hp["nu"])
                     s["Q"] = torch.from_numpy(Q.astype(np.float32)).to(device)
                 if self.track_objective:

@@ -36,8 +36,8 @@ def orthogonal_zero_mean(Z, random_state=None) -> np.ndarray:
     the SVD of ``Zc`` instead of the eigendecomposition of ``Zc^T Zc`` so that badly conditioned
     ``Z`` (ASFOH's, whose label part is 1e5-1e8 times larger than the rest) keeps its weak
     directions to machine precision instead of losing them to the squared condition number.
-    Well-conditioned ``Zc`` takes the equivalent Gram route (:func:`_polar_via_gram`, checked
-    against the SVD route in the tests), which is several times faster for r >= 64.
+    Well-conditioned ``Zc`` takes the equivalent Cholesky-QR route (:func:`_polar_via_gram`,
+    checked against the SVD route in the tests), which is several times faster for r >= 64.
     When ``k < r`` the completion ``P_bar`` is a random orthonormal basis orthogonal to both
     ``U_k`` and ``1`` (the released BATCH code omits the orthogonality to ``1``).
     """
@@ -67,28 +67,37 @@ def orthogonal_zero_mean(Z, random_state=None) -> np.ndarray:
     return np.sqrt(n) * (U @ Wt)
 
 
-#: largest condition number of Zc^T Zc for which the Gram route of orthogonal_zero_mean is used
-GRAM_ROUTE_MAX_COND = 1e8
+#: orthogonal_zero_mean takes the Cholesky-QR route when the first pass leaves
+#: ``max |Q^T Q - I|`` at most this (~5 eps cond(Zc)^2: cond(Zc) <~ 1.4e5)
+CHOLESKY_QR_MAX_DEVIATION = 1e-7
 
 
 def _polar_via_gram(Zc):
-    """Orthonormal polar factor ``Zc (Zc^T Zc)^{-1/2}`` of a well-conditioned ``Zc``, or None.
+    """Orthonormal polar factor ``U W^T`` of ``Zc = U S W^T`` through r x r matrices, or None.
 
-    ``U W^T`` of the thin SVD ``Zc = U S W^T`` equals ``Zc (Zc^T Zc)^{-1/2}``; through the
-    r x r Gram matrix it costs two n x r x r products and an r x r eigendecomposition instead
-    of a thin SVD (6-8x faster at r = 128). Forming the Gram matrix squares the condition
-    number, so the route is taken only when ``cond(Zc^T Zc) <= GRAM_ROUTE_MAX_COND`` and is
-    followed by one refinement pass ``Q <- Q (Q^T Q)^{-1/2}`` (the polar factor of ``Q`` is
-    that of ``Zc``), which brings ``Q^T Q`` to ``I`` within ~1e-13 -- as orthogonal as the SVD
-    route. Rank-deficient or badly conditioned ``Zc`` returns None (the caller uses the SVD).
+    CholeskyQR2 -- two passes of ``Q <- Q R_k^{-1}`` with ``R_k = chol(Q^T Q)`` -- gives
+    ``Zc = Q R`` with ``Q`` orthonormal to machine precision and a backward-stable residual
+    as long as ``cond(Zc)`` is moderate. The first pass measures that for free: it leaves
+    ``|Q^T Q - I| ~ eps cond(Zc)^2``; beyond ``CHOLESKY_QR_MAX_DEVIATION`` (or if a Cholesky
+    factorisation fails) the function returns None and the caller uses the thin SVD. The
+    polar factor is then ``Q U_R W_R^T`` from the SVD of the r x r ``R``: as accurate as the
+    thin SVD of ``Zc`` (both ~eps cond(Zc); tested), built from n x r x r BLAS-3 products,
+    about twice as fast at r = 128.
     """
-    Q = Zc
-    for _ in range(2):
-        lam, E = np.linalg.eigh(Q.T @ Q)
-        if not lam[0] > lam[-1] / GRAM_ROUTE_MAX_COND:
+    r = Zc.shape[1]
+    eye = np.eye(r)
+    try:
+        R1 = sla.cholesky(Zc.T @ Zc, lower=False, check_finite=False)
+        Q = Zc @ sla.solve_triangular(R1, eye, lower=False, check_finite=False)
+        C = Q.T @ Q
+        if not np.abs(C - eye).max() <= CHOLESKY_QR_MAX_DEVIATION:
             return None
-        Q = Q @ ((E / np.sqrt(lam)) @ E.T)
-    return Q
+        R2 = sla.cholesky(C, lower=False, check_finite=False)
+    except np.linalg.LinAlgError:
+        return None
+    # second pass folded into the last product: polar = (Q R2^{-1}) U_R W_R^T, R = R2 R1
+    U, _, Wt = np.linalg.svd(R2 @ R1)
+    return Q @ (sla.solve_triangular(R2, eye, lower=False, check_finite=False) @ (U @ Wt))
 
 
 def procrustes(M) -> np.ndarray:

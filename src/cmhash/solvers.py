@@ -153,9 +153,12 @@ def cross_product(A, B) -> np.ndarray:
     float32 BLAS call, returned as float64.
 
     Only for well-conditioned uses (e.g. BATCH's ``V^T phi``, solved against ``V^T V = n I``):
-    float32 accumulation is about twice as fast as :func:`gram` but its ~1e-5 relative error is
-    amplified by an ill-conditioned solve, so right-hand sides of feature ridge regressions and
-    Gram matrices that get a small ridge use :func:`gram`.
+    float32 accumulation is about twice as fast as :func:`gram` but its ~1e-6 relative error is
+    amplified by an ill-conditioned solve, so Gram matrices that get a small ridge, and
+    right-hand sides of ridge regressions on unbounded (raw) features, use :func:`gram`. The
+    one ridge use is AMSH's stage 2 on bounded RBF kernel features, where the error reaches the
+    fitted values only through ``||phi (phi^T phi + xi I)^{-1}|| <= 1 / (2 sqrt(xi))``
+    (see :class:`cmhash.methods.amsh.HashStage`).
     """
     dtype = np.float32 if np.float32 in (getattr(A, "dtype", None), getattr(B, "dtype", None)) \
         else np.float64

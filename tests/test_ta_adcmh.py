@@ -303,13 +303,19 @@ def test_class_codes():
     np.testing.assert_array_equal(H @ H.T, 16 * np.eye(5))        # orthogonal class codes
     G = class_codes("gaussian", 5, 16, np.random.default_rng(0))
     assert set(np.unique(G)) == {-1.0, 1.0}
+    Bc = class_codes("balanced", 6, 16, np.random.default_rng(0))
+    assert set(np.unique(Bc)) == {-1.0, 1.0}
+    np.testing.assert_array_equal(Bc.sum(0), 0)                   # every bit splits 3 / 3
+    D = (16 - Bc @ Bc.T) / 2
+    assert D[~np.eye(6, dtype=bool)].min() >= 4                   # distinct, separated codes
+    np.testing.assert_array_equal(Bc, class_codes("balanced", 6, 16, np.random.default_rng(0)))
     np.testing.assert_array_equal(class_codes("random", 5, 16, np.random.default_rng(0)),
                                   np.random.default_rng(0).standard_normal((5, 16)))
     with pytest.raises(ValueError, match="hadamard"):
         class_codes("hadamard", 16, 16, rng)
 
 
-@pytest.mark.parametrize("init", ["hadamard", "gaussian"])
+@pytest.mark.parametrize("init", ["hadamard", "gaussian", "balanced"])
 def test_projection_warmup_holds_the_class_codes_then_takes_the_closed_form_step(init):
     """For exactly ``projection_warmup`` epochs P and W are the initial +-1 class codes (the
     recorded ridge term nu ||P||^2 is nu c r); from then on they are Eq. 11 / 18 (checked

@@ -189,6 +189,9 @@ def class_codes(kind: str, c: int, r: int, rng: np.random.Generator) -> np.ndarr
 
     "random": a standard Gaussian matrix (Algorithm 1, "randomly initialize P").
     "gaussian": its sign, one random +-1 code per class.
+    "balanced": every bit splits the classes in two halves (floor(c/2) at +1), so that with
+    roughly equal class sizes each column of L P has mean ~0 (the balance term's goal); the
+    draw with the largest minimum Hamming distance between classes among 64 seeded draws.
     "hadamard": rows 1..c of the r x r Sylvester Hadamard matrix (row 0, all ones, is skipped
     so that no class gets the constant code), columns multiplied by a random +-1 sign: pairwise
     orthogonal class codes at Hamming distance exactly r / 2. Needs r a power of 2 and c < r.
@@ -197,6 +200,19 @@ def class_codes(kind: str, c: int, r: int, rng: np.random.Generator) -> np.ndarr
         return rng.standard_normal((c, r))
     if kind == "gaussian":
         return sign(rng.standard_normal((c, r))).astype(np.float64)
+    if kind == "balanced":
+        # every column: floor(c/2) classes +1, the rest -1 (a random split per column); the
+        # best of 64 seeded draws by minimum pairwise Hamming distance between class codes
+        base = np.r_[np.ones(c // 2), -np.ones(c - c // 2)]
+        best, best_d = None, -1.0
+        for _ in range(64):
+            C = np.stack([rng.permutation(base) for _ in range(r)], axis=1)
+            D = (r - C @ C.T) / 2
+            np.fill_diagonal(D, np.inf)
+            d = D.min() if c > 1 else float(r)
+            if d > best_d:
+                best, best_d = C, d
+        return best
     if r & (r - 1) or c >= r:
         raise ValueError(f"projection_init='hadamard' needs n_bits a power of 2 and more bits "
                          f"than classes, got n_bits={r}, {c} classes")
@@ -263,9 +279,10 @@ class TAADCMH(TorchHasher):
         instead of the per-batch stale buffer (one extra forward pass per epoch).
     track_objective : bool
         Evaluate J_1 and J_2 exactly after each epoch (O(n^2 r) time in n x batch blocks).
-    projection_init : {"random", "gaussian", "hadamard"}
+    projection_init : {"random", "gaussian", "balanced", "hadamard"}
         Initial P and W (V): "random" Gaussian (Algorithm 1), "gaussian" its sign (a random
-        +-1 code per class), "hadamard" orthogonal class codes (see :func:`class_codes`).
+        +-1 code per class), "balanced" +-1 class codes with every bit splitting the classes
+        in halves, "hadamard" orthogonal class codes (see :func:`class_codes`).
     projection_warmup : int
         The P / W (V) closed-form step (Eq. 11 / 18) starts after this many epochs; before,
         the initial class codes are the regression targets (0: from the first epoch, as in
@@ -390,7 +407,8 @@ class TAADCMH(TorchHasher):
         for p in ("image_weight_decay", "text_weight_decay"):
             if getattr(self, p) is not None:
                 check_positive(getattr(self, p), p, allow_zero=True)
-        check_choice(self.projection_init, "projection_init", {"random", "gaussian", "hadamard"})
+        check_choice(self.projection_init, "projection_init",
+                     {"random", "gaussian", "balanced", "hadamard"})
         check_int(self.projection_warmup, "projection_warmup", minimum=0)
         if self.projection_warmup > 0 and self.projection_warmup >= self.n_epochs:
             raise ValueError(f"projection_warmup ({self.projection_warmup}) must be smaller than "

@@ -423,14 +423,19 @@ def test_cnn_backbone_end_to_end_and_save_load(tmp_path):
                                   h.encode(txt[q], "text", task=("image", "text")))
 
 
+#: the likelihood weighted per row (normalize_likelihood) with small per-sample weights, as in
+#: PRESETS["wiki"] before its class-code options; 16-item batches so that CNN-F gets ~225 steps
+CNN_QUALITY = dict(CNN_FAST, n_epochs=25, batch_size=16, lr=3e-3, fc_dim=64, text_hidden=64,
+                   normalize_likelihood=True, refresh_buffers=True,
+                   lambda1=0.01, beta1=0.01, mu1=0.01, nu1=1e-3,
+                   lambda2=0.01, beta2=0.01, mu2=0.01, nu2=1e-3)
+
+
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="known shortfall: CNN-F from random initialisation "
-                   "barely learns the synthetic images in a few CPU epochs (I->T ~0.28 vs "
-                   "chance 0.25); see docs/methods/ta-adcmh.md")
 def test_cnn_backbone_retrieves_far_above_chance():
+    # measured (seed 0, 1 CPU thread, ~20-35 s): I->T 0.766, T->I 0.684 against chance 0.250
     img, txt, Y, tr, q = _image_data()
-    h = TAADCMH(8, random_state=0, **{**CNN_FAST, "n_epochs": 8, "fc_dim": 64,
-                                      "text_hidden": 64}).fit(img[tr], txt[tr], Y[tr])
+    h = TAADCMH(8, random_state=0, **CNN_QUALITY).fit(img[tr], txt[tr], Y[tr])
     chance = float(np.mean((Y[q] @ Y[tr].T) > 0))
     i2t = mean_average_precision(h.encode(img[q], "image"), h.learned_codes("text"), Y[q], Y[tr])
     t2i = mean_average_precision(h.encode(txt[q], "text"), h.learned_codes("image"), Y[q], Y[tr])

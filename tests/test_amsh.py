@@ -319,12 +319,17 @@ def test_retrieval_beats_chance_and_a_random_projection_baseline():
 def test_parallel_stage2_gives_the_same_hash_functions():
     X, T, Y = make_structured(200, seed=4)
     a = AMSH(8, n_anchors=30, random_state=7).fit(X, T, Y)
-    b = AMSH(8, n_anchors=30, random_state=7, n_jobs=2).fit(X, T, Y)
-    assert np.allclose(a.objective_hash_, b.objective_hash_, rtol=1e-12)
-    for Wa, Wb in zip(a.projections_, b.projections_):
-        assert np.allclose(Wa, Wb, rtol=1e-10, atol=1e-12)
-    assert np.array_equal(a.encode(X, "image"), b.encode(X, "image"))
-    assert np.array_equal(a.encode(T, "text"), b.encode(T, "text"))
+    from threadpoolctl import threadpool_info
+    before = [lib["num_threads"] for lib in threadpool_info()]
+    for n_jobs in (1, 2):
+        b = AMSH(8, n_anchors=30, random_state=7, n_jobs=n_jobs).fit(X, T, Y)
+        assert np.allclose(a.objective_hash_, b.objective_hash_, rtol=1e-12)
+        for Wa, Wb in zip(a.projections_, b.projections_):
+            assert np.allclose(Wa, Wb, rtol=1e-10, atol=1e-12)
+        assert np.array_equal(a.encode(X, "image"), b.encode(X, "image"))
+        assert np.array_equal(a.encode(T, "text"), b.encode(T, "text"))
+    # the one-BLAS-thread limit of the fit is lifted afterwards
+    assert [lib["num_threads"] for lib in threadpool_info()] == before
     with pytest.raises(ValueError, match="n_jobs must be >= 1"):
         AMSH(8, n_jobs=0).fit(X, T, Y)
 

@@ -122,3 +122,16 @@ def test_solve_psd_and_sign():
     assert np.allclose(G @ solve_psd(G, R), R)
     assert sign(np.array([-0.1, 0.0, 2.0])).tolist() == [-1, -1, 1]
     assert sign(np.array([0.0])).dtype == np.int8
+
+
+def test_single_threaded_blas_limits_and_restores():
+    import scipy.linalg  # noqa: F401  (its BLAS is one of those limited)
+    from threadpoolctl import threadpool_info
+
+    from cmhash._threads import single_threaded_blas
+    blas = lambda: [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+    before = blas()
+    assert before, "no BLAS library found by threadpoolctl"
+    with single_threaded_blas():
+        assert all(n == 1 for n in blas())
+    assert blas() == before

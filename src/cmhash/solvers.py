@@ -13,12 +13,25 @@ Each solver is written once here and reused by BATCH, ASCMH, ASFOH and AMSH:
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import scipy.linalg as sla
 import scipy.sparse as sp
 
+from ._threads import single_threaded_blas
+
 #: rows per chunk when accumulating Gram matrices of tall matrices
 GRAM_CHUNK = 4096
+
+
+def _latency_bound(func):
+    """Run ``func`` with one BLAS thread: its r x r / n x r x r work is latency-bound."""
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        with single_threaded_blas():
+            return func(*args, **kwargs)
+    return wrapper
 
 
 def sign(X) -> np.ndarray:
@@ -26,6 +39,7 @@ def sign(X) -> np.ndarray:
     return np.where(np.asarray(X) > 0, 1, -1).astype(np.int8)
 
 
+@_latency_bound
 def orthogonal_zero_mean(Z, random_state=None) -> np.ndarray:
     """Solve ``max_V tr(Z^T V)  s.t.  V^T V = n I_r,  V^T 1 = 0`` for ``V`` of shape (n, r).
 
@@ -100,6 +114,7 @@ def _polar_via_gram(Zc):
     return Q @ (sla.solve_triangular(R2, eye, lower=False, check_finite=False) @ (U @ Wt))
 
 
+@_latency_bound
 def procrustes(M) -> np.ndarray:
     """Solve ``max_R tr(R^T M)  s.t.  R^T R = I`` for ``M`` of shape (a, b), a >= b.
 
@@ -169,6 +184,7 @@ def _as_float64(X):
     return X.astype(np.float64) if sp.issparse(X) else np.asarray(X, dtype=np.float64)
 
 
+@_latency_bound
 def solve_psd(G, R) -> np.ndarray:
     """Solve ``G X = R`` for symmetric positive (semi)definite ``G`` (Cholesky, lstsq fallback)."""
     G = np.asarray(G, dtype=np.float64)

@@ -40,6 +40,7 @@ from functools import partial
 import numpy as np
 import scipy.linalg as sla
 
+from .._threads import single_threaded_blas
 from .._validation import check_int, check_positive
 from ..base import TwoStepKernelHasher
 from ..labels import normalize_rows
@@ -76,10 +77,13 @@ class AMSH(TwoStepKernelHasher):
         ``inter_modal=False`` AMSH-t (no beta term), ``kernel=False`` AMSH-k (centred raw
         features instead of RBF kernel features), ``margins=False`` AMSH-m (E_t = 0 and
         M_t = 0: plain regression targets in both stages).
-    n_jobs : int
-        Threads for the per-modality stage 2 (hash functions), which is independent across
-        modalities (1). The result does not depend on it; with ``n_jobs > 1`` set the BLAS
-        threads to 1 (e.g. ``OMP_NUM_THREADS=1``) to avoid over-subscription.
+    n_jobs : None or int
+        None (default): BLAS keeps the process's thread settings (stage 1, whose work is
+        latency-bound n x r x r / r x r algebra, always runs with one BLAS thread) and the
+        modalities' stage 2 runs sequentially. An int k: the whole fit runs with one BLAS
+        thread and the independent per-modality stage 2 in min(k, m) threads -- on small
+        machines (2 cores) and Wiki-sized data this is the fastest setting (docs/methods/amsh.md,
+        "Time per fit"). The learned codes and hash functions do not depend on it.
     random_state, verbose : see :class:`cmhash.base.CrossModalHasher`.
 
     Attributes
@@ -118,7 +122,7 @@ class AMSH(TwoStepKernelHasher):
                  beta: float = 1e-3, xi: float = 0.01, n_anchors=1500, n_iter: int = 15,
                  n_iter_hash: int = 15, n_init_samples: int = 1000, intra_modal: bool = True,
                  inter_modal: bool = True, kernel: bool = True, margins: bool = True,
-                 n_jobs: int = 1, random_state=None, verbose: bool = False):
+                 n_jobs=None, random_state=None, verbose: bool = False):
         super().__init__(n_bits, random_state=random_state, verbose=verbose)
         self.eta = eta
         self.lam = lam
@@ -140,7 +144,8 @@ class AMSH(TwoStepKernelHasher):
         check_int(self.n_iter, "n_iter")
         check_int(self.n_iter_hash, "n_iter_hash")
         check_int(self.n_init_samples, "n_init_samples", minimum=2)
-        check_int(self.n_jobs, "n_jobs")
+        if self.n_jobs is not None:
+            check_int(self.n_jobs, "n_jobs")
         for p in ("intra_modal", "inter_modal", "kernel", "margins"):
             if not isinstance(getattr(self, p), (bool, np.bool_)):
                 raise TypeError(f"{p} must be True or False, got {getattr(self, p)!r}")
@@ -156,6 +161,12 @@ class AMSH(TwoStepKernelHasher):
         self._fit_unpaired(views, [labels] * len(views), rng)
 
     def _fit_unpaired(self, views, labels, rng):
+        if self.n_jobs is None:
+            return self._fit_codes_and_hash_functions(views, labels, rng)
+        with single_threaded_blas():  # parallelism from n_jobs threads, one BLAS thread each
+            return self._fit_codes_and_hash_functions(views, labels, rng)
+
+    def _fit_codes_and_hash_functions(self, views, labels, rng):
         r = self.n_bits
         for name, L in zip(self.modality_names_, labels):
             if L.shape[0] <= r:
@@ -170,9 +181,10 @@ class AMSH(TwoStepKernelHasher):
                     beta=self.beta if self.inter_modal else 0.0,
                     margins=self.margins, rng=rng)
         self.objective_ = []
-        for _ in progress(range(self.n_iter), desc="AMSH codes", verbose=self.verbose):
-            s1.iterate()
-            self.objective_.append(s1.objective())
+        with single_threaded_blas():  # n x r x r and r x r work only: latency-bound
+            for _ in progress(range(self.n_iter), desc="AMSH codes", verbose=self.verbose):
+                s1.iterate()
+                self.objective_.append(s1.objective())
         self.codes_ = [B.astype(np.int8) for B in s1.B]
         self.latent_ = s1.V
         self.n_iter_ = self.n_iter
@@ -192,7 +204,7 @@ class AMSH(TwoStepKernelHasher):
                 st.update_M()
             return st.W, objs
 
-        n_jobs = min(self.n_jobs, len(phis))
+        n_jobs = min(self.n_jobs or 1, len(phis))
         if n_jobs > 1:
             with ThreadPoolExecutor(max_workers=n_jobs) as pool:
                 results = list(pool.map(run_stage, range(len(phis))))

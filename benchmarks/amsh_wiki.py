@@ -118,8 +118,9 @@ def main(argv=None):
     ap.add_argument("--no-parity", action="store_true", help="skip the paired/unpaired runs")
     ap.add_argument("--select", action="store_true", help="validation grid for PRESETS['wiki']")
     ap.add_argument("--json", default=None)
-    ap.add_argument("--n-jobs", type=int, default=1,
-                    help="AMSH n_jobs (parallel stage 2 per modality; results do not depend on it)")
+    ap.add_argument("--n-jobs", type=int, default=None,
+                    help="AMSH n_jobs (one BLAS thread + parallel stage 2 per modality; the "
+                         "results do not depend on it)")
     args = ap.parse_args(argv)
 
     ds = load_dataset(args.data)

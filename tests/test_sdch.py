@@ -218,6 +218,83 @@ def test_weights_round_trip_through_a_state_dict_file(fitted, tmp_path):
         assert np.array_equal(m2.network_states_["f." + k], v.numpy()), k
 
 
+# ------------------------------------------------------- stabilising options (off by default)
+_SMALL = dict(n_bits=8, batch_size=32, image_hidden=(16,), text_hidden=(16,), feature_dim=8,
+              device="cpu", random_state=3)
+
+
+@pytest.mark.parametrize("bound, scale", [("tanh", 0.5), ("l2", 2.0)])
+def test_bounded_features_are_bounded_and_round_trip(bound, scale, tmp_path):
+    X, T, Y = make_structured(120, seed=6)
+    m = SDCH(n_epochs=4, feature_bound=bound, feature_scale=scale, lr_feature=1e-2,
+             **_SMALL).fit(X, T, Y)
+    for V, mod in ((X, "image"), (T, "text")):
+        F = m.features(V, mod)
+        raw = m._predict(m._network("f" if mod == "image" else "g"), m._prepare(V, mod == "text"))
+        if bound == "tanh":
+            assert np.abs(F).max() < scale and np.abs(raw).max() > scale   # really clipped
+        else:
+            assert np.allclose(np.linalg.norm(F, axis=1), scale, rtol=1e-5)
+            assert not np.allclose(np.linalg.norm(raw, axis=1), scale, rtol=1e-2)
+        # the codes, learned and encoded, are sign(fc4(bounded features))
+        assert np.array_equal(m.encode(V, mod), sign(m._predict(m._network("h"), F)))
+    assert np.array_equal(m.learned_codes("text"), m.encode(T, "text"))
+    back = cmhash.base.load(m.save(tmp_path / "b.npz"))
+    assert back.feature_bound == bound and back.feature_scale == scale
+    for V, mod in ((X, "image"), (T, "text")):
+        assert np.array_equal(back.encode(V, mod), m.encode(V, mod))
+        assert np.allclose(back.features(V, mod), m.features(V, mod))
+    plain = SDCH(n_epochs=4, lr_feature=1e-2, **_SMALL).fit(X, T, Y)
+    assert not np.array_equal(plain.codes_[1], m.codes_[1])
+
+
+def test_gradient_clipping_bounds_the_applied_gradient_norm():
+    X, T, Y = make_structured(120, seed=6)
+    free = SDCH(n_epochs=3, **_SMALL).fit(X, T, Y)
+    clip = 1e-3
+    assert free.grad_norm_max_ > 10 * clip
+    clipped = SDCH(n_epochs=3, grad_clip=clip, **_SMALL).fit(X, T, Y)
+    assert 0 < clipped.grad_norm_max_ <= clip * (1 + 1e-6)
+    assert not np.array_equal(free.network_states_["g.net.0.weight"],
+                              clipped.network_states_["g.net.0.weight"])
+
+
+def test_text_learning_rate_decay_and_text_steps():
+    X, T, Y = make_structured(120, seed=6)
+    # lr_text ~ 0 freezes the text network from its (seeded) initialisation ...
+    a = SDCH(n_epochs=1, lr_text=1e-12, **_SMALL).fit(X, T, Y)
+    b = SDCH(n_epochs=4, lr_text=1e-12, **_SMALL).fit(X, T, Y)
+    assert np.allclose(a.features(T, "text"), b.features(T, "text"), atol=1e-6)
+    assert not np.allclose(a.features(X, "image"), b.features(X, "image"), atol=1e-3)
+    # ... while the default (lr_text = lr_feature) moves it
+    c = SDCH(n_epochs=4, **_SMALL).fit(X, T, Y)
+    assert not np.allclose(a.features(T, "text"), c.features(T, "text"), atol=1e-3)
+    # lr_decay ~ 0 stops all learning after the first epoch
+    d1 = SDCH(n_epochs=1, lr_decay=1e-9, **_SMALL).fit(X, T, Y)
+    d4 = SDCH(n_epochs=4, lr_decay=1e-9, **_SMALL).fit(X, T, Y)
+    for k, v in d1.network_states_.items():
+        assert np.allclose(v, d4.network_states_[k], atol=1e-6), k
+    # extra text steps change the text network but keep training reproducible
+    t2 = SDCH(n_epochs=4, text_steps=3, **_SMALL).fit(X, T, Y)
+    t2b = SDCH(n_epochs=4, text_steps=3, **_SMALL).fit(X, T, Y)
+    assert np.array_equal(t2.codes_[1], t2b.codes_[1])
+    assert not np.allclose(t2.features(T, "text"), c.features(T, "text"), atol=1e-3)
+
+
+def test_stabilising_options_are_validated():
+    X, T, Y = make_structured(40, seed=8)
+    for kw, err, msg in [({"feature_bound": "relu"}, ValueError, "feature_bound must be one of"),
+                         ({"feature_scale": 0.0}, ValueError, "feature_scale must be > 0"),
+                         ({"grad_clip": -1.0}, ValueError, "grad_clip must be > 0"),
+                         ({"lr_text": 0.0}, ValueError, "lr_text must be > 0"),
+                         ({"lr_decay": 1.5}, ValueError, r"lr_decay must be in \(0, 1\]"),
+                         ({"lr_decay": 0.0}, ValueError, r"lr_decay must be in \(0, 1\]"),
+                         ({"text_steps": 0}, ValueError, "text_steps must be >= 1"),
+                         ({"text_steps": 1.5}, TypeError, "text_steps must be an integer")]:
+        with pytest.raises(err, match=msg):
+            SDCH(device="cpu", **kw).fit(X, T, Y)
+
+
 @pytest.mark.slow
 def test_synthetic_image_text_with_alexnet():
     synth = pytest.importorskip("cmhash.data.synthetic")

@@ -188,6 +188,23 @@ class SDCH(TorchHasher):
         L2 penalty on the network weights (not in the paper's objective; 0 by default).
     itq_iter : int
         ITQ iterations for the initial B (50).
+    feature_bound : {None, "tanh", "l2"}
+        Bound on img-fc3 / txt-fc3 (not in the paper; None: the paper's linear output).
+        "tanh": ``feature_scale * tanh(f)``; "l2": ``feature_scale * f / ||f||``. Either keeps
+        ``Theta = Fx Fy^T`` bounded, so L_f cannot drive the feature scale up (the divergence of
+        wide networks on Wiki). Applied in training and in every encoding.
+    feature_scale : float
+        s of ``feature_bound`` (1.0).
+    grad_clip : float or None
+        Clip the total gradient norm of each update (Theta_h, Theta_f) to this value (None: off).
+        ``grad_norm_max_`` records the largest norm applied.
+    lr_text : float or None
+        Learning rate of the text network psi_y (None: ``lr_feature``).
+    lr_decay : float in (0, 1]
+        Every learning rate is multiplied by this after each epoch (1: constant, the paper).
+    text_steps : int
+        Updates of the text network per mini-batch (1: the paper); the extra ones take the same
+        closed-form gradient of ``L_f + gamma L_h`` with the image network and fc4 fixed.
     device : "auto", "cpu", "cuda" or "cuda:N"
     random_state, verbose : see :class:`cmhash.base.CrossModalHasher`.
 
@@ -197,16 +214,17 @@ class SDCH(TorchHasher):
     objective_ : list of float        L summed over the mini-batches of each epoch
     loss_terms_ : dict of (n_epochs,) arrays   each (unweighted) term summed over the epoch
     itq_loss_ : list of float         quantization loss of the ITQ initialisation
+    grad_norm_max_ : float            largest total gradient norm applied (after clipping)
     network_states_, architectures_ : networks "f" (image), "g" (text), "h" (fc4)
     input_means_, input_scales_ : per-modality standardisation (None where not applied)
     """
 
     name = "sdch"
 
-    #: the paper's Section 4.2 values; "wiki" (MLP backbones) keeps them: the 32-bit search on
-    #: validation_split(0.2, random_state=0) (docs/methods/sdch.md, "Validation search")
-    #: found nothing better by more than seed noise except a 1,024-1,024 text network, which
-    #: diverged at 128 bits
+    #: the paper's Section 4.2 values; "wiki" (MLP backbones) keeps every loss weight and adds
+    #: the stabilising options chosen on validation_split(0.2, random_state=0) at 32 and 128
+    #: bits, seeds 0 and 1 (docs/methods/sdch.md, "Validation search"): tanh-bounded features,
+    #: gradient-norm clipping at 10, 100 epochs with the learning rates decayed by 0.97 per epoch
     PRESETS = {
         "nuswide": {"gamma": 0.01, "beta1": 1.0, "beta2": 1.0, "beta3": 0.1,
                     "batch_size": 64, "n_epochs": 50},
@@ -215,7 +233,8 @@ class SDCH(TorchHasher):
         "iapr-tc12": {"gamma": 0.01, "beta1": 1.0, "beta2": 1.0, "beta3": 0.1,
                       "batch_size": 64, "n_epochs": 50},
         "wiki": {"gamma": 0.01, "beta1": 1.0, "beta2": 1.0, "beta3": 0.1,
-                 "batch_size": 64, "n_epochs": 50},
+                 "batch_size": 64, "n_epochs": 100, "feature_bound": "tanh",
+                 "feature_scale": 1.0, "grad_clip": 10.0, "lr_decay": 0.97},
     }
     #: the paper has no named ablation variants; "SDCH-literal" is its printed Eq. 7
     VARIANTS = {"SDCH": {"paper_literal": False}, "SDCH-literal": {"paper_literal": True}}
@@ -228,7 +247,9 @@ class SDCH(TorchHasher):
                  standardize: bool = True, n_epochs: int = 50, warmup: bool = True,
                  batch_size: int = 64, lr_feature: float = 1e-3, lr_hash: float = 1e-2,
                  pretrained_lr_scale: float = 0.1, optimizer: str = "adam",
-                 weight_decay: float = 0.0, itq_iter: int = 50, device: str = "auto",
+                 weight_decay: float = 0.0, itq_iter: int = 50, feature_bound=None,
+                 feature_scale: float = 1.0, grad_clip=None, lr_text=None,
+                 lr_decay: float = 1.0, text_steps: int = 1, device: str = "auto",
                  random_state=None, verbose: bool = False):
         super().__init__(n_bits, device=device, random_state=random_state, verbose=verbose)
         self.gamma = gamma
@@ -254,6 +275,12 @@ class SDCH(TorchHasher):
         self.optimizer = optimizer
         self.weight_decay = weight_decay
         self.itq_iter = itq_iter
+        self.feature_bound = feature_bound
+        self.feature_scale = feature_scale
+        self.grad_clip = grad_clip
+        self.lr_text = lr_text
+        self.lr_decay = lr_decay
+        self.text_steps = text_steps
 
     # ------------------------------------------------------------ validation
     def _validate_params(self):
@@ -269,6 +296,17 @@ class SDCH(TorchHasher):
         check_int(self.feature_dim, "feature_dim")
         check_int(self.fc_dim, "fc_dim")
         check_int(self.itq_iter, "itq_iter", minimum=0)
+        check_int(self.text_steps, "text_steps", minimum=1)
+        if self.feature_bound is not None:
+            check_choice(self.feature_bound, "feature_bound", {"tanh", "l2"})
+        check_positive(self.feature_scale, "feature_scale")
+        if self.grad_clip is not None:
+            check_positive(self.grad_clip, "grad_clip")
+        if self.lr_text is not None:
+            check_positive(self.lr_text, "lr_text")
+        if not (isinstance(self.lr_decay, (int, float)) and not isinstance(self.lr_decay, bool)
+                and 0 < self.lr_decay <= 1):
+            raise ValueError(f"lr_decay must be in (0, 1], got {self.lr_decay!r}")
         for p in ("paper_literal", "warmup", "standardize"):
             if not isinstance(getattr(self, p), (bool, np.bool_)):
                 raise TypeError(f"{p} must be True or False, got {getattr(self, p)!r}")
@@ -310,14 +348,48 @@ class SDCH(TorchHasher):
     def _feature_groups(self, f, g, pretrained):
         """Parameter groups of Theta_f: pretrained image layers at 0.1 x lr (Section 4.2)."""
         lr = float(self.lr_feature)
+        lr_text = lr if self.lr_text is None else float(self.lr_text)
         pre = [p for k, p in f.named_parameters() if k in pretrained]
-        rest = [p for k, p in f.named_parameters() if k not in pretrained] + list(g.parameters())
-        groups = [{"params": rest, "lr": lr}]
+        rest = [p for k, p in f.named_parameters() if k not in pretrained]
+        groups = [{"params": rest, "lr": lr}, {"params": list(g.parameters()), "lr": lr_text}]
         if pre:
             groups.append({"params": pre, "lr": lr * float(self.pretrained_lr_scale)})
         return groups
 
-    # -------------------------------------------------------- preprocessing
+    # -------------------------------------------------------- bounded features
+    def _bound(self, F: torch.Tensor) -> torch.Tensor:
+        """The optional bound on img-fc3 / txt-fc3 (``feature_bound``; None: identity).
+
+        "tanh": ``s tanh(F)`` (every entry in (-s, s)); "l2": ``s F / ||F||`` (every feature
+        vector on the sphere of radius s), with ``s = feature_scale``; then
+        ``|Theta_ij| <= k s^2`` ("tanh") or ``<= s^2`` ("l2").
+        """
+        bound = getattr(self, "feature_bound", None)
+        s = float(getattr(self, "feature_scale", 1.0))
+        if bound is None:
+            return F
+        if bound == "tanh":
+            return s * torch.tanh(F)
+        return s * Fnn.normalize(F, dim=1, eps=1e-12)
+
+    def _feature_outputs(self, net, X) -> np.ndarray:
+        """Bounded features of every row of X (float32 ndarray)."""
+        F = self._predict(net, X, 1024)
+        return self._bound(torch.from_numpy(F)).numpy()
+
+    def _clip(self, params) -> None:
+        """Gradient-norm clipping (``grad_clip``); logs the total norm after clipping."""
+        params = [p for p in params if p.grad is not None]
+        if not params:
+            return
+        if self.grad_clip is None:
+            norm = float(torch.linalg.vector_norm(
+                torch.stack([torch.linalg.vector_norm(p.grad) for p in params])))
+        else:
+            raw = float(torch.nn.utils.clip_grad_norm_(params, float(self.grad_clip)))
+            norm = min(raw, float(self.grad_clip))
+        self._grad_norm_max = max(self._grad_norm_max, norm)
+
     # ------------------------------------------------------------------ fit
     def _fit(self, views, labels, rng):
         device = resolve_device(self.device)
@@ -346,6 +418,7 @@ class SDCH(TorchHasher):
               "paper_literal": bool(self.paper_literal)}
         gamma = float(self.gamma)
 
+        self._grad_norm_max = 0.0
         B = None                      # (2, n, r) float32 tensor: [B_x, B_y]
         self.itq_loss_ = []
         if not self.warmup:
@@ -364,6 +437,10 @@ class SDCH(TorchHasher):
             for k in TERMS:
                 terms_log[k].append(sums[k])
             self.objective_.append(sums["total"])
+            if float(self.lr_decay) != 1.0:
+                for opt in (opt_f, opt_h):
+                    for grp in opt.param_groups:
+                        grp["lr"] *= float(self.lr_decay)
             # B-step: ITQ after the first warm-up epoch, sign(Z) (Eq. 10) after every other
             if B is None:
                 B = self._itq_codes(f, g, h, Xd, Yd, rng, device)
@@ -376,6 +453,8 @@ class SDCH(TorchHasher):
                                  **{k[:5]: f"{sums[k]:.3g}" for k in TERMS}}, refresh=False)
         self.loss_terms_ = {k: np.asarray(v, dtype=np.float64) for k, v in terms_log.items()}
         self.n_iter_ = self.n_epochs
+        #: largest total gradient norm applied in any step (after clipping when grad_clip set)
+        self.grad_norm_max_ = float(self._grad_norm_max)
         Bn = B.cpu().numpy()
         self.codes_ = [Bn[0].astype(np.int8), Bn[1].astype(np.int8)]
         self._store_networks(f=f, g=g, h=h)
@@ -384,8 +463,8 @@ class SDCH(TorchHasher):
 
     def _all_z(self, f, g, h, Xd, Yd):
         """fc4 outputs of every training image and text (float32 ndarrays)."""
-        Fx = self._predict(f, Xd, 1024)
-        Fy = self._predict(g, Yd, 1024)
+        Fx = self._feature_outputs(f, Xd)
+        Fy = self._feature_outputs(g, Yd)
         return self._predict(h, Fx, 4096), self._predict(h, Fy, 4096)
 
     def _itq_codes(self, f, g, h, Xd, Yd, rng, device):
@@ -419,14 +498,15 @@ class SDCH(TorchHasher):
             L2 = torch.cat([Lb, Lb])
             Sh = 2.0 * label_similarity(L2, L2) - 1.0                      # 2b x 2b, +-1
             Bb = torch.cat([B[0][it], B[1][it]]) if B is not None else None
-            Fx = f(self._rows(Xd, idx, device))
-            Fy = g(self._rows(Yd, idx, device))
+            Fx = self._bound(f(self._rows(Xd, idx, device)))
+            Fy = self._bound(g(self._rows(Yd, idx, device)))
             Fxy = torch.cat([Fx, Fy])
             if phase in ("hash", "all"):                                    # (i) Theta_h
                 Z1 = h(Fxy.detach())
                 gZ = gamma * hash_loss_grad(Z1.detach(), Bb, Sh, **hp)
                 opt_h.zero_grad(set_to_none=True)
                 Z1.backward(gZ)
+                self._clip(h.parameters())
                 opt_h.step()
             with torch.no_grad():
                 Z = h(Fxy)
@@ -443,8 +523,11 @@ class SDCH(TorchHasher):
                     grads.append(gamma * hash_loss_grad(Z2.detach(), Bb, Sh, **hp))
                 opt_f.zero_grad(set_to_none=True)
                 torch.autograd.backward(outs, grads)
+                self._clip(list(f.parameters()) + list(g.parameters()))
                 opt_f.step()
                 h.zero_grad(set_to_none=True)       # fc4 gradients of (ii) are not used
+                for _ in range(int(self.text_steps) - 1):   # extra steps of psi_y, psi_x fixed
+                    self._text_step(f, g, h, opt_f, Xd, Yd, idx, Sf, Sh, Bb, gamma, hp, device)
             sums["feature"] += lf
             for k in TERMS[1:]:
                 sums[k] += th[k]
@@ -453,18 +536,39 @@ class SDCH(TorchHasher):
             sums["total"] += lf + gamma * lh
         return sums
 
+    def _text_step(self, f, g, h, opt_f, Xd, Yd, idx, Sf, Sh, Bb, gamma, hp, device):
+        """One more step of the text network on the same batch's ``L_f + gamma L_h``.
+
+        The image features and fc4 are fixed; the gradient is the same closed form as in
+        step (ii), restricted to the text outputs (``text_steps`` > 1).
+        """
+        with torch.no_grad():
+            Fx = self._bound(f(self._rows(Xd, idx, device)))
+        Fy = self._bound(g(self._rows(Yd, idx, device)))
+        _, gFy = feature_loss_grad(Fx, Fy.detach(), Sf)
+        outs, grads = [Fy], [gFy]
+        if Bb is not None:
+            Z2 = h(torch.cat([Fx, Fy]))
+            outs.append(Z2)
+            grads.append(gamma * hash_loss_grad(Z2.detach(), Bb, Sh, **hp))
+        opt_f.zero_grad(set_to_none=True)
+        torch.autograd.backward(outs, grads)
+        self._clip(g.parameters())
+        opt_f.step()
+        h.zero_grad(set_to_none=True)
+
     # -------------------------------------------------------------- encoding
     def network_outputs(self, X, modality) -> np.ndarray:
         """Real-valued fc4 outputs ``z = fc4(f(x))`` (before sign) for samples of ``modality``."""
         m = self.modality_index(modality)
-        F = self._predict(self._network("f" if m == 0 else "g"), self._prepare(X, m))
+        F = self._feature_outputs(self._network("f" if m == 0 else "g"), self._prepare(X, m))
         return self._predict(self._network("h"), F)
 
     def features(self, X, modality) -> np.ndarray:
         """The k-dimensional features f(x; psi) (img-fc3 / txt-fc3) of ``modality``."""
         m = self.modality_index(modality)
-        return self._predict(self._network("f" if m == 0 else "g"), self._prepare(X, m))
+        return self._feature_outputs(self._network("f" if m == 0 else "g"), self._prepare(X, m))
 
     def _encode(self, X, m, task):
-        F = self._predict(self._network("f" if m == 0 else "g"), self._prepare(X, m))
+        F = self._feature_outputs(self._network("f" if m == 0 else "g"), self._prepare(X, m))
         return sign(self._predict(self._network("h"), F))

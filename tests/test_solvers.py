@@ -128,10 +128,16 @@ def test_single_threaded_blas_limits_and_restores():
     import scipy.linalg  # noqa: F401  (its BLAS is one of those limited)
     from threadpoolctl import threadpool_info
 
-    from cmhash._threads import single_threaded_blas
+    from cmhash._threads import (LATENCY_BOUND_FLOPS, single_threaded_blas,
+                                 single_threaded_blas_if_small)
     blas = lambda: [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
     before = blas()
     assert before, "no BLAS library found by threadpoolctl"
     with single_threaded_blas():
         assert all(n == 1 for n in blas())
+    assert blas() == before
+    with single_threaded_blas_if_small(LATENCY_BOUND_FLOPS):       # small work: one thread
+        assert all(n == 1 for n in blas())
+    with single_threaded_blas_if_small(2 * LATENCY_BOUND_FLOPS):   # large work: untouched
+        assert blas() == before
     assert blas() == before

@@ -4,15 +4,20 @@ The shallow methods run many small dense operations per iteration: r x r Cholesk
 eigendecompositions and n x r x r products (r <= a few hundred). Their cost is dominated by
 call latency, and a multi-threaded BLAS adds thread wake-up and synchronisation to every call:
 on the project's 2-core machines OpenBLAS with 2 threads made a Wiki AMSH fit at 128 bits 2x
-slower (6.1 s against 2.9 s), a 128 x 128 Cholesky ~15 ms instead of 0.2 ms. The large
-products (n x q kernel features, q x q ridge solves) keep the process's BLAS threads.
+slower (6.1 s against 2.9 s), a 128 x 128 Cholesky ~15 ms instead of 0.2 ms. Operations above
+``LATENCY_BOUND_FLOPS`` (large n, large q) keep the process's BLAS threads, where they can pay.
 
 :func:`single_threaded_blas` limits the BLAS libraries loaded by NumPy/SciPy to one thread
-inside a ``with`` block (threadpoolctl; ~20 us per entry) and restores them on exit.
+inside a ``with`` block (threadpoolctl; ~20 us per entry) and restores them on exit;
+:func:`single_threaded_blas_if_small` does so only for work of at most ``LATENCY_BOUND_FLOPS``.
 """
 from __future__ import annotations
 
 from contextlib import contextmanager
+
+#: work (flops of one call) up to which a single BLAS thread is used: n x r x r products at
+#: Wiki size (2,173 x 128 x 128 = 3.6e7) are below it, n = 50,000 at 64 bits (2e8) above
+LATENCY_BOUND_FLOPS = 1e8
 
 _controller = None
 
@@ -31,4 +36,14 @@ def _get_controller():
 def single_threaded_blas():
     """Run the block with one BLAS thread (NumPy's and SciPy's BLAS), then restore."""
     with _get_controller().limit(limits=1, user_api="blas"):
+        yield
+
+
+@contextmanager
+def single_threaded_blas_if_small(flops: float):
+    """:func:`single_threaded_blas` when ``flops <= LATENCY_BOUND_FLOPS``, else no change."""
+    if flops > LATENCY_BOUND_FLOPS:
+        yield
+        return
+    with single_threaded_blas():
         yield

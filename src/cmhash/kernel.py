@@ -68,19 +68,33 @@ class RBFAnchorFeatures:
 
     def _fit_stats(self, X):
         """sigma and the training mean for already chosen anchors (validated ``X``)."""
-        n, q = X.shape[0], self.anchors_.shape[0]
-        # sigma = mean squared distance between every training sample and every anchor
-        total = 0.0
-        for start in range(0, n, self.chunk_size):
-            total += float(self._sq_dist(X[start:start + self.chunk_size]).sum())
-        self._set_sigma(total / (n * q))
-        self.mean_ = np.zeros(q)
-        if self.center:
-            acc = np.zeros(q)
-            for start in range(0, n, self.chunk_size):
-                acc += self._raw_phi(X[start:start + self.chunk_size]).sum(axis=0, dtype=np.float64)
-            self.mean_ = acc / n
+        self._stats_from_distances(lambda: self._distance_chunks(X), X.shape[0])
         return self
+
+    def _distance_chunks(self, X):
+        """``(start, D)`` for each row chunk of ``X``, D its squared distances to the anchors."""
+        for start in range(0, X.shape[0], self.chunk_size):
+            yield start, self._sq_dist(X[start:start + self.chunk_size])
+
+    def _stats_from_distances(self, distance_chunks, n: int, *, keep_raw: bool = False):
+        """Set ``sigma_`` (mean squared distance) and ``mean_`` from two passes over
+        ``distance_chunks()``; with ``keep_raw`` also return the ``(start, exp(-D / 2 sigma))``
+        chunks (the uncentred features) so that ``fit_transform`` need not recompute them."""
+        q = self.anchors_.shape[0]
+        total = 0.0
+        for _, D in distance_chunks():
+            total += float(D.sum())
+        self._set_sigma(total / (n * q))
+        raws, acc = [], np.zeros(q)
+        if self.center or keep_raw:
+            for start, D in distance_chunks():
+                raw = np.exp(-D / (2.0 * self.sigma_))
+                if self.center:
+                    acc += raw.sum(axis=0, dtype=np.float64)
+                if keep_raw:
+                    raws.append((start, raw))
+        self.mean_ = acc / n if self.center else np.zeros(q)
+        return raws
 
     def _fit_anchors(self, X):
         """Validate, pick the anchors; returns the validated X."""
@@ -142,20 +156,9 @@ class RBFAnchorFeatures:
         n, q = X.shape[0], self.anchors_.shape[0]
         if n * q * 8 > CACHE_BYTES:
             return self._fit_stats(X).transform(X)
-        chunks = [(start, self._sq_dist(X[start:start + self.chunk_size]))
-                  for start in range(0, n, self.chunk_size)]
-        total = 0.0
-        for _, D in chunks:
-            total += float(D.sum())
-        self._set_sigma(total / (n * q))
-        raws = [(start, np.exp(-D / (2.0 * self.sigma_))) for start, D in chunks]
+        chunks = list(self._distance_chunks(X))
+        raws = self._stats_from_distances(lambda: chunks, n, keep_raw=True)
         del chunks
-        self.mean_ = np.zeros(q)
-        if self.center:
-            acc = np.zeros(q)
-            for _, raw in raws:
-                acc += raw.sum(axis=0, dtype=np.float64)
-            self.mean_ = acc / n
         out = np.empty((n, q), dtype=self.dtype)
         for start, raw in raws:
             out[start:start + self.chunk_size] = raw - self.mean_

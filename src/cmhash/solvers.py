@@ -19,19 +19,34 @@ import numpy as np
 import scipy.linalg as sla
 import scipy.sparse as sp
 
-from ._threads import single_threaded_blas
+from ._threads import single_threaded_blas_if_small
 
 #: rows per chunk when accumulating Gram matrices of tall matrices
 GRAM_CHUNK = 4096
 
 
-def _latency_bound(func):
-    """Run ``func`` with one BLAS thread: its r x r / n x r x r work is latency-bound."""
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
-        with single_threaded_blas():
-            return func(*args, **kwargs)
-    return wrapper
+def _latency_bound(flops):
+    """Decorator: run the solver with one BLAS thread when ``flops(*args)`` (its work) is small
+    enough to be latency-bound (``_threads.LATENCY_BOUND_FLOPS``)."""
+    def decorate(func):
+        @functools.wraps(func)
+        def wrapper(*args, **kwargs):
+            with single_threaded_blas_if_small(flops(*args, **kwargs)):
+                return func(*args, **kwargs)
+        return wrapper
+    return decorate
+
+
+def _tall_flops(M, *args, **kwargs) -> float:
+    """a b^2 for an (a, b) matrix: an SVD / QR / Gram of it."""
+    a, b = (np.shape(M) + (1,))[:2]
+    return float(a) * b * b
+
+
+def _solve_flops(G, R, *args, **kwargs) -> float:
+    """Cholesky of the k x k ``G`` plus two triangular solves with the columns of ``R``."""
+    k, m = np.shape(G)[0], (np.shape(R) + (1,))[1]
+    return k ** 3 / 3.0 + 2.0 * k * k * m
 
 
 def sign(X) -> np.ndarray:
@@ -39,7 +54,7 @@ def sign(X) -> np.ndarray:
     return np.where(np.asarray(X) > 0, 1, -1).astype(np.int8)
 
 
-@_latency_bound
+@_latency_bound(_tall_flops)
 def orthogonal_zero_mean(Z, random_state=None) -> np.ndarray:
     """Solve ``max_V tr(Z^T V)  s.t.  V^T V = n I_r,  V^T 1 = 0`` for ``V`` of shape (n, r).
 
@@ -114,7 +129,7 @@ def _polar_via_gram(Zc):
     return Q @ (sla.solve_triangular(R2, eye, lower=False, check_finite=False) @ (U @ Wt))
 
 
-@_latency_bound
+@_latency_bound(_tall_flops)
 def procrustes(M) -> np.ndarray:
     """Solve ``max_R tr(R^T M)  s.t.  R^T R = I`` for ``M`` of shape (a, b), a >= b.
 
@@ -184,7 +199,7 @@ def _as_float64(X):
     return X.astype(np.float64) if sp.issparse(X) else np.asarray(X, dtype=np.float64)
 
 
-@_latency_bound
+@_latency_bound(_solve_flops)
 def solve_psd(G, R) -> np.ndarray:
     """Solve ``G X = R`` for symmetric positive (semi)definite ``G`` (Cholesky, lstsq fallback)."""
     G = np.asarray(G, dtype=np.float64)

@@ -40,7 +40,7 @@ from functools import partial
 import numpy as np
 import scipy.linalg as sla
 
-from .._threads import single_threaded_blas
+from .._threads import single_threaded_blas, single_threaded_blas_if_small
 from .._validation import check_int, check_positive
 from ..base import TwoStepKernelHasher
 from ..labels import normalize_rows
@@ -79,8 +79,8 @@ class AMSH(TwoStepKernelHasher):
         M_t = 0: plain regression targets in both stages).
     n_jobs : None or int
         None (default): BLAS keeps the process's thread settings (stage 1, whose work is
-        latency-bound n x r x r / r x r algebra, always runs with one BLAS thread) and the
-        modalities' stage 2 runs sequentially. An int k: the whole fit runs with one BLAS
+        n x r x r / r x r algebra, runs with one BLAS thread while n r^2 <= 1e8, where it is
+        latency-bound) and the modalities' stage 2 runs sequentially. An int k: the whole fit runs with one BLAS
         thread and the independent per-modality stage 2 in min(k, m) threads -- on small
         machines (2 cores) and Wiki-sized data this is the fastest setting (docs/methods/amsh.md,
         "Time per fit"). The learned codes and hash functions do not depend on it.
@@ -181,7 +181,8 @@ class AMSH(TwoStepKernelHasher):
                     beta=self.beta if self.inter_modal else 0.0,
                     margins=self.margins, rng=rng)
         self.objective_ = []
-        with single_threaded_blas():  # n x r x r and r x r work only: latency-bound
+        # n x r x r and r x r work only: latency-bound unless n is large
+        with single_threaded_blas_if_small(max(L.shape[0] for L in labels) * r * r):
             for _ in progress(range(self.n_iter), desc="AMSH codes", verbose=self.verbose):
                 s1.iterate()
                 self.objective_.append(s1.objective())

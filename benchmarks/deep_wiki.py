@@ -85,6 +85,9 @@ def main(argv=None):
     ap.add_argument("--no-preset", action="store_true", help="do not apply PRESETS['wiki']")
     ap.add_argument("--select", action="store_true",
                     help="grid on validation_split(0.2, random_state=0) of the training set")
+    ap.add_argument("--validate", action="store_true",
+                    help="run the given parameters on validation_split(0.2, random_state=0) of "
+                         "the training set (queries = the held-out 20 %%) instead of the query set")
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--data", default=str(WIKI))
     args = ap.parse_args(argv)
@@ -113,7 +116,15 @@ def main(argv=None):
                 print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v)
                                   for k, v in res.items()}), flush=True)
     else:
-        data = (Xtr, Ttr, Ltr, ds.get("query", "image"), ds.get("query", "text"), ds.labels_of("query"))
+        if args.validate:
+            val = ds.validation_split(0.2, random_state=0)   # the query set is never used
+            data = (val.get("train", "image"), val.get("train", "text"), val.labels_of("train"),
+                    val.get("query", "image"), val.get("query", "text"), val.labels_of("query"))
+            Xtr, Ttr, Ltr = data[:3]
+            print("validation split of the training set (not the query set)")
+        else:
+            data = (Xtr, Ttr, Ltr, ds.get("query", "image"), ds.get("query", "text"),
+                    ds.labels_of("query"))
         for bits in args.bits:
             for seed in args.seeds:
                 res = run_one(cls, params, bits, seed, data)

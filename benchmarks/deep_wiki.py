@@ -66,6 +66,14 @@ def evaluate(h, Xq, Tq, Lq, Xd, Td, Ld):
     }
 
 
+def _validation_data(ds):
+    """(train image, text, labels, query image, text, labels) of validation_split(0.2, seed 0)
+    of the training set: the held-out 20 % are the queries, the query set is never used."""
+    val = ds.validation_split(0.2, random_state=0)
+    return (val.get("train", "image"), val.get("train", "text"), val.labels_of("train"),
+            val.get("query", "image"), val.get("query", "text"), val.labels_of("query"))
+
+
 def run_one(cls, params, bits, seed, data):
     Xtr, Ttr, Ltr, Xq, Tq, Lq = data
     h = cls(bits, random_state=seed, **params)
@@ -103,9 +111,7 @@ def main(argv=None):
            "python": sys.version.split()[0], "runs": []}
 
     if args.select:
-        val = ds.validation_split(0.2, random_state=0)   # the query set is never used
-        data = (val.get("train", "image"), val.get("train", "text"), val.labels_of("train"),
-                val.get("query", "image"), val.get("query", "text"), val.labels_of("query"))
+        data = _validation_data(ds)
         for nu, mu, q in itertools.product(TA_GRID["nu"], TA_GRID["mu"], TA_GRID["quant"]):
             p = {**params, "nu1": nu, "nu2": nu, "mu1": mu, "mu2": mu, "lambda1": q,
                  "beta1": q, "lambda2": q, "beta2": q}
@@ -117,9 +123,7 @@ def main(argv=None):
                                   for k, v in res.items()}), flush=True)
     else:
         if args.validate:
-            val = ds.validation_split(0.2, random_state=0)   # the query set is never used
-            data = (val.get("train", "image"), val.get("train", "text"), val.labels_of("train"),
-                    val.get("query", "image"), val.get("query", "text"), val.labels_of("query"))
+            data = _validation_data(ds)
             Xtr, Ttr, Ltr = data[:3]
             print("validation split of the training set (not the query set)")
         else:

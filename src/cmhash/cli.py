@@ -11,7 +11,8 @@
     cmhash plot --json out.json --kind map --out map.png
 
 ``--data`` is a file path (layout and preset auto-detected), a list of files, or
-``synthetic:<preset or key=value,...>``. Progress goes to stderr; ``--quiet`` silences it.
+``synthetic:<preset or key=value,...>``. Results (tables, search hits) go to stdout; progress
+and status messages go to stderr, and ``--quiet`` silences those only.
 """
 from __future__ import annotations
 
@@ -173,8 +174,7 @@ def cmd_evaluate(args):
     table = markdown_table([doc])
     if args.markdown:
         Path(args.markdown).write_text(table + "\n")
-    if not args.quiet:
-        print(table)
+    print(table)
 
 
 def cmd_bench(args):
@@ -197,8 +197,8 @@ def cmd_bench(args):
     (out / "bench.md").write_text(table + "\n")
     _write_json(doc, out / "bench.json")
     _write_json(doc, args.json)
+    print(table)
     if not args.quiet:
-        print(table)
         print(f"wrote {out / 'bench.md'} and {out / 'bench.json'}", file=sys.stderr)
 
 
@@ -275,11 +275,11 @@ def cmd_search(args):
                "results": [[int(x) for x in r] for r in results],
                "distances": [[int(x) for x in d] for d in dists]}
         _write_json(doc, args.out)
+    for qi, (r, d) in enumerate(zip(results[:args.show], dists[:args.show])):
+        qid = q_ids[qi] if q_ids is not None else qi
+        pairs = " ".join(f"{int(a)}:{int(b)}" for a, b in zip(r[:10], d[:10]))
+        print(f"query {qid}: {pairs}{' ...' if len(r) > 10 else ''}")
     if not args.quiet:
-        for qi, (r, d) in enumerate(zip(results[:args.show], dists[:args.show])):
-            qid = q_ids[qi] if q_ids is not None else qi
-            pairs = " ".join(f"{int(a)}:{int(b)}" for a, b in zip(r[:10], d[:10]))
-            print(f"query {qid}: {pairs}{' ...' if len(r) > 10 else ''}")
         print(f"{len(results)} queries in {seconds:.3f} s "
               f"({len(results) / max(seconds, 1e-9):.0f} queries/s, backend {index.backend})",
               file=sys.stderr)
@@ -350,7 +350,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     def common(p):
-        p.add_argument("--quiet", action="store_true", help="no progress output")
+        p.add_argument("--quiet", action="store_true",
+                       help="no progress or status output on stderr (results still go to stdout)")
         p.add_argument("--json", help="write the result document to this path")
 
     p = sub.add_parser("demo", help="fit + evaluate on built-in synthetic data (< 1 minute)")

@@ -108,3 +108,38 @@ def test_importing_cmhash_does_not_import_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
     assert cmhash.__version__
+
+
+def test_encode_works_in_bounded_chunks_with_identical_codes(monkeypatch):
+    import tracemalloc
+    import scipy.sparse as sp
+    import cmhash.base as base
+
+    X, T, Y = make_structured(300)
+    h = BATCH(16, n_anchors=(200, 200), random_state=0).fit(X, T, Y)
+    whole = h.encode(X, "image")
+    assert base.encode_chunk_rows(X.shape[1:]) >= X.shape[0]  # default: one chunk here
+    monkeypatch.setattr(base, "ENCODE_CHUNK_ROWS", 7)   # 300 rows -> 43 chunks, last one short
+    assert base.encode_chunk_rows(X.shape[1:]) == 7
+    assert np.array_equal(h.encode(X, "image"), whole)
+    assert np.array_equal(h.encode(sp.csr_matrix(X), "image"), whole)
+    # elements bound: wide samples get fewer rows per chunk
+    monkeypatch.setattr(base, "ENCODE_CHUNK_ELEMENTS", 5 * X.shape[1])
+    assert base.encode_chunk_rows(X.shape[1:]) == 5
+    assert np.array_equal(h.encode(X, "image"), whole)
+
+    # memory: 20,000 items through 200 anchors make 32 MB of float64 distances at once (55 MB
+    # traced peak measured); in chunks of 1,000 rows one chunk's temporaries (a few MB) remain
+    big = np.repeat(X, 67, axis=0)[:20000]
+    monkeypatch.setattr(base, "ENCODE_CHUNK_ELEMENTS", 1 << 24)
+    monkeypatch.setattr(base, "ENCODE_CHUNK_ROWS", 1000)
+    tracemalloc.start()
+    codes = h.encode(big, "image")
+    chunked_peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    monkeypatch.setattr(base, "ENCODE_CHUNK_ROWS", 10 ** 9)
+    tracemalloc.start()
+    assert np.array_equal(h.encode(big, "image"), codes)
+    whole_peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert chunked_peak < 8e6 and whole_peak > 32e6

@@ -68,6 +68,19 @@ def get_method(name: str):
     return getattr(mod, cls)
 
 
+#: :meth:`CrossModalHasher.encode` works through at most this many rows at a time, and at most
+#: ``ENCODE_CHUNK_ELEMENTS`` input values per chunk, so encoding millions of items needs memory
+#: for one chunk's intermediate features (kernel features, standardised inputs) plus the codes
+ENCODE_CHUNK_ROWS = 16384
+ENCODE_CHUNK_ELEMENTS = 1 << 24
+
+
+def encode_chunk_rows(sample_shape) -> int:
+    """Rows per encoding chunk for samples of ``sample_shape`` (features, or C x H x W)."""
+    per_row = max(int(np.prod(sample_shape)), 1)
+    return max(1, min(ENCODE_CHUNK_ROWS, ENCODE_CHUNK_ELEMENTS // per_row))
+
+
 def make_hasher(name: str, **params):
     """Instantiate the method registered as ``name`` with ``params``."""
     return get_method(name)(**params)
@@ -235,6 +248,9 @@ class CrossModalHasher:
     def encode(self, X, modality, *, task=None) -> np.ndarray:
         """Binary codes (m, r) int8 in {-1, +1} for samples ``X`` of ``modality``.
 
+        Rows are encoded in chunks (``encode_chunk_rows``): memory beyond the input and the
+        codes is that of one chunk, however large ``m`` is; the codes do not depend on it.
+
         ``task`` = (query_modality, database_modality) selects task-specific hash functions
         (TA-ADCMH); other methods ignore it.
         """
@@ -246,7 +262,15 @@ class CrossModalHasher:
             raise ValueError(f"features of modality {self.modality_names_[m]!r} have shape "
                              f"{X.shape[1:]} per sample but the model was fitted on "
                              f"{tuple(self.n_features_[m])}")
-        return self._encode(X, m, t)
+        rows = encode_chunk_rows(X.shape[1:])
+        if X.shape[0] <= rows:
+            return self._encode(X, m, t)
+        first = self._encode(X[:rows], m, t)
+        codes = np.empty((X.shape[0],) + first.shape[1:], dtype=first.dtype)
+        codes[:rows] = first
+        for start in range(rows, X.shape[0], rows):
+            codes[start:start + rows] = self._encode(X[start:start + rows], m, t)
+        return codes
 
     def learned_codes(self, modality, *, task=None) -> np.ndarray:
         """The codes learned for the training samples of ``modality`` (n_v, r), int8 +-1."""

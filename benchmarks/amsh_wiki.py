@@ -13,6 +13,7 @@ for I->T is then the text codes with the text labels in their shuffled order (an
     python benchmarks/amsh_wiki.py --ablations           # Table V variants (paired)
     python benchmarks/amsh_wiki.py --select              # validation grid for PRESETS["wiki"]
     python benchmarks/amsh_wiki.py --json out.json
+    python benchmarks/amsh_wiki.py --no-parity --timing --n-jobs 2   # time per fit (median)
 """
 from __future__ import annotations
 
@@ -109,6 +110,23 @@ def select(ds, seeds):
     return scores
 
 
+def fit_times(ds, seeds, bits_list, n_jobs):
+    """Median wall seconds of ``AMSH(bits, random_state=s, n_jobs=n_jobs).fit`` per bit length."""
+    X, T = ds.get("train", "image"), ds.get("train", "text")
+    L = ds.labels_of("train")
+    AMSH(bits_list[0], random_state=len(seeds), n_jobs=n_jobs).fit(X, T, L)   # warm-up
+    out = {}
+    for bits in bits_list:
+        times = []
+        for s in seeds:
+            start = time.perf_counter()
+            AMSH(bits, random_state=s, n_jobs=n_jobs).fit(X, T, L)
+            times.append(time.perf_counter() - start)
+        out[str(bits)] = float(np.median(times))
+        print(f"{bits} bits: {out[str(bits)]:.2f} s", file=sys.stderr)
+    return out
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=str(WIKI))
@@ -117,6 +135,9 @@ def main(argv=None):
     ap.add_argument("--ablations", action="store_true", help="Table V variants (paired)")
     ap.add_argument("--no-parity", action="store_true", help="skip the paired/unpaired runs")
     ap.add_argument("--select", action="store_true", help="validation grid for PRESETS['wiki']")
+    ap.add_argument("--timing", action="store_true",
+                    help="wall time of fit (kernel features + both stages) per bit length, "
+                         "median over the seeds, after one warm-up fit")
     ap.add_argument("--json", default=None)
     ap.add_argument("--n-jobs", type=int, default=None,
                     help="AMSH n_jobs (one BLAS thread + parallel stage 2 per modality; the "
@@ -159,6 +180,12 @@ def main(argv=None):
         print("\n## validation grid (top 5)\n")
         for p, s in scores[:5]:
             print(f"eta={p[0]} lam={p[1]} beta={p[2]}: {s:.4f}")
+    if args.timing:
+        result["fit_seconds_median"] = fit_times(ds, seeds, args.bits, args.n_jobs)
+        print(f"\n## time per fit (median of {len(seeds)} seeds, n_jobs={args.n_jobs})\n")
+        print("| " + " | ".join(str(b) for b in args.bits) + " bits |")
+        print("|" + "---|" * len(args.bits))
+        print("| " + " | ".join(f"{result['fit_seconds_median'][str(b)]:.2f} s" for b in args.bits) + " |")
     result["wall_seconds"] = time.perf_counter() - t0
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))

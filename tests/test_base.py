@@ -143,3 +143,47 @@ def test_encode_works_in_bounded_chunks_with_identical_codes(monkeypatch):
     whole_peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert chunked_peak < 8e6 and whole_peak > 32e6
+
+
+def test_degenerate_learned_codes_warn_and_healthy_ones_do_not():
+    import warnings
+    from cmhash import DegenerateCodesWarning
+    from cmhash._validation import warn_if_degenerate_codes
+
+    rng = np.random.default_rng(0)
+    healthy = np.where(rng.standard_normal((50, 16)) > 0, 1, -1).astype(np.int8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DegenerateCodesWarning)
+        warn_if_degenerate_codes(healthy, "healthy")            # no constant bit
+        half_minus = healthy.copy()
+        half_minus[:, :7] = 1                                   # 7 of 16 constant: below half
+        warn_if_degenerate_codes(half_minus, "seven constant")
+        X, T, Y = make_structured(200)
+        _small().fit(X, T, Y)                                   # a normal fit stays silent
+    half = healthy.copy()
+    half[:, :8] = -1
+    with pytest.warns(DegenerateCodesWarning, match="8 of 16 bits .* only 8 bits carry information"):
+        warn_if_degenerate_codes(half, "half")
+    with pytest.warns(DegenerateCodesWarning, match="all training items share one code"):
+        warn_if_degenerate_codes(np.ones((50, 16), np.int8), "collapsed")
+
+    # the fit path: a hasher whose learned codes collapsed names the method and the modality
+    h = _small().fit(X, T, Y)
+    h.codes_ = [np.ones((200, 8), np.int8), h.codes_[1] if isinstance(h.codes_, list) else h.codes_]
+    with pytest.warns(DegenerateCodesWarning, match=r"BATCH learned codes \[image\]"):
+        h._check_learned_codes()
+
+
+def test_fit_reports_a_collapsed_training_run():
+    from cmhash import DegenerateCodesWarning
+
+    class CollapsingBATCH(BATCH):
+        def _fit(self, views, Y, rng):
+            super()._fit(views, Y, rng)
+            codes = self.codes_
+            self.codes_ = ([np.ones_like(B) for B in codes] if isinstance(codes, list)
+                           else np.ones_like(codes))
+
+    X, T, Y = make_structured(200)
+    with pytest.warns(DegenerateCodesWarning, match="CollapsingBATCH learned codes"):
+        CollapsingBATCH(8, n_anchors=(30, 30), random_state=0).fit(X, T, Y)

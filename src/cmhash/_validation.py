@@ -11,6 +11,36 @@ class ConvergenceWarning(UserWarning):
     """An iterative solver stopped at ``max_iter`` without meeting its tolerance."""
 
 
+class DegenerateCodesWarning(UserWarning):
+    """The learned training codes carry (almost) no information: most bits take one value for
+    every training item, so retrieval against them is at chance level."""
+
+
+#: share of constant bits from which the learned codes count as degenerate
+DEGENERATE_CONSTANT_BITS = 0.5
+
+
+def warn_if_degenerate_codes(codes, name: str) -> None:
+    """Warn (:class:`DegenerateCodesWarning`) when at least half of the bits of ``codes``
+    (n, r) are constant over all n >= 2 rows, e.g. a training run that collapsed to one code."""
+    import warnings
+
+    codes = np.asarray(codes)
+    if codes.ndim != 2 or codes.shape[0] < 2 or codes.shape[1] == 0:
+        return
+    constant = int(np.count_nonzero(np.all(codes == codes[:1], axis=0)))
+    if constant >= DEGENERATE_CONSTANT_BITS * codes.shape[1]:
+        distinct = len(np.unique(codes, axis=0))
+        what = ("all training items share one code: the training collapsed and retrieval "
+                "against these codes is at chance level" if distinct == 1 else
+                f"{distinct} distinct codes; only {codes.shape[1] - constant} bits carry "
+                f"information")
+        warnings.warn(f"{name}: {constant} of {codes.shape[1]} bits are the same for all "
+                      f"{codes.shape[0]} training items ({what}). Check the inputs' scaling, "
+                      f"the number of epochs / iterations and the method's weights.",
+                      DegenerateCodesWarning, stacklevel=3)
+
+
 def check_random_state(seed) -> np.random.Generator:
     """Turn ``None``, an int, a SeedSequence/BitGenerator, a legacy RandomState or a Generator
     into a :class:`numpy.random.Generator` (a Generator is returned as is, so its stream is

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ._validation import (check_features, check_labels, check_n_bits, check_random_state)
+from ._validation import (check_features, check_labels, check_n_bits, check_random_state,
+                          warn_if_degenerate_codes)
 from .kernel import CenteredFeatures, RBFAnchorFeatures
 from .solvers import ridge_regression, sign
 
@@ -149,7 +150,20 @@ class CrossModalHasher:
         self._fit(views, Y, rng)
         self.train_seconds_ = time.perf_counter() - start
         self.paired_ = True
+        self._check_learned_codes()
         return self
+
+    def _check_learned_codes(self) -> None:
+        """Warn when a learned code matrix collapsed (:func:`warn_if_degenerate_codes`)."""
+        codes = getattr(self, "codes_", None)
+        if codes is None:
+            return
+        if isinstance(codes, (list, tuple)):
+            for m, B in enumerate(codes):
+                label = self.modality_names_[m] if m < len(getattr(self, "modality_names_", [])) else m
+                warn_if_degenerate_codes(B, f"{type(self).__name__} learned codes [{label}]")
+        else:
+            warn_if_degenerate_codes(codes, f"{type(self).__name__} learned codes")
 
     def fit_unpaired(self, views, labels, names=None):
         """Fit on unpaired modalities: ``views[v]`` (n_v, d_v) with its own ``labels[v]`` (n_v, c).
@@ -183,6 +197,7 @@ class CrossModalHasher:
         self._fit_unpaired(views, Ys, rng)
         self.train_seconds_ = time.perf_counter() - start
         self.paired_ = False
+        self._check_learned_codes()
         return self
 
     def _check_views(self, views, names):

@@ -75,7 +75,8 @@ def plot_curves(results: list[dict], path, *, bits: int | None = None) -> Path:
         row[0].set(xlabel="recall", ylabel="precision",
                    title=f"{task.upper()} PR curve (rank-based, interpolated)")
         row[1].set(xlabel="recall", ylabel="precision",
-                   title=f"{task.upper()} PR curve (radius-based, one point per radius)")
+                   title=f"{task.upper()} PR curve (radius-based, one point per radius)\n"
+                         "per query; a query retrieving nothing has precision 0")
         row[2].set(xlabel="K (top-K retrieved)", ylabel="precision@K", xscale="log",
                    title=f"{task.upper()} precision@K")
         for ax in row:

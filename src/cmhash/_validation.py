@@ -20,6 +20,19 @@ class DegenerateCodesWarning(UserWarning):
 DEGENERATE_CONSTANT_BITS = 0.5
 
 
+def _caller_stacklevel() -> int:
+    """``stacklevel`` for ``warnings.warn`` called from this package that points at the first
+    frame outside cmhash (the user's ``fit`` call), however deep inside cmhash the call is."""
+    import os
+    import sys
+
+    package = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    frame, level = sys._getframe(2), 2   # 1 = the frame calling warnings.warn
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
 def warn_if_degenerate_codes(codes, name: str) -> None:
     """Warn (:class:`DegenerateCodesWarning`) when at least half of the bits of ``codes``
     (n, r) are constant over all n >= 2 rows, e.g. a training run that collapsed to one code."""
@@ -38,7 +51,7 @@ def warn_if_degenerate_codes(codes, name: str) -> None:
         warnings.warn(f"{name}: {constant} of {codes.shape[1]} bits are the same for all "
                       f"{codes.shape[0]} training items ({what}). Check the inputs' scaling, "
                       f"the number of epochs / iterations and the method's weights.",
-                      DegenerateCodesWarning, stacklevel=3)
+                      DegenerateCodesWarning, stacklevel=_caller_stacklevel())
 
 
 def check_random_state(seed) -> np.random.Generator:

@@ -143,6 +143,9 @@ def test_learned_codes_are_the_final_b_step(fitted):
     assert np.array_equal(Bx, sign(m.network_outputs(X, "image")))
     assert np.array_equal(By, sign(m.network_outputs(T, "text")))
     assert np.array_equal(m.encode(X, "image"), Bx)
+    with pytest.MonkeyPatch.context() as mp:   # chunked encoding (base.encode): same codes
+        mp.setattr(cmhash.base, "ENCODE_CHUNK_ROWS", 7)
+        assert np.array_equal(m.encode(X, "image"), Bx) and np.array_equal(m.encode(T, "text"), By)
     # ITQ initialisation ran and its quantization loss never increased
     q = np.asarray(m.itq_loss_)
     assert q.size == 50 and np.all(np.diff(q) <= 1e-6 * q[1:])

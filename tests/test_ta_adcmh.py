@@ -381,6 +381,13 @@ def test_input_kernel_round_trips_and_encodes_identically(tmp_path):
         for task in (None, ("image", "text"), ("text", "image")):
             np.testing.assert_array_equal(loaded.encode(Z, mod, task=task),
                                           h.encode(Z, mod, task=task))
+    # encoding in small row chunks (base.encode) gives the same codes for every network
+    whole = {(mod, task): h.encode(Z, mod, task=task) for mod, Z in (("image", X), ("text", T))
+             for task in (None, ("image", "text"), ("text", "image"))}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(cmhash.base, "ENCODE_CHUNK_ROWS", 7)
+        for (mod, task), codes in whole.items():
+            np.testing.assert_array_equal(h.encode(X if mod == "image" else T, mod, task=task), codes)
     Xq, Yq, Yd = X[200:], Y[200:], Y[:200]
     assert mean_average_precision(h.encode(Xq, "image"), h.learned_codes("text"), Yq, Yd) > 0.8
     with pytest.raises(ValueError, match="input_kernel"):

@@ -8,7 +8,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "make_hasher": "cmhash.base", "get_method": "cmhash.base", "load": "cmhash.base",
     "available_methods": "cmhash.base", "CrossModalHasher": "cmhash.base",
-    "ConvergenceWarning": "cmhash._validation", "DegenerateCodesWarning": "cmhash._validation",
+    "DegenerateCodesWarning": "cmhash._validation",
     "load_dataset": "cmhash.data", "CrossModalDataset": "cmhash.data",
     "make_synthetic": "cmhash.data",
     "evaluate_hasher": "cmhash.protocol", "run_evaluation": "cmhash.protocol",

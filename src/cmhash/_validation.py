@@ -7,10 +7,6 @@ import numpy as np
 import scipy.sparse as sp
 
 
-class ConvergenceWarning(UserWarning):
-    """An iterative solver stopped at ``max_iter`` without meeting its tolerance."""
-
-
 class DegenerateCodesWarning(UserWarning):
     """The learned training codes carry (almost) no information: most bits take one value for
     every training item, so retrieval against them is at chance level."""

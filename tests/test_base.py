@@ -189,3 +189,18 @@ def test_fit_reports_a_collapsed_training_run():
         CollapsingBATCH(8, n_anchors=(30, 30), random_state=0).fit(X, T, Y)
     # the warning points at the caller's fit line, not at cmhash internals
     assert {w.filename for w in rec if w.category is DegenerateCodesWarning} == {__file__}
+
+
+def test_finite_check_in_blocks_finds_every_bad_value(monkeypatch):
+    import cmhash._validation as v
+
+    X = np.zeros((50, 4))
+    X[49, 3], X[0, 0], X[20, 1] = np.inf, np.nan, -np.inf
+    monkeypatch.setattr(v, "FINITE_CHECK_ELEMENTS", 12)     # blocks of 3 rows
+    with pytest.raises(ValueError, match=r"X contains 3 NaN or infinite value\(s\)"):
+        v.check_features(X, "X")
+    X[0, 0], X[20, 1] = 0, 0                                # only the last row's inf is left
+    with pytest.raises(ValueError, match=r"contains 1 NaN"):
+        v.check_features(X, "X")
+    X[49, 3] = 1.0
+    assert v.check_features(X, "X") is not None

@@ -65,6 +65,10 @@ def check_random_state(seed) -> np.random.Generator:
     raise TypeError(f"random_state must be None, an int or a numpy Generator, got {type(seed).__name__}")
 
 
+#: values per block when checking features for NaN / inf (bounds the temporary boolean mask)
+FINITE_CHECK_ELEMENTS = 1 << 24
+
+
 def check_features(X, name: str, *, allow_sparse: bool = True, dtype=None, min_ndim: int = 2,
                    max_ndim: int = 2):
     """Validate a feature matrix: 2-D (or up to ``max_ndim``), numeric, finite, non-empty.
@@ -102,8 +106,11 @@ def check_features(X, name: str, *, allow_sparse: bool = True, dtype=None, min_n
     if dtype is None:
         dtype = arr.dtype if np.issubdtype(arr.dtype, np.floating) else np.float64
     arr = np.ascontiguousarray(arr, dtype=dtype)
-    if not np.all(np.isfinite(arr)):
-        bad = int(np.count_nonzero(~np.isfinite(arr)))
+    # checked in row blocks: the boolean mask of a multi-GB feature matrix is not materialised
+    rows = max(1, FINITE_CHECK_ELEMENTS // max(int(np.prod(arr.shape[1:])), 1))
+    if not all(np.isfinite(arr[s:s + rows]).all() for s in range(0, arr.shape[0], rows)):
+        bad = sum(int(np.count_nonzero(~np.isfinite(arr[s:s + rows])))
+                  for s in range(0, arr.shape[0], rows))
         raise ValueError(f"{name} contains {bad} NaN or infinite value(s)")
     return arr
 

@@ -257,6 +257,21 @@ def test_database_subset_with_duplicate_rows(tmp_path):
         load_dataset(p, n_query=5)
 
 
+def test_stored_split_n_query_ignored_but_n_train_applies(tmp_path):
+    # n_query is ignored (warning) on a stored split; n_train still draws the training subset
+    X, T, Y = _toy(100)
+    p = tmp_path / "xy.npz"
+    np.savez(p, XTrain=X[:80], YTrain=T[:80], LTrain=Y[:80], XTest=X[80:], YTest=T[80:], LTest=Y[80:])
+    with pytest.warns(DataWarning, match="n_query=5 ignored"):
+        ds = load_dataset(p, preset=None, n_query=5, n_train=30, random_state=0)
+    assert ds.split("query").n == 20 and ds.split("retrieval").n == 80
+    assert ds.split("train").n == 30 and not ds.train_is_retrieval
+    assert np.isin(ds.indices("train"), ds.indices("retrieval")).all()
+    # same training subset as without n_query (n_query consumes no randomness)
+    ref = load_dataset(p, preset=None, n_train=30, random_state=0)
+    np.testing.assert_array_equal(ds.indices("train"), ref.indices("train"))
+
+
 def test_transposed_layout(tmp_path):
     X, T, Y = _toy(50)
     p = tmp_path / "t.npz"

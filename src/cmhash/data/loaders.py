@@ -761,15 +761,19 @@ def load_dataset(
     nt = n_train if n_train is not None else (pre.n_train if pre is not None else None)
     if splits is None:
         splits = _random_split(n, int(nq) if nq is not None else default_n_query(n), nt, rng)
-    elif n_query is not None:
-        warnings.warn(
-            f"n_query={n_query} ignored: the file stores its own query split "
-            f"({splits['query'].size} items)",
-            DataWarning,
-            stacklevel=2,
-        )
-    elif nt is not None and nt < splits["retrieval"].size:
-        splits["train"] = np.sort(rng.choice(splits["retrieval"], size=int(nt), replace=False))
+    else:
+        # stored split: n_query is ignored (with a warning); n_train independently draws the
+        # training subset of the stored database
+        if n_query is not None:
+            nq_stored = splits["query"].size if "query" in splits else 0
+            warnings.warn(
+                f"n_query={n_query} ignored: the file stores its own query split "
+                f"({nq_stored} items)",
+                DataWarning,
+                stacklevel=2,
+            )
+        if nt is not None and nt < splits["retrieval"].size:
+            splits["train"] = np.sort(rng.choice(splits["retrieval"], size=int(nt), replace=False))
     dname = name if name is not None else (pre.name if pre is not None else files[0].stem)
     ds = CrossModalDataset(mods, Y, splits, name=dname, **ds_kwargs)
     ds.meta.update(

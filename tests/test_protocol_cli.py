@@ -41,6 +41,26 @@ def test_learned_and_hashed_databases(dataset):
         evaluate_hasher(m, dataset, database="both")
 
 
+def test_encoding_times_reported(dataset):
+    m = BATCH(16, n_anchors=(60, 60), random_state=0).fit(*dataset.views("train"),
+                                                          dataset.labels_of("train"))
+    hashed = evaluate_hasher(m, dataset, database="hashed", timing=False)
+    learned = evaluate_hasher(m, dataset, database="learned", timing=False)
+    for task in ("i2t", "t2i"):
+        h = hashed["tasks"][task]
+        assert h["n_query"] == 100 and h["n_database"] == 500
+        for total, per_item, n in (("encode_seconds", "encode_ms_per_item", "n_query"),
+                                   ("database_encode_seconds", "database_encode_ms_per_item",
+                                    "n_database")):
+            assert isinstance(h[total], float) and h[total] > 0
+            assert isinstance(h[per_item], float) and h[per_item] > 0
+            assert h[per_item] == pytest.approx(1000.0 * h[total] / h[n])
+        # the learned database is not encoded: query encoding only
+        lt = learned["tasks"][task]
+        assert lt["encode_ms_per_item"] == pytest.approx(1000.0 * lt["encode_seconds"] / lt["n_query"])
+        assert "database_encode_seconds" not in lt and "database_encode_ms_per_item" not in lt
+
+
 def test_learned_database_needs_train_equal_retrieval(dataset):
     sub = dataset.subset_train(300, random_state=0)
     m = BATCH(8, n_anchors=(30, 30), random_state=0).fit(*sub.views("train"), sub.labels_of("train"))

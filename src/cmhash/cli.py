@@ -7,7 +7,7 @@
     cmhash encode --model model.npz --data PATH --split query --modality image --out q.npz
     cmhash search --database db.npz --queries q.npz -k 10
     cmhash sweep --method ascmh --data PATH --param-name omega --values 0 0.001 0.01 0.1 1
-    cmhash scale --method batch --data synthetic:nuswide-like --ns 25000 50000 100000 186577
+    cmhash scale --method batch --data synthetic:nuswide-like --ns 25000 50000 100000 184577
     cmhash plot --json out.json --kind map --out map.png
 
 ``--data`` is a file path (layout and preset auto-detected), a list of files, or

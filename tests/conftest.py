@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("CMHASH_SHARED", REPO.parent / "shared"))
+SHARED = Path(os.environ.get("CMHASH_SHARED") or REPO.parent / "shared")  # "" = unset, as the loader
 WIKI = SHARED / "datasets" / "wiki" / "wiki_data.mat"
 
 

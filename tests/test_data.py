@@ -312,6 +312,23 @@ def test_native_save_load(tmp_path):
         np.testing.assert_array_equal(back.labels, ds.labels)
 
 
+def test_native_load_honours_options_and_warns_about_ignored_ones(tmp_path):
+    ds = make_synthetic(n=300, n_classes=5, random_state=1).subset_train(120, random_state=0)
+    p = save_dataset(ds, tmp_path / "ds.npz")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the defaults are silent
+        load_dataset(p)
+    with pytest.warns(DataWarning, match="n_query=10 ignored.*native"):
+        back = load_dataset(p, n_query=10)
+    assert back.split("query").n == ds.split("query").n
+    with pytest.warns(DataWarning, match="preset='wiki' ignored"):
+        load_dataset(p, preset="wiki")
+    back = load_dataset(p, sparse=False, dtype=np.float64, name="renamed")
+    assert back.name == "renamed" and not back.is_sparse("text")
+    assert back.modalities["image"].dtype == np.float64
+    np.testing.assert_allclose(back.modalities["text"], ds.modalities["text"].toarray())
+
+
 def test_unknown_layout_lists_keys(tmp_path):
     p = tmp_path / "odd.npz"
     np.savez(p, foo=np.zeros((3, 3)), bar=np.ones(4))

@@ -203,8 +203,9 @@ def hamming_distances(query_packed, db_packed, *, batch_bytes: int = DISTANCE_BA
     padded to a multiple of 8 bytes if needed) and the distance is the sum over words of
     ``np.bitwise_count(q ^ b)``.
 
-    Memory: the work is done in blocks of at most 32 queries x ``nb`` database codes whose
-    XOR temporary holds ``batch_bytes`` (default 8 MiB) of uint64 words, so the working
+    Memory: the work is done in blocks of queries x database codes whose XOR temporary holds
+    at most ``batch_bytes`` (default 8 MiB) of uint64 words (many queries at once for a small
+    database, down to 32 queries x a slice of the codes for a large one), so the working
     memory besides the ``(m, n)`` int32 output is ~``1.2 * batch_bytes`` whatever ``m`` and
     ``n`` are.
     """

@@ -402,13 +402,15 @@ def _read_native(path: Path) -> dict[str, Any] | None:
     return _rebuild_sparse(raw)
 
 
-def _from_native(raw: dict[str, Any], **kwargs: Any) -> CrossModalDataset:
+def _from_native(raw: dict[str, Any], *, sparse: str | bool = "auto", dtype: Any = None,
+                 name: str | None = None, **kwargs: Any) -> CrossModalDataset:
     order = _str_array(raw["modality_order"]) if "modality_order" in raw else sorted(
         {k.split("/")[1] for k in raw if k.startswith("modality/")}
     )
-    mods = {m: raw[f"modality/{m}"] for m in order}
+    mods = {m: _finish_features(raw[f"modality/{m}"], sparse, dtype) for m in order}
     splits = {k.split("/", 1)[1]: np.asarray(v) for k, v in raw.items() if k.startswith("split/")}
-    name = _str_array(raw["name"])[0] if "name" in raw else ""
+    if name is None:
+        name = _str_array(raw["name"])[0] if "name" in raw else ""
     cn = _str_array(raw["class_names"]) if "class_names" in raw else None
     return CrossModalDataset(mods, raw["labels"], splits, name=name, class_names=cn, **kwargs)
 
@@ -719,7 +721,13 @@ def load_dataset(
     if len(files) == 1:
         native = _read_native(files[0])
         if native is not None:
-            ds = _from_native(native, **ds_kwargs)
+            if n_query is not None:
+                warnings.warn(f"n_query={n_query} ignored: {files[0].name} is a cmhash native file "
+                              "and stores its own query split", DataWarning, stacklevel=2)
+            if preset is not None and not (isinstance(preset, str) and preset.lower() in ("auto", "none", "")):
+                warnings.warn(f"preset={getattr(preset, 'name', preset)!r} ignored: {files[0].name} is a "
+                              "cmhash native file and stores its own splits", DataWarning, stacklevel=2)
+            ds = _from_native(native, sparse=sparse, dtype=dtype, name=name, **ds_kwargs)
             if n_train is not None:
                 ds = ds.subset_train(n_train, random_state)
             ds.meta.update(layout="cmhash native", preset=None, source=str(files[0]))

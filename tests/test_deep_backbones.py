@@ -236,3 +236,60 @@ def test_store_and_rebuild_networks():
         assert torch.equal(rebuilt["g1"](im), nets["g1"].eval()(im))
     with pytest.raises(ValueError, match="build_backbone"):
         h._store_networks(bad=torch.nn.Linear(2, 2))
+
+
+# ------------------------------------------------------------------ audit: bad inputs / files
+@pytest.mark.parametrize("kind", ["cnnf", "alexnet"])
+def test_cnn_backbones_refuse_images_smaller_than_conv1(kind):
+    """Images below conv1's 11 x 11 were a RuntimeError from inside torch's conv2d at the first
+    forward pass; now build_backbone names the size (and spots channels-last input)."""
+    with pytest.raises(ValueError, match=r"at least 11 x 11 .*\(3, 8, 8\)"):
+        build_backbone({"kind": kind, "in_shape": [3, 8, 8], "out_dim": 4, "fc_dim": 8})
+    with pytest.raises(ValueError, match="channels-last"):
+        build_backbone({"kind": kind, "in_shape": [16, 16, 3], "out_dim": 4, "fc_dim": 8})
+    net = build_backbone({"kind": kind, "in_shape": [3, 11, 11], "out_dim": 4, "fc_dim": 8})
+    assert net(torch.randn(2, 3, 11, 11)).shape == (2, 4)
+
+
+def test_state_dict_file_refuses_wrong_keys_wrong_shapes_and_unreadable_files(tmp_path):
+    """strict=False used to skip every mis-shaped tensor and to load nothing at all from a file
+    of another architecture, silently training from scratch; now only the output layer may
+    differ, and wrong files are a ValueError naming the layer / the file."""
+    torch.manual_seed(0)
+    spec = {"kind": "cnnf", "in_shape": [3, 16, 16], "out_dim": 8, "fc_dim": 16}
+    src = build_backbone(spec)
+    good = tmp_path / "good.pt"
+    torch.save(src.state_dict(), good)
+    # another fc_dim: fc6 / fc7 do not fit -> error naming fc6
+    with pytest.raises(ValueError, match=r"fc6\.weight: file \(16, 9216\) vs model \(8, 9216\)"):
+        load_state_dict_file(build_backbone({**spec, "fc_dim": 8}), good)
+    # one-channel images: conv1 does not fit -> error naming conv1
+    with pytest.raises(ValueError, match=r"conv1\.weight"):
+        load_state_dict_file(build_backbone({**spec, "in_shape": [1, 16, 16]}), good)
+    # only the output layer (fc8) may differ: another code length loads everything else
+    other = build_backbone({**spec, "out_dim": 4})
+    keys = load_state_dict_file(other, good)
+    assert "fc8.weight" not in keys and "fc6.weight" in keys
+    assert torch.equal(other.fc6.weight, src.fc6.weight)
+    # nothing matches (e.g. torchvision names) -> error
+    wrong = tmp_path / "wrong.pt"
+    torch.save({"features.0.weight": torch.zeros(64, 3, 11, 11)}, wrong)
+    with pytest.raises(ValueError, match="no tensor of .* matches the network"):
+        load_state_dict_file(build_backbone(spec), wrong)
+    # unreadable / not a state_dict / a directory
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a torch file")
+    with pytest.raises(ValueError, match="could not read .*garbage.pt as a PyTorch state_dict"):
+        load_state_dict_file(build_backbone(spec), garbage)
+    mat = tmp_path / "vgg.mat"
+    scipy.io.savemat(str(mat), {"x": np.zeros(2)})
+    with pytest.raises(ValueError, match="MatConvNet .mat files load only into CNN-F"):
+        load_state_dict_file(build_backbone(spec), mat)
+    lst = tmp_path / "list.pt"
+    torch.save([1, 2], lst)
+    with pytest.raises(ValueError, match="does not contain a state_dict"):
+        load_state_dict_file(build_backbone(spec), lst)
+    with pytest.raises(ValueError, match="not a file"):
+        load_state_dict_file(build_backbone(spec), tmp_path)
+    with pytest.raises(ValueError, match="could not read .* as a MATLAB .mat file"):
+        load_vggf_mat(CNNF(8, fc_dim=8), garbage)

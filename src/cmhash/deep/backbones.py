@@ -31,7 +31,8 @@ from torch import nn
 from torch.nn import functional as F
 
 __all__ = ["MLP", "CNNF", "AlexNet", "TextNetTA", "TextNetSDCH", "build_backbone",
-           "load_state_dict_file", "load_vggf_mat", "BACKBONE_KINDS"]
+           "load_state_dict_file", "load_vggf_mat", "output_layer_name", "BACKBONE_KINDS",
+           "MIN_IMAGE_SIZE"]
 
 
 class _MaxPool(nn.Module):
@@ -258,6 +259,7 @@ def build_backbone(spec: dict) -> nn.Module:
     if kind in ("cnnf", "alexnet"):
         if len(in_shape) != 3:
             raise ValueError(f"backbone {kind!r} takes images (C, H, W); got in_shape {in_shape}")
+        _check_image_shape(kind, in_shape)
         cls = CNNF if kind == "cnnf" else AlexNet
         net = cls(out_dim, in_channels=in_shape[0], fc_dim=int(spec.get("fc_dim", 4096)),
                   dropout=dropout)
@@ -274,35 +276,78 @@ def build_backbone(spec: dict) -> nn.Module:
 
 
 # ------------------------------------------------------------------ weights from user files
-def load_state_dict_file(module: nn.Module, path, strict: bool = False) -> list[str]:
+def output_layer_name(module: nn.Module) -> str:
+    """Name of the network's output layer (its last ``nn.Linear``: fc8 of CNN-F / AlexNet, fc2
+    of TextNetTA, fc3 of TextNetSDCH, the last ``net.<i>`` of an MLP) -- the layer the papers
+    replace by the hash / feature layer, so pretrained weights for it are not expected to fit."""
+    name = None
+    for k, mod in module.named_modules():
+        if isinstance(mod, nn.Linear):
+            name = k
+    return name or ""
+
+
+def _in_layers(key: str, layers) -> bool:
+    return any(key == p or key.startswith(p + ".") for p in layers)
+
+
+def load_state_dict_file(module: nn.Module, path, strict: bool = False,
+                         replaced=None) -> list[str]:
     """Load a PyTorch ``state_dict`` saved at ``path`` into ``module``; return the loaded keys.
 
     The file is read with ``torch.load(path, map_location="cpu", weights_only=True)`` (no
-    arbitrary code). A checkpoint dict with a ``"state_dict"`` entry is accepted. With
-    ``strict=False`` tensors whose name or shape does not match (e.g. a replaced last layer)
-    are skipped; with ``strict=True`` any missing, unexpected or mis-shaped key is an error.
+    arbitrary code). A checkpoint dict with a ``"state_dict"`` entry is accepted.
+
+    ``strict=False``: tensors whose name is not in the network are ignored and the network's
+    tensors missing from the file keep their values; a tensor whose name matches but whose
+    shape does not is an error naming the layer, except in the ``replaced`` layers (default:
+    the network's output layer, :func:`output_layer_name`, e.g. a 1,000-class fc8 in place of
+    the hash layer), whose tensors are skipped. A file of which no tensor matches the network
+    is an error (it is not weights for this architecture). ``strict=True``: any missing,
+    unexpected or mis-shaped key is an error. Unreadable files raise a ``ValueError`` naming
+    the file.
     """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"weights file not found: {path}")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not path.is_file():
+        raise ValueError(f"weights path {path} is not a file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        hint = (" (MatConvNet .mat files load only into CNN-F, through load_vggf_mat)"
+                if path.suffix.lower() == ".mat" else "")
+        raise ValueError(f"could not read {path} as a PyTorch state_dict{hint}: "
+                         f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                         ) from exc
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise ValueError(f"{path} does not contain a state_dict (got {type(state).__name__})")
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        got = type(state).__name__ if not isinstance(state, dict) else "a dict of non-tensors"
+        raise ValueError(f"{path} does not contain a state_dict (got {got})")
     own = module.state_dict()
-    loaded, mismatched = {}, []
+    replaced = [output_layer_name(module)] if replaced is None else list(replaced)
+    loaded, mismatched, skipped = {}, [], []
     for k, v in state.items():
         if k in own and tuple(own[k].shape) == tuple(v.shape):
             loaded[k] = v
         elif k in own:
-            mismatched.append(f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}")
+            msg = f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+            (skipped if _in_layers(k, replaced) else mismatched).append(msg)
     if strict:
         missing = sorted(set(own) - set(state))
         unexpected = sorted(set(state) - set(own))
-        if missing or unexpected or mismatched:
+        if missing or unexpected or mismatched or skipped:
             raise ValueError(f"state_dict in {path} does not match the network: missing "
-                             f"{missing}, unexpected {unexpected}, shape mismatch {mismatched}")
+                             f"{missing}, unexpected {unexpected}, shape mismatch "
+                             f"{mismatched + skipped}")
+    if mismatched:
+        raise ValueError(f"weights in {path} do not fit the network: shape mismatch in "
+                         f"{'; '.join(mismatched)} (only the output layer {replaced} may differ)")
+    if not loaded:
+        raise ValueError(f"no tensor of {path} matches the network ({len(state)} tensors in the "
+                         f"file, e.g. {sorted(state)[:4]}; the network has {sorted(own)[:4]}...): "
+                         f"not weights for this architecture")
     module.load_state_dict(loaded, strict=False)
     return list(loaded)
 
@@ -350,7 +395,13 @@ def load_vggf_mat(cnnf_module: CNNF, path) -> list[str]:
     if not path.exists():
         raise FileNotFoundError(f"weights file not found: {path}")
     # no squeeze_me: a 1 x 1 x Cin x Cout filter must keep its leading singleton dimensions
-    mat = scipy.io.loadmat(str(path), squeeze_me=False, struct_as_record=False)
+    if not path.is_file():
+        raise ValueError(f"weights path {path} is not a file")
+    try:
+        mat = scipy.io.loadmat(str(path), squeeze_me=False, struct_as_record=False)
+    except Exception as exc:
+        raise ValueError(f"could not read {path} as a MATLAB .mat file (MatConvNet "
+                         f"imagenet-vgg-f.mat): {type(exc).__name__}: {exc}") from exc
     if "layers" not in mat:
         raise ValueError(f"{path} has no 'layers' variable: not a MatConvNet SimpleNN model "
                          f"(DagNN models are not supported)")
@@ -394,6 +445,26 @@ def load_vggf_mat(cnnf_module: CNNF, path) -> list[str]:
             n_, kappa, alpha, beta = param
             norm.size, norm.k, norm.alpha, norm.beta = int(n_), float(kappa), float(alpha * n_), float(beta)
     return loaded
+
+
+#: conv1 of CNN-F and AlexNet is 11 x 11 with stride 4 and no padding
+MIN_IMAGE_SIZE = 11
+
+
+def _check_image_shape(kind, in_shape) -> None:
+    """Images (C, H, W) must be at least conv1's 11 x 11 (a clear error, not torch's)."""
+    c, h, w = in_shape
+    if min(c, h, w) <= 0:
+        raise ValueError(f"backbone {kind!r}: image shape (C, H, W) = {tuple(in_shape)} has an "
+                         f"empty dimension")
+    if h < MIN_IMAGE_SIZE or w < MIN_IMAGE_SIZE:
+        hint = ""
+        if w in (1, 3, 4) and c > 4:
+            hint = (f"; the images look channels-last (N, H, W, C): pass them as (N, C, H, W), "
+                    f"e.g. X.transpose(0, 3, 1, 2)")
+        raise ValueError(f"backbone {kind!r} needs images of at least {MIN_IMAGE_SIZE} x "
+                         f"{MIN_IMAGE_SIZE} pixels (conv1 is 11 x 11, stride 4, no padding); got "
+                         f"samples of shape (C, H, W) = {tuple(in_shape)}{hint}")
 
 
 def _check_dim(value, name):

@@ -341,3 +341,43 @@ def test_bad_parameters_and_inputs():
     with pytest.raises(ValueError, match="shape"):
         m.encode(X[:, :5], "image")
     assert cmhash.base.get_method("sdch") is SDCH
+
+
+# ------------------------------------------------------------------ audit: inputs and failures
+def test_network_outputs_and_features_validate_their_input(fitted):
+    """Both bypassed encode's checks: a wrong per-sample shape was numpy's broadcast error, a
+    1-D sample an IndexError from torch, NaN rows silently gave NaN outputs."""
+    m, X, T, Y = fitted
+    for fn in (m.network_outputs, m.features):
+        with pytest.raises(ValueError, match=r"per sample but the model was fitted on"):
+            fn(T, "image")
+        with pytest.raises(ValueError, match="must be a 2-D to 4-D array"):
+            fn(X[0], "image")
+        with pytest.raises(ValueError, match="NaN"):
+            fn(np.full((2, X.shape[1]), np.nan), "image")
+
+
+def test_csr_queries_of_a_dense_trained_modality_are_standardised(fitted):
+    """CSR input skipped the training standardisation: other codes than the same dense rows."""
+    import scipy.sparse as sp
+    m, X, T, Y = fitted
+    assert np.array_equal(m.encode(sp.csr_matrix(T), "text"), m.encode(T, "text"))
+    assert np.array_equal(m.encode(sp.csr_matrix(X), "image"), m.learned_codes("image"))
+    assert np.allclose(m.features(sp.csr_matrix(T), "text"), m.features(T, "text"))
+
+
+def test_bad_weights_files_and_hidden_widths(tmp_path):
+    """A directory as image_weights was an IsADirectoryError from torch.load; a file of another
+    architecture silently loaded nothing; hidden widths 8.5 were truncated to 8."""
+    X, T, Y = make_structured(40, seed=8)
+    with pytest.raises(ValueError, match="image_weights must be a file"):
+        SDCH(device="cpu", image_weights=str(tmp_path)).fit(X, T, Y)
+    torch.save({"features.0.weight": torch.zeros(2, 2)}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="no tensor of .*other.pt matches the network"):
+        SDCH(n_epochs=1, image_weights=str(tmp_path / "other.pt"), **_SMALL).fit(X, T, Y)
+    wide = build_backbone({"kind": "mlp", "in_shape": [X.shape[1]], "out_dim": 8, "hidden": [32]})
+    torch.save(wide.state_dict(), tmp_path / "wide.pt")
+    with pytest.raises(ValueError, match=r"net\.0\.weight: file \(32, 20\) vs model \(16, 20\)"):
+        SDCH(n_epochs=1, image_weights=str(tmp_path / "wide.pt"), **_SMALL).fit(X, T, Y)
+    with pytest.raises(ValueError, match="text_hidden must be a positive integer"):
+        SDCH(n_epochs=1, **{**_SMALL, "text_hidden": (8.5,)}).fit(X, T, Y)

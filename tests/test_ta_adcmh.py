@@ -447,3 +447,96 @@ def test_cnn_backbone_retrieves_far_above_chance():
     i2t = mean_average_precision(h.encode(img[q], "image"), h.learned_codes("text"), Y[q], Y[tr])
     t2i = mean_average_precision(h.encode(txt[q], "text"), h.learned_codes("image"), Y[q], Y[tr])
     assert i2t > chance + 0.3 and t2i > chance + 0.3, (i2t, t2i, chance)
+
+
+# ------------------------------------------------------------------ audit: inputs and failures
+def test_network_outputs_validates_its_input(fitted):
+    """network_outputs bypassed encode's checks: a wrong per-sample shape was numpy's broadcast
+    error, a 1-D sample an IndexError from torch, NaN rows silently gave NaN outputs."""
+    h, (X, T, Y) = fitted
+    with pytest.raises(ValueError, match=r"per sample but the model was fitted on \(20,\)"):
+        h.network_outputs(T, "image")
+    with pytest.raises(ValueError, match="must be a 2-D to 4-D array"):
+        h.network_outputs(X[0], "image")
+    with pytest.raises(ValueError, match="NaN"):
+        h.network_outputs(np.full((2, 20), np.nan), "image")
+    with pytest.raises(ValueError, match="empty"):
+        h.network_outputs(X[:0], "image")
+
+
+def test_csr_queries_of_a_dense_trained_modality_are_standardised(fitted):
+    """CSR input skipped the training standardisation (kept only for dense input), so the same
+    queries gave other codes as CSR than as a dense array."""
+    import scipy.sparse as sp
+    h, (X, T, Y) = fitted
+    for mod, Z in (("image", X), ("text", T)):
+        for task in (("image", "text"), ("text", "image")):
+            np.testing.assert_array_equal(h.encode(sp.csr_matrix(Z), mod, task=task),
+                                          h.encode(Z, mod, task=task))
+
+
+@pytest.mark.parametrize("bad, err, match", [
+    ({"text_hidden": (16, 32)}, ValueError, "text-ta network has exactly one hidden layer"),
+    ({"text_hidden": ()}, ValueError, "text-ta network has exactly one hidden layer"),
+    ({"image_hidden": (8.5,)}, ValueError, "image_hidden must be a positive integer"),
+    ({"image_hidden": "wide"}, ValueError, "image_hidden must be a positive integer"),
+    ({"standardize": "no"}, ValueError, "standardize must be True or False"),
+    ({"n_epochs": "3", "projection_warmup": 1}, TypeError, "n_epochs must be an integer"),
+    ({"image_weights": "."}, ValueError, "image_weights must be a file"),
+    ({"image_weights": 3}, TypeError, "image_weights must be a file path"),
+])
+def test_more_bad_parameters_raise(bad, err, match):
+    """These were silently truncated (text_hidden=(16, 32) -> 16, 8.5 -> 8), silently accepted
+    (standardize="no"), or errors from inside numpy / Python / torch.load."""
+    X, T, Y = _vector_data(n=40)
+    with pytest.raises(err, match=match):
+        TAADCMH(8, **{**FAST, **bad}).fit(X, T, Y)
+
+
+@pytest.mark.filterwarnings("ignore::cmhash.DegenerateCodesWarning")  # 1-epoch, lr ~ 0 runs
+def test_image_weights_load_into_the_image_networks_only(tmp_path):
+    """image_weights were silently ignored with an MLP image backbone (feature vectors), and
+    loaded into CNN-F TEXT networks when the text modality also held images."""
+    from cmhash.deep.backbones import build_backbone
+    X, T, Y = _vector_data(n=40)
+    torch.manual_seed(0)
+    pre = build_backbone({"kind": "mlp", "in_shape": [20], "out_dim": 8, "hidden": [32]})
+    path = tmp_path / "mlp.pt"
+    torch.save(pre.state_dict(), path)
+    h = TAADCMH(8, **{**FAST, "n_epochs": 1, "lr": 1e-12}, image_weights=str(path)).fit(X, T, Y)
+    for f in ("f1", "f2"):
+        np.testing.assert_allclose(h.network_states_[f + ".net.0.weight"],
+                                   pre.net[0].weight.detach().numpy(), atol=1e-8)
+    # a MatConvNet file only fits CNN-F
+    mat = tmp_path / "imagenet-vgg-f.mat"
+    import scipy.io
+    scipy.io.savemat(str(mat), {"layers": np.zeros(1)})
+    with pytest.raises(ValueError, match="loads only into the cnnf backbone"):
+        TAADCMH(8, **FAST, image_weights=str(mat)).fit(X, T, Y)
+    # images in both modalities: the text CNN-F keeps its own initialisation
+    rng = np.random.default_rng(0)
+    img = rng.standard_normal((12, 3, 16, 16)).astype(np.float32)
+    Yi = np.eye(2)[np.arange(12) % 2]
+    cnn = build_backbone({"kind": "cnnf", "in_shape": [3, 16, 16], "out_dim": 8, "fc_dim": 8})
+    torch.save(cnn.state_dict(), tmp_path / "cnnf.pt")
+    h = TAADCMH(8, n_epochs=1, fc_dim=8, batch_size=6, lr=1e-12, device="cpu", random_state=0,
+                image_weights=str(tmp_path / "cnnf.pt")).fit(img, img[:, :, ::-1].copy(), Yi)
+    w = cnn.conv1.weight.detach().numpy()
+    assert h.architectures_["g1"]["kind"] == "cnnf"
+    np.testing.assert_allclose(h.network_states_["f1.conv1.weight"], w, atol=1e-8)
+    assert not np.allclose(h.network_states_["g1.conv1.weight"], w)
+    # weights of another architecture are refused, naming the layer
+    with pytest.raises(ValueError, match=r"conv1\.weight"):
+        TAADCMH(8, n_epochs=1, fc_dim=8, batch_size=6, device="cpu",
+                image_weights=str(tmp_path / "cnnf.pt")).fit(img[:, :1], T[:12], Yi)
+
+
+def test_images_smaller_than_conv1_are_a_clear_error():
+    """8 x 8 images (or channels-last arrays) reached torch's conv2d: a RuntimeError."""
+    rng = np.random.default_rng(0)
+    Y = np.eye(2)[np.arange(12) % 2]
+    T = rng.standard_normal((12, 5))
+    with pytest.raises(ValueError, match="at least 11 x 11"):
+        TAADCMH(8, **CNN_FAST).fit(rng.standard_normal((12, 3, 8, 8)), T, Y)
+    with pytest.raises(ValueError, match="channels-last"):
+        TAADCMH(8, **CNN_FAST).fit(rng.standard_normal((12, 16, 16, 3)), T, Y)

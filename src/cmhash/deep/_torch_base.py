@@ -16,16 +16,19 @@ cuDNN kernels, which removes most but not all of the variation.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import scipy.sparse as sp
 import torch
 from torch import nn
 
+from .._validation import check_features
 from ..base import CrossModalHasher
 from ..solvers import sign
 from .backbones import build_backbone
 
-__all__ = ["resolve_device", "seed_everything", "TorchHasher"]
+__all__ = ["resolve_device", "seed_everything", "hidden_widths", "TorchHasher"]
 
 
 def resolve_device(device: str) -> torch.device:
@@ -59,6 +62,19 @@ def seed_everything(seed: int) -> None:
         torch.cuda.manual_seed_all(seed)
         torch.backends.cudnn.deterministic = True
         torch.backends.cudnn.benchmark = False
+
+
+def hidden_widths(value, name) -> list[int]:
+    """Hidden-layer widths: an int or a sequence of positive ints (a clear error otherwise)."""
+    seq = [value] if isinstance(value, (int, np.integer)) else value
+    if isinstance(seq, (str, bytes)) or not hasattr(seq, "__iter__"):
+        raise ValueError(f"{name} must be a positive integer or a sequence of them, got {value!r}")
+    seq = list(seq)
+    for h in seq:
+        if isinstance(h, (bool, np.bool_)) or not isinstance(h, (int, np.integer)) or h <= 0:
+            raise ValueError(f"{name} must be a positive integer or a sequence of them, got "
+                             f"{value!r}")
+    return [int(h) for h in seq]
 
 
 def _seed_from_rng(rng: np.random.Generator) -> int:
@@ -106,11 +122,42 @@ class TorchHasher(CrossModalHasher):
                 self.input_scales_.append(None)
 
     def _prepare(self, X, m):
-        """Apply modality ``m``'s training standardisation to ``X`` (float32)."""
+        """Apply modality ``m``'s training standardisation to ``X`` (float32).
+
+        CSR input of a modality that was standardised in training (dense training input) is
+        densified first, so dense and CSR queries give the same codes.
+        """
         mean = self.input_means_[m] if hasattr(self, "input_means_") else None
-        if mean is None or sp.issparse(X):
+        if mean is None:
             return X
+        if sp.issparse(X):
+            X = X.toarray()
         return ((np.asarray(X, dtype=np.float32) - mean) / self.input_scales_[m]).astype(np.float32)
+
+    def _check_input(self, X, m):
+        """Validate query samples of modality ``m`` as :meth:`encode` does (finite, numeric,
+        non-empty, (n, ...) with the training per-sample shape) for the methods that take raw
+        inputs outside ``encode`` (``network_outputs``, ``features``)."""
+        name = f"features of modality {self.modality_names_[m]!r}"
+        X = check_features(X, name, max_ndim=self.max_feature_ndim)
+        if list(X.shape[1:]) != list(self.n_features_[m]):
+            raise ValueError(f"{name} have shape {X.shape[1:]} per sample but the model was "
+                             f"fitted on {tuple(self.n_features_[m])}")
+        return X
+
+    @staticmethod
+    def _check_weights_file(path, name: str = "image_weights") -> None:
+        """``path`` (a pretrained-weights parameter) is None or an existing file."""
+        if path is None:
+            return
+        if not isinstance(path, (str, Path)):
+            raise TypeError(f"{name} must be a file path (str or pathlib.Path) or None, "
+                            f"got {type(path).__name__}")
+        p = Path(path)
+        if not p.exists():
+            raise ValueError(f"{name} file not found: {str(path)!r}")
+        if not p.is_file():
+            raise ValueError(f"{name} must be a file, got the directory {str(path)!r}")
 
     @staticmethod
     def _to_tensor(X, device, chunk: int = 4096) -> torch.Tensor:

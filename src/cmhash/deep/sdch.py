@@ -36,8 +36,6 @@ training back-propagates exactly these through the networks. One code matrix per
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import scipy.sparse as sp
 import torch
@@ -47,7 +45,8 @@ from .._validation import check_choice, check_int, check_positive
 from ..itq import ITQ
 from ..progress import progress
 from ..solvers import sign
-from ._torch_base import TorchHasher, _seed_from_rng, resolve_device, seed_everything
+from ._torch_base import (TorchHasher, _seed_from_rng, hidden_widths, resolve_device,
+                          seed_everything)
 from .backbones import build_backbone, load_state_dict_file
 
 __all__ = ["SDCH", "label_similarity", "feature_loss", "feature_loss_grad", "hash_loss_terms",
@@ -312,8 +311,7 @@ class SDCH(TorchHasher):
                 raise TypeError(f"{p} must be True or False, got {getattr(self, p)!r}")
         if not (isinstance(self.dropout, (int, float)) and 0 <= self.dropout < 1):
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
-        if self.image_weights is not None and not Path(self.image_weights).exists():
-            raise ValueError(f"image_weights file not found: {self.image_weights!r}")
+        self._check_weights_file(self.image_weights)
         resolve_device(self.device)
 
     # ----------------------------------------------------------- networks
@@ -330,10 +328,11 @@ class SDCH(TorchHasher):
                                  f"modality has samples of shape {tuple(shape)}")
             spec["fc_dim"] = int(self.fc_dim)
             return spec
-        hidden = self.image_hidden if which == "image" else self.text_hidden
+        pname = "image_hidden" if which == "image" else "text_hidden"
+        hidden = getattr(self, pname)
         if hidden is None:
             hidden = (4096, 4096) if kind == "text-sdch" else (512,)
-        hidden = [int(h) for h in np.atleast_1d(hidden)]
+        hidden = hidden_widths(hidden, pname)
         if kind == "text-sdch" and len(hidden) != 2:
             raise ValueError(f"text_backbone='text-sdch' has two hidden layers (txt-fc1, "
                              f"txt-fc2); got text_hidden={self.text_hidden!r}")
@@ -561,12 +560,14 @@ class SDCH(TorchHasher):
     def network_outputs(self, X, modality) -> np.ndarray:
         """Real-valued fc4 outputs ``z = fc4(f(x))`` (before sign) for samples of ``modality``."""
         m = self.modality_index(modality)
+        X = self._check_input(X, m)
         F = self._feature_outputs(self._network("f" if m == 0 else "g"), self._prepare(X, m))
         return self._predict(self._network("h"), F)
 
     def features(self, X, modality) -> np.ndarray:
         """The k-dimensional features f(x; psi) (img-fc3 / txt-fc3) of ``modality``."""
         m = self.modality_index(modality)
+        X = self._check_input(X, m)
         return self._feature_outputs(self._network("f" if m == 0 else "g"), self._prepare(X, m))
 
     def _encode(self, X, m, task):

@@ -51,7 +51,8 @@ from .._validation import check_choice, check_int, check_positive
 from ..kernel import RBFAnchorFeatures
 from ..progress import progress
 from ..solvers import sign
-from ._torch_base import TorchHasher, _seed_from_rng, resolve_device, seed_everything
+from ._torch_base import (TorchHasher, _seed_from_rng, hidden_widths, resolve_device,
+                          seed_everything)
 from .backbones import CNNF, build_backbone, load_state_dict_file, load_vggf_mat
 
 __all__ = ["TAADCMH", "similarity_block", "batch_loss", "objective_terms", "analytic_gradients",
@@ -241,18 +242,24 @@ class TAADCMH(TorchHasher):
         couple shared by both tasks, trained with the I2T weights.
     discrete : bool
         False gives TA-ADCMH-III (relaxed, real-valued B during training).
-    image_backbone, text_backbone : {"auto", "mlp", "cnnf", "text-ta"}
-        "auto": CNN-F for image arrays (n, C, H, W), else an MLP (image) / the paper's
-        two-layer text network "text-ta" (text).
+    image_backbone : {"auto", "mlp", "cnnf"}
+    text_backbone : {"auto", "mlp", "text-ta"}
+        "auto": CNN-F for arrays of images (n, C, H, W) (either modality), else an MLP (image)
+        / the paper's two-layer text network "text-ta" (text). Images must be at least
+        11 x 11 (conv1).
     image_hidden, text_hidden : int or tuple of int
-        Hidden widths of the MLP / text-ta networks (the paper's text network: 8,192).
+        Hidden widths of the MLP / text-ta networks (the paper's text network: 8,192; text-ta
+        has exactly one hidden layer).
     fc_dim : int
         Width of CNN-F's fc6/fc7 (4,096 in the paper; smaller only for fast tests).
     dropout : float
         Dropout after hidden layers (0: none).
     image_weights : str or None
-        Pretrained weights for the image networks, loaded into f1 and f2 from this file only:
-        a MatConvNet ``imagenet-vgg-f.mat`` (``.mat``) or a PyTorch state_dict (other suffix).
+        Pretrained weights for the image networks, loaded into f1 and f2 (f for variants
+        I/II) from this file only: a MatConvNet ``imagenet-vgg-f.mat`` (``.mat``; cnnf backbone
+        only) or a PyTorch state_dict (other suffix; any image backbone, every layer but the
+        output layer must fit, see :func:`load_state_dict_file`). Never loaded into text
+        networks.
     standardize : bool
         z-score dense inputs with training means / standard deviations (stored): per feature
         for vectors, per channel for images (n, C, H, W). CSR input is left as is.
@@ -262,9 +269,9 @@ class TAADCMH(TorchHasher):
         Mini-batch size N1 = N2 (128).
     lr : float
         Learning rate of every network.
-    optimizer : {"adam", "sgd"}
+    optimizer : {"adam", "adamw", "sgd"}
         "sgd" is plain SGD with momentum 0.9 (the paper's MatConvNet SGD); "adam" converges in
-        far fewer epochs on feature inputs.
+        far fewer epochs on feature inputs; "adamw" decouples the weight decay.
     weight_decay : float
         L2 penalty on the network weights (0: none; not part of the paper's objective).
     normalize_likelihood : bool
@@ -414,6 +421,7 @@ class TAADCMH(TorchHasher):
                 check_positive(getattr(self, p), p, allow_zero=True)
         check_choice(self.projection_init, "projection_init",
                      {"random", "gaussian", "balanced", "hadamard"})
+        check_int(self.n_epochs, "n_epochs")
         check_int(self.projection_warmup, "projection_warmup", minimum=0)
         if self.projection_warmup > 0 and self.projection_warmup >= self.n_epochs:
             raise ValueError(f"projection_warmup ({self.projection_warmup}) must be smaller than "
@@ -432,7 +440,8 @@ class TAADCMH(TorchHasher):
         check_int(self.n_epochs, "n_epochs")
         check_int(self.batch_size, "batch_size")
         check_int(self.fc_dim, "fc_dim")
-        for p in ("discrete", "normalize_likelihood", "refresh_buffers", "track_objective"):
+        for p in ("discrete", "normalize_likelihood", "refresh_buffers", "track_objective",
+                  "standardize"):
             if not isinstance(getattr(self, p), (bool, np.bool_)):
                 raise ValueError(f"{p} must be True or False, got {getattr(self, p)!r}")
         if not (isinstance(self.dropout, (int, float)) and 0 <= self.dropout < 1):
@@ -442,8 +451,7 @@ class TAADCMH(TorchHasher):
                 if getattr(self, "lambda" + t) + getattr(self, "beta" + t) <= 0:
                     raise ValueError(f"the relaxed variant (discrete=False) needs lambda{t} + "
                                      f"beta{t} > 0")
-        if self.image_weights is not None and not Path(self.image_weights).exists():
-            raise ValueError(f"image_weights file not found: {self.image_weights!r}")
+        self._check_weights_file(self.image_weights)
         resolve_device(self.device)
 
     # ----------------------------------------------------------- networks
@@ -460,17 +468,26 @@ class TAADCMH(TorchHasher):
                                  f"modality has samples of shape {tuple(shape)}")
             spec["fc_dim"] = int(self.fc_dim)
         else:
-            hidden = self.image_hidden if which == "image" else self.text_hidden
-            if kind == "text-ta":
-                hidden = [int(np.atleast_1d(hidden)[0])] if np.ndim(hidden) else [int(hidden)]
-            spec["hidden"] = [int(h) for h in np.atleast_1d(hidden)]
+            pname = "image_hidden" if which == "image" else "text_hidden"
+            hidden = hidden_widths(getattr(self, pname), pname)
+            if kind == "text-ta" and len(hidden) != 1:
+                raise ValueError(f"the text-ta network has exactly one hidden layer (two fully "
+                                 f"connected layers); got {pname}={getattr(self, pname)!r}")
+            spec["hidden"] = hidden
         return spec
 
-    def _new_network(self, spec, device):
+    def _new_network(self, spec, device, which):
+        """A network of modality ``which``; ``image_weights`` go into the IMAGE networks only
+        (a .mat file through :func:`load_vggf_mat`, which needs the cnnf backbone; any other
+        file through :func:`load_state_dict_file`, into whatever image backbone is used)."""
         net = build_backbone(spec)
-        if spec["kind"] == "cnnf" and self.image_weights is not None:
+        if which == "image" and self.image_weights is not None:
             path = Path(self.image_weights)
             if path.suffix.lower() == ".mat":
+                if spec["kind"] != "cnnf":
+                    raise ValueError(f"image_weights={str(path)!r} is a MatConvNet .mat file, "
+                                     f"which loads only into the cnnf backbone; the image "
+                                     f"backbone here is {spec['kind']!r}")
                 load_vggf_mat(net, path)
             else:
                 load_state_dict_file(net, path, strict=False)
@@ -546,8 +563,8 @@ class TAADCMH(TorchHasher):
         specs = {"image": self._spec(X, "image"), "text": self._spec(Y, "text")}
         state = {}
         for t in tasks:
-            f = self._new_network(specs["image"], device)
-            g = self._new_network(specs["text"], device)
+            f = self._new_network(specs["image"], device, "image")
+            g = self._new_network(specs["text"], device, "text")
             hp = self._task_params(t, n)
             F = self._predict(f, Xd, self.batch_size, device)
             G = self._predict(g, Yd, self.batch_size, device)
@@ -702,4 +719,5 @@ class TAADCMH(TorchHasher):
         """Real-valued network outputs (before sign) of the network :meth:`encode` would use."""
         m = self.modality_index(modality)
         t = self._check_task(task)
+        X = self._check_input(X, m)
         return self._predict(self._network(self._net_name(m, t)), self._prepare(X, m))

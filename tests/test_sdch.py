@@ -366,6 +366,13 @@ def test_csr_queries_of_a_dense_trained_modality_are_standardised(fitted):
     assert np.allclose(m.features(sp.csr_matrix(T), "text"), m.features(T, "text"))
 
 
+def test_divergence_is_an_error_not_nan_codes():
+    """A diverged run used to return a model with NaN objective and all -1 codes."""
+    X, T, Y = make_structured(120, seed=6)
+    with pytest.raises(FloatingPointError, match=r"diverged in epoch \d: .*lr_feature="):
+        SDCH(n_epochs=4, lr_feature=1e6, lr_hash=1e6, **_SMALL).fit(X, T, Y)
+
+
 def test_bad_weights_files_and_hidden_widths(tmp_path):
     """A directory as image_weights was an IsADirectoryError from torch.load; a file of another
     architecture silently loaded nothing; hidden widths 8.5 were truncated to 8."""

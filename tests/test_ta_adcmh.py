@@ -493,6 +493,14 @@ def test_more_bad_parameters_raise(bad, err, match):
         TAADCMH(8, **{**FAST, **bad}).fit(X, T, Y)
 
 
+def test_divergence_is_an_error_not_nan_codes():
+    """A diverged run (NaN network outputs) used to return a model whose codes were sign(NaN)
+    = -1 everywhere."""
+    X, T, Y = _vector_data(n=40)
+    with pytest.raises(FloatingPointError, match=r"diverged in epoch \d: .*image network.*lr="):
+        TAADCMH(8, **{**FAST, "n_epochs": 3, "lr": 1e8, "optimizer": "sgd"}).fit(X, T, Y)
+
+
 @pytest.mark.filterwarnings("ignore::cmhash.DegenerateCodesWarning")  # 1-epoch, lr ~ 0 runs
 def test_image_weights_load_into_the_image_networks_only(tmp_path):
     """image_weights were silently ignored with an MLP image backbone (feature vectors), and

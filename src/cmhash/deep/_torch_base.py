@@ -160,6 +160,15 @@ class TorchHasher(CrossModalHasher):
             raise ValueError(f"{name} must be a file, got the directory {str(path)!r}")
 
     @staticmethod
+    def _check_diverged(values, what: str, epoch: int, hint: str) -> None:
+        """Raise when training produced NaN / inf (``values``: a tensor or a float)."""
+        finite = (bool(torch.isfinite(values).all()) if isinstance(values, torch.Tensor)
+                  else bool(np.isfinite(values)))
+        if not finite:
+            raise FloatingPointError(f"training diverged in epoch {epoch + 1}: {what} became "
+                                     f"NaN or infinite; {hint}")
+
+    @staticmethod
     def _to_tensor(X, device, chunk: int = 4096) -> torch.Tensor:
         """Dense ndarray or CSR -> float32 tensor on ``device`` (CSR densified chunk by chunk)."""
         device = torch.device(device)

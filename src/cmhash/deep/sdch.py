@@ -433,6 +433,7 @@ class SDCH(TorchHasher):
                 phase = "hash"        # lr of Theta_f = 0
             sums = self._train_epoch(phase, f, g, h, opt_f, opt_h, Xd, Yd, L, B, gamma, hp,
                                      rng, device)
+            self._check_diverged(sums["total"], "the loss L", epoch, self._divergence_hint())
             for k in TERMS:
                 terms_log[k].append(sums[k])
             self.objective_.append(sums["total"])
@@ -442,11 +443,9 @@ class SDCH(TorchHasher):
                         grp["lr"] *= float(self.lr_decay)
             # B-step: ITQ after the first warm-up epoch, sign(Z) (Eq. 10) after every other
             if B is None:
-                B = self._itq_codes(f, g, h, Xd, Yd, rng, device)
+                B = self._itq_codes(f, g, h, Xd, Yd, rng, device, epoch)
             else:
-                Zx, Zy = self._all_z(f, g, h, Xd, Yd)
-                B = torch.from_numpy(np.stack([codes_step(Zx), codes_step(Zy)])
-                                     .astype(np.float32)).to(device)
+                B = self._sign_codes(f, g, h, Xd, Yd, epoch, device)
             if hasattr(bar, "set_postfix"):
                 bar.set_postfix({"L": f"{sums['total']:.4g}",
                                  **{k[:5]: f"{sums[k]:.3g}" for k in TERMS}}, refresh=False)
@@ -460,15 +459,30 @@ class SDCH(TorchHasher):
         for net in self._nets.values():
             net.eval()
 
+    def _divergence_hint(self) -> str:
+        return (f"lower the learning rates (lr_feature={self.lr_feature!r}, "
+                f"lr_hash={self.lr_hash!r}) or set grad_clip / feature_bound")
+
+    def _sign_codes(self, f, g, h, Xd, Yd, epoch, device):
+        """B-step (Eq. 10): B = sign(Z) of every training image and text, (2, n, r) tensor."""
+        Zx, Zy = self._all_z(f, g, h, Xd, Yd)
+        for Z, what in ((Zx, "the image codes Z"), (Zy, "the text codes Z")):
+            self._check_diverged(float(np.abs(Z).max()) if Z.size else 0.0, what, epoch,
+                                 self._divergence_hint())
+        return torch.from_numpy(np.stack([codes_step(Zx), codes_step(Zy)])
+                                .astype(np.float32)).to(device)
+
     def _all_z(self, f, g, h, Xd, Yd):
         """fc4 outputs of every training image and text (float32 ndarrays)."""
         Fx = self._feature_outputs(f, Xd)
         Fy = self._feature_outputs(g, Yd)
         return self._predict(h, Fx, 4096), self._predict(h, Fy, 4096)
 
-    def _itq_codes(self, f, g, h, Xd, Yd, rng, device):
+    def _itq_codes(self, f, g, h, Xd, Yd, rng, device, epoch=0):
         """B initialised by ITQ on the stacked z_i, i = 1..m+n (Section 4.2)."""
         Zx, Zy = self._all_z(f, g, h, Xd, Yd)
+        self._check_diverged(float(np.abs(Zx).max() + np.abs(Zy).max()), "the codes Z", epoch,
+                             self._divergence_hint())
         itq = ITQ(n_iter=int(self.itq_iter), random_state=rng).fit(np.vstack([Zx, Zy]))
         self.itq_loss_ = list(itq.quantization_loss_)
         n = Zx.shape[0]

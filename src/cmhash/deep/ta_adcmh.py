@@ -593,6 +593,12 @@ class TAADCMH(TorchHasher):
                 order = ("g", "f") if t == "t2i" else ("f", "g")
                 for side in order:
                     self._train_side(side, s, Xd, Yd, L, rng, device)
+                    self._check_diverged(
+                        s["F" if side == "f" else "G"],
+                        f"the outputs of the {'image' if side == 'f' else 'text'} network of "
+                        f"task {t}", epoch,
+                        f"lower the learning rate (lr={self.lr!r}, image_lr={self.image_lr!r}, "
+                        f"text_lr={self.text_lr!r}) or the loss weights")
                 # B-step (Eq. 9 / 16; variant I adds mu L V; variant III relaxed)
                 LQ = (L @ s["Q"]).cpu().numpy() if hp["query"] == "codes" else None
                 Bnew = codes_step(s["F"].cpu().numpy(), s["G"].cpu().numpy(), lam=hp["lam"],

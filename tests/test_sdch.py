@@ -366,6 +366,18 @@ def test_csr_queries_of_a_dense_trained_modality_are_standardised(fitted):
     assert np.allclose(m.features(sp.csr_matrix(T), "text"), m.features(T, "text"))
 
 
+@pytest.mark.filterwarnings("ignore::cmhash.DegenerateCodesWarning")  # 1-epoch run
+def test_one_warmup_epoch_still_ends_with_the_sign_b_step():
+    """With n_epochs=1 (warm-up) the learned codes were ITQ's rotated sign((Z - mean) R), a
+    code space the hash functions sign(fc4(f(x))) do not share: queries and the learned
+    database did not match. Now every run ends with B = sign(Z) (Eq. 10)."""
+    X, T, Y = make_structured(120, seed=6)
+    m = SDCH(n_epochs=1, **_SMALL).fit(X, T, Y)
+    assert len(m.itq_loss_) == 50                      # ITQ still initialised B after epoch 1
+    assert np.array_equal(m.learned_codes("image"), m.encode(X, "image"))
+    assert np.array_equal(m.learned_codes("text"), m.encode(T, "text"))
+
+
 def test_divergence_is_an_error_not_nan_codes():
     """A diverged run used to return a model with NaN objective and all -1 codes."""
     X, T, Y = make_structured(120, seed=6)

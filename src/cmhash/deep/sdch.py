@@ -449,6 +449,11 @@ class SDCH(TorchHasher):
             if hasattr(bar, "set_postfix"):
                 bar.set_postfix({"L": f"{sums['total']:.4g}",
                                  **{k[:5]: f"{sums[k]:.3g}" for k in TERMS}}, refresh=False)
+        if self.warmup and self.n_epochs == 1:
+            # the only B step so far is ITQ's rotated codes, sign((Z - mean) R), a code space the
+            # hash functions sign(fc4(f(x))) do not share: end with Eq. 10 like every other run,
+            # so that the learned codes are the network encoding of the training set
+            B = self._sign_codes(f, g, h, Xd, Yd, 0, device)
         self.loss_terms_ = {k: np.asarray(v, dtype=np.float64) for k, v in terms_log.items()}
         self.n_iter_ = self.n_epochs
         #: largest total gradient norm applied in any step (after clipping when grad_clip set)

@@ -204,3 +204,14 @@ def test_finite_check_in_blocks_finds_every_bad_value(monkeypatch):
         v.check_features(X, "X")
     X[49, 3] = 1.0
     assert v.check_features(X, "X") is not None
+
+
+def test_negative_random_state_is_named():
+    # was: "expected non-negative integer" raised from inside numpy's SeedSequence
+    X, T, Y = make_structured(100)
+    with pytest.raises(ValueError, match="random_state must be a non-negative integer, got -1"):
+        BATCH(8, n_anchors=(30, 30), random_state=-1).fit(X, T, Y)
+    from cmhash.metrics import mean_average_precision
+    B = np.where(X[:, :8] > 0, 1, -1)
+    with pytest.raises(ValueError, match="random_state must be a non-negative integer"):
+        mean_average_precision(B, B, Y, Y, ties="random", random_state=-1)

@@ -400,3 +400,17 @@ def test_bad_weights_files_and_hidden_widths(tmp_path):
         SDCH(n_epochs=1, image_weights=str(tmp_path / "wide.pt"), **_SMALL).fit(X, T, Y)
     with pytest.raises(ValueError, match="text_hidden must be a positive integer"):
         SDCH(n_epochs=1, **{**_SMALL, "text_hidden": (8.5,)}).fit(X, T, Y)
+
+
+def test_save_with_a_torch_device_and_a_path_object(tmp_path):
+    """device=torch.device("cpu") and image_weights=pathlib.Path(...) are accepted by fit, but
+    save failed with "Object of type device / PosixPath is not JSON serializable"."""
+    X, T, Y = make_structured(60, seed=6)
+    pre = build_backbone({"kind": "mlp", "in_shape": [X.shape[1]], "out_dim": 8, "hidden": [16]})
+    torch.save(pre.state_dict(), tmp_path / "w.pt")
+    kw = {**_SMALL, "device": torch.device("cpu")}
+    m = SDCH(n_epochs=2, image_weights=tmp_path / "w.pt", **kw).fit(X, T, Y)
+    back = cmhash.base.load(m.save(tmp_path / "m.npz"))
+    assert back.device == "cpu" and back.image_weights == str(tmp_path / "w.pt")
+    assert m.device == torch.device("cpu")                 # the estimator's own params unchanged
+    assert np.array_equal(back.encode(X, "image"), m.encode(X, "image"))

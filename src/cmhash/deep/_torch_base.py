@@ -16,6 +16,7 @@ cuDNN kernels, which removes most but not all of the variation.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -211,6 +212,20 @@ class TorchHasher(CrossModalHasher):
         return np.concatenate(outs, axis=0)
 
     # --------------------------------------------------------- persistence
+    def save(self, path):
+        """:meth:`CrossModalHasher.save`; parameters given as a ``torch.device`` (``device``) or
+        a path object (``image_weights``) are written as strings (JSON), so they round-trip."""
+        originals = {}
+        for k, v in self.get_params().items():
+            if isinstance(v, (torch.device, os.PathLike)):
+                originals[k] = v
+                setattr(self, k, os.fspath(v) if isinstance(v, os.PathLike) else str(v))
+        try:
+            return super().save(path)
+        finally:
+            for k, v in originals.items():
+                setattr(self, k, v)
+
     def _store_networks(self, **nets: nn.Module) -> None:
         """Keep the networks live in ``self._nets`` and as arrays for saving.
 

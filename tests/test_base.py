@@ -215,3 +215,24 @@ def test_negative_random_state_is_named():
     B = np.where(X[:, :8] > 0, 1, -1)
     with pytest.raises(ValueError, match="random_state must be a non-negative integer"):
         mean_average_precision(B, B, Y, Y, ties="random", random_state=-1)
+
+
+@pytest.mark.parametrize("name", ["batch", "ascmh", "asfoh", "amsh"])
+def test_complex_inputs_and_zero_class_labels_are_refused(name):
+    # complex features were cast to float with the imaginary part silently dropped; labels
+    # with no class column crashed inside the methods (IndexError in ASCMH, a numpy reduction
+    # error in ASFOH) or fitted silently (BATCH, AMSH)
+    import scipy.sparse as sp
+    X, T, Y = make_structured(60)
+    m = make_hasher(name, n_bits=8, n_anchors=20, n_iter=1, random_state=0)
+    with pytest.raises(TypeError, match="features of modality 'image' must be real-valued"):
+        m.fit(X + 1j, T, Y)
+    with pytest.raises(TypeError, match="must be real-valued"):
+        m.fit(sp.csr_matrix(X + 1j), T, Y)
+    with pytest.raises(TypeError, match="labels must be real-valued"):
+        m.fit(X, T, Y + 0j)
+    with pytest.raises(ValueError, match="labels has no class columns"):
+        m.fit(X, T, np.zeros((60, 0)))
+    m.fit(X, T, Y)
+    with pytest.raises(TypeError, match="must be real-valued"):
+        m.encode(X + 1j, "image")

@@ -789,3 +789,14 @@ def test_wiki_size_is_fast():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         M.mean_average_precision(q, d, lq, ld, ties="expected", top_k=100)
+
+
+def test_complex_labels_are_refused():
+    # were accepted: relevance was decided on the real part only, silently
+    from cmhash.metrics import mean_average_precision, relevance
+    B = np.array([[1, -1], [-1, 1]])
+    L = np.eye(2)
+    with pytest.raises(ValueError, match="query_labels must be real numeric or boolean"):
+        mean_average_precision(B, B, L + 1j, L)
+    with pytest.raises(ValueError, match="db_labels must be real numeric or boolean"):
+        relevance(L, L + 0j)

@@ -83,6 +83,8 @@ def check_features(X, name: str, *, allow_sparse: bool = True, dtype=None, min_n
     if sp.issparse(X):
         if not allow_sparse:
             raise TypeError(f"{name} is sparse but this operation needs a dense array")
+        if np.issubdtype(X.dtype, np.complexfloating):
+            raise TypeError(f"{name} must be real-valued, got complex dtype {X.dtype}")
         X = sp.csr_matrix(X)
         if dtype is not None:
             X = X.astype(dtype, copy=False)
@@ -99,6 +101,8 @@ def check_features(X, name: str, *, allow_sparse: bool = True, dtype=None, min_n
         raise TypeError(f"{name} could not be converted to an array: {exc}") from exc
     if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
         raise TypeError(f"{name} must be numeric, got dtype {arr.dtype}")
+    if np.issubdtype(arr.dtype, np.complexfloating):
+        raise TypeError(f"{name} must be real-valued, got complex dtype {arr.dtype}")
     if arr.ndim < min_ndim or arr.ndim > max_ndim:
         want = f"{min_ndim}-D" if min_ndim == max_ndim else f"{min_ndim}-D to {max_ndim}-D"
         raise ValueError(f"{name} must be a {want} array of shape (n_samples, n_features), "
@@ -131,6 +135,8 @@ def check_labels(labels, n_samples: int | None = None, name: str = "labels", *,
     Y = np.asarray(labels)
     if Y.dtype == object or not (np.issubdtype(Y.dtype, np.number) or Y.dtype == bool):
         raise TypeError(f"{name} must be numeric, got dtype {Y.dtype}")
+    if np.issubdtype(Y.dtype, np.complexfloating):
+        raise TypeError(f"{name} must be real-valued, got complex dtype {Y.dtype}")
     if Y.ndim == 2 and Y.shape[1] == 1 and not _is_binary(Y):
         Y = Y[:, 0]
     if Y.ndim == 1:
@@ -148,6 +154,8 @@ def check_labels(labels, n_samples: int | None = None, name: str = "labels", *,
         raise ValueError(f"{name} must be multi-hot with entries in {{0, 1}}")
     if Y.shape[0] == 0:
         raise ValueError(f"{name} is empty")
+    if Y.shape[1] == 0:
+        raise ValueError(f"{name} has no class columns: shape {Y.shape}")
     if n_samples is not None and Y.shape[0] != n_samples:
         raise ValueError(f"{name} has {Y.shape[0]} rows but the features have {n_samples} samples")
     if require_nonempty_classes:

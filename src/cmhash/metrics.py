@@ -107,8 +107,9 @@ def _check_labels(labels, name):
         raise ValueError(
             f"{name} must be a 2-D (n, c) multi-hot label array; got shape {arr.shape}"
         )
-    if not (arr.dtype == bool or np.issubdtype(arr.dtype, np.number)):
-        raise ValueError(f"{name} must be numeric or boolean; got dtype {arr.dtype}")
+    if not (arr.dtype == bool or np.issubdtype(arr.dtype, np.number)) or np.issubdtype(
+            arr.dtype, np.complexfloating):
+        raise ValueError(f"{name} must be real numeric or boolean; got dtype {arr.dtype}")
     if arr.shape[1] == 0:
         raise ValueError(f"{name} must have at least one label column; got shape {arr.shape}")
     if np.issubdtype(arr.dtype, np.inexact) and not np.all(np.isfinite(arr)):

@@ -95,3 +95,32 @@ def test_memory_is_linear_in_n_no_n_by_n_matrix():
     assert large < 0.05 * 8000 * 8000 * 8
     # 4x more samples -> at most ~4x (plus slack) more memory, not 16x
     assert large / small < 5.5
+
+
+@pytest.mark.parametrize("n_anchors, exc, match", [
+    (2.5, TypeError, "n_anchors must be an integer, got 2.5"),      # was truncated to 2
+    (True, TypeError, "n_anchors must be an integer, got True"),    # was 1 anchor
+    ("a", TypeError, "n_anchors must be an integer, got 'a'"),     # was int('a') ValueError
+    (None, TypeError, "n_anchors must be an integer, got None"),   # was int(None) TypeError
+    ((10, 0), ValueError, "n_anchors must be >= 1, got 0"),
+    ((10, 10, 10), ValueError, r"n_anchors must be an int or one value per modality \(2\)"),
+])
+def test_batch_validates_n_anchors(n_anchors, exc, match):
+    X, T, Y = make_structured(60)
+    with pytest.raises(exc, match=match):
+        BATCH(8, n_anchors=n_anchors, n_iter=1, random_state=0).fit(X, T, Y)
+
+
+def test_batch_n_bits_not_below_n_is_refused_before_any_work(monkeypatch):
+    # n_bits >= n used to reach the r x r U-step first (a 74.5 GiB allocation for
+    # n_bits=100000) and then fail inside solvers.orthogonal_zero_mean without naming n_bits
+    from cmhash import base
+    X, T, Y = make_structured(40)
+    called = []
+    monkeypatch.setattr(base.TwoStepKernelHasher, "_kernelize",
+                        lambda self, *a, **k: called.append(1))
+    for bits in (40, 10**5):
+        with pytest.raises(ValueError, match=rf"n_bits={bits} must be smaller than the number "
+                                             r"of training samples \(40\)"):
+            BATCH(bits, n_anchors=10, n_iter=1, random_state=0).fit(X, T, Y)
+    assert not called

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ._validation import (check_features, check_labels, check_n_bits, check_random_state,
-                          warn_if_degenerate_codes)
+from ._validation import (check_features, check_int, check_labels, check_n_bits,
+                          check_random_state, warn_if_degenerate_codes)
 from .kernel import CenteredFeatures, RBFAnchorFeatures
 from .solvers import ridge_regression, sign
 
@@ -430,6 +430,24 @@ class TwoStepKernelHasher(CrossModalHasher):
     Subclasses call :meth:`_kernelize` and :meth:`_fit_hash_functions` (or set
     ``projections_`` themselves for non-ridge hash functions, e.g. AMSH's margins).
     """
+
+    def _check_n_anchors(self, n_views: int) -> None:
+        """``n_anchors``: a positive int, or a list/tuple of one positive int per modality."""
+        q = self.n_anchors
+        if isinstance(q, (list, tuple)):
+            if len(q) != n_views:
+                raise ValueError(f"n_anchors must be an int or one value per modality "
+                                 f"({n_views}), got {q!r}")
+            for x in q:
+                check_int(x, "n_anchors")
+        else:
+            check_int(q, "n_anchors")
+
+    def _check_fewer_bits_than_samples(self, n: int) -> None:
+        """The latent V (n x r) with V^T V = n I and V^T 1 = 0 exists only for n > r."""
+        if self.n_bits >= n:
+            raise ValueError(f"n_bits={self.n_bits} must be smaller than the number of training "
+                             f"samples ({n}): V^T V = n I with V^T 1 = 0 needs n > r")
 
     def _anchors_for(self, v: int, n_views: int) -> int:
         q = self.n_anchors

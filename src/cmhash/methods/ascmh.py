@@ -216,18 +216,11 @@ class ASCMH(TwoStepKernelHasher):
         check_int(self.n_iter, "n_iter")
         if self.anchor_method not in ("random", "kmeans"):
             raise ValueError(f"anchor_method must be 'random' or 'kmeans', got {self.anchor_method!r}")
-        qs = self.n_anchors if isinstance(self.n_anchors, (list, tuple)) else [self.n_anchors]
-        if isinstance(self.n_anchors, (list, tuple)) and len(qs) != 2:
-            raise ValueError(f"n_anchors must be an int or one value per modality (2), "
-                             f"got {self.n_anchors!r}")
-        for q in qs:
-            check_int(q, "n_anchors")
+        self._check_n_anchors(2)
 
     def _fit(self, views, labels, rng):
         n, r = views[0].shape[0], self.n_bits
-        if r >= n:
-            raise ValueError(f"n_bits={r} must be smaller than the number of training samples "
-                             f"({n}): V^T V = n I with V^T 1 = 0 needs n > r")
+        self._check_fewer_bits_than_samples(n)
         t0 = time.perf_counter()
         phis = self._kernelize(views, rng)
         t1 = time.perf_counter()

@@ -80,10 +80,12 @@ class BATCH(TwoStepKernelHasher):
         for p in ("eta_image", "eta_text", "eta_label", "omega", "xi", "rho"):
             check_positive(getattr(self, p), p, allow_zero=True)
         check_int(self.n_iter, "n_iter")
+        self._check_n_anchors(2)
 
     def _fit(self, views, labels, rng):
-        phis = self._kernelize(views, rng)
         n, r = views[0].shape[0], self.n_bits
+        self._check_fewer_bits_than_samples(n)
+        phis = self._kernelize(views, rng)
         L = labels
         G = normalize_rows(L)
         etas = (self.eta_image, self.eta_text)

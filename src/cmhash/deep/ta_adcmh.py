@@ -320,6 +320,7 @@ class TAADCMH(TorchHasher):
     objective_ : list of float   J_1 + J_2 after each epoch (J of the shared couple for
         variants I/II); objective_i2t_, objective_t2i_ the two parts
     loss_terms_ : dict of (n_epochs,) arrays   each term of J_1 / J_2 after each epoch
+        (objective_* and loss_terms_ are empty with ``track_objective=False``)
     network_states_, architectures_ : the networks f1, g1, f2, g2 (f, g for variants I/II)
     input_means_, input_scales_ : per-modality standardisation (None where not applied)
     input_kernels_ : per-modality RBFAnchorFeatures (None where not applied)

@@ -415,3 +415,23 @@ def test_wiki_matches_the_authors_code(wiki):
     t2i = mean_average_precision(h.encode(wiki["T_te"], "text"), h.learned_codes("image"),
                                  wiki["L_test"], wiki["L_train"])
     assert abs(i2t - 0.343) < 0.04 and abs(t2i - 0.720) < 0.04
+
+
+def test_unpaired_class_index_labels_share_their_columns_across_modalities():
+    # each modality's class indices used to be one-hot encoded over its own classes: image
+    # classes {0, 1} and text classes {1, 2} both became 2 columns, so column 0 meant class 0
+    # for the images and class 1 for the texts (no error, silently wrong supervision)
+    rng = np.random.default_rng(0)
+    X, T = rng.standard_normal((60, 6)), rng.standard_normal((50, 5))
+    ix, it = rng.integers(0, 2, 60), rng.integers(1, 3, 50)
+    onehot = np.eye(3)
+    kw = dict(n_anchors=20, n_iter=2, n_iter_hash=2, n_init_samples=30, random_state=0)
+    a = AMSH(8, **kw).fit_unpaired([X, T], [ix, it])
+    b = AMSH(8, **kw).fit_unpaired([X, T], [onehot[ix], onehot[it]])
+    assert a.n_classes_ == 3
+    for m in (0, 1):
+        assert np.array_equal(a.learned_codes(m), b.learned_codes(m))
+    with pytest.raises(ValueError, match="all be class-index vectors or all be multi-hot"):
+        AMSH(8, **kw).fit_unpaired([X, T], [ix, onehot[it]])
+    with pytest.raises(TypeError, match="names must be a list of 2 modality names"):
+        AMSH(8, **kw).fit_unpaired([X, T], [ix, it], names="ab")

@@ -121,12 +121,30 @@ def check_features(X, name: str, *, allow_sparse: bool = True, dtype=None, min_n
     return arr
 
 
+def class_indices(labels):
+    """``labels`` as an int64 vector if they are given as class indices ((n,), or (n, 1) not
+    all 0/1, finite integers), else None (multi-hot, or invalid: :func:`check_labels` says)."""
+    if labels is None or sp.issparse(labels):
+        return None
+    Y = np.asarray(labels)
+    if Y.dtype == object or not (np.issubdtype(Y.dtype, np.number) or Y.dtype == bool) \
+            or np.issubdtype(Y.dtype, np.complexfloating):
+        return None
+    if Y.ndim == 2 and Y.shape[1] == 1 and not _is_binary(Y):
+        Y = Y[:, 0]
+    if Y.ndim != 1 or not np.all(np.isfinite(Y)) or np.any(Y != np.round(Y)):
+        return None
+    return Y.astype(np.int64)
+
+
 def check_labels(labels, n_samples: int | None = None, name: str = "labels", *,
-                 require_nonempty_classes: bool = True) -> np.ndarray:
+                 require_nonempty_classes: bool = True, classes=None) -> np.ndarray:
     """Return labels as a float64 multi-hot (n, c) matrix.
 
     Accepts a multi-hot (n, c) matrix of 0/1 (or booleans), or a vector of class indices
-    (n,) / (n, 1), converted to one-hot over the sorted unique values.
+    (n,) / (n, 1), converted to one-hot over the sorted unique values (or over ``classes``,
+    a sorted int array holding every index, so that label sets one-hot encoded separately
+    share their columns).
     """
     if labels is None:
         raise ValueError(f"{name} is None; supervised hashing needs labels")
@@ -142,7 +160,14 @@ def check_labels(labels, n_samples: int | None = None, name: str = "labels", *,
     if Y.ndim == 1:
         if not np.all(np.isfinite(Y)) or np.any(Y != np.round(Y)):
             raise ValueError(f"{name}: class indices must be finite integers")
-        classes, idx = np.unique(Y.astype(np.int64), return_inverse=True)
+        Yi = Y.astype(np.int64)
+        if classes is None:
+            classes, idx = np.unique(Yi, return_inverse=True)
+        else:
+            classes = np.asarray(classes, dtype=np.int64)
+            idx = np.minimum(np.searchsorted(classes, Yi), max(classes.size - 1, 0))
+            if classes.size == 0 or np.any(classes[idx] != Yi):
+                raise ValueError(f"{name}: class indices outside the classes {classes.tolist()}")
         Y = np.zeros((Y.shape[0], classes.size), dtype=np.float64)
         Y[np.arange(Y.shape[0]), idx] = 1.0
     elif Y.ndim != 2:

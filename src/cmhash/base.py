@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ._validation import (check_features, check_int, check_labels, check_n_bits,
-                          check_random_state, warn_if_degenerate_codes)
+                          check_random_state, class_indices, warn_if_degenerate_codes)
 from .kernel import CenteredFeatures, RBFAnchorFeatures
 from .solvers import ridge_regression, sign
 
@@ -180,7 +180,17 @@ class CrossModalHasher:
                              f"{len(views)} modalities and "
                              f"{len(labels) if isinstance(labels, (list, tuple)) else 'a single'} "
                              f"label matrix/matrices")
-        Ys = [check_labels(L, X.shape[0], name=f"labels[{v!r}]", require_nonempty_classes=False)
+        # class-index labels are one-hot encoded over the union of all modalities' classes, so
+        # that a column means the same class in every modality
+        indices = [class_indices(L) for L in labels]
+        classes = None
+        if any(i is not None for i in indices):
+            if any(i is None for i in indices):
+                raise ValueError("unpaired labels must all be class-index vectors or all be "
+                                 "multi-hot (n_v, c) matrices, not a mix of both")
+            classes = np.unique(np.concatenate(indices))
+        Ys = [check_labels(L, X.shape[0], name=f"labels[{v!r}]", require_nonempty_classes=False,
+                           classes=classes)
               for v, X, L in zip(names, views, labels)]
         c = Ys[0].shape[1]
         for v, Y in zip(names, Ys):
@@ -210,6 +220,9 @@ class CrossModalHasher:
             raise ValueError(f"{type(self).__name__} takes {want} modalities, got {V}")
         if names is None:
             names = DEFAULT_NAMES if V == 2 else tuple(f"view{v}" for v in range(V))
+        elif isinstance(names, (str, bytes)):
+            raise TypeError(f"names must be a list of {V} modality names, got the string "
+                            f"{names!r}")
         names = tuple(str(s) for s in names)
         if len(names) != V or len(set(names)) != V:
             raise ValueError(f"names must be {V} distinct modality names, got {names}")

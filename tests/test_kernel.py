@@ -91,3 +91,22 @@ def test_fit_transform_equals_fit_then_transform(sparse_input, cache_bytes, monk
     assert a.sigma_ == b.sigma_
     assert np.array_equal(a.mean_, b.mean_)
     assert np.array_equal(phi_a, phi_b)
+
+
+def test_overflowing_distances_are_reported_as_such():
+    # features of magnitude ~1e160 overflowed the squared distances (inf - inf = NaN) and fit
+    # failed with "all training samples coincide with the anchors (sigma = 0)" after numpy
+    # overflow RuntimeWarnings; the error now names the overflow, without numpy warnings
+    import warnings
+    from cmhash.base import make_hasher
+    X = np.random.default_rng(0).standard_normal((50, 4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for big in (X * 1e160, sp.csr_matrix(X * 1e160)):
+            with pytest.raises(ValueError, match="overflow float64"):
+                RBFAnchorFeatures(10, random_state=0).fit(big)
+        with pytest.raises(ValueError, match="overflow float64"):
+            make_hasher("batch", n_bits=4, n_anchors=10, random_state=0).fit(
+                X * 1e160, X, np.arange(50) % 3)
+    with pytest.raises(ValueError, match="underflow to 0"):
+        RBFAnchorFeatures(10, random_state=0).fit(X * 1e-200)

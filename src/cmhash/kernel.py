@@ -20,6 +20,10 @@ DEFAULT_CHUNK = 8192
 CACHE_BYTES = 256 * 2 ** 20
 
 
+_OVERFLOW = ("X: squared distances to the kernel anchors overflow float64 (feature values "
+             "too large in magnitude, |x| of order 1e150 or more); rescale the features")
+
+
 def _squared_norms(X) -> np.ndarray:
     if sp.issparse(X):
         return np.asarray(X.multiply(X).sum(axis=1), dtype=np.float64).ravel()
@@ -117,15 +121,22 @@ class RBFAnchorFeatures:
         return X
 
     def _set_sigma(self, sigma):
+        if np.isinf(sigma):
+            raise ValueError(_OVERFLOW)
         if not sigma > 0:
             raise ValueError("all training samples coincide with the anchors (sigma = 0); "
-                             "the RBF kernel is undefined")
+                             "the RBF kernel is undefined (with distinct samples: the feature "
+                             "values are so small that squared distances underflow to 0; "
+                             "rescale the features)")
         self.sigma_ = float(sigma)
 
     def _sq_dist(self, Xc) -> np.ndarray:
-        cross = Xc @ self.anchors_.T
-        cross = np.asarray(cross, dtype=np.float64)
-        D = _squared_norms(Xc)[:, None] + self._anchor_sqnorm[None, :] - 2.0 * cross
+        with np.errstate(over="ignore", invalid="ignore"):
+            cross = Xc @ self.anchors_.T
+            cross = np.asarray(cross, dtype=np.float64)
+            D = _squared_norms(Xc)[:, None] + self._anchor_sqnorm[None, :] - 2.0 * cross
+        if np.isnan(D).any():   # inf - inf: a squared norm or product overflowed float64
+            raise ValueError(_OVERFLOW)
         return np.maximum(D, 0.0)
 
     def _raw_phi(self, Xc) -> np.ndarray:

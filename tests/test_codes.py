@@ -129,3 +129,19 @@ def test_hamming_distances_validation():
     with pytest.raises(TypeError, match="uint8"):
         hamming_distances(np.ones((2, 1)), P8)
     assert hamming_distances(P8[:0], P8).shape == (0, 2)
+
+
+def test_distances_beyond_65535_bits_do_not_wrap():
+    # the uint16 accumulator wrapped: two opposite 70000-bit codes were 4464 apart
+    from cmhash.index import HammingIndex
+    r = 70_000
+    q = np.ones((1, r), np.int8)
+    db = np.vstack([-q, q])
+    db[1, :5] = -1
+    assert hamming_distances(pack_codes(q), pack_codes(db)).tolist() == [[r, 5]]
+    index = HammingIndex(r, backend="numpy")
+    index.add(db)
+    D, ids = index.search(q, 2)
+    assert D.tolist() == [[5, r]] and ids.tolist() == [[1, 0]]
+    lims, D, ids = index.range_search(q, r - 1)
+    assert lims.tolist() == [0, 1] and D.tolist() == [5]

@@ -156,7 +156,8 @@ def to_words(packed) -> np.ndarray:
 
 def _distance_dtype(n_words_: int):
     """Smallest unsigned dtype that holds a distance of up to ``64 * n_words_``."""
-    return np.uint8 if 64 * n_words_ <= 255 else np.uint16
+    r = 64 * n_words_
+    return np.uint8 if r <= 255 else np.uint16 if r <= 65535 else np.uint32
 
 
 def _distances_into(out, q_words, db_words, tmp=None, cnt=None):

@@ -5,7 +5,7 @@ whole 64-bit words so distances are popcounts of XORed words. Two backends:
 
 * ``"numpy"`` -- pure NumPy, always available. Distances are computed for a batch of
   queries against the whole database, block by block (:data:`DISTANCE_BLOCK_BYTES` of uint64
-  scratch), into a ``(batch, ntotal)`` uint8/uint16 distance block
+  scratch), into a ``(batch, ntotal)`` uint8/uint16 (uint32 beyond 65535 bits) distance block
   (:data:`QUERY_BLOCK_BYTES`, at least one row). Top-k uses a counting rule per query: the
   k-th smallest distance ``t`` is found by counting ``d <= v`` for a few integer values
   ``v`` (distances are small integers 0..r), then every item with ``d <= t`` is taken in
@@ -348,7 +348,7 @@ class HammingIndex:
             return list(ex.map(fn, batches))
 
     def _distance_block(self, qw: np.ndarray) -> np.ndarray:
-        """``(len(qw), ntotal)`` distances (uint8 or uint16), computed in db chunks."""
+        """``(len(qw), ntotal)`` distances (uint8, uint16 or uint32), computed in db chunks."""
         db = self._words
         n, mq = self._n, qw.shape[0]
         out = np.empty((mq, n), dtype=_distance_dtype(self._w))

@@ -293,3 +293,24 @@ def test_state_dict_file_refuses_wrong_keys_wrong_shapes_and_unreadable_files(tm
         load_state_dict_file(build_backbone(spec), tmp_path)
     with pytest.raises(ValueError, match="could not read .* as a MATLAB .mat file"):
         load_vggf_mat(CNNF(8, fc_dim=8), garbage)
+
+
+@pytest.mark.filterwarnings("ignore::cmhash.DegenerateCodesWarning")  # 1-epoch runs
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")
+@pytest.mark.parametrize("method", ["ta-adcmh", "sdch"])
+def test_queries_with_non_finite_network_outputs_are_refused(method):
+    """A finite float64 query beyond float32's range became inf, the network output NaN, and
+    sign() silently turned it into an all -1 code; now a ValueError naming the row."""
+    import cmhash
+    rng = np.random.default_rng(0)
+    Y = np.eye(2)[np.arange(30) % 2]
+    X, T = rng.standard_normal((30, 6)), rng.standard_normal((30, 4))
+    small = ({"image_hidden": (8,), "text_hidden": 8} if method == "ta-adcmh" else
+             {"image_hidden": (8,), "text_hidden": (8,), "feature_dim": 8})
+    m = cmhash.make_hasher(method, n_bits=8, n_epochs=1, batch_size=10, device="cpu",
+                           random_state=0, **small).fit(X, T, Y)
+    Q = X[:3].copy()
+    Q[1, 2] = 1e39
+    with pytest.raises(ValueError, match=r"1 query row\(s\) \(e.g. row 1\)"):
+        m.encode(Q, "image")
+    assert m.encode(X[:3], "image").shape == (3, 8)

@@ -277,4 +277,17 @@ class TorchHasher(CrossModalHasher):
 
     def _encode_with(self, name: str, X) -> np.ndarray:
         """``sign(net(X))`` as int8 codes (0 -> -1)."""
-        return sign(self._predict(self._network(name), X))
+        return sign(self._finite_outputs(self._predict(self._network(name), X)))
+
+    @staticmethod
+    def _finite_outputs(out: np.ndarray) -> np.ndarray:
+        """``out`` unchanged, or a ValueError when a query's network outputs are NaN / inf (a
+        finite input outside float32's range or far outside the training data's), which sign()
+        would silently map to -1 bits."""
+        bad = ~np.isfinite(out).all(axis=tuple(range(1, out.ndim)))
+        if bad.any():
+            rows = np.flatnonzero(bad)
+            raise ValueError(f"the network outputs of {rows.size} query row(s) (e.g. row "
+                             f"{int(rows[0])}) are NaN or infinite: their values are too large "
+                             f"for float32 or far outside the range of the training data")
+        return out

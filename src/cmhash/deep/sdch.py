@@ -591,4 +591,4 @@ class SDCH(TorchHasher):
 
     def _encode(self, X, m, task):
         F = self._feature_outputs(self._network("f" if m == 0 else "g"), self._prepare(X, m))
-        return sign(self._predict(self._network("h"), F))
+        return sign(self._finite_outputs(self._predict(self._network("h"), F)))

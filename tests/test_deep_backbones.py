@@ -314,3 +314,30 @@ def test_queries_with_non_finite_network_outputs_are_refused(method):
     with pytest.raises(ValueError, match=r"1 query row\(s\) \(e.g. row 1\)"):
         m.encode(Q, "image")
     assert m.encode(X[:3], "image").shape == (3, 8)
+
+
+@pytest.mark.filterwarnings("ignore::cmhash.DegenerateCodesWarning")  # 1-epoch runs
+@pytest.mark.parametrize("method", ["ta-adcmh", "sdch"])
+def test_estimator_contract_quiet_progress_device_params(method, capfd):
+    """verbose=False prints nothing, verbose=True shows progress on stderr only; device="cuda"
+    without a GPU is a clear error at fit; get_params / set_params round-trip."""
+    import cmhash
+    rng = np.random.default_rng(0)
+    Y = np.eye(2)[np.arange(30) % 2]
+    X, T = rng.standard_normal((30, 6)), rng.standard_normal((30, 4))
+    small = ({"image_hidden": (8,), "text_hidden": 8} if method == "ta-adcmh" else
+             {"image_hidden": (8,), "text_hidden": (8,), "feature_dim": 8})
+    kw = dict(n_bits=8, n_epochs=2, batch_size=10, device="cpu", random_state=0, **small)
+    capfd.readouterr()
+    quiet = cmhash.make_hasher(method, verbose=False, **kw).fit(X, T, Y)
+    out, err = capfd.readouterr()
+    assert out == "" and err == ""
+    loud = cmhash.make_hasher(method, verbose=True, **kw).fit(X, T, Y)
+    out, err = capfd.readouterr()
+    assert out == "" and err != ""
+    assert np.array_equal(quiet.encode(X, "image"), loud.encode(X, "image"))
+    clone = type(quiet)().set_params(**quiet.get_params())
+    assert clone.get_params() == quiet.get_params()
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            cmhash.make_hasher(method, **{**kw, "device": "cuda"}).fit(X, T, Y)

@@ -171,3 +171,36 @@ def test_plots_draw_the_results(tmp_path, dataset):
                                verbose=False)
     with pytest.raises(ValueError, match="no curves"):
         plot_curves([no_curves], tmp_path / "x.png")
+
+
+def test_unreadable_model_index_and_codes_files_are_clear_errors(tmp_path, capsys):
+    # an empty file raised EOFError, a text file numpy's "contains pickled (object) data",
+    # a .npy array AttributeError ('ndarray' has no attribute 'files') and a directory
+    # IsADirectoryError: tracebacks from `cmhash encode` / `cmhash search`
+    from cmhash.base import load
+    from cmhash.index import HammingIndex
+    empty, text, npy = tmp_path / "empty.npz", tmp_path / "notes.txt", tmp_path / "a.npy"
+    empty.write_bytes(b"")
+    text.write_text("hello")
+    np.save(npy, np.arange(3))
+    for bad, why in ((empty, "not a readable .npz"), (text, "not a readable .npz"),
+                     (npy, "single .npy array"), (tmp_path, "is a directory")):
+        with pytest.raises(ValueError, match=f"not a cmhash model file|{why}") as err:
+            load(bad)
+        assert why in str(err.value)
+        with pytest.raises(ValueError, match=why):
+            HammingIndex.load(bad)
+        assert main(["encode", "--model", str(bad), "--data", "synthetic:small",
+                     "--modality", "image", "--out", str(tmp_path / "q.npz"), "--quiet"]) == 2
+        assert why in capsys.readouterr().err
+        assert main(["search", "--database", str(bad), "--queries", str(bad), "--quiet"]) == 2
+        assert why in capsys.readouterr().err
+    with pytest.raises(FileNotFoundError, match="cmhash model file not found"):
+        load(tmp_path / "missing.npz")
+    # a saved index is a database but not a queries file
+    index = HammingIndex(8)
+    index.add(np.ones((2, 8)))
+    index.save(tmp_path / "index.npz")
+    assert main(["search", "--database", str(tmp_path / "index.npz"),
+                 "--queries", str(tmp_path / "index.npz"), "--quiet"]) == 2
+    assert "is not a codes file from `cmhash encode`" in capsys.readouterr().err

@@ -234,3 +234,26 @@ def check_codes(B, name: str = "codes") -> np.ndarray:
     if not np.all((B == 1) | (B == -1)):
         raise ValueError(f"{name} must contain only -1 and +1")
     return B.astype(np.int8, copy=False)
+
+
+def open_npz(path, what: str):
+    """``np.load(path, allow_pickle=False)`` of an ``.npz`` archive (use it as a context
+    manager); a missing path is a FileNotFoundError, and a directory, a ``.npy`` array or a
+    file that is not a readable ``.npz`` archive a ValueError, each naming ``what`` the file
+    should have been (numpy raised EOFError, AttributeError or a misleading "pickled data")."""
+    import os
+    import zipfile
+
+    name = os.fspath(path)
+    if not os.path.exists(name):
+        raise FileNotFoundError(f"{what} not found: {path}")
+    if os.path.isdir(name):
+        raise ValueError(f"{path} is a directory, not {what}")
+    try:
+        data = np.load(name, allow_pickle=False)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise ValueError(f"{path} is not {what}: it is not a readable .npz archive") from exc
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise ValueError(f"{path} is not {what}: it holds a single .npy array, not an .npz "
+                         f"archive")
+    return data

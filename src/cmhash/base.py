@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from ._validation import (check_features, check_int, check_labels, check_n_bits,
-                          check_random_state, class_indices, warn_if_degenerate_codes)
+                          check_random_state, class_indices, open_npz,
+                          warn_if_degenerate_codes)
 from .kernel import CenteredFeatures, RBFAnchorFeatures
 from .solvers import ridge_regression, sign
 
@@ -413,9 +414,7 @@ def _unpack_value(key, spec, data):
 def load(path):
     """Load a model written by :meth:`CrossModalHasher.save` (no pickle involved)."""
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"model file not found: {path}")
-    with np.load(path, allow_pickle=False) as data:
+    with open_npz(path, "a cmhash model file") as data:
         if "__header__" not in data.files:
             raise ValueError(f"{path} is not a cmhash model file (no header)")
         header = json.loads(bytes(data["__header__"]).decode("utf-8"))

@@ -237,12 +237,17 @@ def cmd_encode(args):
               f"to {codes.shape[1]} bits; wrote {args.out}", file=sys.stderr)
 
 
-def _read_codes(path):
+def _read_codes(path, *, allow_index: bool = True):
+    from ._validation import open_npz
     from .index import HammingIndex
 
-    with np.load(path, allow_pickle=False) as f:
+    what = ("a codes file from `cmhash encode` or a saved HammingIndex" if allow_index
+            else "a codes file from `cmhash encode`")
+    with open_npz(path, what) as f:
         if "packed" in f.files and "ids" in f.files:
             return f["packed"], int(f["n_bits"]), f["ids"], None
+    if not allow_index:
+        raise ValueError(f"{path} is not {what} (no 'packed' and 'ids' arrays)")
     index = HammingIndex.load(path)
     return None, index.n_bits, None, index
 
@@ -254,9 +259,7 @@ def cmd_search(args):
     if index is None:
         index = HammingIndex(n_bits, backend=args.backend)
         index.add(db_packed, packed=True)
-    q_packed, q_bits, q_ids, _ = _read_codes(args.queries)
-    if q_packed is None:
-        raise SystemExit("cmhash: --queries must be a codes file written by `cmhash encode`")
+    q_packed, q_bits, q_ids, _ = _read_codes(args.queries, allow_index=False)
     if q_bits != n_bits:
         raise SystemExit(f"cmhash: queries have {q_bits} bits but the database has {n_bits}")
     start = time.perf_counter()

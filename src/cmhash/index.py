@@ -34,6 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from ._validation import open_npz
 from .codes import (
     _check_packed,
     _check_pm1,
@@ -265,7 +266,7 @@ class HammingIndex:
 
         ``backend`` overrides the saved backend.
         """
-        with np.load(os.fspath(path), allow_pickle=False) as z:
+        with open_npz(path, "a saved HammingIndex") as z:
             missing = {"format_version", "n_bits", "codes"} - set(z.files)
             if missing:
                 raise ValueError(f"{path} is not a saved HammingIndex: missing "

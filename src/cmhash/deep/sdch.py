@@ -169,7 +169,9 @@ class SDCH(TorchHasher):
         Dropout after hidden layers (0: none).
     image_weights : str or None
         A PyTorch state_dict file for the image network (matching names are loaded; those
-        layers train at ``pretrained_lr_scale`` x ``lr_feature``, Section 4.2).
+        layers train at ``pretrained_lr_scale`` x ``lr_feature``, Section 4.2). Every layer
+        of the file that the network has must fit, except the output layer (e.g. an ImageNet
+        fc8), and at least one must match (:func:`load_state_dict_file`).
     standardize : bool
         z-score dense vector inputs with training means / standard deviations (stored).
     n_epochs : int

@@ -204,3 +204,29 @@ def test_unreadable_model_index_and_codes_files_are_clear_errors(tmp_path, capsy
     assert main(["search", "--database", str(tmp_path / "index.npz"),
                  "--queries", str(tmp_path / "index.npz"), "--quiet"]) == 2
     assert "is not a codes file from `cmhash encode`" in capsys.readouterr().err
+
+
+def test_protocol_arguments_are_validated_before_any_fit(dataset, monkeypatch):
+    # bits=[] was an IndexError after the loop, bits=16 "'int' object is not iterable",
+    # bits=[16.7] silently ran 16 bits, top_r=0 failed after a full fit as "top_k must be in
+    # [1, n]", params with n_bits a "multiple values for keyword argument" TypeError, and an
+    # unfitted hasher an AttributeError ('modality_names_')
+    from cmhash import protocol
+    monkeypatch.setattr(protocol, "make_hasher", lambda *a, **k: pytest.fail("fitted"))
+    cases = [({"bits": []}, ValueError, "bits must name at least one code length"),
+             ({"bits": [16.7]}, TypeError, "n_bits must be a positive integer, got 16.7"),
+             ({"bits": "16"}, TypeError, "bits must be a code length or a list"),
+             ({"seeds": 2.0}, TypeError, "seeds must be a number of seeds or a list"),
+             ({"top_r": 0}, ValueError, "top_r must be >= 1, got 0"),
+             ({"params": {"n_bits": 4}}, ValueError, r"params must not set \['n_bits'\]")]
+    for kw, exc, match in cases:
+        with pytest.raises(exc, match=match):
+            run_evaluation("batch", dataset, **{"bits": [8], "seeds": 1, "verbose": False, **kw})
+    with pytest.raises(RuntimeError, match="BATCH is not fitted"):
+        evaluate_hasher(BATCH(8), dataset)
+    m = BATCH(8, n_anchors=(20, 20), n_iter=1, random_state=0).fit(
+        *dataset.views("train"), dataset.labels_of("train"))
+    with pytest.raises(ValueError, match="top_r must be >= 1, got -5"):
+        evaluate_hasher(m, dataset, top_r=-5)
+    with pytest.raises(ValueError, match="radius must be >= 0, got -1"):
+        evaluate_hasher(m, dataset, radius=-1)

@@ -11,7 +11,7 @@ import time
 import numpy as np
 
 from . import __version__
-from ._validation import check_choice
+from ._validation import check_choice, check_int, check_n_bits
 from .base import make_hasher
 from .index import HammingIndex
 from .metrics import (mean_average_precision, pr_curve_radius, pr_curve_ranking,
@@ -84,6 +84,12 @@ def evaluate_hasher(hasher, dataset, *, database: str = "learned", ties: str = "
     check_choice(database, "database", DATABASES)
     check_choice(ties, "ties", TIES)
     check_choice(zero_relevant, "zero_relevant", ZERO_RELEVANT)
+    if top_r is not None:
+        top_r = check_int(top_r, "top_r")
+    radius = check_int(radius, "radius", minimum=0)
+    if not hasattr(hasher, "modality_names_"):
+        raise RuntimeError(f"{type(hasher).__name__} is not fitted; call fit(...) before "
+                           f"evaluate_hasher")
     if database == "learned" and unpaired_labels is None and not dataset.train_is_retrieval:
         raise ValueError("database='learned' represents the retrieval set by the learned "
                          "training codes, so the training split must equal the retrieval split "
@@ -164,10 +170,27 @@ def run_evaluation(method: str, dataset, *, bits=(16, 32, 64, 128), seeds=5, par
     and the method is fitted with ``fit_unpaired``. Returns the public JSON document.
     """
     params = dict(params or {})
-    seed_list = list(range(seeds)) if isinstance(seeds, (int, np.integer)) else list(seeds)
+    fixed = sorted({"n_bits", "random_state"} & set(params))
+    if fixed:
+        raise ValueError(f"params must not set {fixed}: the code lengths come from bits and "
+                         f"the seeds from seeds")
+    if isinstance(seeds, (int, np.integer)) and not isinstance(seeds, bool):
+        seed_list = list(range(seeds))
+    elif isinstance(seeds, (list, tuple, range, np.ndarray)):
+        seed_list = list(seeds)
+    else:
+        raise TypeError(f"seeds must be a number of seeds or a list of seeds, got {seeds!r}")
     if not seed_list:
         raise ValueError("seeds must name at least one seed")
-    bits = [int(b) for b in bits]
+    if isinstance(bits, (int, np.integer)) and not isinstance(bits, bool):
+        bits = [bits]
+    elif not isinstance(bits, (list, tuple, range, np.ndarray)):
+        raise TypeError(f"bits must be a code length or a list of code lengths, got {bits!r}")
+    bits = [check_n_bits(b) for b in bits]
+    if not bits:
+        raise ValueError("bits must name at least one code length")
+    if top_r is not None:
+        top_r = check_int(top_r, "top_r")
     runs = []
     jobs = [(b, s) for b in bits for s in seed_list]
     bar = progress(jobs, desc=f"{method} on {dataset.name or 'data'}", verbose=verbose,

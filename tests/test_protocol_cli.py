@@ -230,3 +230,14 @@ def test_protocol_arguments_are_validated_before_any_fit(dataset, monkeypatch):
         evaluate_hasher(m, dataset, top_r=-5)
     with pytest.raises(ValueError, match="radius must be >= 0, got -1"):
         evaluate_hasher(m, dataset, radius=-1)
+
+
+def test_cli_n_train_zero_and_negative_show_are_errors(tmp_path, capsys):
+    # --n-train 0 was dropped as falsy (training silently used the whole training split);
+    # --show -1 printed every query but the last
+    assert main(["fit", "--method", "batch", "--data", "synthetic:small", "--n-train", "0",
+                 "--bits", "8", "--out", str(tmp_path / "m.npz"), "--quiet"]) == 2
+    assert "n_train must be positive, got 0" in capsys.readouterr().err
+    assert not (tmp_path / "m.npz").exists()
+    assert main(["search", "--database", "db.npz", "--queries", "q.npz", "--show", "-1"]) == 2
+    assert "--show must be >= 0" in capsys.readouterr().err

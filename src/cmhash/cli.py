@@ -94,7 +94,7 @@ def _load_data(args):
     kwargs = {}
     if getattr(args, "preset", None):
         kwargs["preset"] = args.preset
-    if getattr(args, "n_train", None):
+    if getattr(args, "n_train", None) is not None:   # 0 is refused by load_dataset, not dropped
         kwargs["n_train"] = args.n_train
     return load_dataset(path, random_state=args.split_seed, **kwargs)
 
@@ -255,6 +255,8 @@ def _read_codes(path, *, allow_index: bool = True):
 def cmd_search(args):
     from .index import HammingIndex
 
+    if args.show < 0:
+        raise ValueError(f"--show must be >= 0 (queries to print), got {args.show}")
     db_packed, n_bits, db_ids, index = _read_codes(args.database)
     if index is None:
         index = HammingIndex(n_bits, backend=args.backend)

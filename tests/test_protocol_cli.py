@@ -1,5 +1,6 @@
 """Protocol runner, public JSON format and the CLI contract."""
 import json
+import re
 import subprocess
 import sys
 
@@ -241,3 +242,23 @@ def test_cli_n_train_zero_and_negative_show_are_errors(tmp_path, capsys):
     assert not (tmp_path / "m.npz").exists()
     assert main(["search", "--database", "db.npz", "--queries", "q.npz", "--show", "-1"]) == 2
     assert "--show must be >= 0" in capsys.readouterr().err
+
+
+def test_cli_bench_and_plot_argument_errors(tmp_path, capsys):
+    # --method-param without "METHOD:" said "--param expects key=value, got ''", an unknown
+    # --method-param name failed only after loading the data (BATCH.__init__ TypeError),
+    # --param with several methods was silently ignored, and `plot` of a JSON that is not a
+    # results file raised KeyError 'runs'
+    bench = ["bench", "--methods", "batch", "--data", "synthetic:small", "--bits", "8",
+             "--seeds", "1", "--quiet", "--out-dir", str(tmp_path)]
+    for extra, message in ((["--method-param", "omega=1"], "--method-param expects METHOD:KEY=VALUE"),
+                           (["--method-hparams", "batch"], "--method-hparams expects METHOD:PRESET"),
+                           (["--method-param", "batch:bogus=1"], "unknown parameter(s) ['bogus'] for batch"),
+                           (["--methods", "batch", "ascmh", "--param", "omega=1"],
+                            "--param is for a single method")):
+        with pytest.raises(SystemExit, match=re.escape(message)):
+            main(bench + extra)
+    other = tmp_path / "other.json"
+    other.write_text("{}")
+    assert main(["plot", "--json", str(other), "--out", str(tmp_path / "p.png"), "--quiet"]) == 2
+    assert "is not a results file of `cmhash evaluate` or `cmhash bench`" in capsys.readouterr().err

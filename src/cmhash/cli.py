@@ -68,21 +68,34 @@ def _named_params(method: str, attr: str, name: str) -> dict:
 
 def _method_params(method: str, args) -> dict:
     """Constructor parameters from --hparams (class PRESETS), --variant (VARIANTS), --param."""
-    from .base import get_method
-
-    cls = get_method(method)
     params = {}
     if getattr(args, "hparams", None):
         params.update(_named_params(method, "PRESETS", args.hparams))
     if getattr(args, "variant", None):
         params.update(_named_params(method, "VARIANTS", args.variant))
     params.update(_parse_params(getattr(args, "param", None)))
-    valid = set(cls._param_names()) - {"n_bits", "random_state"}
+    _check_param_names(method, params)
+    return params
+
+
+def _check_param_names(method: str, params: dict) -> None:
+    """Exit naming the parameters that ``method``'s constructor does not take (or that the
+    command sets itself: n_bits from --bits, random_state from the seeds)."""
+    from .base import get_method
+
+    valid = set(get_method(method)._param_names()) - {"n_bits", "random_state"}
     unknown = set(params) - valid
     if unknown:
         raise SystemExit(f"cmhash: unknown parameter(s) {sorted(unknown)} for {method}; "
                          f"valid: {sorted(valid)}")
-    return params
+
+
+def _method_prefixed(item: str, option: str, what: str) -> tuple[str, str]:
+    """``"METHOD:REST"`` of --method-param / --method-hparams, or a clear exit."""
+    method, sep, rest = item.partition(":")
+    if not sep or not method or not rest:
+        raise SystemExit(f"cmhash: {option} expects METHOD:{what}, got {item!r}")
+    return method, rest
 
 
 def _load_data(args):
@@ -180,15 +193,20 @@ def cmd_evaluate(args):
 def cmd_bench(args):
     from .bench import markdown_table, run_bench
 
+    if getattr(args, "param", None) and len(args.methods) > 1:
+        raise SystemExit("cmhash: --param is for a single method (it was ignored with several); "
+                         "use --method-param METHOD:KEY=VALUE")
     ds = _load_data(args)
     params = {m: _parse_params(getattr(args, "param", None)) if len(args.methods) == 1 else {}
               for m in args.methods}
     for item in args.method_hparams or []:
-        method, _, preset = item.partition(":")
+        method, preset = _method_prefixed(item, "--method-hparams", "PRESET")
         params.setdefault(method, {}).update(_named_params(method, "PRESETS", preset))
     for item in args.method_param or []:
-        method, _, kv = item.partition(":")
+        method, kv = _method_prefixed(item, "--method-param", "KEY=VALUE")
         params.setdefault(method, {}).update(_parse_params([kv]))
+    for method, p in params.items():
+        _check_param_names(method, p)
     doc = run_bench(args.methods, ds, bits=args.bits, seeds=args.seeds, params=params,
                     verbose=not args.quiet, dataset_source=args.data, **_protocol_kwargs(args))
     table = markdown_table(doc["results"])
@@ -320,10 +338,16 @@ def cmd_scale(args):
 def cmd_plot(args):
     from . import plots
 
+    from .protocol import RESULT_FORMAT
+
     results = []
     for path in args.json:
         doc = json.loads(Path(path).read_text())
-        results.extend(doc["results"] if doc.get("format") == "cmhash-bench" else [doc])
+        fmt = doc.get("format") if isinstance(doc, dict) else None
+        if fmt not in ("cmhash-bench", RESULT_FORMAT):
+            raise ValueError(f"{path} is not a results file of `cmhash evaluate` or `cmhash "
+                             f"bench` (format {fmt!r})")
+        results.extend(doc["results"] if fmt == "cmhash-bench" else [doc])
     fn = {"map": plots.plot_map_vs_bits, "curves": plots.plot_curves,
           "convergence": plots.plot_convergence}[args.kind]
     out = fn(results, args.out)

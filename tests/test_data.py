@@ -594,3 +594,42 @@ def test_synthetic_spec_strings():
         load_dataset("synthetic:huge")
     with pytest.raises(ValueError, match="bad value n='abc'"):
         load_dataset("synthetic:n=abc")
+
+
+def test_n_train_and_n_query_beyond_the_available_items_are_errors(tmp_path):
+    # n_train larger than the retrieval split it is drawn from silently trained on the whole
+    # split (single pool, stored split, native file, synthetic data), n_query=2.5 was
+    # truncated to 2 queries and n_train=-3 on a stored split was numpy's "negative dimensions"
+    X, T, Y = _toy(100)
+    pool, split = tmp_path / "pool.npz", tmp_path / "split.npz"
+    np.savez(pool, IAll=X, YAll=T, LAll=Y)
+    np.savez(split, I_tr=X[:80], T_tr=T[:80], L_tr=Y[:80], I_te=X[80:], T_te=T[80:], L_te=Y[80:])
+    native = save_dataset(make_synthetic(n=300, n_classes=5, random_state=1), tmp_path / "ds.npz")
+    for path, avail, where in ((pool, 90, "pool.npz"), (split, 80, "split.npz"),
+                               (native, 270, "ds.npz"), ("synthetic:small", 2500, "synthetic-small"),
+                               ("synthetic:image-text,n=200,image_size=8", 180, "synthetic-image-text")):
+        with pytest.raises(ValueError, match=rf"n_train=5000 exceeds the {avail} items available in "
+                                             rf"split 'retrieval' of .*{where}"):
+            load_dataset(path, n_train=5000, n_query=10 if path == pool else None)
+        # exactly the available number is fine: train = retrieval
+        assert load_dataset(path, n_train=avail, n_query=10 if path == pool else None).train_is_retrieval
+    with pytest.raises(ValueError, match="n_train=5000 exceeds the 2500 items"):
+        load_dataset("synthetic:small,train=5000")
+    with pytest.raises(ValueError, match="n_train=5000 exceeds the 2500 items"):
+        make_synthetic(n_train=5000)
+    with pytest.raises(ValueError, match=r"n_query=100 exceeds the 99 items available for queries in .*pool\.npz"):
+        load_dataset(pool, n_query=100)
+    with pytest.raises(ValueError, match=r"n_query=3000 exceeds the 2999 items available for queries"):
+        load_dataset("synthetic:small", n_query=3000)
+    # a number that came from the preset says so
+    with pytest.raises(ValueError, match=r"n_query=2000 \(preset 'nuswide'\) exceeds the 99 items"):
+        with pytest.warns(DataWarning):
+            load_dataset(pool, preset="nuswide")
+    for kw, exc, match in (({"n_train": -3}, ValueError, "n_train must be positive, got -3"),
+                           ({"n_train": 0}, ValueError, "n_train must be positive, got 0"),
+                           ({"n_query": -1}, ValueError, "n_query must be >= 0, got -1"),
+                           ({"n_query": 2.5}, TypeError, "n_query must be an integer number of items, got 2.5"),
+                           ({"n_train": True}, TypeError, "n_train must be an integer number of items, got True")):
+        for path in (pool, split, "synthetic:small"):
+            with pytest.raises(exc, match=match):
+                load_dataset(path, **kw)

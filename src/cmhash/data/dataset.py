@@ -50,6 +50,18 @@ class DataWarning(UserWarning):
 # --------------------------------------------------------------------------------------------
 # small helpers
 # --------------------------------------------------------------------------------------------
+def _check_count(value: Any, name: str, *, minimum: int = 1) -> int:
+    """A number of items given by the user (``n_train``, ``n_query``) as an int: bool, float
+    and other types are a TypeError (2.5 was silently truncated), values below ``minimum`` a
+    ValueError naming the argument."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer number of items, got {value!r}")
+    if value < minimum:
+        need = "positive" if minimum == 1 else f">= {minimum}"
+        raise ValueError(f"{name} must be {need}, got {value}")
+    return int(value)
+
+
 def _is_int_valued(a: np.ndarray) -> bool:
     if a.dtype.kind in "iub":
         return True

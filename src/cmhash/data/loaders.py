@@ -22,7 +22,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .._validation import check_random_state
-from .dataset import CrossModalDataset, DataWarning, as_label_matrix
+from .dataset import CrossModalDataset, DataWarning, _check_count, as_label_matrix
 from .presets import DatasetPreset, detect_preset, get_preset
 
 __all__ = [
@@ -637,18 +637,29 @@ def _pool(parts: list, extra: dict[str, np.ndarray], layout: str):
     return layout, pooled, Y, splits
 
 
-def _random_split(n: int, n_query: int, n_train: int | None, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    if not 0 <= n_query < n:
-        raise ValueError(f"n_query must be in [0, {n}), got {n_query}")
+def _random_split(n: int, n_query: int, n_train: int | None, rng: np.random.Generator, *,
+                  where: str = "the data", nq_origin: str = "", nt_origin: str = "") -> dict[str, np.ndarray]:
+    """Seeded query / retrieval / training split of a pool of ``n`` items. The origins (e.g.
+    ``" (preset 'nuswide')"``) follow the numbers in error messages."""
+    if n_query >= n:
+        raise ValueError(f"n_query={n_query}{nq_origin} exceeds the {n - 1} items available for "
+                         f"queries in {where} ({n} items; at least one must remain for retrieval)")
+    _check_n_train(n_train, n - n_query, where, nt_origin)
     perm = rng.permutation(n)
     query = np.sort(perm[:n_query])
     ret = np.sort(perm[n_query:])
     train = ret
     if n_train is not None and n_train < ret.size:
-        if n_train <= 0:
-            raise ValueError(f"n_train must be positive, got {n_train}")
         train = np.sort(rng.choice(ret, size=n_train, replace=False))
     return {"train": train, "query": query, "retrieval": ret}
+
+
+def _check_n_train(n_train: int | None, n_retrieval: int, where: str, origin: str = "") -> None:
+    """A training subset larger than the retrieval split it is drawn from is an error (it was
+    silently the whole split)."""
+    if n_train is not None and n_train > n_retrieval:
+        raise ValueError(f"n_train={n_train}{origin} exceeds the {n_retrieval} items available "
+                         f"in split 'retrieval' of {where} (the training subset is drawn from it)")
 
 
 def default_n_query(n: int) -> int:
@@ -702,13 +713,18 @@ def load_dataset(
         single-pool files and ``n_train`` (training subset) for natively split files.
     random_state : seed of the random split / training subset (same seed, same split)
     n_query, n_train : override the preset's numbers (``n_train=None`` and no preset value:
-        train = retrieval)
+        train = retrieval). An ``n_train`` above the retrieval split it is drawn from, or an
+        ``n_query`` leaving no retrieval item, is a ValueError naming the available number.
     sparse : "auto" (stored sparse or density < 0.1 -> CSR), True (all 2-D modalities CSR),
         False (all dense)
     dtype : cast features (default: floats kept, integer/bool -> float32)
     name : dataset name (default: the preset name, else the file stem)
     allow_empty_classes, allow_overlap : passed to :class:`CrossModalDataset`
     """
+    if n_train is not None:
+        n_train = _check_count(n_train, "n_train")
+    if n_query is not None:
+        n_query = _check_count(n_query, "n_query", minimum=0)
     if isinstance(path, CrossModalDataset):
         return path
     if isinstance(path, str) and path.strip().lower().startswith("synthetic"):
@@ -729,6 +745,7 @@ def load_dataset(
                               "cmhash native file and stores its own splits", DataWarning, stacklevel=2)
             ds = _from_native(native, sparse=sparse, dtype=dtype, name=name, **ds_kwargs)
             if n_train is not None:
+                _check_n_train(n_train, ds.indices("retrieval").size, files[0].name)
                 ds = ds.subset_train(n_train, random_state)
             ds.meta.update(layout="cmhash native", preset=None, source=str(files[0]))
             return ds
@@ -767,8 +784,12 @@ def load_dataset(
     rng = check_random_state(random_state)
     nq = n_query if n_query is not None else (pre.n_query if pre is not None and pre.n_query else None)
     nt = n_train if n_train is not None else (pre.n_train if pre is not None else None)
+    # numbers that came from the preset say so in error messages
+    nq_origin = f" (preset '{pre.name}')" if n_query is None and nq is not None else ""
+    nt_origin = f" (preset '{pre.name}')" if n_train is None and nt is not None else ""
     if splits is None:
-        splits = _random_split(n, int(nq) if nq is not None else default_n_query(n), nt, rng)
+        splits = _random_split(n, int(nq) if nq is not None else default_n_query(n), nt, rng,
+                               where=fname, nq_origin=nq_origin, nt_origin=nt_origin)
     else:
         # stored split: n_query is ignored (with a warning); n_train independently draws the
         # training subset of the stored database
@@ -780,6 +801,7 @@ def load_dataset(
                 DataWarning,
                 stacklevel=2,
             )
+        _check_n_train(nt, splits["retrieval"].size, fname, nt_origin)
         if nt is not None and nt < splits["retrieval"].size:
             splits["train"] = np.sort(rng.choice(splits["retrieval"], size=int(nt), replace=False))
     dname = name if name is not None else (pre.name if pre is not None else files[0].stem)

@@ -29,7 +29,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .._validation import check_random_state
-from .dataset import CrossModalDataset
+from .dataset import CrossModalDataset, _check_count
 
 __all__ = [
     "make_synthetic",
@@ -96,15 +96,21 @@ def _labels(rng: np.random.Generator, n: int, c: int, rate: float) -> np.ndarray
     return Y
 
 
-def _splits(rng: np.random.Generator, n: int, n_query: int, n_train: int | None) -> dict[str, np.ndarray]:
-    if not 0 <= n_query < n:
-        raise ValueError(f"n_query must be in [0, n={n}), got {n_query}")
+def _splits(rng: np.random.Generator, n: int, n_query: int, n_train: int | None,
+            where: str = "the synthetic data") -> dict[str, np.ndarray]:
+    n_query = _check_count(n_query, "n_query", minimum=0)
+    if n_query >= n:
+        raise ValueError(f"n_query={n_query} exceeds the {n - 1} items available for queries in "
+                         f"{where} (n={n}; at least one must remain for retrieval)")
     n_ret = n - n_query
     ret = np.arange(n_ret)
     train = ret
     if n_train is not None:
-        if not 0 < n_train:
-            raise ValueError(f"n_train must be positive, got {n_train}")
+        n_train = _check_count(n_train, "n_train")
+        if n_train > n_ret:
+            raise ValueError(f"n_train={n_train} exceeds the {n_ret} items available in split "
+                             f"'retrieval' of {where} (n={n} minus {n_query} queries; the "
+                             "training subset is drawn from it)")
         if n_train < n_ret:
             train = np.sort(rng.choice(n_ret, size=int(n_train), replace=False))
     # items are i.i.d., so contiguous blocks are a random split (and zero-copy views)
@@ -211,7 +217,8 @@ def make_synthetic(
     bow_noise : fraction of background tokens in BoW modalities
     normalize_text : L1-normalise dense text rows (topic proportions)
     n_query : queries (the last ``n_query`` items); retrieval = the rest
-    n_train : random training subset of the retrieval set (None -> train = retrieval)
+    n_train : random training subset of the retrieval set (None -> train = retrieval; more
+        than the retrieval set holds is a ValueError)
     random_state : seed
     modality_names : default ("image", "text", "view2", ...)
     preset : name in :data:`SYNTHETIC_PRESETS` supplying the unset parameters
@@ -237,9 +244,10 @@ def make_synthetic(
     if len(names) != len(dims_):
         raise ValueError(f"modality_names {names} do not match dims {dims_}")
 
+    name = name or f"synthetic-{preset}"
     rng = check_random_state(random_state)
     Y = _labels(rng, n_, c, float(p["multilabel_rate"]))
-    splits = _splits(rng, n_, int(p["n_query"]), p["n_train"])
+    splits = _splits(rng, n_, p["n_query"], p["n_train"], where=name)
     _fill_empty(rng, Y, splits["train"])
 
     mods: dict[str, Any] = {}
@@ -254,7 +262,7 @@ def make_synthetic(
             if p["normalize_text"]:
                 X /= X.sum(axis=1, keepdims=True)
         mods[nm] = X
-    ds = CrossModalDataset(mods, Y, splits, name=name or f"synthetic-{preset}")
+    ds = CrossModalDataset(mods, Y, splits, name=name)
     ds.meta.update(generator="make_synthetic", preset=preset, params=p,
                    random_state=random_state if isinstance(random_state, (int, type(None))) else "generator")
     return ds
@@ -304,9 +312,9 @@ def make_synthetic_image_text(
     if image_size < 4:
         raise ValueError(f"image_size must be >= 4, got {image_size}")
     rng = check_random_state(random_state)
-    nq = max(1, n // 10) if n_query is None else int(n_query)
+    nq = max(1, n // 10) if n_query is None else n_query
     Y = _labels(rng, int(n), int(n_classes), float(multilabel_rate))
-    splits = _splits(rng, int(n), nq, n_train)
+    splits = _splits(rng, int(n), nq, n_train, where=name)
     _fill_empty(rng, Y, splits["train"])
     T = _class_templates(rng, int(n_classes), int(image_size))
     W = Y.astype(np.float32)

@@ -633,3 +633,31 @@ def test_n_train_and_n_query_beyond_the_available_items_are_errors(tmp_path):
         for path in (pool, split, "synthetic:small"):
             with pytest.raises(exc, match=match):
                 load_dataset(path, **kw)
+
+
+def test_preset_that_cannot_apply_warns_and_unknown_preset_is_an_error(tmp_path):
+    # preset= was silently ignored for synthetic specs (a typo too) and for a
+    # CrossModalDataset (like n_train / n_query there); the native-file precedent warns
+    ref = load_dataset("synthetic:n=300")
+    with pytest.warns(DataWarning, match=r"preset='wiki' ignored: 'synthetic:n=300' is synthetic data"):
+        ds = load_dataset("synthetic:n=300", preset="wikipedia")
+    np.testing.assert_array_equal(ds.labels, ref.labels)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the defaults stay silent
+        for p in ("auto", None, "none"):
+            load_dataset("synthetic:n=300", preset=p)
+        load_dataset(ref)
+        load_dataset("synthetic:n=300,train=100", n_train=100)
+    for path in ("synthetic:n=300", save_dataset(ref, tmp_path / "ds.npz")):
+        with pytest.raises(ValueError, match="unknown preset 'wkii'; valid presets: .*'wiki'"):
+            load_dataset(path, preset="wkii")
+    with pytest.raises(ValueError, match="'nuswide-like' is a synthetic data preset: pass the data "
+                                         "as 'synthetic:nuswide-like'"):
+        load_dataset("synthetic:n=300", preset="nuswide-like")
+    with pytest.warns(DataWarning, match=r"preset='wiki', n_train=10 ignored: a CrossModalDataset "
+                                         "is returned unchanged"):
+        assert load_dataset(ref, preset="wiki", n_train=10) is ref
+    # an n_train argument that the spec overrides is not silently dropped either
+    with pytest.warns(DataWarning, match=r"n_train=50 ignored: the spec 'synthetic:n=300,train=100' "
+                                         "sets n_train=100"):
+        assert load_dataset("synthetic:n=300,train=100", n_train=50).split("train").n == 100

@@ -123,7 +123,8 @@ def _add_data(p, required=True):
                    help="dataset file (.mat/.npz/.h5; several joined by '+') or "
                         "synthetic:<preset|key=value,...>")
     p.add_argument("--preset", help="split protocol (wiki, mirflickr25k, nuswide, iapr-tc12; "
-                                    "default: auto-detected)")
+                                    "default: auto-detected; ignored with a warning for "
+                                    "synthetic data and cmhash native files)")
     p.add_argument("--split-seed", type=int, default=0, help="seed of random splits (default 0)")
     p.add_argument("--n-train", type=int, help="train on a random subset of this size")
 

@@ -687,6 +687,20 @@ def _expand_paths(path: Any) -> list[Path]:
     return [p]
 
 
+def _lookup_preset(preset: str | DatasetPreset) -> DatasetPreset:
+    """:func:`get_preset`, with a hint when a synthetic preset name is given as the preset."""
+    try:
+        return get_preset(preset)
+    except ValueError as exc:
+        from .synthetic import SYNTHETIC_PRESETS
+
+        name = str(preset).strip().lower()
+        if name in SYNTHETIC_PRESETS or name == "image-text":
+            raise ValueError(f"{exc} ({name!r} is a synthetic data preset: pass the data as "
+                             f"'synthetic:{name}')") from None
+        raise
+
+
 def load_dataset(
     path: Any,
     preset: str | DatasetPreset | None = "auto",
@@ -710,7 +724,9 @@ def load_dataset(
     preset : "auto" (default), None / "none", a preset name or a DatasetPreset
         Split protocol (see :mod:`cmhash.data.presets`). "auto" detects it from the pool size
         and class count, then from the file name. It sets ``n_query`` / ``n_train`` for
-        single-pool files and ``n_train`` (training subset) for natively split files.
+        single-pool files and ``n_train`` (training subset) for natively split files. An
+        unknown name is a ValueError; a preset that cannot apply (synthetic data, a cmhash
+        native file, a CrossModalDataset) is ignored with a :class:`DataWarning`.
     random_state : seed of the random split / training subset (same seed, same split)
     n_query, n_train : override the preset's numbers (``n_train=None`` and no preset value:
         train = retrieval). An ``n_train`` above the retrieval split it is drawn from, or an
@@ -720,16 +736,33 @@ def load_dataset(
     dtype : cast features (default: floats kept, integer/bool -> float32)
     name : dataset name (default: the preset name, else the file stem)
     allow_empty_classes, allow_overlap : passed to :class:`CrossModalDataset`
+
+    A CrossModalDataset ``path`` is returned unchanged (``preset``, ``n_query``, ``n_train``,
+    ``sparse``, ``dtype`` and ``name`` are then ignored with a :class:`DataWarning`).
     """
     if n_train is not None:
         n_train = _check_count(n_train, "n_train")
     if n_query is not None:
         n_query = _check_count(n_query, "n_query", minimum=0)
+    # an explicit preset is looked up first (a typo is an error, also where it would be ignored)
+    explicit = preset is not None and not (isinstance(preset, str) and preset.strip().lower() in ("auto", "none", ""))
+    if explicit:
+        pname = _lookup_preset(preset).name
     if isinstance(path, CrossModalDataset):
+        given = {"preset": pname if explicit else None, "n_query": n_query, "n_train": n_train,
+                 "sparse": None if sparse == "auto" else sparse, "dtype": dtype, "name": name}
+        ignored = [f"{k}={v!r}" for k, v in given.items() if v is not None]
+        if ignored:
+            warnings.warn(f"{', '.join(ignored)} ignored: a CrossModalDataset is returned unchanged",
+                          DataWarning, stacklevel=2)
         return path
     if isinstance(path, str) and path.strip().lower().startswith("synthetic"):
         from .synthetic import from_spec
 
+        if explicit:
+            warnings.warn(f"preset={pname!r} ignored: {path.strip()!r} is synthetic data, whose split "
+                          "comes from the spec (set n_query / n_train there or as arguments)",
+                          DataWarning, stacklevel=2)
         return from_spec(path, random_state=random_state, n_query=n_query, n_train=n_train)
     files = _expand_paths(path)
     ds_kwargs = dict(allow_empty_classes=allow_empty_classes, allow_overlap=allow_overlap)
@@ -740,8 +773,8 @@ def load_dataset(
             if n_query is not None:
                 warnings.warn(f"n_query={n_query} ignored: {files[0].name} is a cmhash native file "
                               "and stores its own query split", DataWarning, stacklevel=2)
-            if preset is not None and not (isinstance(preset, str) and preset.lower() in ("auto", "none", "")):
-                warnings.warn(f"preset={getattr(preset, 'name', preset)!r} ignored: {files[0].name} is a "
+            if explicit:
+                warnings.warn(f"preset={pname!r} ignored: {files[0].name} is a "
                               "cmhash native file and stores its own splits", DataWarning, stacklevel=2)
             ds = _from_native(native, sparse=sparse, dtype=dtype, name=name, **ds_kwargs)
             if n_train is not None:
@@ -768,7 +801,7 @@ def load_dataset(
     elif isinstance(preset, str) and preset.lower() == "auto":
         pre = detect_preset(n, Y.shape[1], fname)
     else:
-        pre = get_preset(preset)
+        pre = _lookup_preset(preset)
         if pre.n_total is not None and pre.n_total != n:
             warnings.warn(
                 f"preset '{pre.name}' expects {pre.n_total} items, the data has {n}",

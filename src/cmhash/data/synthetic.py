@@ -23,13 +23,14 @@ plus bag-of-words text, for the deep methods.
 from __future__ import annotations
 
 import re
+import warnings
 from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 
 from .._validation import check_random_state
-from .dataset import CrossModalDataset, _check_count
+from .dataset import CrossModalDataset, DataWarning, _check_count
 
 __all__ = [
     "make_synthetic",
@@ -413,13 +414,17 @@ def parse_synthetic_spec(spec: str) -> tuple[str, dict[str, Any]]:
 
 def from_spec(spec: str, random_state: Any = 0, n_query: int | None = None, n_train: int | None = None) -> CrossModalDataset:
     """Build the dataset a ``"synthetic:..."`` string describes. Values in the string win
-    over the ``random_state`` / ``n_query`` / ``n_train`` arguments."""
+    over the ``random_state`` / ``n_query`` / ``n_train`` arguments (an ``n_query`` /
+    ``n_train`` argument differing from the string's is ignored with a DataWarning)."""
     preset, kw = parse_synthetic_spec(spec)
     kw.setdefault("random_state", random_state)
-    if n_query is not None:
-        kw.setdefault("n_query", n_query)
-    if n_train is not None:
-        kw.setdefault("n_train", n_train)
+    for key, value in (("n_query", n_query), ("n_train", n_train)):
+        if value is None:
+            continue
+        if key in kw and kw[key] != value:
+            warnings.warn(f"{key}={value} ignored: the spec {spec.strip()!r} sets {key}={kw[key]}",
+                          DataWarning, stacklevel=3)
+        kw.setdefault(key, value)
     if preset == "image-text":
         bad = set(kw) - set(_IMAGE_TEXT_DEFAULTS) - {"random_state", "name"}
         if bad:

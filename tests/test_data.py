@@ -661,3 +661,36 @@ def test_preset_that_cannot_apply_warns_and_unknown_preset_is_an_error(tmp_path)
     with pytest.warns(DataWarning, match=r"n_train=50 ignored: the spec 'synthetic:n=300,train=100' "
                                          "sets n_train=100"):
         assert load_dataset("synthetic:n=300,train=100", n_train=50).split("train").n == 100
+
+
+def test_malformed_synthetic_specs_are_clear_errors(tmp_path, monkeypatch):
+    # typos were routed to the synthetic parser with "expected 'synthetic:...'" and no names
+    # (also a real file named synthetic*.npz could not be loaded), a second preset or a key
+    # given twice silently won, n=2.5 was truncated to 2 and n=inf was an OverflowError
+    names = r"\['iapr-like', 'mirflickr-like', 'nuswide-like', 'small', 'wiki-like', 'image-text'\]"
+    for spec in ("synthetic-small", "synthetics:small", "Synthetic_small"):
+        with pytest.raises(ValueError, match=rf"not a synthetic spec: '{spec}'; expected 'synthetic' "
+                                             rf"or 'synthetic:<preset>\[,key=value...\]' with a preset in {names}"):
+            load_dataset(spec)
+    with pytest.raises(ValueError, match=rf"unknown preset 'nuswide'.*presets: {names}"):
+        load_dataset("synthetic:nuswide")
+    with pytest.raises(ValueError, match=rf"several presets \('small', 'wiki-like'\); give at most one of {names}"):
+        load_dataset("synthetic:small,wiki-like")
+    with pytest.raises(ValueError, match=r"n given twice \('n=300' and 'size=400'\)"):
+        load_dataset("synthetic:n=300,size=400")
+    for bad in ("n=2.5", "n=inf", "train=99.5"):
+        with pytest.raises(ValueError, match=rf"bad value {bad.split('=')[0]}='.*' \(.* must be an integer\)"):
+            parse_synthetic_spec(f"synthetic:{bad}")
+    assert parse_synthetic_spec("synthetic:Wiki-Like,n=3e3") == ("wiki-like", {"n": 3000})
+    with pytest.raises(ValueError, match="unknown synthetic preset 'image-text'.*make_synthetic_image_text"):
+        make_synthetic(preset="image-text")
+    # a bare synthetic preset name says how to ask for it
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match="for the synthetic data preset write 'synthetic:nuswide-like'"):
+        load_dataset("nuswide-like")
+    # files whose name starts with "synthetic" are files
+    X, T, Y = _toy(60)
+    np.savez(tmp_path / "synthetic_pool.npz", IAll=X, YAll=T, LAll=Y)
+    assert load_dataset("synthetic_pool.npz", n_query=10).n_items == 60
+    with pytest.raises(FileNotFoundError, match="data file not found: synthetic_missing.npz"):
+        load_dataset("synthetic_missing.npz")

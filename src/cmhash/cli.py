@@ -102,7 +102,8 @@ def _load_data(args):
     from .data import load_dataset
 
     spec = args.data
-    path = spec if spec.startswith("synthetic") else (
+    low = spec.strip().lower()
+    path = spec if low == "synthetic" or low.startswith("synthetic:") else (
         [p for p in spec.split("+")] if "+" in spec else spec)
     kwargs = {}
     if getattr(args, "preset", None):
@@ -160,13 +161,16 @@ def cmd_demo(args):
     from .data import load_dataset
 
     start = time.perf_counter()
-    ds = load_dataset(f"synthetic:{args.synthetic}", random_state=0)
+    # --synthetic small and --synthetic synthetic:small alike
+    spec = (args.synthetic if args.synthetic.strip().lower().startswith("synthetic")
+            else f"synthetic:{args.synthetic}")
+    ds = load_dataset(spec, random_state=0)
     if not args.quiet:
         print(f"cmhash {__version__} demo: fit + evaluate on synthetic data "
               f"'{args.synthetic}' ({ds.indices('train').size} train / "
               f"{ds.indices('query').size} query, {ds.n_classes} classes)", file=sys.stderr)
     doc = run_bench(args.methods, ds, bits=args.bits, seeds=args.seeds, verbose=not args.quiet,
-                    dataset_source=f"synthetic:{args.synthetic}")
+                    dataset_source=spec)
     print(markdown_table(doc["results"], with_published=False))
     for res in doc["results"]:
         chance = float(np.mean((ds.labels_of("query") @ ds.labels_of("train").T) > 0))

@@ -687,6 +687,27 @@ def _expand_paths(path: Any) -> list[Path]:
     return [p]
 
 
+def _is_synthetic_spec(path: Any) -> bool:
+    """``"synthetic"`` / ``"synthetic:..."``, or another string starting with "synthetic" that
+    names no file (a malformed spec: the parser then lists the valid forms). A bare synthetic
+    preset name (``"nuswide-like"``) that names no file is a FileNotFoundError saying how to
+    ask for synthetic data."""
+    if not isinstance(path, str):
+        return False
+    s = path.strip().lower()
+    if s == "synthetic" or s.startswith("synthetic:"):
+        return True
+    exists = Path(path).expanduser().exists()
+    if s.startswith("synthetic"):
+        return not exists and Path(s).suffix not in _EXTS
+    from .synthetic import SYNTHETIC_PRESETS
+
+    if not exists and (s in SYNTHETIC_PRESETS or s == "image-text"):
+        raise FileNotFoundError(f"data file not found: {path}; for the synthetic data preset "
+                                f"write 'synthetic:{s}'")
+    return False
+
+
 def _lookup_preset(preset: str | DatasetPreset) -> DatasetPreset:
     """:func:`get_preset`, with a hint when a synthetic preset name is given as the preset."""
     try:
@@ -756,7 +777,7 @@ def load_dataset(
             warnings.warn(f"{', '.join(ignored)} ignored: a CrossModalDataset is returned unchanged",
                           DataWarning, stacklevel=2)
         return path
-    if isinstance(path, str) and path.strip().lower().startswith("synthetic"):
+    if _is_synthetic_spec(path):
         from .synthetic import from_spec
 
         if explicit:

@@ -225,7 +225,8 @@ def make_synthetic(
     preset : name in :data:`SYNTHETIC_PRESETS` supplying the unset parameters
     """
     if preset not in SYNTHETIC_PRESETS:
-        raise ValueError(f"unknown synthetic preset {preset!r}; valid: {sorted(SYNTHETIC_PRESETS)}")
+        hint = " (use make_synthetic_image_text)" if preset == "image-text" else ""
+        raise ValueError(f"unknown synthetic preset {preset!r}; valid: {sorted(SYNTHETIC_PRESETS)}{hint}")
     p = dict(SYNTHETIC_PRESETS[preset])
     given = dict(
         n=n, n_classes=n_classes, multilabel_rate=multilabel_rate, dims=dims,
@@ -361,6 +362,19 @@ def _parse_bool(key: str, v: str) -> bool:
     raise ValueError(f"synthetic spec: {key}={v!r} is not a boolean (true/false)")
 
 
+def _synthetic_names() -> list[str]:
+    return sorted(SYNTHETIC_PRESETS) + ["image-text"]
+
+
+def _spec_int(v: str) -> int:
+    """``"5000"``, ``"5e3"`` -> 5000; a non-integral or non-finite number is a ValueError
+    (``n=2.5`` was truncated to 2, ``n=inf`` an OverflowError)."""
+    f = float(v)
+    if not np.isfinite(f) or f != int(f):
+        raise ValueError(v)
+    return int(f)
+
+
 def parse_synthetic_spec(spec: str) -> tuple[str, dict[str, Any]]:
     """``"synthetic:<preset>,key=value,..."`` -> (preset name, keyword arguments).
 
@@ -369,34 +383,47 @@ def parse_synthetic_spec(spec: str) -> tuple[str, dict[str, Any]]:
     seed [random_state], multilabel_rate [rate, ml], dims (``128x300`` or ``128/300``),
     sparse_text, sparse_image, text_density [density], image_density, noise, bow_noise,
     normalize_text, n_query [query], n_train [train], name, image_size, text_dim.
+    A malformed spec -- not ``synthetic`` / ``synthetic:...``, an unknown preset or key, two
+    presets, a key given twice (also through an alias), a non-integral count -- is a
+    ValueError naming the valid presets or keys.
     """
     s = spec.strip()
-    head, _, body = s.partition(":")
+    head, sep, body = s.partition(":")
     if head.strip().lower() != "synthetic":
-        raise ValueError(f"not a synthetic spec: {spec!r} (expected 'synthetic:...')")
-    preset = "small"
+        raise ValueError(
+            f"not a synthetic spec: {spec!r}; expected 'synthetic' or "
+            f"'synthetic:<preset>[,key=value...]' with a preset in {_synthetic_names()}"
+        )
+    preset: str | None = None
     kwargs: dict[str, Any] = {}
+    given: dict[str, str] = {}  # canonical key -> item as written, for "given twice" errors
     for item in (t.strip() for t in body.split(",")):
         if not item:
             continue
         if "=" not in item:
             key = item.lower()
-            if key in SYNTHETIC_PRESETS or key == "image-text":
-                preset = key
-                continue
-            raise ValueError(
-                f"synthetic spec: unknown preset {item!r}; presets: "
-                f"{sorted(SYNTHETIC_PRESETS) + ['image-text']}"
-            )
+            if key not in SYNTHETIC_PRESETS and key != "image-text":
+                raise ValueError(
+                    f"synthetic spec: unknown preset {item!r} (nor a key=value item); "
+                    f"presets: {_synthetic_names()}"
+                )
+            if preset is not None:
+                raise ValueError(f"synthetic spec {spec!r}: several presets ({preset!r}, {key!r}); "
+                                 f"give at most one of {_synthetic_names()}")
+            preset = key
+            continue
         k, _, v = item.partition("=")
         k = k.strip().lower().replace("-", "_")
         if k not in _KEY_ALIASES:
             raise ValueError(f"synthetic spec: unknown key {k!r}; valid keys: {sorted(set(_KEY_ALIASES))}")
         key = _KEY_ALIASES[k]
+        if key in given:
+            raise ValueError(f"synthetic spec {spec!r}: {key} given twice ({given[key]!r} and {item!r})")
+        given[key] = item
         v = v.strip()
         try:
             if key in _INT_KEYS:
-                kwargs[key] = None if v.lower() == "none" else int(float(v))
+                kwargs[key] = None if v.lower() == "none" else _spec_int(v)
             elif key in _FLOAT_KEYS:
                 kwargs[key] = float(v)
             elif key in _BOOL_KEYS:
@@ -408,8 +435,10 @@ def parse_synthetic_spec(spec: str) -> tuple[str, dict[str, Any]]:
         except ValueError as e:
             if "synthetic spec" in str(e):
                 raise
-            raise ValueError(f"synthetic spec: bad value {k}={v!r}") from None
-    return preset, kwargs
+            what = "an integer" if key in _INT_KEYS else "a number" if key in _FLOAT_KEYS else None
+            raise ValueError(f"synthetic spec: bad value {k}={v!r}"
+                             + (f" ({k} must be {what})" if what else "")) from None
+    return preset or "small", kwargs
 
 
 def from_spec(spec: str, random_state: Any = 0, n_query: int | None = None, n_train: int | None = None) -> CrossModalDataset:

@@ -53,10 +53,20 @@ def make(name, seed=0):
     return X, T, Y
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--datasets", nargs="+", default=list(SHAPES))
-    ap.add_argument("--bits", type=int, nargs="+", default=[16, 32, 64, 128])
+    ap.add_argument("--datasets", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    ap.add_argument("--bits", type=_positive_int, nargs="+", default=[16, 32, 64, 128])
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     out = {"machine": f"{os.cpu_count()} CPUs, OPENBLAS_NUM_THREADS="

@@ -75,8 +75,25 @@ def main():
     (OUT / "asfoh_scale.json").write_text(json.dumps(dict(rows=rows, linear_fit=fit), indent=1))
 
 
+def _size(text: str) -> int:
+    """N of ``one N``: an integer in [1, 184,577] (the training split), else a usage error
+    (0 failed deep inside the fit, a larger N silently trained on the whole split)."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = None
+    if n is None or not 1 <= n <= SIZES[-1]:
+        print(f"asfoh_scale.py: error: N must be an integer in [1, {SIZES[-1]}] (the training "
+              f"split of nuswide-like), got {text!r}", file=sys.stderr)
+        sys.exit(2)
+    return n
+
+
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "one":
-        one(int(sys.argv[2]), bool(int(sys.argv[3])) if len(sys.argv) > 3 else False)
+        if len(sys.argv) < 3:
+            print("usage: asfoh_scale.py one N [EVALUATE]", file=sys.stderr)
+            sys.exit(2)
+        one(_size(sys.argv[2]), bool(int(sys.argv[3])) if len(sys.argv) > 3 else False)
     else:
         main()

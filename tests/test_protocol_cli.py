@@ -262,3 +262,33 @@ def test_cli_bench_and_plot_argument_errors(tmp_path, capsys):
     other.write_text("{}")
     assert main(["plot", "--json", str(other), "--out", str(tmp_path / "p.png"), "--quiet"]) == 2
     assert "is not a results file of `cmhash evaluate` or `cmhash bench`" in capsys.readouterr().err
+
+
+def test_scale_sizes_are_checked(monkeypatch, capsys):
+    # `cmhash scale --ns 0` (or negative) printed the worker's traceback inside a RuntimeError,
+    # scale_table(ns=[]) returned an empty table, ns=None / 5 were "'int' object is not
+    # iterable", and n above the data's retrieval split silently trained on the whole split
+    from cmhash import bench
+    real_run = bench.subprocess.run
+    monkeypatch.setattr(bench.subprocess, "run", lambda *a, **k: pytest.fail("worker started"))
+    for ns, exc, match in (([], ValueError, "ns must name at least one of the training sizes"),
+                           ([300, 0], ValueError, r"ns must be training sizes \(positive integers\), got 0"),
+                           ([-5], ValueError, "got -5"),
+                           ([2.5], TypeError, "got 2.5"),
+                           (None, TypeError, "ns must be a list of training sizes, got None")):
+        with pytest.raises(exc, match=match):
+            bench.scale_table("batch", "synthetic:n=300", ns, bits=[8], verbose=False)
+    with pytest.raises(ValueError, match="bits must name at least one of the code lengths"):
+        bench.scale_table("batch", "synthetic:n=300", [100], bits=[], verbose=False)
+    for ns in (["0"], ["-5"], ["100", "0"]):
+        assert main(["scale", "--method", "batch", "--data", "synthetic:n=300", "--bits", "8",
+                     "--quiet", "--ns", *ns]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("cmhash scale: error: ns must be training sizes") and "Traceback" not in err
+    # bad input met by the worker comes back as the worker's error, not a traceback
+    monkeypatch.setattr(bench.subprocess, "run", real_run)
+    assert main(["scale", "--method", "batch", "--data", "synthetic:n=300", "--bits", "8",
+                 "--quiet", "--ns", "5000"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("cmhash scale: error: scale point n=5000, bits=8: n_train=5000 exceeds "
+                          "the 270 items available") and "Traceback" not in err

@@ -10,6 +10,7 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -122,19 +123,57 @@ def _current_rss_bytes() -> int:
         return 0
 
 
+def _check_sizes(values, name: str, what: str) -> list[int]:
+    """A non-empty list of positive integers (``ns``, ``bits`` of :func:`scale_table`; one
+    integer stands for a list of one)."""
+    if isinstance(values, (int, np.integer)) and not isinstance(values, (bool, np.bool_)):
+        values = [values]
+    if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+        raise TypeError(f"{name} must be a list of {what}, got {values!r}")
+    out = list(values)
+    if not out:
+        raise ValueError(f"{name} must name at least one of the {what}, got an empty list")
+    for v in out:
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
+            raise TypeError(f"{name} must be {what} (positive integers), got {v!r}")
+        if v < 1:
+            raise ValueError(f"{name} must be {what} (positive integers), got {v}")
+    return [int(v) for v in out]
+
+
+def _worker_error(stdout: str) -> dict | None:
+    """The ``{"error": ..., "type": ...}`` line a scale worker prints for bad input."""
+    lines = stdout.strip().splitlines()
+    try:
+        doc = json.loads(lines[-1]) if lines else None
+    except ValueError:
+        return None
+    return doc if isinstance(doc, dict) and "error" in doc else None
+
+
 def scale_table(method, data, ns, bits=(32,), *, params=None, seed=0, verbose=True) -> dict:
     """Training time and peak memory versus training size n, one subprocess per point.
 
     ``data`` is a dataset spec (e.g. ``"synthetic:nuswide-like"``) whose retrieval set holds
-    at least ``max(ns)`` items; each point trains on a random ``n``-subset.
+    at least ``max(ns)`` items; each point trains on a random ``n``-subset. ``ns`` and
+    ``bits`` are positive integers or non-empty lists of them (else a ValueError / TypeError
+    before any fit); bad input met by a worker (an ``n`` above the retrieval size, a bad spec or
+    parameter) is raised here as the worker's ValueError / TypeError, a crash of the worker as
+    a RuntimeError.
     """
+    ns = _check_sizes(ns, "ns", "training sizes")
+    bits = _check_sizes(bits, "bits", "code lengths")
     rows = []
     for n in progress(ns, desc=f"{method} scale", verbose=verbose, leave=True):
         for b in bits:
-            spec = {"method": method, "data": data, "n": int(n), "bits": int(b),
+            spec = {"method": method, "data": data, "n": n, "bits": b,
                     "params": params or {}, "seed": seed}
             proc = subprocess.run([sys.executable, "-m", "cmhash.bench", json.dumps(spec)],
                                   capture_output=True, text=True)
+            err = _worker_error(proc.stdout) if proc.returncode == 2 else None
+            if err is not None:
+                exc = TypeError if err.get("type") == "TypeError" else ValueError
+                raise exc(f"scale point n={n}, bits={b}: {err['error']}")
             if proc.returncode != 0:
                 raise RuntimeError(f"scale worker failed for n={n}, bits={b}:\n{proc.stderr[-2000:]}")
             row = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -172,4 +211,9 @@ def scale_markdown(doc: dict) -> str:
 
 
 if __name__ == "__main__":  # scale worker entry point
-    print(json.dumps(_scale_worker(json.loads(sys.argv[1]))))
+    try:
+        _row = _scale_worker(json.loads(sys.argv[1]))
+    except (ValueError, TypeError) as _exc:  # bad input: re-raised as such by scale_table
+        print(json.dumps({"error": str(_exc), "type": type(_exc).__name__}))
+        sys.exit(2)
+    print(json.dumps(_row))

@@ -145,8 +145,8 @@ def test_cli_fit_encode_search_round_trip(tmp_path, capsys):
 def test_cli_errors_are_clear(capsys):
     assert main(["evaluate", "--method", "nope", "--data", "synthetic:small", "--quiet"]) == 2
     assert "unknown method 'nope'" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        main(["evaluate", "--method", "batch", "--data", "synthetic:small", "--param", "bogus=1"])
+    assert main(["evaluate", "--method", "batch", "--data", "synthetic:small", "--param", "bogus=1"]) == 2
+    assert capsys.readouterr().err.startswith("cmhash evaluate: error: unknown parameter(s) ['bogus']")
 
 
 def test_console_script_is_installed():
@@ -256,8 +256,8 @@ def test_cli_bench_and_plot_argument_errors(tmp_path, capsys):
                            (["--method-param", "batch:bogus=1"], "unknown parameter(s) ['bogus'] for batch"),
                            (["--methods", "batch", "ascmh", "--param", "omega=1"],
                             "--param is for a single method")):
-        with pytest.raises(SystemExit, match=re.escape(message)):
-            main(bench + extra)
+        assert main(bench + extra) == 2
+        assert capsys.readouterr().err.startswith(f"cmhash bench: error: {message}")
     other = tmp_path / "other.json"
     other.write_text("{}")
     assert main(["plot", "--json", str(other), "--out", str(tmp_path / "p.png"), "--quiet"]) == 2
@@ -292,3 +292,30 @@ def test_scale_sizes_are_checked(monkeypatch, capsys):
     err = capsys.readouterr().err
     assert err.startswith("cmhash scale: error: scale point n=5000, bits=8: n_train=5000 exceeds "
                           "the 270 items available") and "Traceback" not in err
+
+
+def test_cli_exit_codes(tmp_path, capsys, monkeypatch):
+    # argument errors exited 2 (argparse, ValueError) or 1 (SystemExit("cmhash: ...") of the
+    # --param / --hparams / --method-param checks), and runtime failures 2 like usage errors.
+    # Now: usage errors 2, runtime failures 1, both one "cmhash <cmd>: error:" line on stderr
+    from cmhash import protocol
+    with pytest.raises(SystemExit) as argparse_exit:          # argparse: bad option value
+        main(["evaluate", "--method", "batch", "--data", "synthetic:small", "--bits", "x"])
+    assert argparse_exit.value.code == 2
+    assert "cmhash evaluate: error: argument --bits" in capsys.readouterr().err
+    evaluate = ["evaluate", "--method", "batch", "--data", "synthetic:n=300", "--quiet"]
+    for extra, message in ((["--param", "omega"], "--param expects key=value"),
+                           (["--hparams", "nope"], "batch has no hyper-parameter preset 'nope'"),
+                           (["--n-train", "5000"], "n_train=5000 exceeds the 270 items available"),
+                           (["--preset", "nope"], "unknown preset 'nope'"),
+                           (["--data", str(tmp_path / "missing.mat")], "data file not found")):
+        assert main(evaluate + extra) == 2, extra
+        err = capsys.readouterr().err
+        assert err.startswith(f"cmhash evaluate: error: {message}") and err.count("\n") == 1, err
+    for exc, message in ((RuntimeError, "worker died"), (FloatingPointError, "loss is NaN at epoch 3")):
+        def fail(*args, exc=exc, message=message, **kwargs):
+            raise exc(message)
+
+        monkeypatch.setattr(protocol, "run_evaluation", fail)
+        assert main(evaluate) == 1
+        assert capsys.readouterr().err == f"cmhash evaluate: error: {message}\n"

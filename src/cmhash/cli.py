@@ -13,6 +13,22 @@
 ``--data`` is a file path (layout and preset auto-detected), a list of files, or
 ``synthetic:<preset or key=value,...>``. Results (tables, search hits) go to stdout; progress
 and status messages go to stderr, and ``--quiet`` silences those only.
+
+Exit status:
+
+* 0 -- success;
+* 2 -- usage error: argparse's own (unknown option, missing or badly typed argument: usage
+  line plus ``cmhash <command>: error: ...``) and bad input found once the arguments are
+  parsed -- a ValueError, TypeError or FileNotFoundError from checking options, parameters,
+  dataset specs and files (e.g. ``--n-train`` above the data's size, an unknown method or
+  parameter, a missing or unreadable data / model file);
+* 1 -- runtime failure of a well-formed command: RuntimeError (e.g. a crashed scale
+  worker), ImportError (an optional dependency missing), another OSError (e.g. an output
+  that cannot be written), ArithmeticError (e.g. a diverged fit's FloatingPointError),
+  MemoryError.
+
+Errors with status 1 or 2 print ``cmhash <command>: error: <message>`` on stderr, without a
+traceback; any other exception is a bug and keeps its traceback.
 """
 from __future__ import annotations
 
@@ -49,20 +65,20 @@ def _parse_params(items) -> dict:
     params = {}
     for item in items or []:
         if "=" not in item:
-            raise SystemExit(f"cmhash: --param expects key=value, got {item!r}")
+            raise ValueError(f"--param expects key=value, got {item!r}")
         key, value = item.split("=", 1)
         params[key.strip()] = _parse_value(value.strip())
     return params
 
 
 def _named_params(method: str, attr: str, name: str) -> dict:
-    """A method's ``PRESETS[name]`` or ``VARIANTS[name]``, or a clear exit naming the choices."""
+    """A method's ``PRESETS[name]`` or ``VARIANTS[name]``, or a ValueError naming the choices."""
     from .base import get_method
 
     table = getattr(get_method(method), attr, {})
     if name not in table:
         what = "hyper-parameter preset" if attr == "PRESETS" else "variant"
-        raise SystemExit(f"cmhash: {method} has no {what} {name!r}; available: {sorted(table)}")
+        raise ValueError(f"{method} has no {what} {name!r}; available: {sorted(table)}")
     return dict(table[name])
 
 
@@ -79,22 +95,22 @@ def _method_params(method: str, args) -> dict:
 
 
 def _check_param_names(method: str, params: dict) -> None:
-    """Exit naming the parameters that ``method``'s constructor does not take (or that the
-    command sets itself: n_bits from --bits, random_state from the seeds)."""
+    """A ValueError naming the parameters that ``method``'s constructor does not take (or that
+    the command sets itself: n_bits from --bits, random_state from the seeds)."""
     from .base import get_method
 
     valid = set(get_method(method)._param_names()) - {"n_bits", "random_state"}
     unknown = set(params) - valid
     if unknown:
-        raise SystemExit(f"cmhash: unknown parameter(s) {sorted(unknown)} for {method}; "
+        raise ValueError(f"unknown parameter(s) {sorted(unknown)} for {method}; "
                          f"valid: {sorted(valid)}")
 
 
 def _method_prefixed(item: str, option: str, what: str) -> tuple[str, str]:
-    """``"METHOD:REST"`` of --method-param / --method-hparams, or a clear exit."""
+    """``"METHOD:REST"`` of --method-param / --method-hparams, or a ValueError."""
     method, sep, rest = item.partition(":")
     if not sep or not method or not rest:
-        raise SystemExit(f"cmhash: {option} expects METHOD:{what}, got {item!r}")
+        raise ValueError(f"{option} expects METHOD:{what}, got {item!r}")
     return method, rest
 
 
@@ -199,7 +215,7 @@ def cmd_bench(args):
     from .bench import markdown_table, run_bench
 
     if getattr(args, "param", None) and len(args.methods) > 1:
-        raise SystemExit("cmhash: --param is for a single method (it was ignored with several); "
+        raise ValueError("--param is for a single method (it was ignored with several); "
                          "use --method-param METHOD:KEY=VALUE")
     ds = _load_data(args)
     params = {m: _parse_params(getattr(args, "param", None)) if len(args.methods) == 1 else {}
@@ -286,7 +302,7 @@ def cmd_search(args):
         index.add(db_packed, packed=True)
     q_packed, q_bits, q_ids, _ = _read_codes(args.queries, allow_index=False)
     if q_bits != n_bits:
-        raise SystemExit(f"cmhash: queries have {q_bits} bits but the database has {n_bits}")
+        raise ValueError(f"queries have {q_bits} bits but the database has {n_bits}")
     start = time.perf_counter()
     if args.radius is not None:
         lims, dist, ids = index.range_search(q_packed, args.radius, packed=True)
@@ -489,14 +505,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: exceptions that mean bad input (exit status 2) and runtime failures (exit status 1); see
+#: the module docstring. FileNotFoundError is an OSError: it is matched first.
+USAGE_ERRORS = (ValueError, TypeError, FileNotFoundError)
+RUNTIME_ERRORS = (RuntimeError, ImportError, OSError, ArithmeticError, MemoryError)
+
+
 def main(argv=None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(argv)  # argparse's usage errors exit with status 2 here
     try:
         args.func(args)
-    except (ValueError, TypeError, FileNotFoundError, ImportError, RuntimeError) as exc:
-        print(f"cmhash {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    except USAGE_ERRORS + RUNTIME_ERRORS as exc:
+        print(f"cmhash {args.command}: error: {str(exc) or type(exc).__name__}", file=sys.stderr)
+        return 2 if isinstance(exc, USAGE_ERRORS) else 1
     return 0
 
 

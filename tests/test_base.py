@@ -236,3 +236,95 @@ def test_complex_inputs_and_zero_class_labels_are_refused(name):
     m.fit(X, T, Y)
     with pytest.raises(TypeError, match="must be real-valued"):
         m.encode(X + 1j, "image")
+
+
+# ----------------------------------------------------------- shared estimator-layer contract
+try:
+    import torch  # noqa: F401
+    _HAS_TORCH = True
+except ImportError:  # pragma: no cover - the deep extra is optional
+    _HAS_TORCH = False
+
+#: quick settings of every registered method (the deep ones only where torch is installed)
+_QUICK = {
+    "batch": dict(n_anchors=20, n_iter=1), "ascmh": dict(n_anchors=20, n_iter=1),
+    "asfoh": dict(n_anchors=20, n_iter=1), "amsh": dict(n_anchors=20, n_iter=1),
+    "ta-adcmh": dict(n_epochs=1, image_hidden=(16,), text_hidden=16, device="cpu"),
+    "sdch": dict(n_epochs=1, batch_size=32, image_hidden=(16,), text_hidden=(16,),
+                 feature_dim=8, device="cpu"),
+}
+_DEEP = {"ta-adcmh", "sdch"}
+_METHODS = [m for m in available_methods() if m not in _DEEP or _HAS_TORCH]
+_ANCHOR_METHODS = [m for m in _METHODS if "n_anchors" in get_method(m)._param_names()]
+
+
+def _quick(name, **kw):
+    return make_hasher(name, n_bits=8, random_state=0, **{**_QUICK[name], **kw})
+
+
+def test_every_registered_method_is_covered():
+    assert set(available_methods()) <= set(_QUICK)
+
+
+@pytest.mark.filterwarnings("ignore::cmhash.DegenerateCodesWarning")
+@pytest.mark.parametrize("name", _METHODS)
+def test_unlabelled_training_items_are_refused(name):
+    """All-zero label rows (items with no class) were silently fitted by every method: unit-norm
+    label normalisation is undefined for them and S = 2 Y~ Y~^T - 1 made them dissimilar to
+    everything. fit / fit_unpaired now refuse them, naming how many and which rows."""
+    X, T, Y = make_structured(80)
+    Y0 = Y.copy()
+    Y0[[3, 7, 11, 20, 30, 41, 50]] = 0
+    with pytest.raises(ValueError, match=r"labels: 7 of 80 training items have no label "
+                                         r"\(all-zero rows, e\.g\. rows 3, 7, 11, 20, 30, \.\.\.\); "
+                                         r".*remove the unlabelled items"):
+        _quick(name).fit(X, T, Y0)
+    with pytest.raises(ValueError, match="1 of 80 training items have no label"):
+        _quick(name).fit_views([X, T], sp_rows_zeroed(Y, [5]))
+    m = _quick(name).fit(X, T, Y)
+    if m.supports_unpaired:
+        with pytest.raises(ValueError, match=r"labels\['text'\]: 1 of 60 training items have no "
+                                             r"label \(all-zero rows, e\.g\. rows 5\)"):
+            _quick(name).fit_unpaired([X, T[:60]], [Y, sp_rows_zeroed(Y[:60], [5])])
+    # query / evaluation labels with unlabelled items are still fine (such a query has AP 0)
+    from cmhash.metrics import mean_average_precision
+    Bq, Bd = m.encode(X[:10], "image"), m.learned_codes("text")
+    q_labels = Y[:10].copy()
+    q_labels[0] = 0
+    with_empty = mean_average_precision(Bq, Bd, q_labels, Y)
+    rest = mean_average_precision(Bq[1:], Bd, q_labels[1:], Y)
+    assert rest > 0 and with_empty == pytest.approx(rest * 9 / 10)
+
+
+def sp_rows_zeroed(Y, rows):
+    """``Y`` as a CSR matrix with ``rows`` set to zero (sparse labels are checked the same)."""
+    import scipy.sparse as sp
+    Y = Y.copy()
+    Y[rows] = 0
+    return sp.csr_matrix(Y)
+
+
+def test_check_labels_unlabelled_rows_only_when_asked():
+    from cmhash._validation import check_labels
+    Y = np.array([[1, 0], [0, 0], [0, 1]])
+    assert np.array_equal(check_labels(Y), Y)       # default: not a training check
+    with pytest.raises(ValueError, match=r"1 of 3 training items have no label .*rows 1\)"):
+        check_labels(Y, require_labelled_rows=True)
+
+
+@pytest.mark.filterwarnings("ignore::cmhash.DegenerateCodesWarning")
+def test_single_label_column_is_class_indices():
+    """An (n, 1) column of 0/1 was read as a one-class multi-hot matrix (class-0 items got no
+    label at all); any (n, 1) column is now class indices, exactly as the (n,) vector."""
+    from cmhash._validation import check_labels, class_indices
+    col = np.array([[0], [1], [1], [0]])
+    expect = np.array([[1, 0], [0, 1], [0, 1], [1, 0]], dtype=float)
+    for c in (col, col.astype(float), col.astype(bool)):
+        assert np.array_equal(check_labels(c), expect)
+        assert np.array_equal(class_indices(c), [0, 1, 1, 0])
+    assert np.array_equal(check_labels(np.array([[3], [1]])), [[0, 1], [1, 0]])
+    X, T, Y = make_structured(80, n_classes=2, multilabel=0)
+    y = Y.argmax(axis=1)
+    a = _small().fit(X, T, y[:, None]).learned_codes("image")
+    b = _small().fit(X, T, y).learned_codes("image")
+    assert _small().fit(X, T, y[:, None]).n_classes_ == 2 and np.array_equal(a, b)

@@ -694,3 +694,21 @@ def test_malformed_synthetic_specs_are_clear_errors(tmp_path, monkeypatch):
     assert load_dataset("synthetic_pool.npz", n_query=10).n_items == 60
     with pytest.raises(FileNotFoundError, match="data file not found: synthetic_missing.npz"):
         load_dataset("synthetic_missing.npz")
+
+
+def test_unreadable_data_files_are_value_errors(tmp_path):
+    # a corrupt .h5 was h5py's OSError, a truncated .mat scipy's MatReadError or an
+    # IndexError, a .npy saved as .npz "'numpy.ndarray' object does not support the context
+    # manager protocol": tracebacks from `cmhash evaluate --data ...` (exit 1, not 2)
+    (tmp_path / "a.h5").write_text("hello")
+    (tmp_path / "b.mat").write_text("hello")
+    (tmp_path / "c.mat").write_bytes(b"MATLAB 5.0 MAT-file garbage")
+    (tmp_path / "d.npz").write_bytes(b"")
+    np.save(tmp_path / "e.npy", np.arange(3))
+    (tmp_path / "e.npy").rename(tmp_path / "e.npz")
+    for name in ("a.h5", "b.mat", "c.mat", "d.npz", "e.npz"):
+        ext = name[1:]
+        with pytest.raises(ValueError, match=rf"{name} is not a readable \{ext} data file \(\w+: "):
+            load_dataset(tmp_path / name)
+        with pytest.raises(ValueError, match=rf"{name} is not a readable \{ext} data file"):
+            read_arrays(tmp_path / name)

@@ -122,15 +122,15 @@ def check_features(X, name: str, *, allow_sparse: bool = True, dtype=None, min_n
 
 
 def class_indices(labels):
-    """``labels`` as an int64 vector if they are given as class indices ((n,), or (n, 1) not
-    all 0/1, finite integers), else None (multi-hot, or invalid: :func:`check_labels` says)."""
+    """``labels`` as an int64 vector if they are given as class indices ((n,) or (n, 1)
+    finite integers), else None (multi-hot, or invalid: :func:`check_labels` says)."""
     if labels is None or sp.issparse(labels):
         return None
     Y = np.asarray(labels)
     if Y.dtype == object or not (np.issubdtype(Y.dtype, np.number) or Y.dtype == bool) \
             or np.issubdtype(Y.dtype, np.complexfloating):
         return None
-    if Y.ndim == 2 and Y.shape[1] == 1 and not _is_binary(Y):
+    if Y.ndim == 2 and Y.shape[1] == 1:
         Y = Y[:, 0]
     if Y.ndim != 1 or not np.all(np.isfinite(Y)) or np.any(Y != np.round(Y)):
         return None
@@ -138,13 +138,29 @@ def class_indices(labels):
 
 
 def check_labels(labels, n_samples: int | None = None, name: str = "labels", *,
-                 require_nonempty_classes: bool = True, classes=None) -> np.ndarray:
+                 require_nonempty_classes: bool = True, require_labelled_rows: bool = False,
+                 classes=None) -> np.ndarray:
     """Return labels as a float64 multi-hot (n, c) matrix.
 
-    Accepts a multi-hot (n, c) matrix of 0/1 (or booleans), or a vector of class indices
-    (n,) / (n, 1), converted to one-hot over the sorted unique values (or over ``classes``,
-    a sorted int array holding every index, so that label sets one-hot encoded separately
-    share their columns).
+#: how many indices of unlabelled training rows :func:`check_labels` names
+UNLABELLED_ROWS_SHOWN = 5
+
+
+    Accepts a multi-hot (n, c) matrix of 0/1 (or booleans), or class indices given as a
+    vector (n,) or a single column (n, 1), converted to one-hot over the sorted unique values
+    (or over ``classes``, a sorted int array holding every index, so that label sets one-hot
+    encoded separately share their columns).
+
+    A single column is *always* read as class indices, also when it holds only 0 and 1: a
+    0/1 column ``[[0], [1], [1]]`` is the two classes 0 and 1 (one-hot (n, 2)), exactly as the
+    vector ``[0, 1, 1]``. (Read as a one-class multi-hot matrix it would make every class-0
+    item an item with no label, which supervised hashing cannot use.) Pass a 0/1 (n, 2) matrix
+    or a vector for the same labels without this ambiguity.
+
+    ``require_nonempty_classes``: every class column must have a positive sample.
+    ``require_labelled_rows``: every row (item) must have at least one class; training labels
+    are checked so (an all-zero row has no unit-norm normalisation and is dissimilar to every
+    item), query / evaluation labels are not (a query with no relevant item has AP 0).
     """
     if labels is None:
         raise ValueError(f"{name} is None; supervised hashing needs labels")
@@ -155,13 +171,15 @@ def check_labels(labels, n_samples: int | None = None, name: str = "labels", *,
         raise TypeError(f"{name} must be numeric, got dtype {Y.dtype}")
     if np.issubdtype(Y.dtype, np.complexfloating):
         raise TypeError(f"{name} must be real-valued, got complex dtype {Y.dtype}")
-    if Y.ndim == 2 and Y.shape[1] == 1 and not _is_binary(Y):
+    if Y.ndim == 2 and Y.shape[1] == 1:   # a column of class indices, as a vector
         Y = Y[:, 0]
     if Y.ndim == 1:
         if not np.all(np.isfinite(Y)) or np.any(Y != np.round(Y)):
             raise ValueError(f"{name}: class indices must be finite integers")
         Yi = Y.astype(np.int64)
         if classes is None:
+        if Y.dtype == bool:
+            Y = Y.astype(np.int64)
             classes, idx = np.unique(Yi, return_inverse=True)
         else:
             classes = np.asarray(classes, dtype=np.int64)
@@ -187,6 +205,16 @@ def check_labels(labels, n_samples: int | None = None, name: str = "labels", *,
         empty = np.flatnonzero(Y.sum(axis=0) == 0)
         if empty.size:
             raise ValueError(f"{name}: class column(s) {empty.tolist()} have no positive sample "
+    if require_labelled_rows:
+        unlabelled = np.flatnonzero(~Y.any(axis=1))
+        if unlabelled.size:
+            first = unlabelled[:UNLABELLED_ROWS_SHOWN].tolist()
+            more = ", ..." if unlabelled.size > UNLABELLED_ROWS_SHOWN else ""
+            raise ValueError(
+                f"{name}: {unlabelled.size} of {Y.shape[0]} training items have no label "
+                f"(all-zero rows, e.g. rows {str(first)[1:-1]}{more}); supervised hashing needs "
+                f"at least one class per training item: remove the unlabelled items before "
+                f"fitting (the standard MIRFlickr / NUS-WIDE protocols drop them)")
                              "(empty class); drop them or pass labels without them")
     return Y
 

@@ -132,7 +132,12 @@ class CrossModalHasher:
 
     # -------------------------------------------------------------------- fit
     def fit(self, image, text, labels):
-        """Fit on paired image/text data: ``image`` (n, d_x), ``text`` (n, d_y), ``labels`` (n, c)."""
+        """Fit on paired image/text data: ``image`` (n, d_x), ``text`` (n, d_y), ``labels`` (n, c).
+
+        ``labels``: multi-hot (n, c) 0/1, or class indices (n,) / (n, 1) (see
+        :func:`cmhash._validation.check_labels`). Every training item needs at least one class:
+        all-zero label rows (unlabelled items) are refused with a ValueError naming them.
+        """
         return self.fit_views([image, text], labels, names=DEFAULT_NAMES)
 
     def fit_views(self, views, labels, names=None):
@@ -144,7 +149,7 @@ class CrossModalHasher:
                 raise ValueError(f"paired training needs the same number of samples in every "
                                  f"modality: {names[0]!r} has {n}, {v!r} has {X.shape[0]} "
                                  f"(use fit_unpaired for unpaired data)")
-        Y = check_labels(labels, n)
+        Y = check_labels(labels, n, require_labelled_rows=True)
         self._prepare_fit(views, names, Y.shape[1])
         rng = check_random_state(self.random_state)
         start = time.perf_counter()
@@ -191,7 +196,7 @@ class CrossModalHasher:
                                  "multi-hot (n_v, c) matrices, not a mix of both")
             classes = np.unique(np.concatenate(indices))
         Ys = [check_labels(L, X.shape[0], name=f"labels[{v!r}]", require_nonempty_classes=False,
-                           classes=classes)
+                           require_labelled_rows=True, classes=classes)
               for v, X, L in zip(names, views, labels)]
         c = Ys[0].shape[1]
         for v, Y in zip(names, Ys):

@@ -165,26 +165,47 @@ def _rebuild_sparse(raw: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _unreadable(path: Path, exc: BaseException) -> ValueError:
+    """The error for a data file its reader cannot parse (h5py's OSError, scipy's
+    MatReadError, numpy's zip / pickle errors, an IndexError from a truncated .mat header,
+    ...): a ValueError naming the file, the reader's message kept."""
+    return ValueError(f"{path} is not a readable {path.suffix.lower()} data file "
+                      f"({type(exc).__name__}: {exc})")
+
+
+def _read_errors() -> tuple[type[BaseException], ...]:
+    import zipfile
+
+    from scipy.io.matlab import MatReadError
+
+    return (OSError, ValueError, TypeError, EOFError, IndexError, KeyError, zipfile.BadZipFile,
+            MatReadError)
+
+
 def read_arrays(path: str | os.PathLike) -> dict[str, Any]:
     """All numeric arrays of one file as ``{key: ndarray or CSR}``, in MATLAB/row orientation
-    as stored (v7.3 .mat files are transposed back; nested HDF5 groups give ``"a/b"`` keys)."""
+    as stored (v7.3 .mat files are transposed back; nested HDF5 groups give ``"a/b"`` keys).
+    A file its reader cannot parse is a ValueError naming it."""
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"data file not found: {p}")
     ext = p.suffix.lower()
     import h5py
 
-    if ext == ".npz":
-        raw = _read_npz(p)
-    elif ext == ".mat":
-        if h5py.is_hdf5(str(p)):
-            raw = _read_h5(p, matlab=True)
-        else:
-            raw = _read_mat_v5(p)
-    elif ext in (".h5", ".hdf5"):
-        raw = _read_h5(p, matlab=_is_matlab_h5(p))
-    else:
+    if ext not in _EXTS:
         raise ValueError(f"unsupported data file extension {ext!r} ({p}); supported: {list(_EXTS)}")
+    try:
+        if ext == ".npz":
+            raw = _read_npz(p)
+        elif ext == ".mat":
+            if h5py.is_hdf5(str(p)):
+                raw = _read_h5(p, matlab=True)
+            else:
+                raw = _read_mat_v5(p)
+        else:
+            raw = _read_h5(p, matlab=_is_matlab_h5(p))
+    except _read_errors() as exc:
+        raise _unreadable(p, exc) from exc
     return _rebuild_sparse(raw)
 
 
@@ -383,6 +404,13 @@ def _str_array(a: Any) -> list[str]:
 
 def _read_native(path: Path) -> dict[str, Any] | None:
     """Raw keys (incl. string arrays) when the file is in the native layout, else None."""
+    try:
+        return _read_native_raw(path)
+    except _read_errors() as exc:
+        raise _unreadable(path, exc) from exc
+
+
+def _read_native_raw(path: Path) -> dict[str, Any] | None:
     ext = path.suffix.lower()
     if ext == ".npz":
         with np.load(path, allow_pickle=False) as z:

@@ -137,14 +137,14 @@ def class_indices(labels):
     return Y.astype(np.int64)
 
 
+#: how many indices of unlabelled training rows :func:`check_labels` names
+UNLABELLED_ROWS_SHOWN = 5
+
+
 def check_labels(labels, n_samples: int | None = None, name: str = "labels", *,
                  require_nonempty_classes: bool = True, require_labelled_rows: bool = False,
                  classes=None) -> np.ndarray:
     """Return labels as a float64 multi-hot (n, c) matrix.
-
-#: how many indices of unlabelled training rows :func:`check_labels` names
-UNLABELLED_ROWS_SHOWN = 5
-
 
     Accepts a multi-hot (n, c) matrix of 0/1 (or booleans), or class indices given as a
     vector (n,) or a single column (n, 1), converted to one-hot over the sorted unique values
@@ -174,12 +174,12 @@ UNLABELLED_ROWS_SHOWN = 5
     if Y.ndim == 2 and Y.shape[1] == 1:   # a column of class indices, as a vector
         Y = Y[:, 0]
     if Y.ndim == 1:
+        if Y.dtype == bool:
+            Y = Y.astype(np.int64)
         if not np.all(np.isfinite(Y)) or np.any(Y != np.round(Y)):
             raise ValueError(f"{name}: class indices must be finite integers")
         Yi = Y.astype(np.int64)
         if classes is None:
-        if Y.dtype == bool:
-            Y = Y.astype(np.int64)
             classes, idx = np.unique(Yi, return_inverse=True)
         else:
             classes = np.asarray(classes, dtype=np.int64)
@@ -201,10 +201,6 @@ UNLABELLED_ROWS_SHOWN = 5
         raise ValueError(f"{name} has no class columns: shape {Y.shape}")
     if n_samples is not None and Y.shape[0] != n_samples:
         raise ValueError(f"{name} has {Y.shape[0]} rows but the features have {n_samples} samples")
-    if require_nonempty_classes:
-        empty = np.flatnonzero(Y.sum(axis=0) == 0)
-        if empty.size:
-            raise ValueError(f"{name}: class column(s) {empty.tolist()} have no positive sample "
     if require_labelled_rows:
         unlabelled = np.flatnonzero(~Y.any(axis=1))
         if unlabelled.size:
@@ -215,6 +211,10 @@ UNLABELLED_ROWS_SHOWN = 5
                 f"(all-zero rows, e.g. rows {str(first)[1:-1]}{more}); supervised hashing needs "
                 f"at least one class per training item: remove the unlabelled items before "
                 f"fitting (the standard MIRFlickr / NUS-WIDE protocols drop them)")
+    if require_nonempty_classes:
+        empty = np.flatnonzero(Y.sum(axis=0) == 0)
+        if empty.size:
+            raise ValueError(f"{name}: class column(s) {empty.tolist()} have no positive sample "
                              "(empty class); drop them or pass labels without them")
     return Y
 

@@ -448,6 +448,14 @@ def test_subset_and_validation_split():
     assert np.isin(sub.indices("train"), ds.indices("retrieval")).all()
     np.testing.assert_array_equal(sub.indices("train"), ds.subset_train(200, random_state=5).indices("train"))
     assert np.shares_memory(sub.modalities["image"], ds.modalities["image"])  # pool shared
+    n_ret = ds.split("retrieval").n
+    assert ds.subset_train(n_ret).train_is_retrieval  # exactly the retrieval size: all of it
+    with pytest.raises(ValueError, match=rf"n={n_ret + 1} exceeds the {n_ret} items"):
+        ds.subset_train(n_ret + 1)
+    with pytest.raises(TypeError, match="integer"):
+        ds.subset_train(2.5)
+    with pytest.raises(ValueError, match="positive"):
+        ds.subset_train(0)
     for base in (ds, sub):
         v = base.validation_split(0.25, random_state=1)
         q, tr = v.indices("query"), v.indices("train")

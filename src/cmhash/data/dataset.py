@@ -645,12 +645,14 @@ class CrossModalDataset:
     def subset_train(self, n: int, random_state: Any = None) -> CrossModalDataset:
         """Copy whose training split is a random ``n``-subset of the retrieval split
         (sorted pool order). The papers' protocol for large sets: train on a subset of the
-        database. ``n`` >= retrieval size gives train = retrieval."""
+        database. ``n`` equal to the retrieval size gives train = retrieval; a larger ``n``
+        is a ValueError (it used to give train = retrieval silently)."""
         ret = self._splits["retrieval"]
-        n = int(n)
-        if n <= 0:
-            raise ValueError(f"subset_train: n must be positive, got {n}")
-        if n >= ret.size:
+        n = _check_count(n, "subset_train: n")
+        if n > ret.size:
+            raise ValueError(f"subset_train: n={n} exceeds the {ret.size} items of the "
+                             f"retrieval split the training subset is drawn from")
+        if n == ret.size:
             return self._derive({**self._splits, "train": ret})
         pick = check_random_state(random_state).choice(ret.size, size=n, replace=False)
         return self._derive({**self._splits, "train": np.sort(ret[pick])})

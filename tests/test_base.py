@@ -313,6 +313,29 @@ def test_check_labels_unlabelled_rows_only_when_asked():
 
 
 @pytest.mark.filterwarnings("ignore::cmhash.DegenerateCodesWarning")
+@pytest.mark.parametrize("name", _METHODS)
+def test_encode_zero_rows_and_one_dimensional_input(name):
+    """encode of (0, d) was a ValueError "is empty"; now the (0, r) int8 codes, as for any other
+    number of rows (CSR too). A 1-D input stays a ValueError, now naming the reshape."""
+    import scipy.sparse as sp
+    X, T, Y = make_structured(80)
+    m = _quick(name).fit(X, T, Y)
+    for mod, F in (("image", X), ("text", T)):
+        for empty in (F[:0], sp.csr_matrix(F[:0])):
+            codes = m.encode(empty, mod)
+            full = m.encode(F[:3], mod)
+            assert codes.shape == (0, 8) and codes.dtype == full.dtype == np.int8
+        with pytest.raises(ValueError, match=r"must be a 2-D .*array of shape \(n_samples, "
+                                             r"n_features\), got a 1-D array of shape "
+                                             rf"\({F.shape[1]},\); a single sample .* is "
+                                             r"X\.reshape\(1, -1\)"):
+            m.encode(F[0], mod)
+        assert np.array_equal(m.encode(F[0].reshape(1, -1), mod), m.encode(F[:1], mod))
+    m.set_params(n_bits=16)          # the code length is that of the fitted model
+    assert m.encode(X[:0], "image").shape == (0, 8)
+
+
+@pytest.mark.filterwarnings("ignore::cmhash.DegenerateCodesWarning")
 def test_single_label_column_is_class_indices():
     """An (n, 1) column of 0/1 was read as a one-class multi-hot matrix (class-0 items got no
     label at all); any (n, 1) column is now class indices, exactly as the (n,) vector."""

@@ -1,5 +1,6 @@
 """SDCH: the closed-form gradients of L_f and L_h, the B step, the networks, training."""
 import itertools
+import re
 
 import numpy as np
 import pytest
@@ -355,6 +356,29 @@ def test_network_outputs_and_features_validate_their_input(fitted):
             fn(X[0], "image")
         with pytest.raises(ValueError, match="NaN"):
             fn(np.full((2, X.shape[1]), np.nan), "image")
+
+
+def test_raw_input_methods_share_encodes_validation(fitted):
+    """TorchHasher._check_input was a copy of encode's checks; network_outputs / features now use
+    the base class's _check_query, so each bad input gets encode's exact message, and no rows
+    give (0, ...) outputs as encode gives (0, r) codes."""
+    from cmhash.deep._torch_base import TorchHasher
+    assert not hasattr(TorchHasher, "_check_input")
+    m, X, T, Y = fitted
+    for bad in (T, X[0], np.full((2, X.shape[1]), np.nan), X[:, :0], X.astype(complex)):
+        with pytest.raises((ValueError, TypeError)) as ref:
+            m.encode(bad, "image")
+        for fn in (m.network_outputs, m.features):
+            with pytest.raises(type(ref.value), match=re.escape(str(ref.value))):
+                fn(bad, "image")
+    assert m.network_outputs(X[:0], "image").shape == (0, 16)
+    assert m.features(X[:0], "image").shape == (0, 32)
+    assert m.encode(X[:0], "image").shape == (0, 16)
+    # a single image without the batch axis is named as such
+    fake = SDCH(8)
+    fake.modality_names_, fake.n_features_ = ["image", "text"], [[3, 12, 12], [10]]
+    with pytest.raises(ValueError, match=r"fitted on \(3, 12, 12\); a single sample is X\[None\]"):
+        fake._check_query(np.zeros((3, 12, 12)), 0)
 
 
 def test_csr_queries_of_a_dense_trained_modality_are_standardised(fitted):

@@ -460,8 +460,11 @@ def test_network_outputs_validates_its_input(fitted):
         h.network_outputs(X[0], "image")
     with pytest.raises(ValueError, match="NaN"):
         h.network_outputs(np.full((2, 20), np.nan), "image")
+    # no rows is not an error (as for encode): the (0, r) outputs; no features still is one
+    out = h.network_outputs(X[:0], "image")
+    assert out.shape == (0, h.n_bits) and out.dtype == np.float32
     with pytest.raises(ValueError, match="empty"):
-        h.network_outputs(X[:0], "image")
+        h.network_outputs(np.zeros((3, 0)), "image")
 
 
 def test_csr_queries_of_a_dense_trained_modality_are_standardised(fitted):

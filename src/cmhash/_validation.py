@@ -72,11 +72,13 @@ FINITE_CHECK_ELEMENTS = 1 << 24
 
 
 def check_features(X, name: str, *, allow_sparse: bool = True, dtype=None, min_ndim: int = 2,
-                   max_ndim: int = 2):
+                   max_ndim: int = 2, allow_empty: bool = False):
     """Validate a feature matrix: 2-D (or up to ``max_ndim``), numeric, finite, non-empty.
 
     Sparse input is returned as CSR (kept sparse); dense input as a C-contiguous array of
-    ``dtype`` (float64 if None and the input is not already floating point).
+    ``dtype`` (float64 if None and the input is not already floating point). With
+    ``allow_empty`` an input with no rows (shape (0, d)) is accepted (queries to encode); a
+    sample with no features never is. A 1-D input is refused with a hint to reshape it.
     """
     if X is None:
         raise ValueError(f"{name} is None; expected an array of shape (n_samples, n_features)")
@@ -90,7 +92,7 @@ def check_features(X, name: str, *, allow_sparse: bool = True, dtype=None, min_n
             X = X.astype(dtype, copy=False)
         elif not np.issubdtype(X.dtype, np.floating):
             X = X.astype(np.float64)
-        if X.shape[0] == 0 or X.shape[1] == 0:
+        if (X.shape[0] == 0 and not allow_empty) or X.shape[1] == 0:
             raise ValueError(f"{name} is empty: shape {X.shape}")
         if not np.all(np.isfinite(X.data)):
             raise ValueError(f"{name} contains NaN or infinite values")
@@ -105,9 +107,11 @@ def check_features(X, name: str, *, allow_sparse: bool = True, dtype=None, min_n
         raise TypeError(f"{name} must be real-valued, got complex dtype {arr.dtype}")
     if arr.ndim < min_ndim or arr.ndim > max_ndim:
         want = f"{min_ndim}-D" if min_ndim == max_ndim else f"{min_ndim}-D to {max_ndim}-D"
+        hint = ("; a single sample of d features is X.reshape(1, -1), d samples of one "
+                "feature X.reshape(-1, 1)" if arr.ndim == 1 and min_ndim == 2 else "")
         raise ValueError(f"{name} must be a {want} array of shape (n_samples, n_features), "
-                         f"got shape {arr.shape}")
-    if arr.shape[0] == 0 or arr.size == 0:
+                         f"got a {arr.ndim}-D array of shape {arr.shape}{hint}")
+    if (arr.shape[0] == 0 and not allow_empty) or int(np.prod(arr.shape[1:])) == 0:
         raise ValueError(f"{name} is empty: shape {arr.shape}")
     if dtype is None:
         dtype = arr.dtype if np.issubdtype(arr.dtype, np.floating) else np.float64

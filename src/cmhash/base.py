@@ -282,6 +282,10 @@ class CrossModalHasher:
     def encode(self, X, modality, *, task=None) -> np.ndarray:
         """Binary codes (m, r) int8 in {-1, +1} for samples ``X`` of ``modality``.
 
+        ``X`` is 2-D (m, d) (deep image modalities: (m, C, H, W)), dense or CSR; one sample is
+        ``X.reshape(1, -1)`` (a 1-D ``X`` is a ValueError). ``m = 0`` rows give a (0, r) int8
+        array.
+
         Rows are encoded in chunks (``encode_chunk_rows``): memory beyond the input and the
         codes is that of one chunk, however large ``m`` is; the codes do not depend on it.
 
@@ -290,12 +294,9 @@ class CrossModalHasher:
         """
         m = self.modality_index(modality)
         t = self._check_task(task)
-        X = check_features(X, f"features of modality {self.modality_names_[m]!r}",
-                           max_ndim=self.max_feature_ndim)
-        if list(X.shape[1:]) != list(self.n_features_[m]):
-            raise ValueError(f"features of modality {self.modality_names_[m]!r} have shape "
-                             f"{X.shape[1:]} per sample but the model was fitted on "
-                             f"{tuple(self.n_features_[m])}")
+        X = self._check_query(X, m)
+        if X.shape[0] == 0:
+            return np.zeros((0, self._code_length(m, t)), dtype=np.int8)
         rows = encode_chunk_rows(X.shape[1:])
         if X.shape[0] <= rows:
             return self._encode(X, m, t)
@@ -305,6 +306,29 @@ class CrossModalHasher:
         for start in range(rows, X.shape[0], rows):
             codes[start:start + rows] = self._encode(X[start:start + rows], m, t)
         return codes
+
+    def _check_query(self, X, m: int):
+        """Validate samples ``X`` of modality ``m`` for :meth:`encode` and the other methods that
+        take raw query inputs (the deep methods' ``network_outputs``, ``features``): numeric,
+        finite, (n, ...) with the training per-sample shape; n = 0 rows is allowed."""
+        name = f"features of modality {self.modality_names_[m]!r}"
+        X = check_features(X, name, max_ndim=self.max_feature_ndim, allow_empty=True)
+        fitted = tuple(self.n_features_[m])
+        if tuple(X.shape[1:]) != fitted:
+            hint = (f"; a single sample is X[None] (shape (1, {', '.join(map(str, fitted))}))"
+                    if tuple(X.shape) == fitted else "")
+            raise ValueError(f"{name} have shape {X.shape[1:]} per sample but the model was "
+                             f"fitted on {fitted}{hint}")
+        return X
+
+    def _code_length(self, m: int, task) -> int:
+        """Bits of the codes :meth:`encode` gives for modality ``m`` (those of the learned codes,
+        so a later ``set_params(n_bits=...)`` does not change it)."""
+        try:
+            codes = self._learned_codes(m, task)
+        except AttributeError:
+            codes = None
+        return int(np.shape(codes)[1]) if codes is not None else int(self.n_bits)
 
     def learned_codes(self, modality, *, task=None) -> np.ndarray:
         """The codes learned for the training samples of ``modality`` (n_v, r), int8 +-1."""

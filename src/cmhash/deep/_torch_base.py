@@ -24,7 +24,6 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
-from .._validation import check_features
 from ..base import CrossModalHasher
 from ..solvers import sign
 from .backbones import build_backbone
@@ -135,17 +134,6 @@ class TorchHasher(CrossModalHasher):
             X = X.toarray()
         return ((np.asarray(X, dtype=np.float32) - mean) / self.input_scales_[m]).astype(np.float32)
 
-    def _check_input(self, X, m):
-        """Validate query samples of modality ``m`` as :meth:`encode` does (finite, numeric,
-        non-empty, (n, ...) with the training per-sample shape) for the methods that take raw
-        inputs outside ``encode`` (``network_outputs``, ``features``)."""
-        name = f"features of modality {self.modality_names_[m]!r}"
-        X = check_features(X, name, max_ndim=self.max_feature_ndim)
-        if list(X.shape[1:]) != list(self.n_features_[m]):
-            raise ValueError(f"{name} have shape {X.shape[1:]} per sample but the model was "
-                             f"fitted on {tuple(self.n_features_[m])}")
-        return X
-
     @staticmethod
     def _check_weights_file(path, name: str = "image_weights") -> None:
         """``path`` (a pretrained-weights parameter) is None or an existing file."""
@@ -194,7 +182,8 @@ class TorchHasher(CrossModalHasher):
     @classmethod
     def _predict(cls, net: nn.Module, X, batch_size: int | None = None,
                  device=None) -> np.ndarray:
-        """Network outputs for every row of ``X`` as float32 ndarray (eval mode, no_grad, batched)."""
+        """Network outputs for every row of ``X`` as float32 ndarray (eval mode, no_grad, batched;
+        an ``X`` with no rows gives the network's (0, ...) output)."""
         batch_size = int(batch_size or cls.predict_batch_size)
         if device is None:
             device = next(net.parameters()).device
@@ -204,7 +193,7 @@ class TorchHasher(CrossModalHasher):
         n = X.shape[0]
         try:
             with torch.no_grad():
-                for s in range(0, n, batch_size):
+                for s in range(0, max(n, 1), batch_size):   # n = 0: one empty batch
                     xb = cls._rows(X, np.arange(s, min(s + batch_size, n)), device)
                     outs.append(net(xb).float().cpu().numpy())
         finally:

@@ -581,14 +581,14 @@ class SDCH(TorchHasher):
     def network_outputs(self, X, modality) -> np.ndarray:
         """Real-valued fc4 outputs ``z = fc4(f(x))`` (before sign) for samples of ``modality``."""
         m = self.modality_index(modality)
-        X = self._check_input(X, m)
+        X = self._check_query(X, m)
         F = self._feature_outputs(self._network("f" if m == 0 else "g"), self._prepare(X, m))
         return self._predict(self._network("h"), F)
 
     def features(self, X, modality) -> np.ndarray:
         """The k-dimensional features f(x; psi) (img-fc3 / txt-fc3) of ``modality``."""
         m = self.modality_index(modality)
-        X = self._check_input(X, m)
+        X = self._check_query(X, m)
         return self._feature_outputs(self._network("f" if m == 0 else "g"), self._prepare(X, m))
 
     def _encode(self, X, m, task):

@@ -726,5 +726,5 @@ class TAADCMH(TorchHasher):
         """Real-valued network outputs (before sign) of the network :meth:`encode` would use."""
         m = self.modality_index(modality)
         t = self._check_task(task)
-        X = self._check_input(X, m)
+        X = self._check_query(X, m)
         return self._predict(self._network(self._net_name(m, t)), self._prepare(X, m))

@@ -1,5 +1,6 @@
 """SDCH: the closed-form gradients of L_f and L_h, the B step, the networks, training."""
 import itertools
+import json
 import re
 
 import numpy as np
@@ -435,6 +436,10 @@ def test_save_with_a_torch_device_and_a_path_object(tmp_path):
     kw = {**_SMALL, "device": torch.device("cpu")}
     m = SDCH(n_epochs=2, image_weights=tmp_path / "w.pt", **kw).fit(X, T, Y)
     back = cmhash.base.load(m.save(tmp_path / "m.npz"))
-    assert back.device == "cpu" and back.image_weights == str(tmp_path / "w.pt")
+    # the path is written as a string and comes back as the same pathlib.Path (exact round trip)
+    assert back.device == "cpu" and back.image_weights == tmp_path / "w.pt"
+    with np.load(tmp_path / "m.npz") as f:
+        header = json.loads(bytes(f["__header__"]).decode())
+    assert header["params"]["image_weights"] == str(tmp_path / "w.pt")
     assert m.device == torch.device("cpu")                 # the estimator's own params unchanged
     assert np.array_equal(back.encode(X, "image"), m.encode(X, "image"))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import json
+import os
 import time
 from pathlib import Path
 
@@ -344,12 +345,20 @@ class CrossModalHasher:
 
     # ------------------------------------------------------------ persistence
     def save(self, path) -> Path:
-        """Write the model to ``path`` (.npz: arrays + a JSON header; loads without pickle)."""
+        """Write the model to ``path`` (.npz: arrays + a JSON header; loads without pickle).
+
+        Parameters round-trip exactly: :func:`load` gives a model whose ``get_params()``
+        equals this one's (tuples stay tuples, lists lists, ``pathlib.Path`` values -- written
+        as strings -- come back as ``Path``; numpy scalars come back as Python numbers; a
+        ``numpy.random.Generator`` ``random_state`` is saved as None, the fitted state being
+        saved instead).
+        """
         self._check_fitted()
         arrays, meta_state = _pack_state(self)
+        params, param_types = _jsonable_params(self.get_params())
         header = {"format": FORMAT, "version": FORMAT_VERSION, "method": self.name,
                   "class": f"{type(self).__module__}:{type(self).__name__}",
-                  "params": _jsonable_params(self.get_params()), "state": meta_state}
+                  "params": params, "param_types": param_types, "state": meta_state}
         arrays["__header__"] = np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8)
         path = Path(path)
         with open(path, "wb") as fh:
@@ -364,19 +373,65 @@ class CrossModalHasher:
         """Hook run after the learned state is restored (deep methods rebuild networks)."""
 
 
-def _jsonable_params(params: dict) -> dict:
-    out = {}
+def _jsonable_params(params: dict) -> tuple[dict, dict]:
+    """``(values, types)``: the parameters as JSON values, and for each parameter whose Python
+    type JSON does not keep (a tuple, a path, or a list holding them) its type spec, which
+    :func:`_restore_param` applies at load time so that ``get_params()`` round-trips.
+
+    A parameter that cannot be written (not a number, string, bool, None, path, list / tuple /
+    dict of those, numpy scalar or dtype) is a TypeError naming it."""
+    values, types = {}, {}
     for k, v in params.items():
-        if isinstance(v, np.random.Generator):
-            v = None  # a Generator's state is not a parameter; the fitted model is saved instead
-        elif isinstance(v, np.generic):
-            v = v.item()
-        elif isinstance(v, tuple):
-            v = list(v)
-        elif isinstance(v, type) or isinstance(v, np.dtype):
-            v = np.dtype(v).name
-        out[k] = v
-    return out
+        try:
+            values[k], spec = _json_param(v)
+        except TypeError as exc:
+            raise TypeError(f"cannot save parameter {k}={v!r}: {exc}") from None
+        if spec is not None:
+            types[k] = spec
+    return values, types
+
+
+def _json_param(v):
+    """``(json_value, type_spec)`` of one parameter value (``type_spec`` None: plain JSON)."""
+    if isinstance(v, (np.random.Generator, np.random.RandomState, np.random.SeedSequence,
+                      np.random.BitGenerator)):
+        return None, None  # a generator's state is not a parameter; the fitted model is saved
+    if isinstance(v, np.generic):
+        return v.item(), None
+    if v is None or isinstance(v, (bool, int, float, str)):
+        return v, None
+    if isinstance(v, os.PathLike):
+        return os.fspath(v), "path"
+    if isinstance(v, type) or isinstance(v, np.dtype):
+        return np.dtype(v).name, None
+    if isinstance(v, (list, tuple)):
+        pairs = [_json_param(x) for x in v]
+        specs = [t for _, t in pairs]
+        values = [x for x, _ in pairs]
+        if isinstance(v, tuple):
+            return values, {"tuple": specs}
+        return values, ({"list": specs} if any(t is not None for t in specs) else None)
+    if isinstance(v, dict):
+        pairs = {str(k): _json_param(x) for k, x in v.items()}
+        specs = {k: t for k, (_, t) in pairs.items() if t is not None}
+        return {k: x for k, (x, _) in pairs.items()}, ({"dict": specs} if specs else None)
+    raise TypeError(f"{type(v).__name__} values cannot be written to a model file")
+
+
+def _restore_param(value, spec):
+    """Inverse of :func:`_json_param` on a JSON value (unknown specs leave it as it is)."""
+    if spec is None or value is None:
+        return value
+    if spec == "path" and isinstance(value, str):
+        return Path(value)
+    if isinstance(spec, dict) and isinstance(value, list) and len(spec) == 1:
+        kind, items = next(iter(spec.items()))
+        if kind in ("tuple", "list") and isinstance(items, list) and len(items) == len(value):
+            restored = [_restore_param(x, t) for x, t in zip(value, items)]
+            return tuple(restored) if kind == "tuple" else restored
+    if isinstance(spec, dict) and isinstance(value, dict) and isinstance(spec.get("dict"), dict):
+        return {k: _restore_param(x, spec["dict"].get(k)) for k, x in value.items()}
+    return value
 
 
 def _pack_state(obj) -> tuple[dict, dict]:
@@ -452,9 +507,16 @@ def load(path):
         if header.get("version", 0) > FORMAT_VERSION:
             raise ValueError(f"{path} was written by a newer cmhash (format {header['version']})")
         cls = get_method(header["method"])
-        defaults = {p.name: p.default for p in inspect.signature(cls.__init__).parameters.values()}
-        params = {k: (tuple(v) if isinstance(v, list) and isinstance(defaults.get(k), tuple) else v)
-                  for k, v in header["params"].items() if k in cls._param_names()}
+        types = header.get("param_types")
+        if isinstance(types, dict):
+            params = {k: _restore_param(v, types.get(k))
+                      for k, v in header["params"].items() if k in cls._param_names()}
+        else:  # files written before param_types: a list is a tuple where the default is one
+            defaults = {p.name: p.default
+                        for p in inspect.signature(cls.__init__).parameters.values()}
+            params = {k: (tuple(v) if isinstance(v, list) and isinstance(defaults.get(k), tuple)
+                          else v)
+                      for k, v in header["params"].items() if k in cls._param_names()}
         obj = cls(**params)
         for key, spec in header["state"].items():
             setattr(obj, key, _unpack_value(key, spec, data))

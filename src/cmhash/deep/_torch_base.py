@@ -16,7 +16,6 @@ cuDNN kernels, which removes most but not all of the variation.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -202,13 +201,15 @@ class TorchHasher(CrossModalHasher):
 
     # --------------------------------------------------------- persistence
     def save(self, path):
-        """:meth:`CrossModalHasher.save`; parameters given as a ``torch.device`` (``device``) or
-        a path object (``image_weights``) are written as strings (JSON), so they round-trip."""
+        """:meth:`CrossModalHasher.save`; a ``device`` given as a ``torch.device`` is written as
+        its string (``"cpu"``, ``"cuda:0"``), which :func:`resolve_device` reads back the same.
+        (Path objects such as ``image_weights`` are handled by the base class for every method:
+        written as strings, loaded back as ``pathlib.Path``.)"""
         originals = {}
         for k, v in self.get_params().items():
-            if isinstance(v, (torch.device, os.PathLike)):
+            if isinstance(v, torch.device):
                 originals[k] = v
-                setattr(self, k, os.fspath(v) if isinstance(v, os.PathLike) else str(v))
+                setattr(self, k, str(v))
         try:
             return super().save(path)
         finally:

@@ -408,6 +408,32 @@ def test_models_saved_without_param_types_still_load(tmp_path):
     assert load(tmp_path / "old.npz").get_params() == m.get_params()
 
 
+@pytest.mark.parametrize("name", _ANCHOR_METHODS)
+def test_n_anchors_errors_are_the_same_in_every_method(name):
+    """ASFOH raised ValueError for every bad n_anchors ('a', None included) while the others
+    raised TypeError for a non-integer; TA-ADCMH accepted a 1-tuple (then an IndexError with
+    input_kernel='both'). Every method now goes through _validation.check_n_anchors: TypeError
+    when it is not an integer, ValueError for an integer below 1 or a wrong-length list."""
+    X, T, Y = make_structured(60)
+    for bad in ("a", None, 2.5, True, [10, "a"], np.array([10, 10])):
+        with pytest.raises(TypeError, match="n_anchors must be an integer, got"):
+            _quick(name, n_anchors=bad).fit(X, T, Y)
+    for bad, msg in ((0, "n_anchors must be >= 1, got 0"), (-3, "n_anchors must be >= 1, got -3"),
+                     ((10, 0), "n_anchors must be >= 1, got 0"),
+                     ((10,), r"n_anchors must be an int or one value per modality \(2\)"),
+                     ((10, 10, 10), r"n_anchors must be an int or one value per modality \(2\)")):
+        with pytest.raises(ValueError, match=msg):
+            _quick(name, n_anchors=bad).fit(X, T, Y)
+
+
+def test_check_n_anchors():
+    from cmhash._validation import check_n_anchors
+    assert check_n_anchors(5, 3) == [5, 5, 5]
+    assert check_n_anchors((4, np.int32(6)), 2) == [4, 6]
+    with pytest.raises(ValueError, match=r"one value per modality \(3\)"):
+        check_n_anchors([4, 6], 3)
+
+
 @pytest.mark.filterwarnings("ignore::cmhash.DegenerateCodesWarning")
 def test_single_label_column_is_class_indices():
     """An (n, 1) column of 0/1 was read as a one-class multi-hot matrix (class-0 items got no

@@ -253,6 +253,22 @@ def check_int(value, name: str, *, minimum: int = 1) -> int:
     return int(value)
 
 
+def check_n_anchors(value, n_views: int, name: str = "n_anchors") -> list[int]:
+    """``n_anchors`` (kernel anchors per modality) as a list of ``n_views`` ints.
+
+    ``value`` is one positive int (every modality) or a list / tuple of one positive int per
+    modality. Not an integer (a string, None, 2.5, True, an array) is a TypeError, as for every
+    integer parameter (:func:`check_int`); an integer below 1 or a list of the wrong length a
+    ValueError.
+    """
+    if isinstance(value, (list, tuple)):
+        if len(value) != n_views:
+            raise ValueError(f"{name} must be an int or one value per modality ({n_views}), "
+                             f"got {value!r}")
+        return [check_int(q, name) for q in value]
+    return [check_int(value, name)] * n_views
+
+
 def check_choice(value, name: str, choices) -> str:
     if value not in choices:
         raise ValueError(f"{name} must be one of {sorted(choices)}, got {value!r}")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._validation import (check_features, check_int, check_labels, check_n_bits,
+from ._validation import (check_features, check_labels, check_n_anchors, check_n_bits,
                           check_random_state, class_indices, open_npz,
                           warn_if_degenerate_codes)
 from .kernel import CenteredFeatures, RBFAnchorFeatures
@@ -534,17 +534,16 @@ class TwoStepKernelHasher(CrossModalHasher):
     ``projections_`` themselves for non-ridge hash functions, e.g. AMSH's margins).
     """
 
-    def _check_n_anchors(self, n_views: int) -> None:
-        """``n_anchors``: a positive int, or a list/tuple of one positive int per modality."""
-        q = self.n_anchors
-        if isinstance(q, (list, tuple)):
-            if len(q) != n_views:
-                raise ValueError(f"n_anchors must be an int or one value per modality "
-                                 f"({n_views}), got {q!r}")
-            for x in q:
-                check_int(x, "n_anchors")
-        else:
-            check_int(q, "n_anchors")
+    def _uses_anchors(self) -> bool:
+        """Whether this fit maps the inputs through an RBF anchor kernel (``n_anchors`` used)."""
+        return True
+
+    def _prepare_fit(self, views, names, n_classes):
+        # n_anchors (an int, or one per modality) is checked by the one shared validator, for
+        # the actual number of modalities, before any work
+        if self._uses_anchors():
+            check_n_anchors(self.n_anchors, len(views))
+        super()._prepare_fit(views, names, n_classes)
 
     def _check_fewer_bits_than_samples(self, n: int) -> None:
         """The latent V (n x r) with V^T V = n I and V^T 1 = 0 exists only for n > r."""
@@ -553,12 +552,7 @@ class TwoStepKernelHasher(CrossModalHasher):
                              f"samples ({n}): V^T V = n I with V^T 1 = 0 needs n > r")
 
     def _anchors_for(self, v: int, n_views: int) -> int:
-        q = self.n_anchors
-        if isinstance(q, (list, tuple)):
-            if len(q) != n_views:
-                raise ValueError(f"n_anchors lists {len(q)} values but there are {n_views} modalities")
-            return int(q[v])
-        return int(q)
+        return check_n_anchors(self.n_anchors, n_views)[v]
 
     def _kernelize(self, views, rng, *, use_kernel: bool = True):
         """Fit one feature map per modality; returns the list of training features phi_v."""

@@ -47,7 +47,7 @@ import scipy.sparse as sp
 import torch
 from torch.nn import functional as Fnn
 
-from .._validation import check_choice, check_int, check_positive
+from .._validation import check_choice, check_int, check_n_anchors, check_positive
 from ..kernel import RBFAnchorFeatures
 from ..progress import progress
 from ..solvers import sign
@@ -429,11 +429,7 @@ class TAADCMH(TorchHasher):
                              f"n_epochs ({self.n_epochs}): the P / W step (Eq. 11 / 18) must run")
         check_choice(self.lr_schedule, "lr_schedule", {"constant", "cosine"})
         check_choice(self.input_kernel, "input_kernel", {"none", "image", "text", "both"})
-        anchors = self.n_anchors if isinstance(self.n_anchors, (list, tuple)) else [self.n_anchors]
-        if len(anchors) not in (1, 2):
-            raise ValueError(f"n_anchors must be an int or a pair (image, text), got {self.n_anchors!r}")
-        for a in anchors:
-            check_int(a, "n_anchors")
+        check_n_anchors(self.n_anchors, 2)
         check_choice(self.regression, "regression", {"query", "codes", "none"})
         check_choice(self.image_backbone, "image_backbone", {"auto", "mlp", "cnnf"})
         check_choice(self.text_backbone, "text_backbone", {"auto", "mlp", "text-ta"})
@@ -520,7 +516,7 @@ class TAADCMH(TorchHasher):
     def _fit_input_kernels(self, views, rng):
         """RBF anchor maps of the modalities named by ``input_kernel`` (``input_kernels_``)."""
         which = {"none": (), "image": (0,), "text": (1,), "both": (0, 1)}[self.input_kernel]
-        anchors = self.n_anchors if isinstance(self.n_anchors, (list, tuple)) else [self.n_anchors] * 2
+        anchors = check_n_anchors(self.n_anchors, len(views))
         self.input_kernels_ = []
         for m, V in enumerate(views):
             if m in which:

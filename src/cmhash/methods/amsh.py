@@ -138,6 +138,9 @@ class AMSH(TwoStepKernelHasher):
         self.margins = margins
         self.n_jobs = n_jobs
 
+    def _uses_anchors(self) -> bool:
+        return bool(self.kernel)   # n_anchors is unused (and unchecked) with kernel=False
+
     def _validate_params(self):
         for p in ("eta", "lam", "beta", "xi"):
             check_positive(getattr(self, p), p, allow_zero=True)
@@ -149,10 +152,6 @@ class AMSH(TwoStepKernelHasher):
         for p in ("intra_modal", "inter_modal", "kernel", "margins"):
             if not isinstance(getattr(self, p), (bool, np.bool_)):
                 raise TypeError(f"{p} must be True or False, got {getattr(self, p)!r}")
-        if self.kernel:
-            qs = self.n_anchors if isinstance(self.n_anchors, (list, tuple)) else [self.n_anchors]
-            for q in qs:
-                check_int(q, "n_anchors")
 
     # -------------------------------------------------------------------- fit
     def _fit(self, views, labels, rng):

@@ -216,7 +216,6 @@ class ASCMH(TwoStepKernelHasher):
         check_int(self.n_iter, "n_iter")
         if self.anchor_method not in ("random", "kmeans"):
             raise ValueError(f"anchor_method must be 'random' or 'kmeans', got {self.anchor_method!r}")
-        self._check_n_anchors(2)
 
     def _fit(self, views, labels, rng):
         n, r = views[0].shape[0], self.n_bits

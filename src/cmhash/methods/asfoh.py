@@ -42,8 +42,6 @@ Ablations of Table VI are options: ``use_kernel=False`` (ASFOH-K), ``regularizer
 """
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
 
 from .._validation import check_choice, check_int, check_positive
@@ -335,11 +333,6 @@ class ASFOH(TwoStepKernelHasher):
             raise ValueError("B = sign(eta Y R + omega H) is undefined with eta = omega = 0 "
                              f"(eta={self.eta!r}, omega={self.omega!r}, semantic_projection="
                              f"{self.semantic_projection!r}); set omega > 0")
-        qs = self.n_anchors if isinstance(self.n_anchors, (list, tuple)) else [self.n_anchors]
-        for q in qs:
-            if isinstance(q, bool) or not isinstance(q, (numbers.Integral, np.integer)) or q < 1:
-                raise ValueError(f"n_anchors must be a positive integer or a list of them, "
-                                 f"got {self.n_anchors!r}")
 
     # --------------------------------------------------------------------- fit
     def _fit(self, views, labels, rng):

@@ -80,7 +80,6 @@ class BATCH(TwoStepKernelHasher):
         for p in ("eta_image", "eta_text", "eta_label", "omega", "xi", "rho"):
             check_positive(getattr(self, p), p, allow_zero=True)
         check_int(self.n_iter, "n_iter")
-        self._check_n_anchors(2)
 
     def _fit(self, views, labels, rng):
         n, r = views[0].shape[0], self.n_bits

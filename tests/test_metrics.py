@@ -716,7 +716,8 @@ def _good():
     (lambda q, d, lq, ld: (q[0], d, lq, ld), "query_codes must be a 2-D"),
     (lambda q, d, lq, ld: (q, d, lq.astype(float) * np.nan, ld), "query_labels contains NaN"),
     (lambda q, d, lq, ld: (q, d, lq, np.where(ld > 0, np.nan, 0.0)), "db_labels contains NaN"),
-    (lambda q, d, lq, ld: (q, d, lq[:, 0], ld), "query_labels must be a 2-D"),
+    (lambda q, d, lq, ld: (q, d, lq[:, 0], ld), "query_labels are class indices .* same form"),
+    (lambda q, d, lq, ld: (q, d, lq, ld[:, :, None]), "db_labels must be a 2-D"),
     (lambda q, d, lq, ld: (q[:0], d, lq[:0], ld), "query_codes is empty"),
     (lambda q, d, lq, ld: (q, d[:0], lq, ld[:0]), "db_codes is empty"),
 ])
@@ -800,3 +801,25 @@ def test_complex_labels_are_refused():
         mean_average_precision(B, B, L + 1j, L)
     with pytest.raises(ValueError, match="db_labels must be real numeric or boolean"):
         relevance(L, L + 0j)
+
+
+def test_class_index_labels_mean_same_class_on_the_union_of_classes():
+    rng = np.random.default_rng(3)
+    q = np.where(rng.random((30, 16)) < 0.5, -1, 1).astype(np.int8)
+    d = np.where(rng.random((80, 16)) < 0.5, -1, 1).astype(np.int8)
+    cq = rng.choice([1, 3], size=30)          # the queries use only classes 1 and 3
+    cd = rng.integers(0, 4, size=80)          # the database uses 0..3
+    classes = np.arange(4)
+    onehot_q, onehot_d = (cq[:, None] == classes), (cd[:, None] == classes)
+    mean_average_precision, relevance = M.mean_average_precision, M.relevance
+    want = mean_average_precision(q, d, onehot_q, onehot_d)
+    for lq, ld in ((cq, cd), (cq[:, None], cd[:, None]), (cq.astype(float), cd[:, None])):
+        assert mean_average_precision(q, d, lq, ld) == pytest.approx(want, abs=0)
+    np.testing.assert_array_equal(relevance(cq, cd), cq[:, None] == cd[None, :])
+    # a 0/1 column is class indices too: class-0 items are relevant to each other
+    b = np.array([0, 1, 0])
+    np.testing.assert_array_equal(relevance(b[:, None], b[:, None]), b[:, None] == b[None, :])
+    with pytest.raises(ValueError, match="class indices must be integers"):
+        mean_average_precision(q, d, cq + 0.5, cd)
+    with pytest.raises(ValueError, match="give both in the same form"):
+        relevance(onehot_q, cd)

@@ -6,7 +6,9 @@ Conventions (see ``docs/evaluation.md`` for the formulas):
   dtype holding exactly -1/+1 is accepted); query codes ``(m, r)``, database codes ``(n, r)``;
 * labels are ``(n, c)`` multi-hot arrays (dense or scipy sparse); a database item is
   relevant to a query when ``query_labels @ db_labels.T > 0`` (they share a label; for
-  non-negative labels this is evaluated exactly on packed label bits);
+  non-negative labels this is evaluated exactly on packed label bits). Single-label data
+  may instead give both sides as class indices, ``(n,)`` or one ``(n, 1)`` column (the same
+  rule as the estimators' ``check_labels``): relevant = same class;
 * Hamming distances are exact: ``d = (r - Bq @ Bdb.T) / 2``, evaluated in integers as the
   popcount of the XOR of the packed code bits (64 bits per word), so every differing bit
   counts -- unlike the MATLAB ``hammingDist.m`` byte table that undercounts full bytes;
@@ -97,12 +99,46 @@ def _check_codes(codes, name):
     return arr
 
 
-def _check_labels(labels, name):
+def _check_label_pair(query_labels, db_labels):
+    """Both label arrays, checked; class indices on both sides become one-hot columns
+    over the union of their classes (so that equal indices share a column)."""
+    lq = _check_labels(query_labels, "query_labels", indices_allowed=True)
+    ldb = _check_labels(db_labels, "db_labels", indices_allowed=True)
+    q_idx, db_idx = lq.ndim == 1, ldb.ndim == 1
+    if q_idx != db_idx:
+        which = "query_labels" if q_idx else "db_labels"
+        raise ValueError(
+            f"{which} are class indices (one value per item) but the other side is an "
+            f"(n, c) multi-hot matrix; give both in the same form")
+    if q_idx:
+        for arr, name in ((lq, "query_labels"), (ldb, "db_labels")):
+            if not (arr.dtype == bool or np.all(arr == np.round(arr))):
+                raise ValueError(f"{name}: class indices must be integers")
+        classes = np.union1d(lq, ldb)
+        lq, ldb = lq[:, None] == classes, ldb[:, None] == classes
+    if lq.shape[1] != ldb.shape[1]:
+        raise ValueError(
+            "query_labels and db_labels must have the same number of label columns; "
+            f"got {lq.shape[1]} and {ldb.shape[1]}"
+        )
+    return lq, ldb
+
+
+def _check_labels(labels, name, indices_allowed=False):
     if labels is None:
         raise ValueError(f"{name} must be an (n, c) multi-hot label array; got None")
     if hasattr(labels, "toarray"):
         labels = labels.toarray()
     arr = np.asarray(labels)
+    if indices_allowed and arr.ndim == 2 and arr.shape[1] == 1:
+        arr = arr[:, 0]  # one column: class indices, as in the estimators' check_labels
+    if indices_allowed and arr.ndim == 1:
+        if not (arr.dtype == bool or np.issubdtype(arr.dtype, np.number)) or np.issubdtype(
+                arr.dtype, np.complexfloating):
+            raise ValueError(f"{name} must be real numeric or boolean; got dtype {arr.dtype}")
+        if np.issubdtype(arr.dtype, np.inexact) and not np.all(np.isfinite(arr)):
+            raise ValueError(f"{name} contains NaN or infinite values")
+        return arr
     if arr.ndim != 2:
         raise ValueError(
             f"{name} must be a 2-D (n, c) multi-hot label array; got shape {arr.shape}"
@@ -178,8 +214,7 @@ def _prepare(query_codes, db_codes, query_labels=None, db_labels=None, batch_siz
     lq = ldb = None
     packed = False
     if need_labels:
-        lq = _check_labels(query_labels, "query_labels")
-        ldb = _check_labels(db_labels, "db_labels")
+        lq, ldb = _check_label_pair(query_labels, db_labels)
         if lq.shape[0] != q.shape[0]:
             raise ValueError(
                 "query_labels must have one row per query code; "
@@ -189,11 +224,6 @@ def _prepare(query_codes, db_codes, query_labels=None, db_labels=None, batch_siz
             raise ValueError(
                 "db_labels must have one row per database code; "
                 f"got {ldb.shape[0]} label rows for {d.shape[0]} database codes"
-            )
-        if lq.shape[1] != ldb.shape[1]:
-            raise ValueError(
-                "query_labels and db_labels must have the same number of label columns; "
-                f"got {lq.shape[1]} and {ldb.shape[1]}"
             )
         if _non_negative(lq) and _non_negative(ldb):
             # non-negative labels: Lq @ Ldb.T > 0  <=>  some label is positive in both
@@ -336,13 +366,7 @@ def hamming_distances(query_codes, db_codes) -> np.ndarray:
 
 def relevance(query_labels, db_labels) -> np.ndarray:
     """Boolean ``(m, n)`` relevance: ``(query_labels @ db_labels.T) > 0`` (full matrix)."""
-    lq = _check_labels(query_labels, "query_labels")
-    ldb = _check_labels(db_labels, "db_labels")
-    if lq.shape[1] != ldb.shape[1]:
-        raise ValueError(
-            "query_labels and db_labels must have the same number of label columns; "
-            f"got {lq.shape[1]} and {ldb.shape[1]}"
-        )
+    lq, ldb = _check_label_pair(query_labels, db_labels)
     if _non_negative(lq) and _non_negative(ldb):
         lq, ldb = lq > 0, ldb > 0  # non-negative labels: "share a positive label"
     return (lq.astype(np.float64) @ ldb.astype(np.float64).T) > 0

@@ -145,3 +145,23 @@ def test_distances_beyond_65535_bits_do_not_wrap():
     assert D.tolist() == [[5, r]] and ids.tolist() == [[1, 0]]
     lims, D, ids = index.range_search(q, r - 1)
     assert lims.tolist() == [0, 1] and D.tolist() == [5]
+
+
+def test_zero_width_packed_codes_are_refused():
+    # (n, 0) packed codes gave (m, n) distances read from an uninitialised buffer (e.g. 255)
+    empty = np.zeros((1, 0), np.uint8)
+    with pytest.raises(ValueError, match="no bytes per code"):
+        hamming_distances(empty, empty)
+    with pytest.raises(ValueError, match="no bytes per code"):
+        to_words(empty)
+    with pytest.raises(ValueError, match="no bytes per code"):
+        as_uint64(empty)
+
+
+@pytest.mark.parametrize("bad, exc", [(None, TypeError), (1.5, TypeError), (True, TypeError),
+                                      (0, ValueError), (-8, ValueError)])
+def test_hamming_distances_batch_bytes_is_checked(bad, exc):
+    # None was "unsupported operand type(s) for //"; 0 and negative budgets were accepted
+    P = pack_codes(np.ones((2, 8)))
+    with pytest.raises(exc, match="batch_bytes must be"):
+        hamming_distances(P, P, batch_bytes=bad)

@@ -96,6 +96,8 @@ def _check_packed(packed, name: str, n_bits: int | None = None) -> np.ndarray:
     if packed.ndim != 2:
         raise ValueError(f"{name} must be a 2-D (n, n_bytes) uint8 array, got shape "
                          f"{packed.shape}")
+    if packed.shape[1] == 0:
+        raise ValueError(f"{name} has no bytes per code: shape {packed.shape}")
     if n_bits is not None:
         want = n_bytes(n_bits)
         if packed.shape[1] != want:
@@ -210,6 +212,11 @@ def hamming_distances(query_packed, db_packed, *, batch_bytes: int = DISTANCE_BA
     memory besides the ``(m, n)`` int32 output is ~``1.2 * batch_bytes`` whatever ``m`` and
     ``n`` are.
     """
+    if (isinstance(batch_bytes, bool)
+            or not isinstance(batch_bytes, (numbers.Integral, np.integer))):
+        raise TypeError(f"batch_bytes must be a positive integer (bytes), got {batch_bytes!r}")
+    if batch_bytes < 1:
+        raise ValueError(f"batch_bytes must be a positive integer (bytes), got {batch_bytes}")
     q = _check_packed(query_packed, "query_packed")
     db = _check_packed(db_packed, "db_packed")
     if q.shape[1] != db.shape[1]:

@@ -205,14 +205,40 @@ def test_faiss_tie_fixup_is_exact_for_any_tie_order(k):
     index._faiss_flat = fake = AdversarialFlat(index._words)
     D = np.empty((25, k), np.int32)
     I = np.empty((25, k), np.int64)
+    completed = []
+    numpy_search = index._numpy_search
+    index._numpy_search = lambda qw, *a: (completed.append(len(qw)), numpy_search(qw, *a))
     index._faiss_search(index._prepare_queries(Q, False), k, D, I)
     Dr, Ir = ref_search(Q, B, k)
     np.testing.assert_array_equal(D, Dr)
     np.testing.assert_array_equal(I, Ir)
     # (seeded data) for these k some boundary tie groups run past the k + max(k, 64)
-    # results asked from faiss, so the radius-scan completion is exercised; for k=200
-    # faiss is asked for all 400 codes
-    assert (fake.range_calls > 0) == (k in (5, 30, 64, 65))
+    # results asked from faiss, so the exact completion is exercised; for k=200 faiss is
+    # asked for all 400 codes
+    assert bool(completed) == (k in (5, 30, 64, 65))
+    assert fake.range_calls == 0
+
+
+def test_faiss_tie_fixup_memory_does_not_grow_with_tie_groups():
+    # The completion of rows whose boundary tie group ran past faiss's k' results was a faiss
+    # radius scan at the k-th distance for batches of 256 queries: its output is 256 x the
+    # tie group, up to 256 x ntotal results (learned codes collapse onto a few class codes:
+    # 200k codes of 2 patterns, k=10, took 846 MiB and ran 28x slower than NumPy). Now those
+    # rows go through the NumPy counting path, whose memory is bounded by QUERY_BLOCK_BYTES.
+    rng = np.random.default_rng(0)
+    base = np.where(rng.random((2, 16)) < 0.5, -1, 1).astype(np.int8)
+    B = base[rng.integers(0, 2, 3000)]
+    Q = base[rng.integers(0, 2, 40)]
+    index = HammingIndex(16, backend="numpy")
+    index.add(B)
+    index._faiss_flat = fake = AdversarialFlat(index._words)
+    D = np.empty((40, 3), np.int32)
+    I = np.empty((40, 3), np.int64)
+    index._faiss_search(index._prepare_queries(Q, False), 3, D, I)
+    Dr, Ir = ref_search(Q, B, 3)
+    np.testing.assert_array_equal(D, Dr)
+    np.testing.assert_array_equal(I, Ir)
+    assert fake.range_calls == 0          # no (queries x tie group) radius-scan output
 
 
 @pytest.mark.skipif(not faiss_available(), reason="faiss not installed")
@@ -347,3 +373,98 @@ def test_faiss_missing_gives_install_hint(monkeypatch):
     index.add(np.ones((3, 8)))
     D, I = index.search(np.ones((1, 8)), 2)
     np.testing.assert_array_equal(I, [[0, 1]])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_radius_beyond_int64_fractions_and_infinity(backend):
+    # a Python int radius beyond int64 (10**30) and a Fraction raised numpy's "ufunc
+    # 'isfinite' not supported"; 1e30 already worked (clamped to n_bits)
+    from fractions import Fraction
+    rng = np.random.default_rng(0)
+    B = tie_heavy_codes(rng, 50, 16)
+    index = HammingIndex(16, backend=backend)
+    index.add(B)
+    for radius in (10**30, 1e30, 2**64, np.uint64(2**63)):
+        assert_range_matches(index, B[:3], B, 16)
+        lims, _, _ = index.range_search(B[:3], radius)
+        np.testing.assert_array_equal(lims, [0, 50, 100, 150])
+    for a, b in zip(index.range_search(B[:3], Fraction(5, 2)), index.range_search(B[:3], 2)):
+        np.testing.assert_array_equal(a, b)
+    for bad in (float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="radius must be a finite number >= 0"):
+            index.range_search(B[:3], bad)
+    with pytest.raises(ValueError, match="radius must be >= 0, got -1000000000000000000000000000000"):
+        index.range_search(B[:3], -(10**30))
+    for bad in (True, np.True_, "2", None, np.array(2)):
+        with pytest.raises(TypeError, match="radius must be a number >= 0"):
+            index.range_search(B[:3], bad)
+
+
+def test_multihash_and_packed_flags_are_booleans():
+    # multihash=1 passed the `in (None, True, False)` check but `is True` was False: it
+    # silently never built the multi-hash index; np.True_ likewise. packed="no" was truthy
+    with pytest.raises(TypeError, match="multihash must be None, True or False, got 1"):
+        HammingIndex(8, multihash=1)
+    with pytest.raises(TypeError, match="multihash must be None, True or False"):
+        HammingIndex(8, multihash="yes")
+    assert HammingIndex(8, multihash=np.True_).multihash is True
+    assert HammingIndex(8, multihash=np.False_).multihash is False
+    index = HammingIndex(8, backend="numpy")
+    for bad in ("no", 1, None):
+        with pytest.raises(TypeError, match="packed must be True or False"):
+            index.add(np.ones((2, 8)), packed=bad)
+    index.add(np.ones((2, 8)), packed=np.False_)
+    for bad in ("no", 0):
+        with pytest.raises(TypeError, match="packed must be True or False"):
+            index.search(np.ones((1, 8)), 1, packed=bad)
+        with pytest.raises(TypeError, match="packed must be True or False"):
+            index.range_search(np.ones((1, 8)), 1, packed=bad)
+
+
+@pytest.mark.skipif(not faiss_available(), reason="faiss not installed")
+def test_multihash_numpy_true_builds_the_tables():
+    rng = np.random.default_rng(1)
+    B = tie_heavy_codes(rng, 500, 32)
+    index = HammingIndex(32, backend="faiss", multihash=np.True_)
+    index.add(B)
+    assert_range_matches(index, B[:5], B, 1)
+    assert index._faiss_mh is not None
+
+
+GOOD_FILE = dict(format_version=np.int64(1), n_bits=np.int64(16), backend=np.str_("numpy"),
+                 codes=np.zeros((3, 2), np.uint8))
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("n_bits", np.array([16, 8]), "'n_bits' must be an integer scalar"),       # was TypeError
+    ("n_bits", np.float64(16.7), "'n_bits' must be an integer scalar"),        # was 16
+    ("n_bits", np.str_("16"), "'n_bits' must be an integer scalar"),
+    ("n_bits", np.int64(-4), "n_bits must be a positive integer"),
+    ("format_version", np.array([1, 2]), "'format_version' must be an integer scalar"),
+    ("format_version", np.int64(0), "format version 0"),                      # was loaded
+    ("format_version", np.float64(1.5), "'format_version' must be an integer scalar"),
+    ("backend", np.str_("gpu"), "saved backend 'gpu'"),
+    ("backend", np.int64(3), "'backend' must be a string"),
+    ("codes", np.zeros(2, np.uint8), "'codes' must be a 2-D"),                # was 1 code
+    ("codes", np.zeros((3, 2), np.int8), "'codes' must be a 2-D"),            # was TypeError
+    ("codes", np.zeros((3, 3), np.uint8), "3 bytes per code but 16 bits"),
+])
+def test_load_rejects_malformed_files(tmp_path, field, value, message):
+    path = tmp_path / "bad.index"
+    with path.open("wb") as f:
+        np.savez(f, **{**GOOD_FILE, field: value})
+    with pytest.raises(ValueError, match=message) as err:
+        HammingIndex.load(path)
+    assert str(path) in str(err.value)
+
+
+def test_load_backend_override_and_faiss_file_without_faiss(tmp_path, monkeypatch):
+    path = tmp_path / "f.index"
+    with path.open("wb") as f:
+        np.savez(f, **{**GOOD_FILE, "backend": np.str_("faiss")})
+    with pytest.raises(ValueError, match="backend must be one of"):
+        HammingIndex.load(path, backend="")       # was silently the saved backend
+    monkeypatch.setitem(sys.modules, "faiss", None)
+    with pytest.raises(ImportError, match=r"saved with backend='faiss'.*backend='numpy'"):
+        HammingIndex.load(path)
+    assert HammingIndex.load(path, backend="numpy").ntotal == 3

@@ -21,7 +21,7 @@ whole 64-bit words so distances are popcounts of XORed words. Two backends:
 Whatever the backend, results are exact and **ties are stable**: equal distances are
 returned smallest id first, the k-th boundary tie group included (faiss is asked for more
 than ``k`` neighbours and any query whose boundary tie group might extend past what faiss
-returned is completed exactly by a faiss radius scan at its k-th distance).
+returned is completed exactly by the NumPy counting path, whose memory is bounded).
 
 See ``docs/search.md`` for the measured speeds behind the ``backend="auto"`` rule.
 """
@@ -61,8 +61,6 @@ SMALL_DB_FULL_SORT = 4096
 FAISS_QUERY_BATCH = 4096
 #: ... and at most about this many bytes of faiss top-k results (int32 + int64) per call.
 FAISS_RESULT_BYTES = 32 * 2**20
-#: Queries per faiss radius call of the top-k tie fix-up.
-FAISS_REDO_BATCH = 256
 #: Extra neighbours asked from faiss beyond ``k`` to see the whole boundary tie group.
 FAISS_EXTRA_K = 64
 #: Multi-index hashing is used for a radius search only if the number of hash-table probes
@@ -100,6 +98,30 @@ def faiss_available() -> bool:
     except ImportError:
         return False
     return True
+
+
+def _check_bool(value, name: str) -> bool:
+    """``True`` / ``False`` (NumPy booleans included) as a Python bool, else TypeError."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise TypeError(f"{name} must be True or False, got {value!r}")
+
+
+def _check_radius(radius) -> int:
+    """``radius`` (a real number >= 0) as the integer ``floor(radius)``."""
+    if (isinstance(radius, (bool, np.bool_))
+            or not isinstance(radius, (numbers.Real, np.integer, np.floating))):
+        raise TypeError(f"radius must be a number >= 0, got {radius!r}")
+    if isinstance(radius, (numbers.Integral, np.integer)):
+        R = int(radius)                          # exact, whatever its size
+    else:
+        value = float(radius)
+        if not math.isfinite(value):
+            raise ValueError(f"radius must be a finite number >= 0, got {radius}")
+        R = math.floor(value)
+    if R < 0:
+        raise ValueError(f"radius must be >= 0, got {radius}")
+    return R
 
 
 def _check_int(value, name: str, minimum: int) -> int:
@@ -152,9 +174,11 @@ class HammingIndex:
         self.n_bits = int(n_bits)
         self.backend = backend
         self.n_threads = n_threads
-        if multihash not in (None, True, False):
-            raise ValueError(f"multihash must be None, True or False, got {multihash!r}")
-        self.multihash = multihash
+        if multihash is not None and not isinstance(multihash, (bool, np.bool_)):
+            # (1 == True: an `in (None, True, False)` test let 1 through, and `is True`
+            # then never built the tables)
+            raise TypeError(f"multihash must be None, True or False, got {multihash!r}")
+        self.multihash = None if multihash is None else bool(multihash)
         self.code_size = n_bytes(self.n_bits)          # bytes per packed code
         self._w = n_words(self.n_bits)                 # uint64 words per stored code
         self._buf = np.zeros((0, 8 * self._w), dtype=np.uint8)
@@ -187,7 +211,7 @@ class HammingIndex:
 
     def _as_packed(self, codes, packed: bool, name: str) -> np.ndarray:
         """Validate codes (±1 or packed) and return ``(n, code_size)`` packed uint8."""
-        if packed:
+        if _check_bool(packed, "packed"):
             arr = np.asarray(codes)
             if arr.ndim == 1:
                 arr = arr[None, :]
@@ -264,22 +288,61 @@ class HammingIndex:
              ) -> "HammingIndex":
         """Read an index written by :meth:`save` (loaded with ``allow_pickle=False``).
 
-        ``backend`` overrides the saved backend.
+        ``backend`` overrides the saved backend (``None``: use the saved one). A malformed
+        file is a ``ValueError`` naming the file and the field.
         """
+        def bad(why):
+            return ValueError(f"{path} is not a valid saved HammingIndex: {why}")
+
+        def int_field(z, key):
+            a = z[key]
+            if a.ndim != 0 or not np.issubdtype(a.dtype, np.integer):
+                raise bad(f"{key!r} must be an integer scalar, got an array of dtype "
+                          f"{a.dtype} and shape {a.shape}")
+            return int(a)
+
         with open_npz(path, "a saved HammingIndex") as z:
             missing = {"format_version", "n_bits", "codes"} - set(z.files)
             if missing:
                 raise ValueError(f"{path} is not a saved HammingIndex: missing "
                                  f"{sorted(missing)}")
-            version = int(z["format_version"])
+            version = int_field(z, "format_version")
             if version > FORMAT_VERSION:
                 raise ValueError(f"{path} has HammingIndex format version {version}; this "
                                  f"cmhash reads versions <= {FORMAT_VERSION}")
-            n_bits = int(z["n_bits"])
-            saved_backend = str(z["backend"]) if "backend" in z.files else "auto"
+            if version < 1:
+                raise bad(f"unknown format version {version}")
+            n_bits = int_field(z, "n_bits")
+            saved_backend = "auto"
+            if "backend" in z.files:
+                b = z["backend"]
+                if b.ndim != 0 or b.dtype.kind != "U":
+                    raise bad(f"'backend' must be a string, got an array of dtype {b.dtype} "
+                              f"and shape {b.shape}")
+                saved_backend = str(b)
+                if saved_backend not in _BACKENDS:
+                    raise bad(f"saved backend {saved_backend!r} is not one of "
+                              f"{list(_BACKENDS)}")
             codes = z["codes"]
-        index = cls(n_bits, backend=backend or saved_backend, n_threads=n_threads)
-        index.add(codes, packed=True)
+        if codes.ndim != 2 or codes.dtype != np.uint8:
+            raise bad(f"'codes' must be a 2-D (ntotal, ceil(n_bits/8)) uint8 array, got an "
+                      f"array of dtype {codes.dtype} and shape {codes.shape}")
+        try:
+            index = cls(n_bits, backend=saved_backend if backend is None else backend,
+                        n_threads=n_threads)
+        except ImportError as exc:
+            if backend is None:
+                raise ImportError(f"{path} was saved with backend={saved_backend!r}: {exc}; "
+                                  "or load it with backend='numpy' (or 'auto')") from exc
+            raise
+        except ValueError as exc:
+            if backend is None or "n_bits" in str(exc):
+                raise bad(exc) from exc
+            raise
+        try:
+            index.add(codes, packed=True)
+        except ValueError as exc:
+            raise bad(exc) from exc
         return index
 
     # ------------------------------------------------------------------ dispatch
@@ -423,25 +486,17 @@ class HammingIndex:
                 incomplete = D2[:, k2 - 1] <= D2[:, k - 1]
                 redo.extend((np.flatnonzero(incomplete) + i0).tolist())
         if redo:
-            # Exact fix-up: fetch every code with d <= t (t = the row's k-th distance) by a
-            # faiss radius scan, grouped by t, sort by (distance, id) and keep k.
+            # Exact completion of the rows whose boundary tie group may run past the k'
+            # results: the NumPy counting path (exact (distance, id) order, memory bounded
+            # by QUERY_BLOCK_BYTES per thread). A faiss radius scan at the k-th distance
+            # would return the whole tie group of every row at once: with learned codes
+            # (a few class codes shared by many items) that is up to rows x ntotal results.
             rows = np.asarray(redo, dtype=np.int64)
-            t_rows = D_out[rows, k - 1]
-            for t in np.unique(t_rows):
-                group = rows[t_rows == t]
-                for g0 in range(0, len(group), FAISS_REDO_BATCH):
-                    g = group[g0:g0 + FAISS_REDO_BATCH]
-                    lims, Dr, Ir = idx.range_search(q[g], int(t) + 1)   # faiss: d < radius
-                    lims = np.asarray(lims, dtype=np.int64)
-                    counts = np.diff(lims)
-                    if np.any(counts < k):      # cannot happen with an exact faiss index
-                        raise RuntimeError("faiss range_search returned fewer codes than "
-                                           "its top-k search; please report this")
-                    rr = np.repeat(np.arange(len(g)), counts)
-                    order = np.lexsort((np.asarray(Ir), np.asarray(Dr), rr))
-                    sel = order[lims[:-1, None] + np.arange(k)]
-                    D_out[g] = np.asarray(Dr)[sel]
-                    I_out[g] = np.asarray(Ir)[sel]
+            Dr = np.empty((len(rows), k), dtype=np.int32)
+            Ir = np.empty((len(rows), k), dtype=np.int64)
+            self._numpy_search(np.ascontiguousarray(q[rows]).view(np.uint64), k, Dr, Ir)
+            D_out[rows] = Dr
+            I_out[rows] = Ir
 
     # ------------------------------------------------------------------ radius
     def range_search(self, query_codes, radius, *, packed: bool = False):
@@ -452,12 +507,7 @@ class HammingIndex:
         (distance, id). ``lims`` is ``(m + 1,)`` int64, distances int32, ids int64.
         ``radius`` is a number >= 0 (distances are integers, so 2.5 acts as 2).
         """
-        if isinstance(radius, bool) or not isinstance(radius, (numbers.Real, np.integer,
-                                                               np.floating)):
-            raise TypeError(f"radius must be a number >= 0, got {radius!r}")
-        if not np.isfinite(radius) or radius < 0:
-            raise ValueError(f"radius must be >= 0, got {radius}")
-        R = int(math.floor(radius))
+        R = _check_radius(radius)
         q = self._prepare_queries(query_codes, packed)
         m = q.shape[0]
         if m == 0:

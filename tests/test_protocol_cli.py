@@ -319,3 +319,54 @@ def test_cli_exit_codes(tmp_path, capsys, monkeypatch):
         monkeypatch.setattr(protocol, "run_evaluation", fail)
         assert main(evaluate) == 1
         assert capsys.readouterr().err == f"cmhash evaluate: error: {message}\n"
+
+
+def test_cli_encode_out_path_search_backend_and_malformed_codes_files(tmp_path, capsys):
+    # `encode --out q.codes` wrote q.codes.npz (np.savez_compressed appends .npz) while saying
+    # "wrote q.codes", so `search --queries q.codes` did not find it; `search --backend` was
+    # ignored for a saved index (it ran on the saved backend); a codes file without n_bits
+    # raised KeyError and one whose ids do not match its codes IndexError, with tracebacks
+    from cmhash.index import HammingIndex
+    data = "synthetic:n=400,n_classes=3,seed=2"
+    model = tmp_path / "m.npz"
+    assert main(["fit", "--method", "batch", "--data", data, "--bits", "16", "--param",
+                 "n_anchors=30,30", "--out", str(model), "--quiet"]) == 0
+    q = tmp_path / "q.codes"
+    assert main(["encode", "--model", str(model), "--data", data, "--split", "query",
+                 "--modality", "image", "--out", str(q)]) == 0
+    assert f"wrote {q}\n" in capsys.readouterr().err
+    assert q.exists() and not (tmp_path / "q.codes.npz").exists()
+    with np.load(q) as f:
+        packed, ids = f["packed"], f["ids"]
+    index = HammingIndex(16, backend="faiss" if _has_faiss() else "auto")
+    index.add(packed, packed=True)
+    index.save(tmp_path / "db.index")
+    assert main(["search", "--database", str(tmp_path / "db.index"), "--queries", str(q),
+                 "-k", "3", "--backend", "numpy", "--show", "0"]) == 0
+    assert capsys.readouterr().err.endswith("backend numpy)\n")
+    assert main(["search", "--database", str(tmp_path / "db.index"), "--queries", str(q),
+                 "-k", "3", "--show", "0"]) == 0          # no --backend: the saved one
+    assert capsys.readouterr().err.endswith(f"backend {index.backend})\n")
+    for name, arrays, message in (
+            ("nobits.npz", dict(packed=packed, ids=ids), "has no 'n_bits'"),
+            ("vecbits.npz", dict(packed=packed, ids=ids, n_bits=[16, 16]),
+             "'n_bits' must be an integer scalar"),
+            ("ids.npz", dict(packed=packed, ids=ids[:5], n_bits=16),
+             f"5 ids for {len(packed)} codes"),
+            ("ids2d.npz", dict(packed=packed, ids=ids[:, None], n_bits=16),
+             "'ids' must be a 1-D"),
+            ("packed1d.npz", dict(packed=packed[0], ids=ids[:1], n_bits=16),
+             "'packed' must be a 2-D")):
+        bad = tmp_path / name
+        np.savez(bad, **arrays)
+        for role in (["--database", str(bad), "--queries", str(q)],
+                     ["--database", str(q), "--queries", str(bad)]):
+            assert main(["search", *role, "-k", "3", "--quiet"]) == 2, (name, role)
+            err = capsys.readouterr().err
+            assert err.startswith(f"cmhash search: error: {bad} is not a valid codes file")
+            assert message in err and "Traceback" not in err, err
+
+
+def _has_faiss():
+    from cmhash.index import faiss_available
+    return faiss_available()

@@ -139,9 +139,10 @@ def _add_data(p, required=True):
     p.add_argument("--data", required=required,
                    help="dataset file (.mat/.npz/.h5; several joined by '+') or "
                         "synthetic:<preset|key=value,...>")
-    p.add_argument("--preset", help="split protocol (wiki, mirflickr25k, nuswide, iapr-tc12; "
-                                    "default: auto-detected; ignored with a warning for "
-                                    "synthetic data and cmhash native files)")
+    p.add_argument("--preset", help="split protocol, a data preset such as wiki, mirflickr25k, "
+                                    "nuswide, iapr-tc12 (all in docs/data.md; default: "
+                                    "auto-detected; ignored with a warning for synthetic data "
+                                    "and cmhash native files)")
     p.add_argument("--split-seed", type=int, default=0, help="seed of random splits (default 0)")
     p.add_argument("--n-train", type=int, help="train on a random subset of this size")
 
@@ -159,7 +160,9 @@ def _add_protocol(p):
                    help="database codes: learned training codes (papers) or hashed features")
     p.add_argument("--ties", choices=["stable", "random", "expected"], default="stable")
     p.add_argument("--zero-relevant", choices=["zero", "skip"], default="zero")
-    p.add_argument("--top-r", type=int, help="also report mAP@R (hits-within-top-R denominator)")
+    p.add_argument("--top-r", type=int,
+                   help="also compute mAP@R (hits-within-top-R denominator); stored per run in "
+                        "the JSON, not shown in the printed table")
     p.add_argument("--unpaired", action="store_true",
                    help="shuffle each modality's training set independently (AMSH Sec. IV-E)")
     p.add_argument("--curves", action="store_true",
@@ -268,15 +271,41 @@ def cmd_encode(args):
     X = ds.get(args.split, args.modality)
     task = tuple(args.task.split(",")) if args.task else None
     codes = hasher.encode(X, args.modality, task=task)
-    np.savez_compressed(args.out, packed=pack_codes(codes), n_bits=np.array(codes.shape[1]),
-                        ids=ds.indices(args.split), labels=ds.labels_of(args.split),
-                        modality=np.array(args.modality))
+    # a file object: np.savez_compressed(path) would append ".npz" to a path without it,
+    # and the file written would not be the one named here and by `cmhash search`
+    with open(args.out, "wb") as out:
+        np.savez_compressed(out, packed=pack_codes(codes), n_bits=np.array(codes.shape[1]),
+                            ids=ds.indices(args.split), labels=ds.labels_of(args.split),
+                            modality=np.array(args.modality))
     if not args.quiet:
         print(f"encoded {codes.shape[0]} {args.modality} items of split {args.split!r} "
               f"to {codes.shape[1]} bits; wrote {args.out}", file=sys.stderr)
 
 
-def _read_codes(path, *, allow_index: bool = True):
+def _codes_file_arrays(path, f):
+    """``(packed, n_bits, ids)`` of an open `cmhash encode` file, checked against each other."""
+    def bad(why):
+        return ValueError(f"{path} is not a valid codes file from `cmhash encode`: {why}")
+
+    if "n_bits" not in f.files:
+        raise bad("it has no 'n_bits' array")
+    packed, n_bits, ids = f["packed"], f["n_bits"], f["ids"]
+    if n_bits.ndim != 0 or not np.issubdtype(n_bits.dtype, np.integer):
+        raise bad(f"'n_bits' must be an integer scalar, got an array of dtype {n_bits.dtype} "
+                  f"and shape {n_bits.shape}")
+    if packed.ndim != 2 or packed.dtype != np.uint8:
+        raise bad(f"'packed' must be a 2-D uint8 array, got an array of dtype {packed.dtype} "
+                  f"and shape {packed.shape}")
+    if ids.ndim != 1:
+        raise bad(f"'ids' must be a 1-D array, got shape {ids.shape}")
+    if ids.shape[0] != packed.shape[0]:
+        raise bad(f"{ids.shape[0]} ids for {packed.shape[0]} codes")
+    return packed, int(n_bits), ids
+
+
+def _read_codes(path, *, allow_index: bool = True, backend=None):
+    """``(packed, n_bits, ids, None)`` of a codes file, or ``(None, n_bits, None, index)`` of a
+    saved HammingIndex (loaded with ``backend``, None: the saved one)."""
     from ._validation import open_npz
     from .index import HammingIndex
 
@@ -284,10 +313,10 @@ def _read_codes(path, *, allow_index: bool = True):
             else "a codes file from `cmhash encode`")
     with open_npz(path, what) as f:
         if "packed" in f.files and "ids" in f.files:
-            return f["packed"], int(f["n_bits"]), f["ids"], None
+            return (*_codes_file_arrays(path, f), None)
     if not allow_index:
         raise ValueError(f"{path} is not {what} (no 'packed' and 'ids' arrays)")
-    index = HammingIndex.load(path)
+    index = HammingIndex.load(path, backend=backend)
     return None, index.n_bits, None, index
 
 
@@ -296,9 +325,9 @@ def cmd_search(args):
 
     if args.show < 0:
         raise ValueError(f"--show must be >= 0 (queries to print), got {args.show}")
-    db_packed, n_bits, db_ids, index = _read_codes(args.database)
+    db_packed, n_bits, db_ids, index = _read_codes(args.database, backend=args.backend)
     if index is None:
-        index = HammingIndex(n_bits, backend=args.backend)
+        index = HammingIndex(n_bits, backend=args.backend or "auto")
         index.add(db_packed, packed=True)
     q_packed, q_bits, q_ids, _ = _read_codes(args.queries, allow_index=False)
     if q_bits != n_bits:
@@ -465,7 +494,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--queries", required=True, help="codes file from `encode`")
     p.add_argument("-k", type=int, default=10)
     p.add_argument("--radius", type=int, help="radius search instead of top-k")
-    p.add_argument("--backend", choices=["auto", "numpy", "faiss"], default="auto")
+    p.add_argument("--backend", choices=["auto", "numpy", "faiss"], default=None,
+                   help="search backend (default: a saved index's own backend, else auto)")
     p.add_argument("--show", type=int, default=5, help="queries to print")
     p.add_argument("--out", help="write ids and distances as JSON")
     p.add_argument("--quiet", action="store_true")

@@ -165,3 +165,28 @@ def test_hamming_distances_batch_bytes_is_checked(bad, exc):
     P = pack_codes(np.ones((2, 8)))
     with pytest.raises(exc, match="batch_bytes must be"):
         hamming_distances(P, P, batch_bytes=bad)
+
+
+def test_pack_codes_works_in_row_blocks(monkeypatch):
+    # pack_codes built boolean temporaries of the whole (n, r) input (~2x its size as bool:
+    # 122 MiB for 1M 64-bit codes, and index.add validated twice); now blocks of
+    # PACK_CHUNK_BYTES rows, and an error still reports its position in the whole array
+    import tracemalloc
+
+    from cmhash import codes as codes_mod
+    rng = np.random.default_rng(0)
+    B = random_codes(rng, 1_000_000, 64)
+    tracemalloc.start()
+    P = pack_codes(B)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < P.nbytes + 3 * codes_mod.PACK_CHUNK_BYTES + 2**20, peak / 2**20
+    np.testing.assert_array_equal(P, np.packbits(B > 0, axis=1))
+    monkeypatch.setattr(codes_mod, "PACK_CHUNK_BYTES", 40)       # 3 rows of 12 bits
+    B = random_codes(rng, 50, 12)
+    np.testing.assert_array_equal(pack_codes(B), np.packbits(B > 0, axis=1))
+    np.testing.assert_array_equal(pack_codes(np.ones((50, 12), bool)), np.tile([255, 240], (50, 1)))
+    B[37, 3] = 0
+    B[45, 1] = 5
+    with pytest.raises(ValueError, match=r"found 0 at \[37, 3\] \(2 invalid value\(s\)\)"):
+        pack_codes(B)

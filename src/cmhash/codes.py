@@ -54,8 +54,13 @@ def _check_n_bits(n_bits) -> int:
     return int(n_bits)
 
 
-def _check_pm1(B, name: str) -> np.ndarray:
-    """Validate a 2-D array of {-1, +1} values (any integer, float or bool dtype)."""
+#: Rows of ±1 codes validated and packed at a time (about this many bytes of boolean
+#: temporaries), so packing n codes needs O(1) working memory besides the packed output.
+PACK_CHUNK_BYTES = 4 * 2**20
+
+
+def _check_pm1_shape(B, name: str) -> np.ndarray:
+    """Dtype and shape checks of a 2-D array of {-1, +1} values (not the values)."""
     B = np.asarray(B)
     if B.dtype == object or not (np.issubdtype(B.dtype, np.number) or B.dtype == bool):
         raise TypeError(f"{name} must be a numeric array of -1/+1 values, got dtype {B.dtype}")
@@ -64,6 +69,12 @@ def _check_pm1(B, name: str) -> np.ndarray:
                          f"got shape {B.shape}")
     if B.shape[1] == 0:
         raise ValueError(f"{name} has no bits: shape {B.shape}")
+    return B
+
+
+def _check_pm1(B, name: str) -> np.ndarray:
+    """Validate a 2-D array of {-1, +1} values (any integer, float or bool dtype)."""
+    B = _check_pm1_shape(B, name)
     if B.dtype == bool:
         bad = ~B if B.size else np.zeros(0, bool)
     else:
@@ -84,8 +95,26 @@ def pack_codes(B) -> np.ndarray:
     Raises ``ValueError`` if ``B`` is not 2-D or holds anything other than -1 and +1
     (0 included).
     """
-    B = _check_pm1(B, "codes")
-    return np.packbits(B > 0, axis=1, bitorder="big")
+    return _pack_checked(B, "codes")
+
+
+def _pack_checked(B, name: str) -> np.ndarray:
+    """:func:`pack_codes` with errors naming ``name``; validates and packs blocks of rows
+    (:data:`PACK_CHUNK_BYTES`), so the boolean temporaries stay small for millions of codes."""
+    B = _check_pm1_shape(B, name)
+    n, r = B.shape
+    out = np.empty((n, n_bytes(r)), dtype=np.uint8)
+    rows = max(1, PACK_CHUNK_BYTES // r)
+    for i0 in range(0, n, rows):
+        chunk = B[i0:i0 + rows]
+        if chunk.dtype == bool:
+            ok = chunk.all()
+        else:
+            ok = not ((chunk != 1) & (chunk != -1)).any()
+        if not ok:
+            _check_pm1(B, name)          # the error, with its position in the whole array
+        out[i0:i0 + rows] = np.packbits(chunk > 0, axis=1, bitorder="big")
+    return out
 
 
 def _check_packed(packed, name: str, n_bits: int | None = None) -> np.ndarray:

@@ -37,12 +37,11 @@ import numpy as np
 from ._validation import open_npz
 from .codes import (
     _check_packed,
-    _check_pm1,
     _distance_dtype,
     _distances_into,
+    _pack_checked,
     n_bytes,
     n_words,
-    pack_codes,
 )
 
 __all__ = ["HammingIndex", "faiss_available"]
@@ -222,7 +221,7 @@ class HammingIndex:
         if arr.ndim == 2 and arr.shape[1] != self.n_bits:
             raise ValueError(f"{name} have {arr.shape[1]} bits per code but the index holds "
                              f"{self.n_bits}-bit codes")
-        return pack_codes(_check_pm1(arr, name))
+        return _pack_checked(arr, name)
 
     def add(self, codes, *, packed: bool = False) -> None:
         """Append codes; they get ids ``ntotal .. ntotal + n - 1``.

@@ -1,18 +1,19 @@
 """Protocol runner, public JSON format and the CLI contract."""
 import json
 import re
+import shlex
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-from cmhash.cli import main
+from cmhash.cli import build_parser, main
 from cmhash.data import CrossModalDataset
 from cmhash.methods.batch import BATCH
 from cmhash.metrics import mean_average_precision
 from cmhash.protocol import evaluate_hasher, run_evaluation
-from conftest import WIKI, make_structured
+from conftest import REPO, WIKI, make_structured
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +87,51 @@ def test_run_evaluation_json_format(dataset):
     s = doc["summary"]["16"]["map_i2t"]
     assert s["mean"] == pytest.approx(np.mean(vals)) and s["std"] == pytest.approx(np.std(vals, ddof=1))
     json.dumps(doc)  # serialisable
+
+
+def _nested_keys(obj, opaque=("params",)) -> set:
+    """Every dict key in ``obj`` (recursively), not looking inside the ``opaque`` keys' values."""
+    keys = set()
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            keys.add(k)
+            if k not in opaque:
+                keys |= _nested_keys(v, opaque)
+    elif isinstance(obj, list):
+        for v in obj:
+            keys |= _nested_keys(v, opaque)
+    return keys
+
+
+def test_result_json_fields_are_the_documented_ones(dataset):
+    """docs/evaluation.md's JSON example names exactly the fields run_evaluation writes (with
+    every optional part switched on): none missing from the docs, none documented but gone."""
+    text = (REPO / "docs" / "evaluation.md").read_text()
+    example = text.split("```jsonc", 1)[1].split("```", 1)[0]
+    documented = set(re.findall(r'"([A-Za-z_][A-Za-z0-9_]*)"\s*:', example))
+    documented -= {"omega"}  # the example's constructor parameter, not a field
+    doc = run_evaluation("batch", dataset, bits=[8], seeds=2, params={"n_anchors": (40, 40)},
+                         verbose=False, database="hashed", top_r=50, curves=True)
+    produced = {k for k in _nested_keys(doc) if not k.isdigit()}  # summary keys are bit lengths
+    assert produced == documented, (f"written but not documented: {sorted(produced - documented)}; "
+                                    f"documented but not written: {sorted(documented - produced)}")
+
+
+def test_readme_command_lines_parse():
+    """Every command of the README's "Command line" block uses existing subcommands / options."""
+    text = (REPO / "README.md").read_text()
+    block = text.split("## Command line", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    parser = build_parser()
+    commands = 0
+    for line in block.replace("\\\n", " ").splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        argv = shlex.split(line)
+        assert argv[0] == "cmhash", line
+        parser.parse_args(argv[1:])  # argparse exits (SystemExit) on an unknown option
+        commands += 1
+    assert commands >= 10
 
 
 def test_unpaired_protocol_refused_by_paired_methods(dataset):

@@ -21,11 +21,12 @@ Exit status:
   line plus ``cmhash <command>: error: ...``) and bad input found once the arguments are
   parsed -- a ValueError, TypeError or FileNotFoundError from checking options, parameters,
   dataset specs and files (e.g. ``--n-train`` above the data's size, an unknown method or
-  parameter, a missing or unreadable data / model file);
+  parameter, a missing or unreadable data / model file, an ``--out`` in a directory that
+  does not exist);
 * 1 -- runtime failure of a well-formed command: RuntimeError (e.g. a crashed scale
-  worker), ImportError (an optional dependency missing), another OSError (e.g. an output
-  that cannot be written), ArithmeticError (e.g. a diverged fit's FloatingPointError),
-  MemoryError.
+  worker), ImportError (an optional dependency missing), another OSError (e.g. permission
+  denied or a full disk while writing an output), ArithmeticError (e.g. a diverged fit's
+  FloatingPointError), MemoryError.
 
 Errors with status 1 or 2 print ``cmhash <command>: error: <message>`` on stderr, without a
 traceback; any other exception is a bug and keeps its traceback.

@@ -468,3 +468,18 @@ def test_load_backend_override_and_faiss_file_without_faiss(tmp_path, monkeypatc
     with pytest.raises(ImportError, match=r"saved with backend='faiss'.*backend='numpy'"):
         HammingIndex.load(path)
     assert HammingIndex.load(path, backend="numpy").ntotal == 3
+
+
+@pytest.mark.skipif(not faiss_available(), reason="faiss not installed")
+def test_auto_backend_rule_depends_on_operation_call_size_and_code_width(monkeypatch):
+    # large calls: radius search goes to faiss at any width, top-k only above one 64-bit word
+    # (NumPy's one-word popcount path out-ran faiss's top-k at 16-64 bits, docs/search.md)
+    monkeypatch.setattr(index_mod, "AUTO_FAISS_MIN_PAIRS", 4)
+    rng = np.random.default_rng(0)
+    for bits, search_faiss in ((16, False), (64, False), (65, True), (128, True)):
+        index = HammingIndex(bits)
+        index.add(np.where(rng.random((10, bits)) < 0.5, -1, 1))
+        assert index._use_faiss("search", 1) is search_faiss, bits
+        assert index._use_faiss("range", 1) is True, bits
+        assert index._use_faiss("range", 0) is False  # 0 x 10 pairs: below the threshold
+    assert HammingIndex(128, backend="numpy")._use_faiss("search", 10**6) is False

@@ -70,9 +70,10 @@ MULTIHASH_MAX_PROBES = 256
 #: 3 tables for 1M 64-bit codes took 2.3 s, the time of ~7000 scanned radius queries).
 MULTIHASH_BUILD_QUERIES_PER_TABLE = 2000
 
-#: backend="auto": which operations go to faiss (when it is installed) -- set from
-#: benchmarks/search_speed.py, see docs/search.md.
-AUTO_FAISS_FOR = {"search": True, "range": True}
+#: backend="auto": the fewest 64-bit words per code at which an operation goes to faiss
+#: (when it is installed) -- set from benchmarks/search_speed.py, see docs/search.md: NumPy's
+#: one-word popcount path wins top-k up to 64 bits, faiss wins it above and wins radius scans.
+AUTO_FAISS_MIN_WORDS = {"search": 2, "range": 1}
 #: backend="auto" uses NumPy below this many (query, code) pairs per call: small calls are
 #: dominated by faiss's per-call OpenMP start-up (milliseconds, far more on a busy machine).
 AUTO_FAISS_MIN_PAIRS = 2**22
@@ -140,10 +141,13 @@ class HammingIndex:
         Code length ``r``.
     backend : {"auto", "numpy", "faiss"}
         ``"numpy"`` is pure NumPy; ``"faiss"`` needs faiss (``ImportError`` naming
-        ``pip install cmhash[faiss]`` otherwise); ``"auto"`` uses faiss when it is installed
-        and the call compares at least :data:`AUTO_FAISS_MIN_PAIRS` (query, code) pairs, and
-        NumPy otherwise (faiss was faster for both top-k, +31%, and radius search, 2.3x, in
-        ``benchmarks/search_speed.py`` on 2 cores; see ``docs/search.md``).
+        ``pip install cmhash[faiss]`` otherwise); ``"auto"`` uses faiss when it is installed,
+        the call compares at least :data:`AUTO_FAISS_MIN_PAIRS` (query, code) pairs and the
+        codes are wide enough (:data:`AUTO_FAISS_MIN_WORDS`: radius search at any width,
+        top-k above 64 bits), and NumPy otherwise (``benchmarks/search_speed.py`` on 2 cores:
+        NumPy's top-k is ~1.3-2.3x faiss's at 16-64 bits, faiss's ~1.8x NumPy's at 128 bits;
+        faiss's radius scan is 1.8-3x NumPy's except with millions of hits; see
+        ``docs/search.md``).
     n_threads : int or None
         Worker threads of the NumPy backend (None: ``min(os.cpu_count(), 8)``). faiss uses
         its own OpenMP threads.
@@ -351,7 +355,7 @@ class HammingIndex:
             return True
         if self.backend == "numpy":
             return False
-        if m * self._n < AUTO_FAISS_MIN_PAIRS or not AUTO_FAISS_FOR[op]:
+        if m * self._n < AUTO_FAISS_MIN_PAIRS or self._w < AUTO_FAISS_MIN_WORDS[op]:
             return False
         return faiss_available()
 

@@ -190,6 +190,36 @@ def test_pca_init_spans_the_top_principal_directions():
     assert V.shape == (500, 8) and np.linalg.matrix_rank(V) == 8
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_pca_init_of_rank_deficient_features_is_finite(seed):
+    """Features with a few distinct rows (rank 4 < r): the Gram route (k < q) divided the
+    rounding-noise directions by sqrt(max(lam, 1e-300)) and gave huge / inf columns (NaN and a
+    LinAlgError from inside NumPy in the fit); those directions are now missing directions,
+    completed with Gaussian columns as when q < r."""
+    rng = np.random.default_rng(seed)
+    P = np.random.default_rng(0).standard_normal((5, 40))
+    phi = (P[rng.integers(0, 5, 200)] @ rng.standard_normal((40, 150))).astype(np.float32)
+    for k in (60, 200):   # Gram route (k < q) and covariance route (k >= q)
+        V = _pca_init(phi, 32, k, np.random.default_rng(seed))
+        assert V.shape == (200, 32) and np.isfinite(V).all()
+        assert np.abs(V).max() <= np.linalg.norm(phi.astype(float), axis=1).max() + 10
+        assert np.linalg.matrix_rank(V) == 32
+
+
+def test_fit_on_features_with_few_distinct_rows():
+    # noise-free data: 5 distinct feature rows; raised LinAlgError("SVD did not converge")
+    # after NumPy overflow warnings for every seed
+    import warnings
+    X, T, Y = make_structured(n=200, noise=0.0, multilabel=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        h = AMSH(32, n_anchors=150, n_init_samples=60, random_state=0).fit(X, T, Y)
+    for t, Q in enumerate((X, T)):
+        B = h.encode(Q, t)
+        assert set(np.unique(B)) <= {-1, 1}
+        assert np.isfinite(h.latent_[t]).all()
+
+
 # ------------------------------------------------------------------------ stage 2
 def _hash_stage(seed=0, margins=True):
     rng = np.random.default_rng(seed)

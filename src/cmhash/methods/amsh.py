@@ -219,7 +219,11 @@ def _pca_init(phi, r: int, n_samples: int, rng) -> np.ndarray:
 
     Computed on the smaller of the k x k Gram matrix and the q x q covariance (same
     eigenvectors: W = S^T U diag(s)^-1). When fewer than r directions exist (q < r, e.g.
-    AMSH-k on 10-D text) the missing columns are Gaussian (from ``rng``).
+    AMSH-k on 10-D text, or a sample whose covariance has numerical rank < r, e.g. data with
+    a few distinct rows) the missing columns are Gaussian (from ``rng``). A direction exists
+    when its eigenvalue exceeds ``max(k, q) eps`` times the largest (``PCA_RANK_RTOL``); below
+    that it is rounding noise, and the Gram route's ``S^T u / sqrt(lam)`` of such a direction
+    was huge (lam ~ 0) or overflowed float32 (lam < 0, clamped to 1e-300): NaN in the fit.
     """
     n, q = phi.shape
     k = min(n_samples, n)
@@ -229,14 +233,22 @@ def _pca_init(phi, r: int, n_samples: int, rng) -> np.ndarray:
     p = min(r, k - 1, q)  # a centred k-sample covariance has rank <= k - 1
     if k < q:
         lam, U = sla.eigh(S @ S.T, subset_by_index=[k - p, k - 1])
-        W = S.T @ (U / np.sqrt(np.maximum(lam, 1e-300)))
     else:
-        _, W = sla.eigh(S.T @ S, subset_by_index=[q - p, q - 1])
+        lam, U = sla.eigh(S.T @ S, subset_by_index=[q - p, q - 1])
+    keep = lam > PCA_RANK_RTOL * max(k, q) * max(float(lam[-1]), 0.0)
+    lam, U = lam[keep], U[:, keep]
+    p = int(lam.size)
+    W = S.T @ (U / np.sqrt(lam)) if k < q else U
     W = W[:, ::-1]  # descending variance
     V = np.asarray(phi @ W.astype(phi.dtype), dtype=np.float64)
     if p < r:
         V = np.hstack([V, rng.standard_normal((n, r - p))])
     return V
+
+
+#: :func:`_pca_init` keeps principal directions whose variance exceeds this times max(k, q)
+#: times the largest one (the numerical-rank threshold of the covariance eigenvalues)
+PCA_RANK_RTOL = np.finfo(np.float64).eps
 
 
 class Stage1:

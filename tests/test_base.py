@@ -450,3 +450,27 @@ def test_single_label_column_is_class_indices():
     a = _small().fit(X, T, y[:, None]).learned_codes("image")
     b = _small().fit(X, T, y).learned_codes("image")
     assert _small().fit(X, T, y[:, None]).n_classes_ == 2 and np.array_equal(a, b)
+
+
+@pytest.mark.filterwarnings("ignore::cmhash.DegenerateCodesWarning")
+@pytest.mark.parametrize("name", _METHODS)
+def test_labels_with_one_label_set_are_refused(name):
+    """Every training item with the same class (or the same set of classes): every pair is
+    similar, so supervised hashing has nothing to learn. BATCH and AMSH returned codes without
+    a word, ASCMH / ASFOH collapsed to one or two codes (only a DegenerateCodesWarning); fit,
+    fit_views and fit_unpaired now refuse such labels with a ValueError saying why."""
+    X, T, Y = make_structured(60)
+    for labels in (np.zeros(60, int), np.full((60, 1), 7), np.ones((60, 1)), np.ones(60, bool)):
+        with pytest.raises(ValueError, match=r"labels: every training item has the same single "
+                                             r"class; supervised hashing needs at least two "
+                                             r"different label sets"):
+            _quick(name).fit(X, T, labels)
+    with pytest.raises(ValueError, match=r"the same 3 classes \(multi-hot columns \[0, 1, 2\]\)"):
+        _quick(name).fit_views([X, T], np.ones((60, 3)))
+    _quick(name).fit(X, T, np.arange(60) < 1)    # two label sets (59 / 1): accepted
+    m = _quick(name)
+    if m.supports_unpaired:
+        with pytest.raises(ValueError, match="every training item has the same single class"):
+            m.fit_unpaired([X, T[:50]], [np.full(60, 2), np.full(50, 2)])
+        # one class per modality, but different ones: two label sets in all, accepted
+        m.fit_unpaired([X, T[:50]], [np.full(60, 2), np.full(50, 3)])

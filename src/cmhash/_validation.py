@@ -223,6 +223,26 @@ def check_labels(labels, n_samples: int | None = None, name: str = "labels", *,
     return Y
 
 
+def check_distinct_label_sets(Ys, name: str = "labels") -> None:
+    """Refuse training labels in which every item (of every modality) has the same label set.
+
+    Supervised hashing learns from which items share labels and which do not; with a single
+    class (or every item carrying the same classes) every pair is similar, so the objective
+    is met by any code that is the same for everything and the fitted codes carry no label
+    information (some methods collapsed to one code, others returned codes that only encode
+    the features, in both cases without any message). ``Ys``: a list of validated (n_v, c)
+    multi-hot matrices (one for paired training).
+    """
+    first = Ys[0][0]
+    if all(bool(np.all(Y == first)) for Y in Ys):
+        classes = np.flatnonzero(first).tolist()
+        what = ("the same single class" if len(classes) == 1 else
+                f"the same {len(classes)} classes (multi-hot columns {classes})")
+        raise ValueError(f"{name}: every training item has {what}; supervised hashing needs "
+                         f"at least two different label sets (with one, every pair of items is "
+                         f"similar and the codes cannot learn anything from the labels)")
+
+
 def _is_binary(Y) -> bool:
     return bool(np.all((Y == 0) | (Y == 1)))
 

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ._validation import (check_features, check_labels, check_n_anchors, check_n_bits,
-                          check_random_state, class_indices, open_npz,
-                          warn_if_degenerate_codes)
+from ._validation import (check_distinct_label_sets, check_features, check_labels,
+                          check_n_anchors, check_n_bits, check_random_state, class_indices,
+                          open_npz, warn_if_degenerate_codes)
 from .kernel import CenteredFeatures, RBFAnchorFeatures
 from .solvers import ridge_regression, sign
 
@@ -137,7 +137,8 @@ class CrossModalHasher:
 
         ``labels``: multi-hot (n, c) 0/1, or class indices (n,) / (n, 1) (see
         :func:`cmhash._validation.check_labels`). Every training item needs at least one class:
-        all-zero label rows (unlabelled items) are refused with a ValueError naming them.
+        all-zero label rows (unlabelled items) are refused with a ValueError naming them, and
+        so are labels that give every item the same label set (one class: nothing to learn).
         """
         return self.fit_views([image, text], labels, names=DEFAULT_NAMES)
 
@@ -151,6 +152,7 @@ class CrossModalHasher:
                                  f"modality: {names[0]!r} has {n}, {v!r} has {X.shape[0]} "
                                  f"(use fit_unpaired for unpaired data)")
         Y = check_labels(labels, n, require_labelled_rows=True)
+        check_distinct_label_sets([Y])
         self._prepare_fit(views, names, Y.shape[1])
         rng = check_random_state(self.random_state)
         start = time.perf_counter()
@@ -208,6 +210,7 @@ class CrossModalHasher:
         if empty.size:
             raise ValueError(f"labels: class column(s) {empty.tolist()} have no positive sample "
                              f"in any modality (empty class)")
+        check_distinct_label_sets(Ys)
         self._prepare_fit(views, names, c)
         rng = check_random_state(self.random_state)
         start = time.perf_counter()

@@ -141,3 +141,56 @@ def test_single_threaded_blas_limits_and_restores():
     with single_threaded_blas_if_small(2 * LATENCY_BOUND_FLOPS):   # large work: untouched
         assert blas() == before
     assert blas() == before
+
+
+@pytest.mark.parametrize("case", ["zero", "constant", "rank1+mean", "one zero column",
+                                  "n = r + 1, rank 1", "tiny", "huge", "r = 1, zero"])
+def test_orthogonal_zero_mean_stays_feasible_on_degenerate_z(case):
+    """Z of rank < r (down to Z = 0, or a constant Z, whose centred part is 0): the random
+    completion keeps V^T V = n I and V^T 1 = 0; scale does not matter (1e-300 .. 1e150)."""
+    rng = np.random.default_rng(5)
+    n, r = 60, 6
+    Z = {"zero": np.zeros((n, r)), "constant": np.full((n, r), 3.0),
+         "rank1+mean": np.outer(rng.standard_normal(n), rng.standard_normal(r)) + 5.0,
+         "one zero column": np.hstack([rng.standard_normal((n, r - 1)), np.zeros((n, 1))]),
+         "n = r + 1, rank 1": np.outer(rng.standard_normal(r + 1), np.ones(r)),
+         "tiny": rng.standard_normal((n, r)) * 1e-300,
+         "huge": rng.standard_normal((n, r)) * 1e150,
+         "r = 1, zero": np.zeros((n, 1))}[case]
+    V = orthogonal_zero_mean(Z, rng)
+    m, k = Z.shape
+    assert np.isfinite(V).all()
+    assert np.allclose(V.T @ V, m * np.eye(k), atol=1e-10 * m)
+    assert np.allclose(V.sum(axis=0), 0, atol=1e-10 * m)
+
+
+def test_procrustes_and_svt_on_degenerate_inputs():
+    # singular, zero and tall rank-1 M: R still has orthonormal columns
+    for M in (np.outer([1.0, 2, 3], [1.0, 0, 1]), np.zeros((4, 4)),
+              np.outer(np.arange(6.0), np.ones(3))):
+        R = procrustes(M)
+        assert R.shape == M.shape and np.allclose(R.T @ R, np.eye(M.shape[1]), atol=1e-12)
+    # a wide M has no R with R^T R = I (it returned one with R^T R != I); NaN failed in LAPACK
+    with pytest.raises(ValueError, match=r"a >= b .* got shape \(2, 4\)"):
+        procrustes(np.ones((2, 4)))
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        procrustes(np.full((3, 3), np.nan))
+    M = np.random.default_rng(6).standard_normal((5, 7))
+    assert np.allclose(svt(M, 0.0), M, atol=1e-12)              # tau = 0: the identity
+    for tau in (1e300, np.inf):                                 # tau >= s_max: zero
+        assert np.array_equal(svt(M, tau), np.zeros_like(M))
+    assert np.array_equal(svt(np.zeros((3, 4)), 1.0), np.zeros((3, 4)))
+    with pytest.raises(ValueError, match="tau must be >= 0, got nan"):   # returned NaN
+        svt(M, np.nan)
+
+
+def test_ridge_regression_degenerate_systems_and_bad_alpha():
+    rng = np.random.default_rng(7)
+    Y = rng.standard_normal((10, 2))
+    # alpha = 0 with a singular Gram matrix (constant or zero columns, n < q): lstsq fallback
+    for A in (np.ones((10, 3), np.float32), np.zeros((10, 3)),
+              rng.standard_normal((10, 30)).astype(np.float32)):
+        assert np.isfinite(ridge_regression(A, Y, 0.0)).all()
+    for bad in (np.nan, np.inf, -1.0):   # NaN gave a NaN W
+        with pytest.raises(ValueError, match="alpha must be finite and >= 0"):
+            ridge_regression(np.ones((10, 3)), Y, bad)

@@ -134,9 +134,15 @@ def procrustes(M) -> np.ndarray:
     """Solve ``max_R tr(R^T M)  s.t.  R^T R = I`` for ``M`` of shape (a, b), a >= b.
 
     ``R = U W^T`` for the thin SVD ``M = U S W^T`` (square ``M``: an orthogonal rotation;
-    tall ``M``: orthonormal columns).
+    tall ``M``: orthonormal columns). A wide ``M`` (a < b) has no such ``R`` (a ValueError), and
+    neither has a non-finite one.
     """
     M = np.asarray(M, dtype=np.float64)
+    if M.ndim != 2 or M.shape[0] < M.shape[1]:
+        raise ValueError(f"procrustes needs a 2-D (a, b) matrix with a >= b (R^T R = I_b), "
+                         f"got shape {M.shape}")
+    if not np.isfinite(M).all():
+        raise ValueError("procrustes: M contains NaN or infinite values")
     U, _, Wt = np.linalg.svd(M, full_matrices=False)
     return U @ Wt
 
@@ -146,7 +152,7 @@ def svt(M, tau: float):
 
     Returns ``U diag(max(s - tau, 0)) W^T``.
     """
-    if tau < 0:
+    if not tau >= 0:   # also NaN
         raise ValueError(f"tau must be >= 0, got {tau}")
     M = np.asarray(M, dtype=np.float64)
     U, s, Wt = np.linalg.svd(M, full_matrices=False)
@@ -217,8 +223,8 @@ def ridge_regression(A, Y, alpha: float, *, gram_matrix=None) -> np.ndarray:
     ``A`` (n, q) may be float32 or sparse; ``Y`` (n, r). ``gram_matrix`` lets callers reuse a
     precomputed ``A^T A``. Cost O(n q^2 + n q r + q^3), memory O(q^2 + chunk q).
     """
-    if alpha < 0:
-        raise ValueError(f"alpha must be >= 0, got {alpha}")
+    if not 0 <= alpha < np.inf:   # also NaN
+        raise ValueError(f"alpha must be finite and >= 0, got {alpha}")
     G = gram(A) if gram_matrix is None else np.array(gram_matrix, dtype=np.float64)
     G[np.diag_indices_from(G)] += alpha
     Y = np.asarray(Y)

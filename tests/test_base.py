@@ -474,3 +474,26 @@ def test_labels_with_one_label_set_are_refused(name):
             m.fit_unpaired([X, T[:50]], [np.full(60, 2), np.full(50, 2)])
         # one class per modality, but different ones: two label sets in all, accepted
         m.fit_unpaired([X, T[:50]], [np.full(60, 2), np.full(50, 3)])
+
+
+@pytest.mark.parametrize("name", ["batch", "ascmh", "asfoh", "amsh"])
+def test_constant_training_modality_is_refused_naming_it(name):
+    """A modality whose training rows are all identical (an all-zero sparse bag of words, a
+    constant image feature): with the RBF kernel it failed with 'all training samples coincide
+    with the anchors (sigma = 0)', which named neither the modality nor the cause; without the
+    kernel (AMSH kernel=False, ASFOH use_kernel=False) it was fitted silently and every query of
+    that modality got the same code. Both are now a ValueError naming the modality."""
+    import scipy.sparse as sp
+    X, T, Y = make_structured(60)
+    msg = r"features of modality 'text' are the same for every training sample"
+    for const in (np.full_like(T, 0.3), sp.csr_matrix(T.shape), sp.csr_matrix(np.ones(T.shape))):
+        with pytest.raises(ValueError, match=msg):
+            _quick(name).fit(X, const, Y)
+    no_kernel = {"amsh": {"kernel": False}, "asfoh": {"use_kernel": False}}.get(name)
+    if no_kernel is not None:
+        with pytest.raises(ValueError, match=msg):
+            _quick(name, **no_kernel).fit(X, np.full_like(T, 0.3), Y)
+    # a constant column, duplicated rows or a few all-zero rows are fine
+    T2 = T.copy()
+    T2[:, 0], T2[:10] = 4.0, 0.0
+    _quick(name).fit(X, np.vstack([T2[:30], T2[:30]]), Y)

@@ -125,6 +125,29 @@ def check_features(X, name: str, *, allow_sparse: bool = True, dtype=None, min_n
     return arr
 
 
+def check_not_constant(X, name: str) -> None:
+    """Refuse training features whose rows are all identical (a constant modality), e.g. an
+    all-zero sparse bag of words: they carry nothing to hash, the RBF kernel is undefined on
+    them (sigma = 0) and centred raw features are 0, so every query would get the same code.
+    ``X`` is a validated dense array or CSR matrix with at least one row."""
+    if X.shape[0] < 2:
+        return
+    if sp.issparse(X):
+        if bool((X.max(axis=0) != X.min(axis=0)).nnz):
+            return
+    else:
+        if not np.array_equal(X[1], X[0]):   # the usual case, decided by two rows
+            return
+        first = X[:1]
+        rows = max(1, FINITE_CHECK_ELEMENTS // max(int(np.prod(X.shape[1:])), 1))
+        if any(not np.array_equal(X[s:s + rows], np.broadcast_to(first, X[s:s + rows].shape))
+               for s in range(1, X.shape[0], rows)):
+            return
+    raise ValueError(f"{name} are the same for every training sample (a constant modality, "
+                     f"e.g. all-zero rows): there is nothing to hash in it; check how its "
+                     f"features were built, or leave the modality out")
+
+
 def class_indices(labels):
     """``labels`` as an int64 vector if they are given as class indices ((n,) or (n, 1)
     finite integers), else None (multi-hot, or invalid: :func:`check_labels` says)."""

@@ -19,8 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from ._validation import (check_distinct_label_sets, check_features, check_labels,
-                          check_n_anchors, check_n_bits, check_random_state, class_indices,
-                          open_npz, warn_if_degenerate_codes)
+                          check_n_anchors, check_n_bits, check_not_constant,
+                          check_random_state, class_indices, open_npz,
+                          warn_if_degenerate_codes)
 from .kernel import CenteredFeatures, RBFAnchorFeatures
 from .solvers import ridge_regression, sign
 
@@ -562,6 +563,7 @@ class TwoStepKernelHasher(CrossModalHasher):
         self.kernels_ = []
         phis = []
         for v, X in enumerate(views):
+            check_not_constant(X, f"features of modality {self.modality_names_[v]!r}")
             if use_kernel:
                 fmap = RBFAnchorFeatures(self._anchors_for(v, len(views)),
                                          anchors=getattr(self, "anchor_method", "random"),

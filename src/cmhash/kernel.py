@@ -7,6 +7,13 @@
 Centring the raw features by the training mean does not change any distance ``||x - a||``,
 so it is implicit here: sparse bag-of-words input is never densified as a whole. Every
 transform runs in row chunks, so memory is O(chunk x q) beyond the output.
+
+Distances are computed as ``||x||^2 + ||a||^2 - 2 x.a``, which loses the digits of ``||x||^2``
+that the distances do not have: dense features with a large common offset (mean far from 0
+relative to their spread, e.g. 1e8 + N(0, 1)) gave distances of pure rounding noise. When the
+training mean's squared norm exceeds ``SHIFT_RATIO`` times the features' spread, the features
+and anchors are shifted by that mean (``shift_``) before the distances (the same distances in
+exact arithmetic); below that ratio nothing is shifted and the features are as before.
 """
 from __future__ import annotations
 
@@ -16,12 +23,29 @@ import scipy.sparse as sp
 from ._validation import check_choice, check_features, check_int, check_random_state
 
 DEFAULT_CHUNK = 8192
+#: dense features are shifted by their training mean when its squared norm exceeds this times
+#: their spread (mean squared distance to the mean, estimated on the first ``SHIFT_SAMPLE``
+#: rows): the distances then keep at least ~8 of float64's 16 digits without the shift
+SHIFT_RATIO = 1e8
+SHIFT_SAMPLE = 1000
 #: fit_transform reuses the train-to-anchor distances when they take at most this many bytes
 CACHE_BYTES = 256 * 2 ** 20
 
 
 _OVERFLOW = ("X: squared distances to the kernel anchors overflow float64 (feature values "
              "too large in magnitude, |x| of order 1e150 or more); rescale the features")
+
+
+def _offset_shift(X):
+    """The training mean of dense ``X`` (float64) when it is large against the spread of ``X``
+    (``SHIFT_RATIO``), else None (sparse input is never shifted: that would densify it)."""
+    if sp.issparse(X):
+        return None
+    with np.errstate(over="ignore", invalid="ignore"):   # |x| ~ 1e160: the distances say so
+        mu = np.asarray(X.mean(axis=0, dtype=np.float64), dtype=np.float64)
+        sample = np.asarray(X[:SHIFT_SAMPLE], dtype=np.float64) - mu
+        spread = float(np.einsum("ij,ij->", sample, sample)) / sample.shape[0]
+        return mu if float(mu @ mu) > SHIFT_RATIO * spread else None
 
 
 def _squared_norms(X) -> np.ndarray:
@@ -55,6 +79,8 @@ class RBFAnchorFeatures:
     anchors_ : (q, d) float64 array
     sigma_ : float   mean squared train-to-anchor distance
     mean_ : (q,) float64 array   training mean of the kernel features
+    shift_ : (d,) float64 array or None   the offset subtracted before distances (None unless
+        the dense training features have a mean far larger than their spread, SHIFT_RATIO)
     """
 
     def __init__(self, n_anchors: int = 500, *, anchors: str = "random", center: bool = True,
@@ -109,16 +135,23 @@ class RBFAnchorFeatures:
         rng = check_random_state(self.random_state)
         n = X.shape[0]
         q = min(self.n_anchors, n)
+        shift = _offset_shift(X)
         if self.anchors == "random":
             idx = np.sort(rng.choice(n, size=q, replace=False))
             A = X[idx]
             A = A.toarray() if sp.issparse(A) else A
         else:
-            A = _kmeans_anchors(X, q, rng)
-        self.anchors_ = np.asarray(A, dtype=np.float64)
-        self._anchor_sqnorm = _squared_norms(self.anchors_)
+            A = _kmeans_anchors(X, q, rng, shift=shift)
+        self._set_anchors(np.asarray(A, dtype=np.float64), shift)
         self.n_features_in_ = X.shape[1]
         return X
+
+    def _set_anchors(self, anchors, shift) -> None:
+        """``anchors_``, ``shift_`` and the anchors as the distances use them (shifted)."""
+        self.anchors_ = anchors
+        self.shift_ = None if shift is None else np.asarray(shift, dtype=np.float64)
+        self._anchors_eff = anchors if shift is None else anchors - self.shift_
+        self._anchor_sqnorm = _squared_norms(self._anchors_eff)
 
     def _set_sigma(self, sigma):
         if np.isinf(sigma):
@@ -131,8 +164,11 @@ class RBFAnchorFeatures:
         self.sigma_ = float(sigma)
 
     def _sq_dist(self, Xc) -> np.ndarray:
+        if self.shift_ is not None:   # a chunk of rows, densified if a query is sparse
+            Xc = (Xc.toarray() if sp.issparse(Xc) else np.asarray(Xc, dtype=np.float64)) \
+                - self.shift_
         with np.errstate(over="ignore", invalid="ignore"):
-            cross = Xc @ self.anchors_.T
+            cross = Xc @ self._anchors_eff.T
             cross = np.asarray(cross, dtype=np.float64)
             D = _squared_norms(Xc)[:, None] + self._anchor_sqnorm[None, :] - 2.0 * cross
         if np.isnan(D).any():   # inf - inf: a squared norm or product overflowed float64
@@ -186,16 +222,18 @@ class RBFAnchorFeatures:
 
     def get_state(self) -> dict:
         self._check_fitted()
-        return {"anchors": self.anchors_, "sigma": np.array(self.sigma_), "mean": self.mean_,
-                "n_features_in": np.array(self.n_features_in_)}
+        state = {"anchors": self.anchors_, "sigma": np.array(self.sigma_), "mean": self.mean_,
+                 "n_features_in": np.array(self.n_features_in_)}
+        if self.shift_ is not None:   # only then: files of unshifted maps are as before
+            state["shift"] = self.shift_
+        return state
 
     @classmethod
     def from_state(cls, params: dict, state: dict) -> "RBFAnchorFeatures":
         params = dict(params)
         params["dtype"] = np.dtype(params.get("dtype", "float32"))
         obj = cls(**params)
-        obj.anchors_ = np.asarray(state["anchors"], dtype=np.float64)
-        obj._anchor_sqnorm = _squared_norms(obj.anchors_)
+        obj._set_anchors(np.asarray(state["anchors"], dtype=np.float64), state.get("shift"))
         obj.sigma_ = float(state["sigma"])
         obj.mean_ = np.asarray(state["mean"], dtype=np.float64)
         obj.n_features_in_ = int(state["n_features_in"])
@@ -203,12 +241,15 @@ class RBFAnchorFeatures:
 
 
 def _kmeans_anchors(X, q: int, rng: np.random.Generator, n_iter: int = 10,
-                    max_samples: int = 20000) -> np.ndarray:
-    """Lloyd's k-means on a random subsample; initial centres are random samples."""
+                    max_samples: int = 20000, shift=None) -> np.ndarray:
+    """Lloyd's k-means on a random subsample; initial centres are random samples. ``shift``
+    (see :func:`_offset_shift`) is subtracted for the distances and added back to the centres."""
     n = X.shape[0]
     sub = np.sort(rng.choice(n, size=min(n, max_samples), replace=False))
     S = X[sub]
     S = S.toarray() if sp.issparse(S) else np.asarray(S, dtype=np.float64)
+    if shift is not None:
+        S = S - shift
     C = S[rng.choice(S.shape[0], size=q, replace=False)].copy()
     s_norm = np.einsum("ij,ij->i", S, S)
     for _ in range(n_iter):
@@ -220,7 +261,7 @@ def _kmeans_anchors(X, q: int, rng: np.random.Generator, n_iter: int = 10,
         nonempty = counts > 0
         C[nonempty] = sums[nonempty] / counts[nonempty, None]
         # empty clusters keep their previous centre
-    return C
+    return C if shift is None else C + shift
 
 
 class CenteredFeatures:

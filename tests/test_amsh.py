@@ -261,6 +261,39 @@ def test_F_step_survives_a_numerically_indefinite_gram(monkeypatch):
     assert np.allclose((G + 0.3 * np.eye(6)) @ st.W, phi.T @ B)
 
 
+def test_F_step_with_an_exactly_singular_gram_is_the_minimum_norm_solution():
+    """xi = 0 and duplicated kernel columns: phi^T phi is exactly singular, the LU fallback had
+    a zero pivot (SciPy LinAlgWarning) and gave inf / NaN W, so every query got one code."""
+    import warnings
+    rng = np.random.default_rng(4)
+    base = rng.standard_normal((40, 5))
+    phi = np.hstack([base, base[:, :2]])          # two duplicated columns: rank 5 of 7
+    B = sign(rng.standard_normal((40, 3))).astype(float)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        st = HashStage(phi, B, 0.0)
+        st.update_F()
+    assert np.isfinite(st.W).all()
+    assert np.allclose(st.W, np.linalg.pinv(phi) @ B, atol=1e-8)
+
+
+@pytest.mark.filterwarnings("ignore::cmhash.DegenerateCodesWarning")
+def test_xi_zero_with_duplicated_rows_and_eta_zero():
+    import warnings
+    X, T, Y = make_structured(150)
+    X, T, Y = np.vstack([X, X]), np.vstack([T, T]), np.vstack([Y, Y])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)   # no SciPy LinAlgWarning
+        h = AMSH(16, xi=0.0, n_anchors=300, beta=1e-2, random_state=0).fit(X, T, Y)
+    assert all(np.isfinite(W).all() for W in h.projections_)
+    assert len(np.unique(h.encode(X, "image"), axis=0)) > 10   # was one code for all
+    # eta = 0 without the intra-modal term: B = sign(0) = -1 for every item and bit
+    for kw in ({"eta": 0.0, "lam": 0.0}, {"eta": 0.0, "intra_modal": False}):
+        with pytest.raises(ValueError, match="every code is -1, with eta = 0"):
+            AMSH(8, n_anchors=20, random_state=0, **kw).fit(X[:60], T[:60], Y[:60])
+    AMSH(8, n_anchors=20, eta=0.0, random_state=0).fit(X[:60], T[:60], Y[:60])  # lam > 0: fine
+
+
 def test_M_step_is_the_exact_minimiser_and_stage2_decreases():
     st, rng = _hash_stage(1)
     prev = np.inf

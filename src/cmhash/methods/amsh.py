@@ -34,6 +34,7 @@ Stage 2 records ``objective_hash_``: sum_t ||B_t + B_t o M_t - phi_t W_t||^2 + x
 """
 from __future__ import annotations
 
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
@@ -152,6 +153,10 @@ class AMSH(TwoStepKernelHasher):
         for p in ("intra_modal", "inter_modal", "kernel", "margins"):
             if not isinstance(getattr(self, p), (bool, np.bool_)):
                 raise TypeError(f"{p} must be True or False, got {getattr(self, p)!r}")
+        if self.eta == 0 and (self.lam == 0 or not self.intra_modal):
+            raise ValueError("B_t = sign(eta V_t + lam r Lh_t Lh_t^T V_t) is 0, so every code is "
+                             f"-1, with eta = 0 and no intra-modal term (eta={self.eta!r}, "
+                             f"lam={self.lam!r}, intra_modal={self.intra_modal!r}); set eta > 0")
 
     # -------------------------------------------------------------------- fit
     def _fit(self, views, labels, rng):
@@ -348,6 +353,15 @@ class Stage1:
                      + self.beta * t["inter"])
 
 
+def _psd_pinv_solver(G):
+    """``R -> G^+ R`` for a symmetric (semi-definite) ``G``, eigenvalues below
+    ``q eps max|lambda|`` treated as 0 (the minimum-norm least-squares solution)."""
+    lam, Q = np.linalg.eigh(G)
+    keep = lam > G.shape[0] * np.finfo(np.float64).eps * max(float(np.abs(lam).max()), 1e-300)
+    Qk, inv = Q[:, keep], 1.0 / lam[keep]
+    return lambda R: Qk @ (inv[:, None] * (Qk.T @ R))
+
+
 class HashStage:
     """Stage 2 for one modality: ``min_{W, M >= 0} ||B + B o M - phi W||^2 + xi ||W||^2``.
 
@@ -378,8 +392,17 @@ class HashStage:
         except np.linalg.LinAlgError:
             # a tiny xi against eigenvalues ~ n can leave phi^T phi + xi I numerically
             # indefinite; solve the same system by LU, as MATLAB's backslash does
-            self._solve = partial(sla.lu_solve, sla.lu_factor(G, check_finite=False),
-                                  check_finite=False)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", sla.LinAlgWarning)
+                lu = sla.lu_factor(G, check_finite=False)
+            if np.isfinite(lu[0]).all() and np.all(np.diag(lu[0]) != 0):
+                self._solve = partial(sla.lu_solve, lu, check_finite=False)
+            else:
+                # exactly singular (xi = 0 and linearly dependent features, e.g. duplicated
+                # training rows as anchors): LU gave inf / NaN W and one code for every query;
+                # take the minimum-norm least-squares solution instead (solvers.solve_psd's
+                # fallback), from one eigendecomposition of the symmetric G
+                self._solve = _psd_pinv_solver(G)
         self.W = None
         self._fitted = None  # phi W, reused by the M-step and the objective
 

@@ -416,3 +416,172 @@ def test_cli_encode_out_path_search_backend_and_malformed_codes_files(tmp_path, 
 def _has_faiss():
     from cmhash.index import faiss_available
     return faiss_available()
+
+
+def _fail_fit(exc_type, message):
+    def fit(self, *args, **kwargs):
+        raise exc_type(message)
+    return fit
+
+
+def test_bench_keeps_completed_methods_when_one_fails(tmp_path, capsys, monkeypatch):
+    # a method failing after others had run lost every result (nothing written), and its
+    # error did not say which method / bit length / seed failed
+    from cmhash.base import get_method
+    monkeypatch.setattr(get_method("amsh"), "_fit", _fail_fit(FloatingPointError, "diverged"))
+    out = tmp_path / "res"
+    rc = main(["bench", "--methods", "batch", "amsh", "ascmh", "--data", "synthetic:small",
+               "--bits", "8", "--seeds", "1", "--quiet", "--out-dir", str(out)])
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert "cmhash bench: error: amsh, 8 bits, seed 0: diverged" in err
+    assert "results of batch (completed before the failure)" in err
+    doc = json.loads((out / "bench.json").read_text())
+    assert [r["method"] for r in doc["results"]] == ["batch"]
+    assert doc["incomplete"] == {"method": "amsh",
+                                 "error": "FloatingPointError: amsh, 8 bits, seed 0: diverged",
+                                 "not_run": ["ascmh"]}
+    md = (out / "bench.md").read_text()
+    assert "cmhash BATCH" in md and "**Incomplete:** amsh failed" in md
+    # the partial file is a readable results file (plots of the completed methods)
+    from cmhash.protocol import read_results
+    assert [r["method"] for r in read_results(out / "bench.json")] == ["batch"]
+
+
+def test_bench_and_sweep_check_every_method_and_value_before_any_fit(tmp_path, capsys,
+                                                                    monkeypatch, dataset):
+    # `bench --methods amsh batch --unpaired` fitted every AMSH run, then refused BATCH and
+    # lost AMSH's results; a bad value for the second method failed after the first method's
+    # runs, without naming the method ("n_iter must be >= 1, got -1"); `sweep --param-name
+    # bogus` failed as "BATCH.__init__() got an unexpected keyword argument", and a bad second
+    # value after the first value's fits
+    from cmhash import bench, protocol
+    monkeypatch.setattr(protocol, "_fit_and_evaluate", lambda *a, **k: pytest.fail("fitted"))
+    base = ["--data", "synthetic:small", "--bits", "8", "--seeds", "1", "--quiet"]
+    for argv, message in (
+            (["bench", "--methods", "amsh", "batch", "--unpaired", "--out-dir", str(tmp_path)],
+             "method 'batch' needs paired training data"),
+            (["bench", "--methods", "batch", "amsh", "--method-param", "amsh:n_iter=-1",
+              "--out-dir", str(tmp_path)], "amsh: n_iter must be >= 1, got -1"),
+            (["sweep", "--method", "batch", "--param-name", "bogus", "--values", "1"],
+             "unknown parameter(s) ['bogus'] for batch; valid: ["),
+            (["sweep", "--method", "batch", "--param-name", "omega", "--values", "0.1", "-1"],
+             "omega must be >= 0, got -1"),
+            (["sweep", "--method", "batch", "--param-name", "n_bits", "--values", "8"],
+             "cannot sweep 'n_bits'")):
+        assert main(argv + base) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith(f"cmhash {argv[0]}: error: {message}"), err
+    assert not list(tmp_path.iterdir())  # nothing written
+    with pytest.raises(ValueError, match="values must name at least one value"):
+        bench.param_sweep("batch", dataset, "omega", [], bits=[8], seeds=1, verbose=False)
+    with pytest.raises(ValueError, match="database must be one of"):
+        bench.run_bench(["batch"], dataset, bits=[8], seeds=1, verbose=False, database="both")
+
+
+def test_sweep_records_its_protocol_and_runs_one_value(dataset):
+    from cmhash.bench import param_sweep
+    doc = param_sweep("batch", dataset, "omega", [0.1], bits=[8], seeds=1, verbose=False,
+                      params={"n_anchors": (40, 40), "omega": 5}, database="hashed")
+    assert doc["format"] == "cmhash-sweep" and doc["version"] == 1
+    assert doc["protocol"]["database"] == "hashed" and doc["protocol"]["ties"] == "stable"
+    assert doc["params"] == {"n_anchors": [40, 40]} and doc["seeds"] == [0]
+    assert [p["value"] for p in doc["points"]] == [0.1]
+    json.dumps(doc)
+
+
+def test_learned_database_refused_for_unpaired_training_on_a_subset(dataset, monkeypatch):
+    # with unpaired training the check that the learned codes (the training set) stand for
+    # the retrieval set was skipped: `evaluate --unpaired --n-train 500` on Wiki ranked a
+    # 500-item database while the JSON said n_retrieval 2173
+    from cmhash import protocol
+    from cmhash.methods.amsh import AMSH
+    sub = dataset.subset_train(300, random_state=0)
+    monkeypatch.setattr(protocol, "_fit_and_evaluate", lambda *a, **k: pytest.fail("fitted"))
+    for unpaired in (False, True):
+        with pytest.raises(ValueError, match="training split must equal the retrieval split"):
+            run_evaluation("amsh", sub, bits=[8], seeds=1, unpaired=unpaired, verbose=False)
+    views, labels = sub.unpaired(random_state=0)
+    m = AMSH(8, n_anchors=20, n_iter=1, random_state=0).fit_unpaired(views, labels)
+    with pytest.raises(ValueError, match="training split must equal the retrieval split"):
+        evaluate_hasher(m, sub, unpaired_labels=labels, timing=False)
+    assert evaluate_hasher(m, sub, database="hashed", timing=False)["tasks"]["i2t"]["n_database"] == 500
+
+
+def test_run_evaluation_errors_name_the_run(dataset, monkeypatch):
+    monkeypatch.setattr(BATCH, "_fit", _fail_fit(FloatingPointError, "NaN in V"))
+    with pytest.raises(FloatingPointError, match=r"^batch, 16 bits, seed 3: NaN in V$"):
+        run_evaluation("batch", dataset, bits=[16], seeds=[3], verbose=False)
+
+
+def test_result_files_are_checked_when_read(tmp_path, dataset):
+    # a version-2 file (fields may have changed meaning) was plotted as version 1, and a file
+    # without runs / summary or a bench file without results raised KeyError / IndexError
+    # tracebacks; invalid JSON did not name the file
+    from cmhash.protocol import read_results
+    doc = run_evaluation("batch", dataset, bits=[8], seeds=1, params={"n_anchors": (40, 40)},
+                         verbose=False)
+
+    def write(name, obj):
+        path = tmp_path / name
+        path.write_text(obj if isinstance(obj, str) else json.dumps(obj))
+        return path
+
+    assert read_results(write("ok.json", doc))[0]["method"] == "batch"
+    bench_doc = {"format": "cmhash-bench", "version": 1, "results": [doc, doc]}
+    assert len(read_results(write("b.json", bench_doc))) == 2
+    no_summary = {k: v for k, v in doc.items() if k != "summary"}
+    no_runs = {**doc, "runs": []}
+    bad_summary = {**doc, "summary": {"16": doc["summary"]["8"]}}
+    for name, obj, message in (
+            ("v2.json", {**doc, "version": 2}, "has version 2; cmhash .* reads versions up to 1"),
+            ("v0.json", {**doc, "version": "1"}, "has no valid 'version'"),
+            ("bv2.json", {**bench_doc, "version": 3}, "has version 3"),
+            ("nosum.json", no_summary, "is incomplete: no 'summary' field"),
+            ("noruns.json", no_runs, "'bits' and 'runs' must not be empty"),
+            ("badsum.json", bad_summary, r"'summary' has no mean/std of \['map_i2t', 'map_t2i'\] for 8 bits"),
+            ("empty.json", {"format": "cmhash-bench", "version": 1, "results": []},
+             "a `cmhash bench` file without results"),
+            ("inner.json", {"format": "cmhash-bench", "version": 1, "results": [no_summary]},
+             r"inner.json \(results\[0\]\) is incomplete"),
+            ("sweep.json", {"format": "cmhash-sweep", "version": 1}, "format 'cmhash-sweep'"),
+            ("text.json", "{not json", "text.json is not a JSON file")):
+        path = write(name, obj)
+        with pytest.raises(ValueError, match=message):
+            read_results(path)
+    path = tmp_path / "v2.json"
+    assert main(["plot", "--json", str(path), "--out", str(tmp_path / "p.png"), "--quiet"]) == 2
+    assert not (tmp_path / "p.png").exists()
+
+
+def test_plots_and_tables_never_mix_protocols_silently(tmp_path, dataset):
+    # two results of different database encodings were drawn as "batch" and "batch" under
+    # the first one's "(learned database)" title, and tabulated under its header
+    pytest.importorskip("matplotlib")
+    from cmhash.bench import markdown_table
+    from cmhash.plots import _labels, plot_convergence, plot_curves, plot_map_vs_bits
+    kw = dict(bits=[8], seeds=1, params={"n_anchors": (40, 40)}, verbose=False)
+    learned = run_evaluation("batch", dataset, curves=True, **kw)
+    hashed = run_evaluation("batch", dataset, database="hashed", **{**kw, "bits": [8, 16]})
+    labels, common = _labels([learned, hashed])
+    assert labels == ["batch (learned database)", "batch (hashed database)"]
+    assert common == "structured, paired training"
+    assert _labels([learned, learned]) == (["batch", "batch"],
+                                           "structured, learned database, paired training")
+    assert plot_map_vs_bits([learned, hashed], tmp_path / "m.png").exists()
+    with pytest.raises(ValueError, match="results differ in database"):
+        markdown_table([learned, hashed])
+    with pytest.raises(ValueError, match=r"batch has no run with 32 bits \(it has \[8\]\)"):
+        plot_curves([learned], tmp_path / "c.png", bits=32)
+    no_objective = {**learned, "runs": [{k: v for k, v in r.items() if k != "objective"}
+                                        for r in learned["runs"]]}
+    with pytest.raises(ValueError, match="results have no objective values"):
+        plot_convergence([no_objective], tmp_path / "v.png")
+
+
+def test_published_rows_name_a_non_paired_setting():
+    from cmhash.published import published_map
+    rows = published_map("mirflickr25k", "i2t", 16)
+    assert ("AMSH (unpaired)", 0.7456, "amsh Table III, unpaired") in rows
+    assert ("GSPH", 0.6541, "amsh Table III, unpaired") in rows
+    assert ("AMSH", 0.7455, "amsh Table II") in rows

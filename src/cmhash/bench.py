@@ -14,8 +14,12 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from ._validation import check_choice
+from .base import get_method
 from .published import published_map
-from .protocol import run_evaluation, task_name
+from .protocol import (BENCH_FORMAT, BENCH_VERSION, DATABASES, TIES, ZERO_RELEVANT, _jsonable,
+                       bit_list_of, check_method_setup, protocol_key, run_evaluation,
+                       seed_list_of)
 from .progress import log, progress
 
 #: names as they appear in the papers' tables
@@ -23,15 +27,51 @@ DISPLAY = {"batch": "BATCH", "ascmh": "ASCMH", "asfoh": "ASFOH", "amsh": "AMSH",
            "ta-adcmh": "TA-ADCMH", "sdch": "SDCH"}
 
 
+def _check_protocol_setup(methods, dataset, bits, seeds, params, protocol) -> None:
+    """Every method's setup (:func:`cmhash.protocol.check_method_setup`) and the protocol
+    options, checked before the first fit of any method."""
+    seed_list_of(seeds)
+    check_choice(protocol.get("database", "learned"), "database", DATABASES)
+    check_choice(protocol.get("ties", "stable"), "ties", TIES)
+    check_choice(protocol.get("zero_relevant", "zero"), "zero_relevant", ZERO_RELEVANT)
+    for m in methods:
+        try:
+            check_method_setup(m, dataset, bits=bits, params=(params or {}).get(m),
+                               database=protocol.get("database", "learned"),
+                               unpaired=protocol.get("unpaired", False))
+        except (ValueError, TypeError) as exc:
+            if m not in str(exc):  # e.g. "n_iter must be >= 1": say whose parameter it is
+                exc.args = (f"{m}: {exc}",)
+            raise
+
+
 def run_bench(methods, dataset, *, bits=(16, 32, 64, 128), seeds=5, params=None, verbose=True,
               dataset_source=None, **protocol) -> dict:
     """Run :func:`cmhash.protocol.run_evaluation` for each method; ``params[method]`` are
-    that method's constructor parameters."""
+    that method's constructor parameters.
+
+    Every method's parameters and the protocol are checked before the first fit. If a method
+    then fails (or the run is interrupted), the exception propagates with the run named in its
+    message and carries the methods completed so far as ``exc.partial_result``: a bench
+    document whose ``incomplete`` field names the failed method, the error and the methods not
+    run (``cmhash bench`` writes it before exiting).
+    """
+    methods = list(methods)
     params = params or {}
-    results = [run_evaluation(m, dataset, bits=bits, seeds=seeds, params=params.get(m),
-                              verbose=verbose, dataset_source=dataset_source, **protocol)
-               for m in methods]
-    return {"format": "cmhash-bench", "version": 1, "results": results}
+    _check_protocol_setup(methods, dataset, bits, seeds, params, protocol)
+    results = []
+    for i, m in enumerate(methods):
+        try:
+            results.append(run_evaluation(m, dataset, bits=bits, seeds=seeds,
+                                          params=params.get(m), verbose=verbose,
+                                          dataset_source=dataset_source, **protocol))
+        except (Exception, KeyboardInterrupt) as exc:
+            exc.partial_result = {
+                "format": BENCH_FORMAT, "version": BENCH_VERSION, "results": results,
+                "incomplete": {"method": m, "error": f"{type(exc).__name__}: {exc}",
+                               "not_run": methods[i + 1:]}}
+            raise
+    return {"format": BENCH_FORMAT, "version": BENCH_VERSION, "results": results}
 
 
 def _dataset_key(name: str) -> str:
@@ -43,10 +83,25 @@ def _dataset_key(name: str) -> str:
 
 
 def markdown_table(results: list[dict], *, with_published: bool = True) -> str:
-    """One Markdown table per task: our mean +- std per bit length, then the papers' rows."""
+    """One Markdown table per task: our mean +- std per bit length, then the papers' rows.
+
+    The results must share the dataset, the protocol (database encoding, training, ties,
+    zero-relevant policy) and the bit lengths (a ValueError otherwise: the header states one
+    protocol for the whole table). A published row names its paper and table, and the
+    table's setting when it is not the paired one (e.g. ``amsh Table III, unpaired``).
+    """
     if not results:
         return ""
     bits = results[0]["bits"]
+    for res in results[1:]:
+        for key, value in protocol_key(res).items():
+            if value != protocol_key(results[0])[key]:
+                raise ValueError(f"results differ in {key} ({protocol_key(results[0])[key]!r} "
+                                 f"for {results[0]['method']}, {value!r} for {res['method']}); "
+                                 f"one table states one protocol: tabulate them separately")
+        if res["bits"] != bits:
+            raise ValueError(f"results differ in bit lengths ({bits} for "
+                             f"{results[0]['method']}, {res['bits']} for {res['method']})")
     tasks = [k.removeprefix("map_") for k in results[0]["runs"][0] if k.startswith("map_")]
     ds = results[0]["dataset"]["name"]
     proto = results[0]["protocol"]
@@ -78,17 +133,45 @@ def markdown_table(results: list[dict], *, with_published: bool = True) -> str:
 
 
 # --------------------------------------------------------------------------- sweeps
+SWEEP_FORMAT = "cmhash-sweep"
+SWEEP_VERSION = 1
+
+
 def param_sweep(method, dataset, param, values, *, bits=(32,), seeds=3, params=None,
                 verbose=True, **protocol) -> dict:
-    """mAP of ``method`` as one hyper-parameter varies (e.g. ASCMH's omega, Fig. 2)."""
-    out = []
+    """mAP of ``method`` as one hyper-parameter varies (e.g. ASCMH's omega, Fig. 2).
+
+    ``param`` must be one of the method's constructor parameters (not ``n_bits`` /
+    ``random_state``, which come from ``bits`` / ``seeds``); it overrides the same key in
+    ``params``. Every value is checked before the first fit. The document records the
+    protocol (database, ties, ...) of its points.
+    """
+    values = list(values) if not isinstance(values, (str, bytes)) else [values]
+    if not values:
+        raise ValueError("values must name at least one value of the swept parameter")
+    if param in ("n_bits", "random_state"):
+        raise ValueError(f"cannot sweep {param!r}: the code lengths come from bits and the "
+                         f"seeds from seeds")
+    bits = bit_list_of(bits)
+    # the parameter's name, then each value (with the fixed params) before the first fit
+    valid = set(get_method(method)._param_names()) - {"n_bits", "random_state"}
+    if param not in valid:
+        raise ValueError(f"unknown parameter(s) {[param]} for {method}; valid: {sorted(valid)}")
+    _check_protocol_setup([], dataset, bits, seeds, {}, protocol)
+    for value in values:
+        check_method_setup(method, dataset, bits=bits, params={**(params or {}), param: value},
+                           database=protocol.get("database", "learned"),
+                           unpaired=protocol.get("unpaired", False))
+    out, res = [], None
     for value in progress(values, desc=f"{method} {param} sweep", verbose=verbose, leave=True):
         p = {**(params or {}), param: value}
         res = run_evaluation(method, dataset, bits=bits, seeds=seeds, params=p, verbose=False,
                              **protocol)
         out.append({"value": value, "summary": res["summary"]})
-    return {"format": "cmhash-sweep", "method": method, "param": param,
-            "dataset": dataset.name, "bits": list(bits), "points": out}
+    return {"format": SWEEP_FORMAT, "version": SWEEP_VERSION, "method": method, "param": param,
+            "params": _jsonable({k: v for k, v in (params or {}).items() if k != param}),
+            "dataset": dataset.name, "protocol": res["protocol"],
+            "bits": bits, "seeds": res["seeds"], "points": out}
 
 
 def _scale_worker(spec: dict) -> dict:

@@ -216,7 +216,7 @@ def cmd_evaluate(args):
 
 
 def cmd_bench(args):
-    from .bench import markdown_table, run_bench
+    from .bench import run_bench
 
     if getattr(args, "param", None) and len(args.methods) > 1:
         raise ValueError("--param is for a single method (it was ignored with several); "
@@ -232,16 +232,44 @@ def cmd_bench(args):
         params.setdefault(method, {}).update(_parse_params([kv]))
     for method, p in params.items():
         _check_param_names(method, p)
-    doc = run_bench(args.methods, ds, bits=args.bits, seeds=args.seeds, params=params,
-                    verbose=not args.quiet, dataset_source=args.data, **_protocol_kwargs(args))
-    table = markdown_table(doc["results"])
     out = Path(args.out_dir)
+    try:
+        doc = run_bench(args.methods, ds, bits=args.bits, seeds=args.seeds, params=params,
+                        verbose=not args.quiet, dataset_source=args.data,
+                        **_protocol_kwargs(args))
+    except (Exception, KeyboardInterrupt) as exc:
+        partial = getattr(exc, "partial_result", None)
+        if partial is not None and partial["results"]:
+            # keep what was computed: the methods completed before the failure
+            done = ", ".join(r["method"] for r in partial["results"])
+            try:
+                _write_bench(partial, out, args, quiet=True)
+            except Exception as write_exc:  # the original error is the one to report
+                print(f"cmhash bench: could not write the results of {done} (completed before "
+                      f"the failure): {write_exc}", file=sys.stderr)
+            else:
+                print(f"cmhash bench: the results of {done} (completed before the failure) "
+                      f"are in {out / 'bench.json'} (its 'incomplete' field says what failed) "
+                      f"and {out / 'bench.md'}", file=sys.stderr)
+        raise
+    _write_bench(doc, out, args, quiet=args.quiet)
+
+
+def _write_bench(doc, out: Path, args, *, quiet: bool) -> None:
+    """bench.md and bench.json in ``out`` (and ``--json``); the table to stdout."""
+    from .bench import markdown_table
+
+    table = markdown_table(doc["results"])
+    inc = doc.get("incomplete")
+    if inc:
+        table += (f"\n\n**Incomplete:** {inc['method']} failed ({inc['error']}); not run: "
+                  f"{', '.join(inc['not_run']) or 'none'}.")
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench.md").write_text(table + "\n")
     _write_json(doc, out / "bench.json")
     _write_json(doc, args.json)
     print(table)
-    if not args.quiet:
+    if not quiet:
         print(f"wrote {out / 'bench.md'} and {out / 'bench.json'}", file=sys.stderr)
 
 
@@ -388,17 +416,11 @@ def cmd_scale(args):
 
 def cmd_plot(args):
     from . import plots
-
-    from .protocol import RESULT_FORMAT
+    from .protocol import read_results
 
     results = []
     for path in args.json:
-        doc = json.loads(Path(path).read_text())
-        fmt = doc.get("format") if isinstance(doc, dict) else None
-        if fmt not in ("cmhash-bench", RESULT_FORMAT):
-            raise ValueError(f"{path} is not a results file of `cmhash evaluate` or `cmhash "
-                             f"bench` (format {fmt!r})")
-        results.extend(doc["results"] if fmt == "cmhash-bench" else [doc])
+        results.extend(read_results(path))
     fn = {"map": plots.plot_map_vs_bits, "curves": plots.plot_curves,
           "convergence": plots.plot_convergence}[args.kind]
     out = fn(results, args.out)

@@ -5,8 +5,10 @@ Definitions of every metric and option are in docs/evaluation.md; the JSON writt
 """
 from __future__ import annotations
 
+import json
 import platform
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -20,6 +22,8 @@ from .progress import progress
 
 RESULT_FORMAT = "cmhash-evaluation"
 RESULT_VERSION = 1
+BENCH_FORMAT = "cmhash-bench"
+BENCH_VERSION = 1
 DATABASES = {"learned", "hashed"}
 TIES = {"stable", "random", "expected"}
 ZERO_RELEVANT = {"zero", "skip"}
@@ -60,6 +64,79 @@ def _ms_per_item(seconds: float, n: int) -> float | None:
     return 1000.0 * seconds / n if n else None
 
 
+def _check_learned_database(database: str, dataset) -> None:
+    """The learned database is the training set: it stands for the retrieval set only when the
+    two are the same (paired and unpaired training alike)."""
+    if database == "learned" and not dataset.train_is_retrieval:
+        raise ValueError("database='learned' represents the retrieval set by the learned "
+                         "training codes, so the training split must equal the retrieval split "
+                         "(as in the wiki preset); use database='hashed' for this dataset")
+
+
+def seed_list_of(seeds) -> list:
+    """``seeds`` as a list: a count N means seeds 0..N-1, a list is taken as given."""
+    if isinstance(seeds, (int, np.integer)) and not isinstance(seeds, bool):
+        seed_list = list(range(seeds))
+    elif isinstance(seeds, (list, tuple, range, np.ndarray)):
+        seed_list = list(seeds)
+    else:
+        raise TypeError(f"seeds must be a number of seeds or a list of seeds, got {seeds!r}")
+    if not seed_list:
+        raise ValueError("seeds must name at least one seed")
+    return seed_list
+
+
+def bit_list_of(bits) -> list[int]:
+    """``bits`` (one code length or a list of them) as a checked, non-empty list."""
+    if isinstance(bits, (int, np.integer)) and not isinstance(bits, bool):
+        bits = [bits]
+    elif not isinstance(bits, (list, tuple, range, np.ndarray)):
+        raise TypeError(f"bits must be a code length or a list of code lengths, got {bits!r}")
+    bits = [check_n_bits(b) for b in bits]
+    if not bits:
+        raise ValueError("bits must name at least one code length")
+    return bits
+
+
+def check_method_setup(method: str, dataset, *, bits, params=None, database: str = "learned",
+                       unpaired: bool = False) -> None:
+    """Everything about one method's runs that can be checked before any fit.
+
+    The method exists, takes ``params`` (a ValueError naming the unknown ones and the valid
+    ones), their values pass the method's own checks for every code length in ``bits``, it
+    supports unpaired training when ``unpaired``, and ``database="learned"`` is possible on
+    ``dataset``. Used by :func:`run_evaluation` and, for all methods at once, by the benchmark
+    and sweep harnesses, so that bad input fails before hours of fitting rather than after.
+    """
+    from .base import get_method
+
+    params = dict(params or {})
+    bits = bit_list_of(bits)
+    cls = get_method(method)
+    valid = set(cls._param_names()) - {"n_bits", "random_state"}
+    unknown = set(params) - valid
+    if unknown:
+        raise ValueError(f"unknown parameter(s) {sorted(unknown)} for {method}; "
+                         f"valid: {sorted(valid)}")
+    for b in bits:
+        hasher = make_hasher(method, n_bits=b, random_state=0, **params)
+        hasher._validate_params()
+    if unpaired and not getattr(cls, "supports_unpaired", False):
+        raise ValueError(f"method {method!r} needs paired training data; the unpaired "
+                         f"protocol is available for methods that support it (amsh)")
+    _check_learned_database(database, dataset)
+
+
+def _with_context(exc: BaseException, context: str) -> BaseException:
+    """``exc`` with ``context`` prefixed to its message (when it has a plain message), so that
+    an error met after many fits says where it happened; the exception type is kept."""
+    if len(exc.args) == 1 and isinstance(exc.args[0], str) and not isinstance(exc, OSError):
+        exc.args = (f"{context}: {exc.args[0]}",)
+    elif not exc.args:
+        exc.args = (f"{context}: {type(exc).__name__}",)
+    return exc
+
+
 def evaluate_hasher(hasher, dataset, *, database: str = "learned", ties: str = "stable",
                     zero_relevant: str = "zero", top_r: int | None = None, radius: int = 2,
                     curves: bool = False, timing: bool = True, unpaired_labels=None,
@@ -68,10 +145,10 @@ def evaluate_hasher(hasher, dataset, *, database: str = "learned", ties: str = "
 
     Queries (the ``query`` split) are encoded by the hash functions. The database is the
     ``retrieval`` split, represented by its learned training codes (``database="learned"``,
-    the published shallow-method protocol; needs retrieval == train) or by hashing its
-    features (``"hashed"``). ``unpaired_labels`` (one label matrix per modality, in the order
-    the model was trained on) is given for unpaired training, where each modality's learned
-    codes follow its own shuffled order.
+    the published shallow-method protocol; needs retrieval == train, for paired and unpaired
+    training alike) or by hashing its features (``"hashed"``). ``unpaired_labels`` (one label
+    matrix per modality, in the order the model was trained on) is given for unpaired
+    training, where each modality's learned codes follow its own shuffled order.
 
     Returns ``{"protocol": {...}, "tasks": {"i2t": {...}, "t2i": {...}}}`` with, per task,
     ``map`` (full ranking), optional ``map_at_r``, ``precision_at_radius``/``recall_at_radius``
@@ -90,10 +167,7 @@ def evaluate_hasher(hasher, dataset, *, database: str = "learned", ties: str = "
     if not hasattr(hasher, "modality_names_"):
         raise RuntimeError(f"{type(hasher).__name__} is not fitted; call fit(...) before "
                            f"evaluate_hasher")
-    if database == "learned" and unpaired_labels is None and not dataset.train_is_retrieval:
-        raise ValueError("database='learned' represents the retrieval set by the learned "
-                         "training codes, so the training split must equal the retrieval split "
-                         "(as in the wiki preset); use database='hashed' for this dataset")
+    _check_learned_database(database, dataset)
     names = list(hasher.modality_names_)
     q_labels = dataset.labels_of("query")
     metric_kw = dict(ties=ties, random_state=random_state)
@@ -159,6 +233,22 @@ def _mean_std(values) -> dict:
             "n": int(a.size)}
 
 
+def _fit_and_evaluate(method, dataset, b, s, params, unpaired, **evaluate_kw):
+    """Fit one (bits, seed) run and evaluate it: ``(hasher, evaluate_hasher result)``."""
+    hasher = make_hasher(method, n_bits=b, random_state=s, **params)
+    unpaired_labels = None
+    if unpaired:
+        views, labels = dataset.unpaired(random_state=s)
+        hasher.fit_unpaired(views, labels, names=dataset.modality_names)
+        unpaired_labels = labels
+    else:
+        hasher.fit_views(dataset.views("train"), dataset.labels_of("train"),
+                         names=dataset.modality_names)
+    res = evaluate_hasher(hasher, dataset, unpaired_labels=unpaired_labels, random_state=s,
+                          **evaluate_kw)
+    return hasher, res
+
+
 def run_evaluation(method: str, dataset, *, bits=(16, 32, 64, 128), seeds=5, params=None,
                    database: str = "learned", ties: str = "stable", zero_relevant: str = "zero",
                    top_r: int | None = None, unpaired: bool = False, curves: bool = False,
@@ -168,49 +258,38 @@ def run_evaluation(method: str, dataset, *, bits=(16, 32, 64, 128), seeds=5, par
     ``seeds`` is a count (seeds 0..seeds-1) or an explicit list. With ``unpaired`` each
     modality's training set is shuffled independently with the run's seed (AMSH Sec. IV-E)
     and the method is fitted with ``fit_unpaired``. Returns the public JSON document.
+
+    All arguments are checked before the first fit (:func:`check_method_setup`); an error
+    met during a fit or its evaluation keeps its type and names the run (``"<method>, <bits>
+    bits, seed <seed>: ..."``).
     """
     params = dict(params or {})
     fixed = sorted({"n_bits", "random_state"} & set(params))
     if fixed:
         raise ValueError(f"params must not set {fixed}: the code lengths come from bits and "
                          f"the seeds from seeds")
-    if isinstance(seeds, (int, np.integer)) and not isinstance(seeds, bool):
-        seed_list = list(range(seeds))
-    elif isinstance(seeds, (list, tuple, range, np.ndarray)):
-        seed_list = list(seeds)
-    else:
-        raise TypeError(f"seeds must be a number of seeds or a list of seeds, got {seeds!r}")
-    if not seed_list:
-        raise ValueError("seeds must name at least one seed")
-    if isinstance(bits, (int, np.integer)) and not isinstance(bits, bool):
-        bits = [bits]
-    elif not isinstance(bits, (list, tuple, range, np.ndarray)):
-        raise TypeError(f"bits must be a code length or a list of code lengths, got {bits!r}")
-    bits = [check_n_bits(b) for b in bits]
-    if not bits:
-        raise ValueError("bits must name at least one code length")
+    seed_list = seed_list_of(seeds)
+    bits = bit_list_of(bits)
     if top_r is not None:
         top_r = check_int(top_r, "top_r")
+    check_choice(database, "database", DATABASES)
+    check_choice(ties, "ties", TIES)
+    check_choice(zero_relevant, "zero_relevant", ZERO_RELEVANT)
+    check_method_setup(method, dataset, bits=bits, params=params, database=database,
+                       unpaired=unpaired)
     runs = []
     jobs = [(b, s) for b in bits for s in seed_list]
     bar = progress(jobs, desc=f"{method} on {dataset.name or 'data'}", verbose=verbose,
                    leave=True)
     for b, s in bar:
-        hasher = make_hasher(method, n_bits=b, random_state=s, **params)
-        unpaired_labels = None
-        if unpaired:
-            if not getattr(hasher, "supports_unpaired", False):
-                raise ValueError(f"method {method!r} needs paired training data; the unpaired "
-                                 f"protocol is available for methods that support it (amsh)")
-            views, labels = dataset.unpaired(random_state=s)
-            hasher.fit_unpaired(views, labels, names=dataset.modality_names)
-            unpaired_labels = labels
-        else:
-            hasher.fit_views(dataset.views("train"), dataset.labels_of("train"),
-                             names=dataset.modality_names)
-        res = evaluate_hasher(hasher, dataset, database=database, ties=ties,
-                              zero_relevant=zero_relevant, top_r=top_r, curves=curves,
-                              unpaired_labels=unpaired_labels, random_state=s)
+        try:
+            hasher, res = _fit_and_evaluate(method, dataset, b, s, params, unpaired,
+                                            database=database, ties=ties,
+                                            zero_relevant=zero_relevant, top_r=top_r,
+                                            curves=curves)
+        except (Exception, KeyboardInterrupt) as exc:  # say which fit failed, keep the type
+            _with_context(exc, f"{method}, {b} bits, seed {s}")
+            raise
         run = {"bits": b, "seed": s, "train_seconds": float(hasher.train_seconds_)}
         for tname, tres in res["tasks"].items():
             run[f"map_{tname}"] = float(tres["map"])
@@ -256,3 +335,87 @@ def _jsonable(obj):
     if isinstance(obj, np.generic):
         return obj.item()
     return obj
+
+
+# ----------------------------------------------------------------------- reading results
+def protocol_key(result: dict) -> dict:
+    """The dataset and protocol fields of a result document that its numbers depend on: results
+    differing in one of them are not comparable without saying so."""
+    proto = result.get("protocol", {})
+    return {"dataset": result.get("dataset", {}).get("name"),
+            "database": proto.get("database"), "training": proto.get("training"),
+            "ties": proto.get("ties"), "zero_relevant": proto.get("zero_relevant")}
+
+
+def _check_version(doc: dict, where: str, newest: int) -> None:
+    version = doc.get("version")
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ValueError(f"{where} has no valid 'version' (got {version!r}); result files "
+                         f"written by cmhash have version 1..{newest}")
+    if version > newest:
+        raise ValueError(f"{where} has version {version}; cmhash {__version__} reads versions "
+                         f"up to {newest} (a new version means a field changed meaning): "
+                         f"upgrade cmhash")
+
+
+def check_result(doc, where: str = "result") -> dict:
+    """``doc`` if it is a complete evaluation document (:func:`run_evaluation`), else a
+    ValueError naming ``where`` and what is wrong: another format, a version newer than this
+    cmhash reads (fields may have changed meaning), or a missing field that tables and plots
+    need (method, dataset, protocol, bits, runs with map_<task>, summary per bit length)."""
+    if not isinstance(doc, dict) or doc.get("format") != RESULT_FORMAT:
+        fmt = doc.get("format") if isinstance(doc, dict) else None
+        raise ValueError(f"{where} is not a result of `cmhash evaluate` (format {fmt!r})")
+    _check_version(doc, where, RESULT_VERSION)
+
+    def missing(field):
+        return ValueError(f"{where} is incomplete: {field}")
+
+    for key, kind in (("method", str), ("dataset", dict), ("protocol", dict), ("bits", list),
+                      ("runs", list), ("summary", dict)):
+        if not isinstance(doc.get(key), kind):
+            raise missing(f"no {key!r} field of type {kind.__name__}")
+    if not doc["bits"] or not doc["runs"]:
+        raise missing("'bits' and 'runs' must not be empty")
+    if "database" not in doc["protocol"]:
+        raise missing("'protocol' has no 'database'")
+    tasks = None
+    for i, run in enumerate(doc["runs"]):
+        keys = sorted(k for k in run if k.startswith("map_")) if isinstance(run, dict) else []
+        if not keys or "bits" not in run:
+            raise missing(f"runs[{i}] has no 'bits' or no 'map_<task>' value")
+        if tasks is not None and keys != tasks:
+            raise missing(f"runs[{i}] has the tasks {keys}, runs[0] {tasks}")
+        tasks = keys
+    for b in doc["bits"]:
+        summ = doc["summary"].get(str(b))
+        if not isinstance(summ, dict) or any(
+                not isinstance(summ.get(k), dict) or not {"mean", "std"} <= set(summ[k])
+                for k in tasks):
+            raise missing(f"'summary' has no mean/std of {tasks} for {b} bits")
+        if not any(r["bits"] == b for r in doc["runs"]):
+            raise missing(f"no run with {b} bits")
+    return doc
+
+
+def read_results(path) -> list[dict]:
+    """The evaluation documents of a JSON file written by ``cmhash evaluate`` (one) or
+    ``cmhash bench`` (one per method; a partial bench file gives the methods it completed),
+    each checked by :func:`check_result`. Errors are ValueErrors naming ``path``."""
+    try:
+        doc = json.loads(Path(path).read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path} is not a JSON file: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path} is not a JSON text file: {exc}") from None
+    fmt = doc.get("format") if isinstance(doc, dict) else None
+    if fmt == BENCH_FORMAT:
+        _check_version(doc, str(path), BENCH_VERSION)
+        results = doc.get("results")
+        if not isinstance(results, list) or not results:
+            raise ValueError(f"{path} is a `cmhash bench` file without results")
+        return [check_result(r, f"{path} (results[{i}])") for i, r in enumerate(results)]
+    if fmt == RESULT_FORMAT:
+        return [check_result(doc, str(path))]
+    raise ValueError(f"{path} is not a results file of `cmhash evaluate` or `cmhash bench` "
+                     f"(format {fmt!r})")

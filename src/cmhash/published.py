@@ -30,6 +30,9 @@ def load_published() -> list[dict]:
 def published_map(dataset: str, task: str, bits: int) -> list[tuple[str, float, str]]:
     """``[(method, mAP, "paper table"), ...]`` for one dataset, task and bit length.
 
+    ``"paper table"`` is the file's stem and the table (``"amsh Table II"``), followed by the
+    table's ``setting`` when it is not ``"paired"`` (``"amsh Table III, unpaired"``).
+
     Every paper's number is kept: the same baseline often appears in several papers' tables
     (with different splits or features), so each row names its source table.
     """
@@ -41,6 +44,8 @@ def published_map(dataset: str, task: str, bits: int) -> list[tuple[str, float, 
             continue
         j = t["bits"].index(bits)
         where = f"{t['file'].removesuffix('.json')} {t.get('table', '')}".strip()
+        if t.get("setting", "paired") != "paired":  # e.g. AMSH Table III: unpaired training
+            where += f", {t['setting']}"
         for method, values in t["rows"].items():
             if j < len(values) and values[j] is not None:
                 out.append((method, float(values[j]), where))

@@ -413,3 +413,14 @@ def test_adaptive_weights_downweight_a_noise_modality():
     m0 = ASFOH(8, gamma=0, **kw).fit_views([X, T, N], Y)
     assert np.allclose(m0.alpha_, 1 / 3)
     assert not np.array_equal(m.codes_, m0.codes_)
+
+
+def test_xi_list_of_the_wrong_length_is_refused_before_the_fit(monkeypatch):
+    """xi=[a, b] for three modalities was only refused after the kernel features and all
+    iterations had been computed; it is now checked first."""
+    X, T, Y = make_structured(80)
+    calls = []
+    monkeypatch.setattr(ASFOH, "_kernelize", lambda self, *a, **k: calls.append(1) or 1 / 0)
+    with pytest.raises(ValueError, match=r"xi lists 2 values but there are 3 modalities"):
+        ASFOH(8, xi=[0.1, 0.2], n_anchors=20).fit_views([X, T, X[:, :4]], Y)
+    assert calls == []

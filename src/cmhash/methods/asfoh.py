@@ -340,6 +340,7 @@ class ASFOH(TwoStepKernelHasher):
         if n <= k:
             raise ValueError(f"ASFOH needs more training samples than bits (H^T 1 = 0 and "
                              f"H^T H = n I leave n - 1 dimensions): n={n}, n_bits={k}")
+        xis = _per_modality(self.xi, V, "xi")   # a wrong-length list: before the work
         phis = self._kernelize(views, rng, use_kernel=self.use_kernel)
         lab = _Labels(labels)
         c = lab.Y.shape[1]
@@ -422,7 +423,6 @@ class ASFOH(TwoStepKernelHasher):
         self.delta_ = delta
         self.codes_ = B.astype(np.int8)
         # step 2: hash functions (Eq. 30), one ridge per modality when xi is a list
-        xis = _per_modality(self.xi, V, "xi")
         self.projections_ = [ridge_regression(phi, self.codes_.astype(np.float32), x)
                              for phi, x in zip(phis, xis)]
         return self

@@ -468,7 +468,10 @@ def test_bench_and_sweep_check_every_method_and_value_before_any_fit(tmp_path, c
             (["sweep", "--method", "batch", "--param-name", "omega", "--values", "0.1", "-1"],
              "omega must be >= 0, got -1"),
             (["sweep", "--method", "batch", "--param-name", "n_bits", "--values", "8"],
-             "cannot sweep 'n_bits'")):
+             "cannot sweep 'n_bits'"),
+            # --param of the swept parameter itself was silently overridden by --values
+            (["sweep", "--method", "batch", "--param-name", "omega", "--values", "0.1",
+              "--param", "omega=0.5"], "--param sets 'omega', the swept parameter")):
         assert main(argv + base) == 2, argv
         err = capsys.readouterr().err
         assert err.startswith(f"cmhash {argv[0]}: error: {message}"), err

@@ -390,6 +390,9 @@ def cmd_search(args):
 def cmd_sweep(args):
     from .bench import param_sweep
 
+    if args.param_name in _parse_params(getattr(args, "param", None)):
+        raise ValueError(f"--param sets {args.param_name!r}, the swept parameter: its values "
+                         f"come from --values (a preset's value, --hparams, is overridden)")
     ds = _load_data(args)
     doc = param_sweep(args.method, ds, args.param_name, [_parse_value(v) for v in args.values],
                       bits=args.bits, seeds=args.seeds, params=_method_params(args.method, args),

@@ -194,3 +194,20 @@ def test_ridge_regression_degenerate_systems_and_bad_alpha():
     for bad in (np.nan, np.inf, -1.0):   # NaN gave a NaN W
         with pytest.raises(ValueError, match="alpha must be finite and >= 0"):
             ridge_regression(np.ones((10, 3)), Y, bad)
+
+
+def test_orthogonal_zero_mean_is_scale_invariant_to_the_ends_of_float64():
+    # the solution depends only on the directions of Z; |Z| ~ 1e155 overflowed Zc^T Zc (numpy
+    # overflow warnings, then LAPACK failures near 1e307), |Z| ~ 1e-160 underflowed it (subnormal inputs have lost digits already: not tested)
+    import warnings
+    rng = np.random.default_rng(0)
+    Z = rng.standard_normal((60, 8)) + 3.0
+    V = orthogonal_zero_mean(Z)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")          # no overflow / underflow warnings either
+        for scale in (2.0 ** 520, 2.0 ** 1000, 2.0 ** -530, 2.0 ** -1000):  # all normal floats
+            np.testing.assert_allclose(orthogonal_zero_mean(Z * scale), V,
+                                       atol=1e-10, err_msg=str(scale))
+    Z[3, 2] = np.nan
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        orthogonal_zero_mean(Z)

@@ -77,7 +77,10 @@ def orthogonal_zero_mean(Z, random_state=None) -> np.ndarray:
     if n <= r:
         raise ValueError(f"orthogonal_zero_mean needs n > r (V^T 1 = 0 leaves n - 1 dimensions), "
                          f"got n={n}, r={r}")
-    Zc = Z - Z.mean(axis=0, keepdims=True)
+    if not np.all(np.isfinite(Z)):
+        raise ValueError("orthogonal_zero_mean: Z contains NaN or infinite values")
+    Z = _power_of_two_rescaled(Z)              # the mean of |Z| ~ 1e308 would overflow
+    Zc = _power_of_two_rescaled(Z - Z.mean(axis=0, keepdims=True))
     V = _polar_via_gram(Zc)
     if V is not None:
         return np.sqrt(n) * V
@@ -94,6 +97,20 @@ def orthogonal_zero_mean(Z, random_state=None) -> np.ndarray:
             R -= basis @ (basis.T @ R)
         U = np.hstack([U, np.linalg.qr(R)[0]])
     return np.sqrt(n) * (U @ Wt)
+
+
+#: orthogonal_zero_mean rescales Zc by a power of two when max |Zc| is outside
+#: [2^-RESCALE_EXPONENT, 2^RESCALE_EXPONENT]: the solution depends only on the directions of
+#: Zc, the rescaling is exact, and Zc^T Zc then neither overflows (|Zc| ~ 1e155 did) nor
+#: underflows; ordinary inputs are never touched
+RESCALE_EXPONENT = 300
+
+
+def _power_of_two_rescaled(Zc):
+    top = float(np.abs(Zc).max()) if Zc.size else 0.0
+    if top == 0.0 or 2.0 ** -RESCALE_EXPONENT <= top <= 2.0 ** RESCALE_EXPONENT:
+        return Zc
+    return np.ldexp(Zc, -np.frexp(top)[1])   # max |Zc| in [0.5, 1), exactly
 
 
 #: orthogonal_zero_mean takes the Cholesky-QR route when the first pass leaves

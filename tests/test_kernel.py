@@ -149,3 +149,18 @@ def test_large_offset_fit_gives_the_same_codes():
         with tempfile.TemporaryDirectory() as d:
             b2 = load(b.save(os.path.join(d, "m.npz")))
         assert np.array_equal(b2.encode(T + 1e8, "text"), b.encode(T + 1e8, "text"))
+
+
+def test_in_place_distances_round_exactly_like_the_expression():
+    # _sq_dist / _raw_phi work in place to save chunk-sized temporaries; the features must
+    # stay bit-identical to the plain expression (published codes depend on the last bits)
+    rng = np.random.default_rng(4)
+    X = rng.standard_normal((257, 9)) * 3.0 + 1.0
+    k = RBFAnchorFeatures(31, dtype=np.float64, chunk_size=64, random_state=0).fit(X)
+    A, sq = k.anchors_, kernel_module._squared_norms
+    raw = []
+    for start in range(0, X.shape[0], 64):   # the same chunks, products and norms as the code
+        Xc = X[start:start + 64]
+        D = np.maximum(sq(Xc)[:, None] + sq(A)[None, :] - 2.0 * (Xc @ A.T), 0.0)
+        raw.append(np.exp(-D / (2.0 * k.sigma_)))
+    np.testing.assert_array_equal(k.transform(X), np.vstack(raw) - k.mean_)

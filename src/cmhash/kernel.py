@@ -117,8 +117,10 @@ class RBFAnchorFeatures:
         self._set_sigma(total / (n * q))
         raws, acc = [], np.zeros(q)
         if self.center or keep_raw:
-            for start, D in distance_chunks():
-                raw = np.exp(-D / (2.0 * self.sigma_))
+            for start, D in distance_chunks():   # D is not used again: exp in place
+                np.negative(D, out=D)
+                np.divide(D, 2.0 * self.sigma_, out=D)
+                raw = np.exp(D, out=D)
                 if self.center:
                     acc += raw.sum(axis=0, dtype=np.float64)
                 if keep_raw:
@@ -170,13 +172,21 @@ class RBFAnchorFeatures:
         with np.errstate(over="ignore", invalid="ignore"):
             cross = Xc @ self._anchors_eff.T
             cross = np.asarray(cross, dtype=np.float64)
-            D = _squared_norms(Xc)[:, None] + self._anchor_sqnorm[None, :] - 2.0 * cross
+            # ||x||^2 + ||a||^2 - 2 x.a, in place (the same operations and rounding as the
+            # expression, without two more chunk-sized temporaries)
+            D = np.add.outer(_squared_norms(Xc), self._anchor_sqnorm)
+            cross *= 2.0                     # a fresh product: safe to overwrite
+            D -= cross
+            np.maximum(D, 0.0, out=D)        # NaN (inf - inf) propagates through maximum
         if np.isnan(D).any():   # inf - inf: a squared norm or product overflowed float64
             raise ValueError(_OVERFLOW)
-        return np.maximum(D, 0.0)
+        return D
 
     def _raw_phi(self, Xc) -> np.ndarray:
-        return np.exp(-self._sq_dist(Xc) / (2.0 * self.sigma_))
+        D = self._sq_dist(Xc)
+        np.negative(D, out=D)               # exp(-D / (2 sigma)), in place
+        np.divide(D, 2.0 * self.sigma_, out=D)
+        return np.exp(D, out=D)
 
     # ---------------------------------------------------------------- transform
     def transform(self, X) -> np.ndarray:

@@ -448,6 +448,42 @@ def test_bench_keeps_completed_methods_when_one_fails(tmp_path, capsys, monkeypa
     assert [r["method"] for r in read_results(out / "bench.json")] == ["batch"]
 
 
+def test_evaluate_keeps_the_runs_completed_before_a_failure(tmp_path, capsys, monkeypatch):
+    # `cmhash evaluate --json` lost every completed run when a later (bits, seed) failed
+    from cmhash.base import get_method
+    cls = get_method("batch")
+    real_fit, calls = cls._fit, []
+
+    def fit_then_fail(self, *args, **kwargs):
+        calls.append(self.n_bits)
+        if len(calls) == 3:      # 8 bits seeds 0, 1 succeed; 16 bits seed 0 diverges
+            raise FloatingPointError("diverged")
+        return real_fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(cls, "_fit", fit_then_fail)
+    out = tmp_path / "eval.json"
+    rc = main(["evaluate", "--method", "batch", "--data", "synthetic:small", "--bits", "8", "16",
+               "--seeds", "2", "--quiet", "--json", str(out)])
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert "cmhash evaluate: error: batch, 16 bits, seed 0: diverged" in err
+    assert "the 2 runs completed before the failure are in" in err
+    doc = json.loads(out.read_text())
+    assert doc["bits"] == [8] and [(r["bits"], r["seed"]) for r in doc["runs"]] == [(8, 0), (8, 1)]
+    assert doc["summary"]["8"]["map_i2t"]["n"] == 2
+    assert doc["incomplete"] == {"bits": 16, "seed": 0,
+                                 "error": "FloatingPointError: batch, 16 bits, seed 0: diverged",
+                                 "not_run": [[16, 1]]}
+    from cmhash.protocol import read_results
+    assert read_results(out)[0]["runs"] == doc["runs"]   # a readable results file
+    # a failure of the very first run leaves nothing to keep: no file
+    calls.clear(), calls.extend([0, 0])
+    out2 = tmp_path / "none.json"
+    assert main(["evaluate", "--method", "batch", "--data", "synthetic:small", "--bits", "8",
+                 "--seeds", "1", "--quiet", "--json", str(out2)]) == 1
+    assert not out2.exists()
+
+
 def test_bench_and_sweep_check_every_method_and_value_before_any_fit(tmp_path, capsys,
                                                                     monkeypatch, dataset):
     # `bench --methods amsh batch --unpaired` fitted every AMSH run, then refused BATCH and

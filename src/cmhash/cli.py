@@ -205,9 +205,23 @@ def cmd_evaluate(args):
 
     ds = _load_data(args)
     params = _method_params(args.method, args)
-    doc = run_evaluation(args.method, ds, bits=args.bits, seeds=args.seeds, params=params,
-                         verbose=not args.quiet, dataset_source=args.data,
-                         **_protocol_kwargs(args))
+    try:
+        doc = run_evaluation(args.method, ds, bits=args.bits, seeds=args.seeds, params=params,
+                             verbose=not args.quiet, dataset_source=args.data,
+                             **_protocol_kwargs(args))
+    except (Exception, KeyboardInterrupt) as exc:
+        partial = getattr(exc, "partial_result", None)
+        if partial is not None and args.json:  # keep the runs completed before the failure
+            try:
+                _write_json(partial, args.json)
+            except Exception as write_exc:  # the original error is the one to report
+                print(f"cmhash evaluate: could not write the {len(partial['runs'])} runs "
+                      f"completed before the failure: {write_exc}", file=sys.stderr)
+            else:
+                print(f"cmhash evaluate: the {len(partial['runs'])} runs completed before the "
+                      f"failure are in {args.json} (its 'incomplete' field says what failed)",
+                      file=sys.stderr)
+        raise
     _write_json(doc, args.json)
     table = markdown_table([doc])
     if args.markdown:

@@ -261,7 +261,10 @@ def run_evaluation(method: str, dataset, *, bits=(16, 32, 64, 128), seeds=5, par
 
     All arguments are checked before the first fit (:func:`check_method_setup`); an error
     met during a fit or its evaluation keeps its type and names the run (``"<method>, <bits>
-    bits, seed <seed>: ..."``).
+    bits, seed <seed>: ..."``). When runs were completed before it, the exception carries them
+    as ``exc.partial_result``: the document of those runs (``bits`` = the bit lengths that have
+    runs) with an ``incomplete`` field naming the failed run, the error and the runs not run
+    (``cmhash evaluate --json`` writes it before exiting).
     """
     params = dict(params or {})
     fixed = sorted({"n_bits", "random_state"} & set(params))
@@ -281,7 +284,12 @@ def run_evaluation(method: str, dataset, *, bits=(16, 32, 64, 128), seeds=5, par
     jobs = [(b, s) for b in bits for s in seed_list]
     bar = progress(jobs, desc=f"{method} on {dataset.name or 'data'}", verbose=verbose,
                    leave=True)
-    for b, s in bar:
+
+    def document(done_runs, done_bits):
+        return _result_document(method, params, dataset, dataset_source, database, ties,
+                                zero_relevant, top_r, unpaired, done_bits, seed_list, done_runs)
+
+    for i, (b, s) in enumerate(bar):
         try:
             hasher, res = _fit_and_evaluate(method, dataset, b, s, params, unpaired,
                                             database=database, ties=ties,
@@ -289,6 +297,12 @@ def run_evaluation(method: str, dataset, *, bits=(16, 32, 64, 128), seeds=5, par
                                             curves=curves)
         except (Exception, KeyboardInterrupt) as exc:  # say which fit failed, keep the type
             _with_context(exc, f"{method}, {b} bits, seed {s}")
+            if runs:  # keep what was computed: the runs completed before the failure
+                done_bits = [bb for bb in bits if any(r["bits"] == bb for r in runs)]
+                exc.partial_result = {
+                    **document(runs, done_bits),
+                    "incomplete": {"bits": b, "seed": s, "error": f"{type(exc).__name__}: {exc}",
+                                   "not_run": [list(job) for job in jobs[i + 1:]]}}
             raise
         run = {"bits": b, "seed": s, "train_seconds": float(hasher.train_seconds_)}
         for tname, tres in res["tasks"].items():
@@ -302,6 +316,12 @@ def run_evaluation(method: str, dataset, *, bits=(16, 32, 64, 128), seeds=5, par
         runs.append(run)
         if hasattr(bar, "set_postfix"):
             bar.set_postfix({k: f"{v:.3f}" for k, v in run.items() if k.startswith("map_")})
+    return document(runs, bits)
+
+
+def _result_document(method, params, dataset, dataset_source, database, ties, zero_relevant,
+                     top_r, unpaired, bits, seed_list, runs) -> dict:
+    """The public evaluation document of ``runs`` (each bit length of ``bits`` has runs)."""
     task_keys = [k for k in runs[0] if k.startswith("map_")]
     summary = {}
     for b in bits:

@@ -124,3 +124,54 @@ def test_batch_n_bits_not_below_n_is_refused_before_any_work(monkeypatch):
                                              r"of training samples \(40\)"):
             BATCH(bits, n_anchors=10, n_iter=1, random_state=0).fit(X, T, Y)
     assert not called
+
+
+def test_every_step_minimises_its_block_of_the_explicit_objective(monkeypatch):
+    """Each step of a fit against the BATCH objective written out with n x n matrices
+    (``||B V^T - r G G^T||^2 + omega ||B - V||^2 + sum_m eta_m (||phi_m - V U_m||^2
+    + rho ||U_m||^2)``): the U-step zeroes its gradient, no feasible neighbour of the new V
+    and no single flip of the new B is better, and ``objective_`` is that objective. Every term
+    moves a step with these weights (at the defaults omega V and rho U barely do). V^T phi is
+    a float32 product (solvers.cross_product), hence the 1e-5 and 1e-7 tolerances."""
+    import cmhash.methods.batch as batch
+    from cmhash.solvers import orthogonal_zero_mean
+    rec = {"U": [], "V": [], "B": []}
+
+    def recording(key, func):
+        return lambda *a: rec[key].append(func(*a)) or rec[key][-1]
+
+    monkeypatch.setattr(batch, "solve_psd", recording("U", batch.solve_psd))
+    monkeypatch.setattr(batch, "orthogonal_zero_mean", recording("V", batch.orthogonal_zero_mean))
+    monkeypatch.setattr(batch, "sign", recording("B", batch.sign))
+    X, T, Y = make_structured(150, seed=4)
+    hp = dict(eta_image=1500.0, eta_text=3000.0, eta_label=800.0, omega=200.0, rho=40.0)
+    m = BATCH(8, n_anchors=(20, 25), n_iter=3, random_state=0, **hp).fit(X, T, Y)
+    n, r = X.shape[0], m.n_bits
+    phis = [k.transform(Z).astype(np.float64) for k, Z in zip(m.kernels_, (X, T))]
+    targets, etas = phis + [Y], (hp["eta_image"], hp["eta_text"], hp["eta_label"])
+    S = r * normalize_rows(Y) @ normalize_rows(Y).T
+
+    def f(B, V, Us):
+        val = np.sum((B @ V.T - S) ** 2) + hp["omega"] * np.sum((B - V) ** 2)
+        for eta, A, U in zip(etas, targets, Us):
+            val += eta * (np.sum((A - V @ U) ** 2) + hp["rho"] * np.sum(U * U))
+        return val
+
+    t = 1                                             # second iteration: V_old is a V-step's
+    V_old, B_old = rec["V"][t - 1], rec["B"][t].astype(np.float64)
+    Us, V, B = rec["U"][3 * t:3 * t + 3], rec["V"][t], rec["B"][t + 1].astype(np.float64)
+    for eta, A, U in zip(etas, targets, Us):          # U-step: zero gradient
+        grad = eta * (V_old.T @ (V_old @ U - A) + hp["rho"] * U)
+        assert np.abs(grad).max() < 1e-5 * eta * np.abs(V_old.T @ A).max()
+    base = f(B_old, V, Us)                            # V-step: no better feasible neighbour
+    rng = np.random.default_rng(0)
+    for s in (1e-3, 1e-2, 1e-1):
+        for _ in range(5):
+            Vp = orthogonal_zero_mean(V + s * rng.standard_normal(V.shape))
+            assert f(B_old, Vp, Us) >= base - 1e-11 * abs(base)
+    base = f(B, V, Us)                                # B-step: no better single flip
+    for i, j in zip(rng.integers(0, n, 300), rng.integers(0, r, 300)):
+        Bp = B.copy()
+        Bp[i, j] *= -1
+        assert f(Bp, V, Us) >= base - 1e-11 * abs(base)
+    assert m.objective_[t] == pytest.approx(base, rel=1e-7)

@@ -424,3 +424,37 @@ def test_xi_list_of_the_wrong_length_is_refused_before_the_fit(monkeypatch):
     with pytest.raises(ValueError, match=r"xi lists 2 values but there are 3 modalities"):
         ASFOH(8, xi=[0.1, 0.2], n_anchors=20).fit_views([X, T, X[:, :4]], Y)
     assert calls == []
+
+
+def test_multiplier_step_makes_theta_a_subgradient_and_delta_follows_its_schedule(monkeypatch):
+    """After ``Theta += 2 delta (P - J)`` with ``J = SVT(P + Theta / (2 delta), beta / (2 delta))``
+    the new Theta is a subgradient of ``beta ||.||_*`` at J (dual feasibility of the J-block:
+    ``||Theta||_2 <= beta`` and ``<Theta, J> = beta ||J||_*``), and every iteration's P-step
+    sees ``delta = min(delta_max, delta0 tau^i)``. Recorded from a fit through update_P /
+    update_J, which receive Theta, J and delta."""
+    calls_P, calls_J = [], []
+    real_P, real_J = A.update_P, A.update_J
+    monkeypatch.setattr(A, "update_P", lambda *a: calls_P.append(a) or real_P(*a))
+    monkeypatch.setattr(A, "update_J",
+                        lambda *a: calls_J.append((a, real_J(*a))) or calls_J[-1][1])
+    X, T, Y = make_structured(150, seed=3)
+    beta, delta0, tau, delta_max, n_iter = 2.0, 0.05, 2.0, 0.3, 5
+    m = ASFOH(8, n_anchors=30, n_iter=n_iter, beta=beta, delta0=delta0, tau=tau,
+              delta_max=delta_max, random_state=0).fit(X, T, Y)
+    V = 2
+    assert len(calls_P) == len(calls_J) == V * n_iter
+    for i in range(n_iter):
+        for v in range(V):
+            assert calls_P[V * i + v][5] == pytest.approx(min(delta_max, delta0 * tau ** i),
+                                                          rel=1e-12)
+    assert m.delta_ == pytest.approx(min(delta_max, delta0 * tau ** n_iter), rel=1e-12)
+    ranks = []
+    for c in range(V, V * n_iter):
+        J_prev = calls_J[c - V][1]                    # J of the previous iteration
+        _, _, J_in, Theta, _, _ = calls_P[c]          # the P-step gets that J and the new Theta
+        assert np.array_equal(J_in, J_prev)
+        s = np.linalg.svd(J_prev, compute_uv=False)
+        ranks.append(int(np.sum(s > 1e-10 * max(s[0], 1e-300))))
+        assert np.linalg.norm(Theta, 2) <= beta * (1 + 1e-9)
+        assert np.sum(Theta * J_prev) == pytest.approx(beta * s.sum(), rel=1e-9, abs=1e-12)
+    assert max(ranks) > 0 and min(ranks) < 8          # J != 0 and thresholding active

@@ -551,3 +551,25 @@ def test_images_smaller_than_conv1_are_a_clear_error():
         TAADCMH(8, **CNN_FAST).fit(rng.standard_normal((12, 3, 8, 8)), T, Y)
     with pytest.raises(ValueError, match="channels-last"):
         TAADCMH(8, **CNN_FAST).fit(rng.standard_normal((12, 16, 16, 3)), T, Y)
+
+
+def test_similarity_block_is_shared_label_and_objective_uses_it():
+    # S_ij = 1 iff items i and j share a label (0 for items with disjoint label sets, and 0/1
+    # only: never the number of shared labels); a hand-made multi-label example
+    from cmhash.deep.ta_adcmh import similarity_block
+    L = torch.tensor([[1, 0, 0], [1, 1, 0], [0, 0, 1], [0, 1, 1]], dtype=torch.float64)
+    want = torch.tensor([[1, 1, 0, 0], [1, 1, 0, 1], [0, 0, 1, 1], [0, 1, 1, 1]],
+                        dtype=torch.float64)
+    torch.testing.assert_close(similarity_block(L, L), want, rtol=0, atol=0)
+    torch.testing.assert_close(similarity_block(L[1:3], L), want[1:3], rtol=0, atol=0)
+    # the likelihood term is -sum_ij (S_ij Phi_ij - log(1 + e^Phi_ij)), Phi = F G^T / 2, summed
+    # over row blocks (block=3 splits the 4 rows unevenly): compare with the explicit n x n sum
+    gen = torch.Generator().manual_seed(0)
+    F = torch.randn(4, 5, generator=gen, dtype=torch.float64)
+    G = torch.randn(4, 5, generator=gen, dtype=torch.float64)
+    B = torch.sign(F + G)
+    phi = F @ G.T / 2
+    nll = -(want * phi - torch.log1p(torch.exp(phi))).sum()
+    terms = objective_terms(F, G, B, L, torch.zeros(3, 5, dtype=torch.float64), lam=0.0,
+                            beta=0.0, mu=0.0, nu=0.0, block=3)
+    torch.testing.assert_close(terms["nll"], nll, rtol=1e-12, atol=0)

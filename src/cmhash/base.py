@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ._io import atomic_write
 from ._validation import (check_distinct_label_sets, check_features, check_labels,
                           check_n_anchors, check_n_bits, check_not_constant,
                           check_random_state, class_indices, open_npz,
@@ -365,7 +366,7 @@ class CrossModalHasher:
                   "params": params, "param_types": param_types, "state": meta_state}
         arrays["__header__"] = np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8)
         path = Path(path)
-        with open(path, "wb") as fh:
+        with atomic_write(path) as fh:
             np.savez_compressed(fh, **arrays)
         return path
 

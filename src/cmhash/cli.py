@@ -42,6 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
+from ._io import atomic_write
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -316,7 +317,7 @@ def cmd_encode(args):
     codes = hasher.encode(X, args.modality, task=task)
     # a file object: np.savez_compressed(path) would append ".npz" to a path without it,
     # and the file written would not be the one named here and by `cmhash search`
-    with open(args.out, "wb") as out:
+    with atomic_write(args.out) as out:
         np.savez_compressed(out, packed=pack_codes(codes), n_bits=np.array(codes.shape[1]),
                             ids=ds.indices(args.split), labels=ds.labels_of(args.split),
                             modality=np.array(args.modality))

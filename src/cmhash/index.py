@@ -34,6 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from ._io import atomic_write
 from ._validation import open_npz
 from .codes import (
     _check_packed,
@@ -281,7 +282,7 @@ class HammingIndex:
         ``codes`` (the packed ``(ntotal, ceil(n_bits/8))`` uint8 codes). The file is written
         to exactly ``path`` (no ``.npz`` suffix is appended).
         """
-        with open(os.fspath(path), "wb") as f:
+        with atomic_write(path) as f:
             np.savez(f, format_version=np.int64(FORMAT_VERSION),
                      n_bits=np.int64(self.n_bits), backend=np.str_(self.backend),
                      codes=np.ascontiguousarray(self._buf[:self._n, :self.code_size]))

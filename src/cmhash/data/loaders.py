@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from .._io import atomic_write
 from .._validation import check_random_state
 from .dataset import CrossModalDataset, DataWarning, _check_count, as_label_matrix
 from .presets import DatasetPreset, detect_preset, get_preset
@@ -379,7 +380,8 @@ def save_dataset(dataset: CrossModalDataset, path: str | os.PathLike) -> Path:
     if dataset.class_names is not None:
         arrays["class_names"] = np.array(dataset.class_names)
     if ext == ".npz":
-        np.savez_compressed(p, **arrays)
+        with atomic_write(p) as fh:   # a file object: exactly p, never a truncated file
+            np.savez_compressed(fh, **arrays)
     elif ext in (".h5", ".hdf5"):
         import h5py
 

@@ -1,0 +1,33 @@
+"""Writing files safely: every model, index and codes file cmhash saves goes through here."""
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+
+
+def _default_file_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+@contextlib.contextmanager
+def atomic_write(path, mode: str = "wb"):
+    """Open a temporary file next to ``path`` for writing; on success it replaces ``path`` in
+    one step (``os.replace``, with the permissions a new file would get), on any error it is
+    removed and ``path`` is left as it was. A crash, a full disk or Ctrl-C while saving
+    therefore never leaves a truncated file under the final name, nor destroys the previous
+    file of that name."""
+    name = os.fspath(path)
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(name) + ".", suffix=".part",
+                               dir=os.path.dirname(os.path.abspath(name)))
+    try:
+        with os.fdopen(fd, mode) as fh:
+            yield fh
+        os.chmod(tmp, _default_file_mode())
+        os.replace(tmp, name)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise

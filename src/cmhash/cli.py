@@ -134,7 +134,9 @@ def _load_data(args):
 def _write_json(doc, path):
     if path:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps(doc, indent=2))
+        text = json.dumps(doc, indent=2)
+        with atomic_write(path, "w") as fh:   # a failed write keeps the previous results file
+            fh.write(text)
 
 
 def _add_data(p, required=True):

@@ -476,13 +476,15 @@ def test_labels_with_one_label_set_are_refused(name):
         m.fit_unpaired([X, T[:50]], [np.full(60, 2), np.full(50, 3)])
 
 
-@pytest.mark.parametrize("name", ["batch", "ascmh", "asfoh", "amsh"])
+@pytest.mark.filterwarnings("ignore::cmhash.DegenerateCodesWarning")
+@pytest.mark.parametrize("name", _METHODS)
 def test_constant_training_modality_is_refused_naming_it(name):
     """A modality whose training rows are all identical (an all-zero sparse bag of words, a
     constant image feature): with the RBF kernel it failed with 'all training samples coincide
     with the anchors (sigma = 0)', which named neither the modality nor the cause; without the
     kernel (AMSH kernel=False, ASFOH use_kernel=False) it was fitted silently and every query of
-    that modality got the same code. Both are now a ValueError naming the modality."""
+    that modality got the same code. Both are now a ValueError naming the modality; the deep
+    methods (whose networks map a constant input to one code) are checked the same way."""
     import scipy.sparse as sp
     X, T, Y = make_structured(60)
     msg = r"features of modality 'text' are the same for every training sample"

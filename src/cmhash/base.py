@@ -240,6 +240,8 @@ class CrossModalHasher:
             raise ValueError(f"names must be {V} distinct modality names, got {names}")
         views = [check_features(X, f"features of modality {nm!r}", max_ndim=self.max_feature_ndim)
                  for nm, X in zip(names, views)]
+        for nm, X in zip(names, views):   # training views only: every method, deep ones too
+            check_not_constant(X, f"features of modality {nm!r}")
         return views, names
 
     def _prepare_fit(self, views, names, n_classes):
@@ -564,7 +566,6 @@ class TwoStepKernelHasher(CrossModalHasher):
         self.kernels_ = []
         phis = []
         for v, X in enumerate(views):
-            check_not_constant(X, f"features of modality {self.modality_names_[v]!r}")
             if use_kernel:
                 fmap = RBFAnchorFeatures(self._anchors_for(v, len(views)),
                                          anchors=getattr(self, "anchor_method", "random"),

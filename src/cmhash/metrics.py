@@ -39,7 +39,7 @@ from typing import Iterator
 
 import numpy as np
 
-from ._validation import check_random_state
+from ._validation import check_random_state, class_indices
 
 __all__ = [
     "hamming_distances",
@@ -102,8 +102,8 @@ def _check_codes(codes, name):
 def _check_label_pair(query_labels, db_labels):
     """Both label arrays, checked; class indices on both sides become one-hot columns
     over the union of their classes (so that equal indices share a column)."""
-    lq = _check_labels(query_labels, "query_labels", indices_allowed=True)
-    ldb = _check_labels(db_labels, "db_labels", indices_allowed=True)
+    lq = _labels_or_class_indices(query_labels, "query_labels")
+    ldb = _labels_or_class_indices(db_labels, "db_labels")
     q_idx, db_idx = lq.ndim == 1, ldb.ndim == 1
     if q_idx != db_idx:
         which = "query_labels" if q_idx else "db_labels"
@@ -111,9 +111,6 @@ def _check_label_pair(query_labels, db_labels):
             f"{which} are class indices (one value per item) but the other side is an "
             f"(n, c) multi-hot matrix; give both in the same form")
     if q_idx:
-        for arr, name in ((lq, "query_labels"), (ldb, "db_labels")):
-            if not (arr.dtype == bool or np.all(arr == np.round(arr))):
-                raise ValueError(f"{name}: class indices must be integers")
         classes = np.union1d(lq, ldb)
         lq, ldb = lq[:, None] == classes, ldb[:, None] == classes
     if lq.shape[1] != ldb.shape[1]:
@@ -124,21 +121,28 @@ def _check_label_pair(query_labels, db_labels):
     return lq, ldb
 
 
-def _check_labels(labels, name, indices_allowed=False):
+def _labels_or_class_indices(labels, name):
+    """Class indices ((n,) or one (n, 1) column, read as the estimators' ``check_labels``
+    reads them: :func:`cmhash._validation.class_indices`) as an int vector, else the checked
+    (n, c) multi-hot matrix."""
+    if hasattr(labels, "toarray"):
+        labels = labels.toarray()
+    shape = np.shape(labels) if labels is not None else ()
+    if len(shape) == 1 or (len(shape) == 2 and shape[1] == 1):
+        indices = class_indices(labels)
+        if indices is None:
+            raise ValueError(f"{name}: class indices must be integers (finite, real); got "
+                             f"dtype {np.asarray(labels).dtype}")
+        return indices
+    return _check_labels(labels, name)
+
+
+def _check_labels(labels, name):
     if labels is None:
         raise ValueError(f"{name} must be an (n, c) multi-hot label array; got None")
     if hasattr(labels, "toarray"):
         labels = labels.toarray()
     arr = np.asarray(labels)
-    if indices_allowed and arr.ndim == 2 and arr.shape[1] == 1:
-        arr = arr[:, 0]  # one column: class indices, as in the estimators' check_labels
-    if indices_allowed and arr.ndim == 1:
-        if not (arr.dtype == bool or np.issubdtype(arr.dtype, np.number)) or np.issubdtype(
-                arr.dtype, np.complexfloating):
-            raise ValueError(f"{name} must be real numeric or boolean; got dtype {arr.dtype}")
-        if np.issubdtype(arr.dtype, np.inexact) and not np.all(np.isfinite(arr)):
-            raise ValueError(f"{name} contains NaN or infinite values")
-        return arr
     if arr.ndim != 2:
         raise ValueError(
             f"{name} must be a 2-D (n, c) multi-hot label array; got shape {arr.shape}"

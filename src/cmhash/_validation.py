@@ -296,6 +296,18 @@ def check_int(value, name: str, *, minimum: int = 1) -> int:
     return int(value)
 
 
+def check_bool(value, name: str, *, allow_none: bool = False, error: type = TypeError):
+    """``True`` / ``False`` (NumPy booleans included) as a Python bool (``None`` kept when
+    ``allow_none``), else ``error`` naming ``name`` (1, "yes" are not booleans: ``1 == True``
+    let such values through tests like ``in (True, False)``)."""
+    if allow_none and value is None:
+        return None
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    want = "None, True or False" if allow_none else "True or False"
+    raise error(f"{name} must be {want}, got {value!r}")
+
+
 def check_n_anchors(value, n_views: int, name: str = "n_anchors") -> list[int]:
     """``n_anchors`` (kernel anchors per modality) as a list of ``n_views`` ints.
 

@@ -35,7 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from ._io import atomic_write
-from ._validation import open_npz
+from ._validation import check_bool, open_npz
 from .codes import (
     _check_packed,
     _distance_dtype,
@@ -99,13 +99,6 @@ def faiss_available() -> bool:
     except ImportError:
         return False
     return True
-
-
-def _check_bool(value, name: str) -> bool:
-    """``True`` / ``False`` (NumPy booleans included) as a Python bool, else TypeError."""
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    raise TypeError(f"{name} must be True or False, got {value!r}")
 
 
 def _check_radius(radius) -> int:
@@ -178,11 +171,9 @@ class HammingIndex:
         self.n_bits = int(n_bits)
         self.backend = backend
         self.n_threads = n_threads
-        if multihash is not None and not isinstance(multihash, (bool, np.bool_)):
-            # (1 == True: an `in (None, True, False)` test let 1 through, and `is True`
-            # then never built the tables)
-            raise TypeError(f"multihash must be None, True or False, got {multihash!r}")
-        self.multihash = None if multihash is None else bool(multihash)
+        # (1 == True: an `in (None, True, False)` test let 1 through, and `is True` then never
+        # built the tables)
+        self.multihash = check_bool(multihash, "multihash", allow_none=True)
         self.code_size = n_bytes(self.n_bits)          # bytes per packed code
         self._w = n_words(self.n_bits)                 # uint64 words per stored code
         self._buf = np.zeros((0, 8 * self._w), dtype=np.uint8)
@@ -215,7 +206,7 @@ class HammingIndex:
 
     def _as_packed(self, codes, packed: bool, name: str) -> np.ndarray:
         """Validate codes (±1 or packed) and return ``(n, code_size)`` packed uint8."""
-        if _check_bool(packed, "packed"):
+        if check_bool(packed, "packed"):
             arr = np.asarray(codes)
             if arr.ndim == 1:
                 arr = arr[None, :]

@@ -41,7 +41,7 @@ import scipy.sparse as sp
 import torch
 from torch.nn import functional as Fnn
 
-from .._validation import check_choice, check_int, check_positive
+from .._validation import check_bool, check_choice, check_int, check_positive
 from ..itq import ITQ
 from ..progress import progress
 from ..solvers import sign
@@ -309,8 +309,7 @@ class SDCH(TorchHasher):
                 and 0 < self.lr_decay <= 1):
             raise ValueError(f"lr_decay must be in (0, 1], got {self.lr_decay!r}")
         for p in ("paper_literal", "warmup", "standardize"):
-            if not isinstance(getattr(self, p), (bool, np.bool_)):
-                raise TypeError(f"{p} must be True or False, got {getattr(self, p)!r}")
+            check_bool(getattr(self, p), p)
         if not (isinstance(self.dropout, (int, float)) and 0 <= self.dropout < 1):
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
         self._check_weights_file(self.image_weights)

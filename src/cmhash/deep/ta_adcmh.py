@@ -47,7 +47,7 @@ import scipy.sparse as sp
 import torch
 from torch.nn import functional as Fnn
 
-from .._validation import check_choice, check_int, check_n_anchors, check_positive
+from .._validation import check_bool, check_choice, check_int, check_n_anchors, check_positive
 from ..kernel import RBFAnchorFeatures
 from ..progress import progress
 from ..solvers import sign
@@ -439,8 +439,7 @@ class TAADCMH(TorchHasher):
         check_int(self.fc_dim, "fc_dim")
         for p in ("discrete", "normalize_likelihood", "refresh_buffers", "track_objective",
                   "standardize"):
-            if not isinstance(getattr(self, p), (bool, np.bool_)):
-                raise ValueError(f"{p} must be True or False, got {getattr(self, p)!r}")
+            check_bool(getattr(self, p), p, error=ValueError)
         if not (isinstance(self.dropout, (int, float)) and 0 <= self.dropout < 1):
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
         if not self.discrete:

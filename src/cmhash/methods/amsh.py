@@ -42,7 +42,7 @@ import numpy as np
 import scipy.linalg as sla
 
 from .._threads import single_threaded_blas, single_threaded_blas_if_small
-from .._validation import check_int, check_positive
+from .._validation import check_bool, check_int, check_positive
 from ..base import TwoStepKernelHasher
 from ..labels import normalize_rows
 from ..progress import progress
@@ -151,8 +151,7 @@ class AMSH(TwoStepKernelHasher):
         if self.n_jobs is not None:
             check_int(self.n_jobs, "n_jobs")
         for p in ("intra_modal", "inter_modal", "kernel", "margins"):
-            if not isinstance(getattr(self, p), (bool, np.bool_)):
-                raise TypeError(f"{p} must be True or False, got {getattr(self, p)!r}")
+            check_bool(getattr(self, p), p)
         if self.eta == 0 and (self.lam == 0 or not self.intra_modal):
             raise ValueError("B_t = sign(eta V_t + lam r Lh_t Lh_t^T V_t) is 0, so every code is "
                              f"-1, with eta = 0 and no intra-modal term (eta={self.eta!r}, "

@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._validation import check_choice, check_int, check_positive
+from .._validation import check_bool, check_choice, check_int, check_positive
 from ..base import TwoStepKernelHasher
 from ..labels import normalize_rows
 from ..progress import progress
@@ -323,8 +323,7 @@ class ASFOH(TwoStepKernelHasher):
             raise ValueError(f"delta_max must be >= delta0, got delta_max={self.delta_max!r} "
                              f"< delta0={self.delta0!r}")
         for p in ("use_kernel", "semantic_projection"):
-            if not isinstance(getattr(self, p), (bool, np.bool_)):
-                raise TypeError(f"{p} must be True or False, got {getattr(self, p)!r}")
+            check_bool(getattr(self, p), p)
         check_choice(self.regularizer, "regularizer", set(REGULARIZERS))
         check_choice(self.constraints, "constraints", set(CONSTRAINTS))
         check_choice(self.anchor_method, "anchor_method", {"random", "kmeans"})

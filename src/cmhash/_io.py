@@ -2,11 +2,15 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import tempfile
 
 
+@functools.lru_cache(maxsize=None)
 def _default_file_mode() -> int:
+    """The mode a new file gets under the process umask. Reading the umask means setting it,
+    which is process-wide: done once per process, not on every save from any thread."""
     mask = os.umask(0)
     os.umask(mask)
     return 0o666 & ~mask

@@ -14,11 +14,9 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from ._validation import check_choice
-from .base import get_method
 from .published import published_map
-from .protocol import (BENCH_FORMAT, BENCH_VERSION, DATABASES, TIES, ZERO_RELEVANT, _jsonable,
-                       bit_list_of, check_method_setup, protocol_key, run_evaluation,
+from .protocol import (BENCH_FORMAT, BENCH_VERSION, _jsonable, bit_list_of, check_method_setup,
+                       check_param_names, check_protocol_options, protocol_key, run_evaluation,
                        seed_list_of)
 from .progress import log, progress
 
@@ -31,9 +29,8 @@ def _check_protocol_setup(methods, dataset, bits, seeds, params, protocol) -> No
     """Every method's setup (:func:`cmhash.protocol.check_method_setup`) and the protocol
     options, checked before the first fit of any method."""
     seed_list_of(seeds)
-    check_choice(protocol.get("database", "learned"), "database", DATABASES)
-    check_choice(protocol.get("ties", "stable"), "ties", TIES)
-    check_choice(protocol.get("zero_relevant", "zero"), "zero_relevant", ZERO_RELEVANT)
+    check_protocol_options(protocol.get("database", "learned"), protocol.get("ties", "stable"),
+                           protocol.get("zero_relevant", "zero"))
     for m in methods:
         try:
             check_method_setup(m, dataset, bits=bits, params=(params or {}).get(m),
@@ -154,9 +151,7 @@ def param_sweep(method, dataset, param, values, *, bits=(32,), seeds=3, params=N
                          f"seeds from seeds")
     bits = bit_list_of(bits)
     # the parameter's name, then each value (with the fixed params) before the first fit
-    valid = set(get_method(method)._param_names()) - {"n_bits", "random_state"}
-    if param not in valid:
-        raise ValueError(f"unknown parameter(s) {[param]} for {method}; valid: {sorted(valid)}")
+    check_param_names(method, [param])
     _check_protocol_setup([], dataset, bits, seeds, {}, protocol)
     for value in values:
         check_method_setup(method, dataset, bits=bits, params={**(params or {}), param: value},

@@ -97,15 +97,10 @@ def _method_params(method: str, args) -> dict:
 
 
 def _check_param_names(method: str, params: dict) -> None:
-    """A ValueError naming the parameters that ``method``'s constructor does not take (or that
-    the command sets itself: n_bits from --bits, random_state from the seeds)."""
-    from .base import get_method
+    """Unknown constructor parameters are an error before any data is loaded."""
+    from .protocol import check_param_names
 
-    valid = set(get_method(method)._param_names()) - {"n_bits", "random_state"}
-    unknown = set(params) - valid
-    if unknown:
-        raise ValueError(f"unknown parameter(s) {sorted(unknown)} for {method}; "
-                         f"valid: {sorted(valid)}")
+    check_param_names(method, params)
 
 
 def _method_prefixed(item: str, option: str, what: str) -> tuple[str, str]:

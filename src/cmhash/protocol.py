@@ -98,6 +98,26 @@ def bit_list_of(bits) -> list[int]:
     return bits
 
 
+def check_protocol_options(database: str, ties: str, zero_relevant: str) -> None:
+    """The protocol options (database encoding, tie policy, zero-relevant policy) are known."""
+    check_choice(database, "database", DATABASES)
+    check_choice(ties, "ties", TIES)
+    check_choice(zero_relevant, "zero_relevant", ZERO_RELEVANT)
+
+
+def check_param_names(method: str, params) -> None:
+    """A ValueError naming the parameters that ``method``'s constructor does not take (or that
+    the harness sets itself: ``n_bits`` from the bit lengths, ``random_state`` from the
+    seeds), and the valid ones."""
+    from .base import get_method
+
+    valid = set(get_method(method)._param_names()) - {"n_bits", "random_state"}
+    unknown = set(params) - valid
+    if unknown:
+        raise ValueError(f"unknown parameter(s) {sorted(unknown)} for {method}; "
+                         f"valid: {sorted(valid)}")
+
+
 def check_method_setup(method: str, dataset, *, bits, params=None, database: str = "learned",
                        unpaired: bool = False) -> None:
     """Everything about one method's runs that can be checked before any fit.
@@ -113,11 +133,7 @@ def check_method_setup(method: str, dataset, *, bits, params=None, database: str
     params = dict(params or {})
     bits = bit_list_of(bits)
     cls = get_method(method)
-    valid = set(cls._param_names()) - {"n_bits", "random_state"}
-    unknown = set(params) - valid
-    if unknown:
-        raise ValueError(f"unknown parameter(s) {sorted(unknown)} for {method}; "
-                         f"valid: {sorted(valid)}")
+    check_param_names(method, params)
     for b in bits:
         hasher = make_hasher(method, n_bits=b, random_state=0, **params)
         hasher._validate_params()
@@ -158,9 +174,7 @@ def evaluate_hasher(hasher, dataset, *, database: str = "learned", ties: str = "
     ``query_seconds`` (with ``timing``); with ``curves`` also the precision@K curve and both PR
     curves.
     """
-    check_choice(database, "database", DATABASES)
-    check_choice(ties, "ties", TIES)
-    check_choice(zero_relevant, "zero_relevant", ZERO_RELEVANT)
+    check_protocol_options(database, ties, zero_relevant)
     if top_r is not None:
         top_r = check_int(top_r, "top_r")
     radius = check_int(radius, "radius", minimum=0)
@@ -275,9 +289,7 @@ def run_evaluation(method: str, dataset, *, bits=(16, 32, 64, 128), seeds=5, par
     bits = bit_list_of(bits)
     if top_r is not None:
         top_r = check_int(top_r, "top_r")
-    check_choice(database, "database", DATABASES)
-    check_choice(ties, "ties", TIES)
-    check_choice(zero_relevant, "zero_relevant", ZERO_RELEVANT)
+    check_protocol_options(database, ties, zero_relevant)
     check_method_setup(method, dataset, bits=bits, params=params, database=database,
                        unpaired=unpaired)
     runs = []

@@ -118,9 +118,7 @@ class RBFAnchorFeatures:
         raws, acc = [], np.zeros(q)
         if self.center or keep_raw:
             for start, D in distance_chunks():   # D is not used again: exp in place
-                np.negative(D, out=D)
-                np.divide(D, 2.0 * self.sigma_, out=D)
-                raw = np.exp(D, out=D)
+                raw = self._phi_in_place(D)
                 if self.center:
                     acc += raw.sum(axis=0, dtype=np.float64)
                 if keep_raw:
@@ -182,11 +180,14 @@ class RBFAnchorFeatures:
             raise ValueError(_OVERFLOW)
         return D
 
-    def _raw_phi(self, Xc) -> np.ndarray:
-        D = self._sq_dist(Xc)
-        np.negative(D, out=D)               # exp(-D / (2 sigma)), in place
+    def _phi_in_place(self, D) -> np.ndarray:
+        """``exp(-D / (2 sigma))`` written over the squared distances ``D``."""
+        np.negative(D, out=D)
         np.divide(D, 2.0 * self.sigma_, out=D)
         return np.exp(D, out=D)
+
+    def _raw_phi(self, Xc) -> np.ndarray:
+        return self._phi_in_place(self._sq_dist(Xc))
 
     # ---------------------------------------------------------------- transform
     def transform(self, X) -> np.ndarray:

@@ -572,8 +572,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_plot)
 
-    from .cli_tune import add_tune_parser
-    add_tune_parser(sub, _add_data, _add_method_params)
+    from .cli_research import add_research_parsers
+    add_research_parsers(sub, _add_data, _add_method_params)
 
     p = sub.add_parser("methods", help="list methods, their presets and variants")
     p.set_defaults(func=cmd_methods)

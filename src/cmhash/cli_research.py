@@ -1,14 +1,65 @@
-"""``cmhash tune``: hyper-parameter search with Optuna (see :mod:`cmhash.tune`)."""
+"""``cmhash tune`` (Optuna search, :mod:`cmhash.tune`) and ``cmhash reproduce`` (a seed paper's
+tables rebuilt, :mod:`cmhash.reproduce`)."""
 from __future__ import annotations
 
 import json
 import sys
 from pathlib import Path
 
-__all__ = ["add_tune_parser", "cmd_tune"]
+__all__ = ["add_research_parsers", "cmd_tune", "cmd_reproduce"]
 
 
-def add_tune_parser(sub, add_data, add_method_params) -> None:
+def add_research_parsers(sub, add_data, add_method_params) -> None:
+    _add_tune(sub, add_data, add_method_params)
+    _add_reproduce(sub, add_data)
+
+
+def _add_reproduce(sub, add_data) -> None:
+    from .reproduce import PAPERS
+    p = sub.add_parser("reproduce", help="rebuild a seed paper's tables on the data given, "
+                                         "ours beside the published numbers")
+    p.add_argument("--paper", required=True, choices=list(PAPERS))
+    add_data(p)
+    p.add_argument("--seeds", type=int, default=3,
+                   help="seeds per cell (default 3; the document says how many runs the "
+                        "paper averaged)")
+    p.add_argument("--tuned", type=int, metavar="BUDGET",
+                   help="tune every row first with this many Optuna trials on validation "
+                        "splits of the training set (the same budget for every row)")
+    p.add_argument("--tune-bits", type=int, nargs="+", default=[32],
+                   help="code lengths the tuning score averages over (default 32)")
+    p.add_argument("--storage", help="Optuna storage for --tuned (default: "
+                                     "sqlite:///cmhash-tune.sqlite3)")
+    p.add_argument("--out-dir", default="reproduce",
+                   help="folder for the Markdown, JSON and figures (default: reproduce)")
+    p.add_argument("--curve-bits", type=int, help="code length of the PR / precision@K "
+                                                  "figures (default: the table's middle one)")
+    p.add_argument("--no-figures", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_reproduce)
+
+
+def cmd_reproduce(args):
+    from .cli import _load_data
+    from .reproduce import reproduce, reproduce_markdown
+
+    out = Path(args.out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out-dir {str(out)!r} exists and is not a directory")
+    if args.tuned is not None and args.tuned < 1:
+        raise ValueError(f"--tuned must be a positive number of trials, got {args.tuned}")
+    ds = _load_data(args)
+    doc = reproduce(args.paper, ds, seeds=args.seeds, tuned=args.tuned,
+                    tune_bits=args.tune_bits, storage=args.storage, out_dir=out,
+                    figures=not args.no_figures, curve_bits=args.curve_bits,
+                    verbose=not args.quiet, dataset_source=args.data)
+    print(reproduce_markdown(doc))
+    print(f"written: {out / ('reproduce-' + args.paper + '.md')}, "
+          f"{out / ('reproduce-' + args.paper + '.json')}"
+          + (f" and {len(doc['figures'])} figures" if doc["figures"] else ""))
+
+
+def _add_tune(sub, add_data, add_method_params) -> None:
     p = sub.add_parser("tune", help="hyper-parameter search (Optuna TPE + pruning) on "
                                     "validation splits of the training set")
     p.add_argument("--method", required=True)

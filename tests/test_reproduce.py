@@ -1,14 +1,13 @@
 """cmhash reproduce: a seed paper's tables rebuilt, every row run or listed."""
 import json
-from pathlib import Path
 
 import pytest
+from conftest import WIKI
 
 import cmhash.reproduce as rep
 from cmhash.data import load_dataset
 from cmhash.reproduce import paper_tables, reproduce, reproduce_markdown, resolve_row
 
-WIKI = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "wiki" / "wiki_data.mat"
 
 
 def test_resolve_row_names():

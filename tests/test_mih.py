@@ -122,6 +122,32 @@ def test_distinct_code_option_and_massive_ties(mih_only, distinct):
     assert index._mih.tables.u == (3000 if distinct is False else 3)
 
 
+def test_small_blocks_and_large_k(mih_only, monkeypatch):
+    # write-out of distinct codes in blocks of a few items, a few queries per batch
+    monkeypatch.setattr(mih, "EXPAND_BLOCK", 3)
+    monkeypatch.setattr(mih, "KEPT_BLOCK", 150)
+    rng = np.random.default_rng(11)
+    classes = random_codes(rng, 5, 24)
+    B = learned_like_codes(rng, classes, 1500, flip_bits=0.5)
+    Q = np.concatenate([classes, learned_like_codes(rng, classes, 6, flip_bits=2)])
+    index = mih_index(B)
+    index._mih.tables = mih.MIHTables(index._buf[:1500], 24, distinct=True)
+    batches = []
+    search = mih.MIHTables.search          # (the fixture's wrapper)
+    monkeypatch.setattr(mih.MIHTables, "search",
+                        lambda self, q, *a: (batches.append(len(q)), search(self, q, *a))[1])
+    for k in (1, 7, 60, 700):
+        batches.clear()
+        assert_same(index.search(Q, k), scan_search(B, Q, k))
+        assert max(batches) == max(1, min(150 // k, 6))  # batch x k <= KEPT_BLOCK
+    # k above MIH_MAX_K is scanned, whatever knn says
+    monkeypatch.setattr(mih, "MIH_MAX_K", 50)
+    calls = []
+    monkeypatch.setattr(mih, "index_search", lambda *a: calls.append(1))
+    assert_same(index.search(Q, 51), scan_search(B, Q, 51))
+    assert not calls
+
+
 def test_fallback_to_the_scan_gives_the_same_results(monkeypatch):
     # a tiny work budget hands most random-code queries back to the scan
     monkeypatch.setattr(mih, "MIH_MAX_WORK", 0.05)

@@ -65,8 +65,15 @@ AUTO_MIH_MAX_BITS = 64
 #: ski-rental rule: building costs about as much as scanning this many queries, both grow
 #: linearly with the number of codes; see docs/search.md).
 AUTO_MIH_BUILD_QUERIES = 250
-#: Queries per MIH batch (one vectorised search; batches run on the index's threads).
+#: Queries per MIH batch (one vectorised search; batches run on the index's threads) ...
 QUERY_BATCH = 256
+#: ... and at most this many kept (query, candidate) pairs per batch (``batch x k``).
+KEPT_BLOCK = 2**20
+#: MIH answers k <= MIH_MAX_K only (it keeps k candidates per query and, with distinct
+#: codes, expands up to k (k + 1) / 2 items per query); larger k are scanned.
+MIH_MAX_K = 1024
+#: Items expanded at a time when writing out queries over distinct codes.
+EXPAND_BLOCK = 2**20
 
 #: Longest substring (bits): a table has ``2**b + 1`` offsets, so this bounds its size.
 MAX_SUBSTRING_BITS = 24
@@ -120,13 +127,13 @@ class KnnState:
 def choose_mih(index, m: int, k: int) -> bool:
     """Whether ``index.search`` answers ``m`` queries' top-``k`` by MIH (``index.knn``).
 
-    ``"mih"``: always (fewer than 2**31 codes). ``"auto"``: when :func:`mih_eligible`, ``k``
+    ``"mih"``: always (fewer than 2**31 codes, ``k <= MIH_MAX_K``). ``"auto"``: when :func:`mih_eligible`, ``k``
     is below any ``k`` at which a previous MIH search of this index handed more than half of
     its queries back to the scan (:data:`MIH_MAX_WORK`), and the tables exist or the eligible
     queries scanned so far (this call's included) reach :data:`AUTO_MIH_BUILD_QUERIES`.
     """
     state = index._mih
-    if index.knn == "scan" or index.ntotal >= 2**31:
+    if index.knn == "scan" or index.ntotal >= 2**31 or k > MIH_MAX_K:
         return False
     if index.knn == "mih":
         return True
@@ -147,7 +154,7 @@ def index_search(index, q: np.ndarray, k: int, D_out: np.ndarray, I_out: np.ndar
     if state.tables is None:
         state.tables = MIHTables(index._buf[:index.ntotal], index.n_bits)
     tables, words, m = state.tables, index._words, len(q)
-    size = max(1, min(QUERY_BATCH, -(-m // index._threads())))
+    size = max(1, min(QUERY_BATCH, KEPT_BLOCK // k, -(-m // index._threads())))
     batches = [(i, min(m, i + size)) for i in range(0, m, size)]
 
     def work(batch):
@@ -475,18 +482,26 @@ class MIHTables:
             D_out[rows] = d.reshape(-1, k)
             I_out[rows] = code.reshape(-1, k)
             return
-        # expand each code into its first min(k, count) items, keep each row's k best
+        # Expand the code of rank j (in (d, first item) order) into its first k - j items:
+        # the first items of the j codes before it precede all of its items. Then keep each
+        # row's k best (d, item); rows are expanded in blocks of about EXPAND_BLOCK items.
         start = self.item_offsets[code]
-        cnt = np.minimum(self.item_offsets[code + 1] - start, k)
-        ends = np.cumsum(cnt)
-        pos = np.arange(int(ends[-1]), dtype=np.int64)
-        pos += np.repeat(start - (ends - cnt), cnt)
-        items = self.item_ids[pos].astype(np.int64)
-        best = _keep_k_smallest(st.pack(np.repeat(row, cnt), np.repeat(d, cnt), items,
-                                        ids=self.n), st.group_of(self.n), k)
-        _, d, items = st.unpack(best, ids=self.n)
-        D_out[rows] = d.reshape(-1, k)
-        I_out[rows] = items.reshape(-1, k)
+        cnt = np.minimum(self.item_offsets[code + 1] - start, k - _ranks(row))
+        per_row = np.bincount(row, weights=cnt, minlength=st.hist.shape[0])[rows]
+        block = (np.cumsum(per_row) - per_row) // EXPAND_BLOCK
+        cuts = np.searchsorted(row, rows[np.r_[0, np.flatnonzero(np.diff(block)) + 1]])
+        for c0, c1 in zip(cuts, np.r_[cuts[1:], len(row)]):
+            c = cnt[c0:c1]
+            ends = np.cumsum(c)
+            pos = np.arange(int(ends[-1]), dtype=np.int64)
+            pos += np.repeat(start[c0:c1] - (ends - c), c)
+            items = self.item_ids[pos].astype(np.int64)
+            best = _keep_k_smallest(st.pack(np.repeat(row[c0:c1], c), np.repeat(d[c0:c1], c),
+                                            items, ids=self.n), st.group_of(self.n), k)
+            brow, bd, bitems = st.unpack(best, ids=self.n)
+            done_rows = brow[::k]
+            D_out[done_rows] = bd.reshape(-1, k)
+            I_out[done_rows] = bitems.reshape(-1, k)
 
 
 class _BatchState:
@@ -548,12 +563,15 @@ class _BatchState:
         return out
 
 
+def _ranks(rows: np.ndarray) -> np.ndarray:
+    """Position of each element inside its run of equal values of the sorted ``rows``."""
+    start = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])
+    return np.arange(len(rows)) - np.repeat(start, np.diff(np.r_[start, len(rows)]))
+
+
 def _keep_k_smallest(keys: np.ndarray, group: np.int64, k: int) -> np.ndarray:
     """``keys`` (``row * group + ...``) sorted and cut to the ``k`` smallest of each row."""
     keys = np.sort(keys)
     if len(keys) <= k:
         return keys
-    rows = keys // group
-    start = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])
-    rank = np.arange(len(keys)) - np.repeat(start, np.diff(np.r_[start, len(keys)]))
-    return keys[rank < k]
+    return keys[_ranks(keys // group) < k]

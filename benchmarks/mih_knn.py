@@ -25,6 +25,7 @@ import os
 import platform
 import sys
 import time
+import tracemalloc
 
 import numpy as np
 
@@ -49,12 +50,14 @@ def make_codes(rng, n, bits, kind, class_codes, flip_bits):
 
 
 def best_time(fn, repeat):
-    best, out = np.inf, None
+    """Best wall time and best process CPU time (all threads) over ``repeat`` runs."""
+    best, best_cpu, out = np.inf, np.inf, None
     for _ in range(repeat):
-        t = time.perf_counter()
+        c, t = time.process_time(), time.perf_counter()
         out = fn()
         best = min(best, time.perf_counter() - t)
-    return best, out
+        best_cpu = min(best_cpu, time.process_time() - c)
+    return best, best_cpu, out
 
 
 def main(argv=None):
@@ -83,8 +86,9 @@ def main(argv=None):
         res["faiss"] = faiss.__version__
     print(f"bits={args.bits} queries={args.queries} cpus={cpus} numpy={np.__version__} "
           f"loadavg={os.getloadavg()[0]:.2f}")
-    print(f"{'data':<10s} {'n':>9s} {'k':>4s} {'numpy scan':>11s} {'faiss scan':>11s} "
-          f"{'MIH':>9s} {'MIH/numpy':>9s} {'scanned':>8s}   (queries/s)")
+    print("queries/s (wall clock), and in brackets queries per CPU-second (all threads)")
+    print(f"{'data':<10s} {'n':>9s} {'k':>4s} {'numpy scan':>18s} {'faiss scan':>18s} "
+          f"{'MIH':>18s} {'MIH/numpy':>9s} {'scanned':>8s}")
     for kind in args.data:
         for n in args.n:
             rng = np.random.default_rng(args.seed)
@@ -95,15 +99,20 @@ def main(argv=None):
             scan.add(db, packed=True)
             fast = HammingIndex(args.bits, "numpy", knn="mih")
             fast.add(db, packed=True)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
+            tracemalloc.start()
             fast._mih.tables = mih.MIHTables(fast._buf[:n], args.bits)
-            build = time.perf_counter() - t0
+            build_peak = tracemalloc.get_traced_memory()[1]
+            tracemalloc.stop()
+            build, build_cpu = time.perf_counter() - t0, time.process_time() - c0
             tables = fast._mih.tables
-            run = {"data": kind, "n": n, "build_seconds": build,
+            run = {"data": kind, "n": n, "build_seconds": build, "build_cpu_seconds": build_cpu,
+                   "build_peak_mib": build_peak / 2**20,
                    "tables_mib": tables.nbytes / 2**20, "distinct_codes": tables.u,
                    "indexed_distinct": tables.codes is not None,
                    "substrings": tables.substrings, "k": {}}
-            print(f"  {kind} n={n}: MIH tables built in {build:.1f} s, "
+            print(f"  {kind} n={n}: MIH tables built in {build:.1f} s ({build_cpu:.1f} s CPU, "
+                  f"peak {build_peak / 2**20:.0f} MiB), "
                   f"{tables.nbytes / 2**20:.0f} MiB, {len(tables.substrings)} substrings of "
                   f"{[b for _, b in tables.substrings]} bits over {tables.u} "
                   f"{'distinct codes' if tables.codes is not None else 'codes'}")
@@ -114,13 +123,13 @@ def main(argv=None):
             del db
             m = args.queries
             for k in args.k:
-                t_scan, ref = best_time(lambda: scan.search(q, k, packed=True), args.repeat)
-                rec = {"numpy_scan_qps": m / t_scan}
+                t, c, ref = best_time(lambda: scan.search(q, k, packed=True), args.repeat)
+                rec = {"numpy_scan_qps": m / t, "numpy_scan_qps_cpu": m / c}
                 if fx is not None:
-                    t_f, out = best_time(lambda: fx.search(q, k, packed=True), args.repeat)
+                    t, c, out = best_time(lambda: fx.search(q, k, packed=True), args.repeat)
                     assert all(np.array_equal(a, b) for a, b in zip(out, ref)), \
                         "faiss scan differs from the numpy scan"
-                    rec["faiss_scan_qps"] = m / t_f
+                    rec["faiss_scan_qps"], rec["faiss_scan_qps_cpu"] = m / t, m / c
                 scanned = []
                 orig = fast._scan_search
 
@@ -129,17 +138,22 @@ def main(argv=None):
                     return orig(qq, *a)
 
                 fast._scan_search = counting
-                t_m, out = best_time(lambda: (scanned.clear(), fast.search(q, k, packed=True))[1],
-                                     args.repeat)
+                t, c, out = best_time(lambda: (scanned.clear(),
+                                               fast.search(q, k, packed=True))[1], args.repeat)
                 del fast._scan_search
                 assert all(np.array_equal(a, b) for a, b in zip(out, ref)), \
                     "MIH k-NN differs from the numpy scan"
-                rec["mih_qps"] = m / t_m
+                rec["mih_qps"], rec["mih_qps_cpu"] = m / t, m / c
                 rec["mih_scanned_share"] = sum(scanned) / m
                 run["k"][k] = rec
-                fq = f"{rec['faiss_scan_qps']:>11.0f}" if fx is not None else f"{'-':>11s}"
-                print(f"{kind:<10s} {n:>9d} {k:>4d} {rec['numpy_scan_qps']:>11.0f} {fq} "
-                      f"{rec['mih_qps']:>9.0f} {rec['mih_qps'] / rec['numpy_scan_qps']:>8.1f}x "
+
+                def cell(name):
+                    if name + "_qps" not in rec:
+                        return f"{'-':>18s}"
+                    return f"{rec[name + '_qps']:>8.0f} ({rec[name + '_qps_cpu']:>7.0f})"
+
+                print(f"{kind:<10s} {n:>9d} {k:>4d} {cell('numpy_scan')} {cell('faiss_scan')} "
+                      f"{cell('mih')} {rec['mih_qps'] / rec['numpy_scan_qps']:>8.1f}x "
                       f"{100 * rec['mih_scanned_share']:>7.0f}%", flush=True)
             res["runs"].append(run)
             del scan, fast, fx, tables

@@ -29,8 +29,8 @@ Differences from the paper (none changes a result):
   A search then ranks distinct codes by ``(distance, number)`` = ``(distance, first item)``:
   the first ``k`` items of the database lie in the first ``k`` codes of that order (each code
   before a code ``c`` contributes an item that precedes every item of ``c``), so keeping the
-  ``k`` best codes and expanding each into its first ``k`` items gives the exact answer, and a
-  bucket of 100,000 copies of one code costs one distance. Counts (the stopping rule) weigh
+  ``k`` best codes and expanding the one of rank ``j`` into its first ``k - j`` items gives
+  the exact answer, and a bucket of 100,000 copies of one code costs one distance. Counts (the stopping rule) weigh
   every code by its number of items. Without many duplicates each item is its own code.
 * **No visited set.** A candidate with substring distances ``d_j`` is first reached at step
   ``min_j (d_j, j)`` (``s`` first), so it is kept only at that step; its full distance is

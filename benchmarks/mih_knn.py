@@ -31,6 +31,7 @@ import numpy as np
 
 from cmhash import mih
 from cmhash.index import HammingIndex, faiss_available
+from search_speed import best_time            # (benchmarks/ is on the path of a script)
 
 BLOCK = 1 << 16                 # rows generated at a time (float temporaries)
 
@@ -47,17 +48,6 @@ def make_codes(rng, n, bits, kind, class_codes, flip_bits):
             bitsb = cls ^ (rng.random((i1 - i0, bits)) < flip_bits / bits)
         out[i0:i1] = np.packbits(bitsb, axis=1, bitorder="big")
     return out
-
-
-def best_time(fn, repeat):
-    """Best wall time and best process CPU time (all threads) over ``repeat`` runs."""
-    best, best_cpu, out = np.inf, np.inf, None
-    for _ in range(repeat):
-        c, t = time.process_time(), time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t)
-        best_cpu = min(best_cpu, time.process_time() - c)
-    return best, best_cpu, out
 
 
 def main(argv=None):

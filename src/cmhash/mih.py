@@ -56,15 +56,15 @@ __all__ = ["MIHTables", "plan_substrings", "flip_masks", "mih_eligible", "KNN_MO
 #: Values of :class:`~cmhash.index.HammingIndex`'s ``knn`` option.
 KNN_MODES = ("auto", "mih", "scan")
 #: knn="auto" uses MIH from this many codes on ...
-AUTO_MIH_MIN_CODES = 2**20
+AUTO_MIH_MIN_CODES = 1_000_000
 #: ... for k up to this ...
 AUTO_MIH_MAX_K = 100
 #: ... and codes of at most this many bits (see docs/search.md for the measurements).
 AUTO_MIH_MAX_BITS = 64
 #: knn="auto" builds the tables once this many eligible queries have been scanned (a
-#: ski-rental rule: building costs about as much as scanning this many queries, both grow
-#: linearly with the number of codes; see docs/search.md).
-AUTO_MIH_BUILD_QUERIES = 250
+#: ski-rental rule: building took the CPU time of 60-155 scanned queries at 1M and 10M
+#: 64-bit codes; see docs/search.md).
+AUTO_MIH_BUILD_QUERIES = 150
 #: Queries per MIH batch (one vectorised search; batches run on the index's threads) ...
 QUERY_BATCH = 256
 #: ... and at most this many kept (query, candidate) pairs per batch (``batch x k``).

@@ -30,8 +30,9 @@ Differences from the paper (none changes a result):
   the first ``k`` items of the database lie in the first ``k`` codes of that order (each code
   before a code ``c`` contributes an item that precedes every item of ``c``), so keeping the
   ``k`` best codes and expanding the one of rank ``j`` into its first ``k - j`` items gives
-  the exact answer, and a bucket of 100,000 copies of one code costs one distance. Counts (the stopping rule) weigh
-  every code by its number of items. Without many duplicates each item is its own code.
+  the exact answer, and a bucket of 100,000 copies of one code costs one distance. Counts
+  (the stopping rule) weigh every code by its number of items. Without many duplicates each
+  item is its own code.
 * **No visited set.** A candidate with substring distances ``d_j`` is first reached at step
   ``min_j (d_j, j)`` (``s`` first), so it is kept only at that step; its full distance is
   ``sum_j d_j`` (the substrings cover every bit).
@@ -46,10 +47,14 @@ Differences from the paper (none changes a result):
 """
 from __future__ import annotations
 
+import logging
 import math
+import time
 from functools import lru_cache
 
 import numpy as np
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["MIHTables", "plan_substrings", "flip_masks", "mih_eligible", "KNN_MODES"]
 
@@ -127,10 +132,11 @@ class KnnState:
 def choose_mih(index, m: int, k: int) -> bool:
     """Whether ``index.search`` answers ``m`` queries' top-``k`` by MIH (``index.knn``).
 
-    ``"mih"``: always (fewer than 2**31 codes, ``k <= MIH_MAX_K``). ``"auto"``: when :func:`mih_eligible`, ``k``
-    is below any ``k`` at which a previous MIH search of this index handed more than half of
-    its queries back to the scan (:data:`MIH_MAX_WORK`), and the tables exist or the eligible
-    queries scanned so far (this call's included) reach :data:`AUTO_MIH_BUILD_QUERIES`.
+    ``"mih"``: always (for fewer than 2**31 codes and ``k <= MIH_MAX_K``). ``"auto"``: when
+    :func:`mih_eligible`, ``k`` is below any ``k`` at which a previous MIH search of this
+    index handed more than half of its queries back to the scan (:data:`MIH_MAX_WORK`), and
+    the tables exist or the eligible queries scanned so far (this call's included) reach
+    :data:`AUTO_MIH_BUILD_QUERIES`.
     """
     state = index._mih
     if index.knn == "scan" or index.ntotal >= 2**31 or k > MIH_MAX_K:
@@ -152,7 +158,13 @@ def index_search(index, q: np.ndarray, k: int, D_out: np.ndarray, I_out: np.ndar
     (building its tables if needed); queries MIH hands back are scanned."""
     state = index._mih
     if state.tables is None:
+        t0 = time.perf_counter()
         state.tables = MIHTables(index._buf[:index.ntotal], index.n_bits)
+        logger.info("multi-index hashing: %d tables (%s bits) over %d %scodes built in "
+                    "%.1f s, %.0f MiB", state.tables.m,
+                    "/".join(str(b) for _, b in state.tables.substrings), state.tables.u,
+                    "distinct " if state.tables.codes is not None else "",
+                    time.perf_counter() - t0, state.tables.nbytes / 2**20)
     tables, words, m = state.tables, index._words, len(q)
     size = max(1, min(QUERY_BATCH, KEPT_BLOCK // k, -(-m // index._threads())))
     batches = [(i, min(m, i + size)) for i in range(0, m, size)]

@@ -332,3 +332,22 @@ def test_tables_are_compact_csr():
         bucket = ids[offsets[v]:offsets[v + 1]]
         np.testing.assert_array_equal(bucket, np.flatnonzero(keys == v))
     assert tables.nbytes == sum(4 * 4000 + 4 * (2**b + 1) for _, b in tables.substrings)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["random", "learned"])
+def test_mih_knn_identical_to_scan_at_scale(kind):
+    # the default work budget and table plan at a size where MIH pays on learned codes
+    rng = np.random.default_rng(12)
+    n, r = 400_000, 64
+    if kind == "random":
+        B, Q = random_codes(rng, n, r), random_codes(rng, 60, r)
+    else:
+        classes = random_codes(rng, 24, r)
+        B = learned_like_codes(rng, classes, n, flip_bits=2)
+        Q = learned_like_codes(rng, classes, 60, flip_bits=2)
+    Q[:5] = B[:5]
+    index = mih_index(B)
+    for k in (1, 10, 100):
+        assert_same(index.search(Q, k), scan_search(B, Q, k))
+    assert (index._mih.tables.codes is not None) == (kind == "learned")

@@ -288,6 +288,7 @@ def test_vggf_mat_loads_in_every_layout(vggf_files, layout):
     assert norm.resize == 256                                  # imageSize + border
     np.testing.assert_array_equal(norm.mean, meta["normalization"]["averageImage"].transpose(2, 0, 1))
     np.testing.assert_array_equal(norm.std, np.ones(3))
+    assert normalization_for({"kind": "cnnf"}, files[layout]) == norm   # reads meta only
 
 
 def test_vggf_dagnn_and_simplenn_give_the_same_network(vggf_files):
@@ -572,6 +573,10 @@ def test_sdch_applies_the_normalisation_of_vggf_weights_and_saves_it(vggf_files,
     loaded = cmhash.load(path)
     assert loaded.input_normalization_ == norm
     assert np.array_equal(loaded.encode(X, "image"), m.encode(X, "image"))
+    # images given as [0, 1] values are spotted (the weights expect 0-255 pixels)
+    with pytest.warns(UserWarning, match=r"look like \[0, 1\] values"):
+        cmhash.make_hasher("sdch", image_weights=files["dagnn"], **kw)._fit_standardization(
+            [X / 255.0, T])
     # without weights SDCH feeds raw pixels, as before
     raw = cmhash.make_hasher("sdch", **kw)
     raw._fit_standardization([X, T])

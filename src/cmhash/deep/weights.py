@@ -186,10 +186,12 @@ def normalization_for(spec: dict, weights_path, source: str = "auto"):
     if source not in SOURCES:
         raise ValueError(f"unknown weights source {source!r}; choose one of {list(SOURCES)}")
     if source == "matconvnet" or (source == "auto" and path.suffix.lower() == ".mat"):
-        mat = _loadmat(path, variable_names=("meta", "normalization", "layers"))
-        if "layers" not in mat and "meta" not in mat and "normalization" not in mat:
-            mat = _loadmat(path, variable_names=("net",))
-        root = _matconvnet_root(mat, path)
+        names = {name for name, _, _ in _whosmat(path)}
+        if names and not names & {"layers", "meta", "normalization", "net"}:
+            raise ValueError(f"{path} is not a MatConvNet model: no 'layers', 'meta' or 'net' "
+                             f"variable (variables: {sorted(names)})")
+        wanted = ("meta", "normalization") if names & {"layers", "meta"} else ("net",)
+        root = _matconvnet_root(_loadmat(path, variable_names=wanted), path)
         weights = PretrainedWeights(path, "matconvnet", "", _matconvnet_normalization(root, path))
     else:
         weights = read_weights(path, source)
@@ -334,6 +336,19 @@ def _loadmat(path: Path, variable_names=None) -> dict:
         raise ValueError(f"{path} is a MATLAB v7.3 (HDF5) file, which the MatConvNet reader "
                          f"does not read: load it in MATLAB and save it with "
                          f"save(file, '-struct', 'net', '-v7')") from exc
+    except Exception as exc:
+        raise ValueError(f"could not read {path} as a MATLAB .mat file (MatConvNet model such "
+                         f"as imagenet-vgg-f.mat): {type(exc).__name__}: {exc}") from exc
+
+
+def _whosmat(path: Path) -> list:
+    """The variables of a .mat file (name, shape, class) without reading their values."""
+    import scipy.io
+
+    try:
+        return scipy.io.whosmat(str(path))
+    except NotImplementedError:
+        return []        # v7.3: _loadmat names the problem
     except Exception as exc:
         raise ValueError(f"could not read {path} as a MATLAB .mat file (MatConvNet model such "
                          f"as imagenet-vgg-f.mat): {type(exc).__name__}: {exc}") from exc

@@ -498,6 +498,12 @@ def test_wrong_layouts_missing_layers_and_mismatched_shapes_are_named(vggf_files
     _write_simplenn(stride1, bad, meta)
     with pytest.raises(ValueError, match=r"stride \(1, 1\) differs from conv1's \(4, 4\)"):
         load_weights(CNNF(16, fc_dim=FC), stride1)
+    # a layer type CNN-F / AlexNet do not have (a batch-normalised variant, say)
+    bnorm = tmp_path / "bnorm.mat"
+    _write_simplenn(bnorm, layers[:1] + [{"name": "bn1", "type": "bnorm"}] + layers[1:], meta)
+    with pytest.raises(ValueError, match="layer 'bn1' has type 'bnorm', which the CNN-F / "
+                                         "AlexNet layout does not have"):
+        read_weights(bnorm)
     # a DagNN layer whose parameter is not in params
     dag = tmp_path / "dag.mat"
     _write_dagnn(dag, layers, meta, rng, drop_params=("conv1f", "conv1b"))

@@ -24,6 +24,7 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
+from .._validation import _caller_stacklevel
 from ..base import CrossModalHasher
 from ..solvers import sign
 from .backbones import LEGACY_LRN, build_backbone
@@ -165,7 +166,7 @@ class TorchHasher(CrossModalHasher):
         if X.dtype.kind == "f" and X.size and float(np.max(X)) <= 1.0:
             warnings.warn(f"the images look like [0, 1] values (max {float(np.max(X)):.3g}); "
                           f"the {weights.source} weights' normalisation expects 0-255 RGB "
-                          f"pixels", UserWarning, stacklevel=4)
+                          f"pixels", UserWarning, stacklevel=_caller_stacklevel())
         return weights.normalization
 
     def _prepare(self, X, m):

@@ -29,7 +29,6 @@ from here. Nothing is ever downloaded.
 from __future__ import annotations
 
 import numpy as np
-import torch
 from torch import nn
 from torch.nn import functional as F
 

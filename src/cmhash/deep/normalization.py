@@ -64,7 +64,8 @@ class InputNormalization:
             raise ValueError(f"std must be one positive value or one per channel ({channels}); "
                              f"got {std.tolist()}")
         if float(scale) not in (1.0, 255.0):
-            raise ValueError(f"scale must be 255 (0-255 pixels) or 1 ([0, 1] pixels), got {scale!r}")
+            raise ValueError(f"scale must be 255 (0-255 pixels) or 1 ([0, 1] pixels), got "
+                             f"{scale!r}")
         self.mean, self.std, self.scale = mean, std, float(scale)
         self.size = None if size is None else tuple(int(s) for s in size)
         if self.size is not None and (len(self.size) != 2 or min(self.size) <= 0):

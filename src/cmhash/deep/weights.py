@@ -2,13 +2,13 @@
 
 Sources (``source=``; ``"auto"`` decides from the file):
 
-* ``"matconvnet"`` -- a MatConvNet model ``.mat`` (``imagenet-vgg-f.mat``, ``imagenet-caffe-alex.mat``)
-  in either layout. SimpleNN: a ``layers`` cell array of structs (``name``, ``type``; for
-  ``type = 'conv'`` the cell ``weights = {filters H x W x Cin x Cout, biases Cout x 1}``, older
-  files ``filters`` / ``biases``; ``'normalize'`` / ``'lrn'`` layers with
-  ``param = [N kappa alpha beta]``). DagNN (``dagnn.DagNN.saveobj``): a ``layers`` struct array
-  with ``name``, ``type`` ('dagnn.Conv', 'dagnn.LRN', ...), ``inputs``, ``outputs``, ``params``
-  (cell of parameter names) and ``block`` (the block's properties: ``size``, ``pad``,
+* ``"matconvnet"`` -- a MatConvNet model ``.mat`` (``imagenet-vgg-f.mat``,
+  ``imagenet-caffe-alex.mat``) in either layout. SimpleNN: a ``layers`` cell array of structs
+  (``name``, ``type``; for ``type = 'conv'`` the cell ``weights = {filters H x W x Cin x Cout,
+  biases Cout x 1}``, older files ``filters`` / ``biases``; ``'normalize'`` / ``'lrn'`` layers
+  with ``param = [N kappa alpha beta]``). DagNN (``dagnn.DagNN.saveobj``): a ``layers`` struct
+  array with ``name``, ``type`` ('dagnn.Conv', 'dagnn.LRN', ...), ``inputs``, ``outputs``,
+  ``params`` (cell of parameter names) and ``block`` (the block's properties: ``size``, ``pad``,
   ``stride``; LRN ``param``), and a ``params`` struct array with ``name`` and ``value``. Either
   may sit at the top level of the file or inside a ``net`` variable. The input normalisation is
   ``meta.normalization`` (``normalization`` in files before MatConvNet beta17):
@@ -70,9 +70,8 @@ _CAFFE_LRN = (5, 1e-4, 0.75, 1.0)
 _TV_ALEXNET_NAMES = {"features.0": "conv1", "features.3": "conv2", "features.6": "conv3",
                      "features.8": "conv4", "features.10": "conv5", "classifier.1": "fc6",
                      "classifier.4": "fc7", "classifier.6": "fc8"}
-#: MatConvNet layer types that carry no parameters the CNN-F / AlexNet layout lacks
-_MCN_PASSIVE = {"relu", "pool", "dropout", "softmax", "softmaxloss", "loss", "dagnn.relu",
-                "dagnn.pooling", "dagnn.dropout", "dagnn.softmax", "dagnn.loss"}
+#: MatConvNet layer types (SimpleNN's, and DagNN's without "dagnn.") without parameters
+_MCN_PASSIVE = {"relu", "pool", "pooling", "dropout", "softmax", "softmaxloss", "loss"}
 
 
 # ------------------------------------------------------------------------- the result
@@ -475,12 +474,13 @@ def _simplenn_layers(root, path):
         raise ValueError(f"{path}: 'layers' is not a cell array of structs (SimpleNN layout)")
     for i, layer in enumerate(cell.ravel()):
         layer = _unwrap(layer)
-        kind = _mat_str(_mat_field(layer, "type")).lower()
+        kind = _mat_str(_mat_field(layer, "type"))
         name = _mat_str(_mat_field(layer, "name")) or f"layer{i + 1}"
         where = f"{path}: layer {name!r}"
         if not kind:
             raise ValueError(f"{where} has no 'type': not a MatConvNet SimpleNN layer")
-        if kind == "conv":
+        role = _layer_role(kind, where)
+        if role == "conv":
             w = _mat_field(layer, "weights")
             if w is not None:
                 w = np.asarray(w, dtype=object).ravel()
@@ -493,12 +493,22 @@ def _simplenn_layers(root, path):
                 raise ValueError(f"{where} (conv) has neither 'weights' nor 'filters'")
             convs.append(_conv_from_mat(name, filt, bias, _mat_field(layer, "stride"),
                                         _mat_field(layer, "pad"), where))
-        elif kind in ("normalize", "lrn"):
+        elif role == "lrn":
             lrns.append(_lrn_param(_mat_field(layer, "param"), where))
-        elif kind not in _MCN_PASSIVE:
-            raise ValueError(f"{where} has type {kind!r}, which the CNN-F / AlexNet layout does "
-                             f"not have")
     return convs, lrns
+
+
+def _layer_role(kind: str, where) -> str:
+    """"conv", "lrn" or "" (no parameters) for a SimpleNN type ('conv', 'normalize', ...) or a
+    DagNN class ('dagnn.Conv', 'dagnn.LRN', ...); other types are not in CNN-F / AlexNet."""
+    base = kind.lower().removeprefix("dagnn.")
+    if base == "conv":
+        return "conv"
+    if base in ("lrn", "normalize"):
+        return "lrn"
+    if base in _MCN_PASSIVE:
+        return ""
+    raise ValueError(f"{where} has type {kind!r}, which the CNN-F / AlexNet layout does not have")
 
 
 def _dagnn_layers(root, path):
@@ -515,15 +525,15 @@ def _dagnn_layers(root, path):
         if not hasattr(layer, "_fieldnames") or "block" not in layer._fieldnames:
             raise ValueError(f"{path}: 'layers' entry {i + 1} is not a DagNN layer struct (it "
                              f"needs name, type, inputs, outputs, params, block)")
-        layers.append({"name": _mat_str(layer.name), "type": _mat_str(layer.type).lower(),
+        layers.append({"name": _mat_str(layer.name), "type": _mat_str(layer.type),
                        "inputs": _mat_strings(layer.inputs),
                        "outputs": _mat_strings(layer.outputs),
                        "params": _mat_strings(layer.params), "block": _unwrap(layer.block)})
     convs, lrns = [], []
     for layer in _topological(layers, path):
         where = f"{path}: layer {layer['name']!r}"
-        kind, block = layer["type"], layer["block"]
-        if kind == "dagnn.conv":
+        role, block = _layer_role(layer["type"], where), layer["block"]
+        if role == "conv":
             missing = [p for p in layer["params"] if p not in params]
             if not layer["params"] or missing:
                 raise ValueError(f"{where} refers to parameter(s) {missing or '(none)'} that are "
@@ -533,11 +543,8 @@ def _dagnn_layers(root, path):
                                         values[1] if len(values) > 1 else None,
                                         _mat_field(block, "stride"), _mat_field(block, "pad"),
                                         where))
-        elif kind == "dagnn.lrn":
+        elif role == "lrn":
             lrns.append(_lrn_param(_mat_field(block, "param"), where))
-        elif kind not in _MCN_PASSIVE:
-            raise ValueError(f"{where} has type {kind!r}, which the CNN-F / AlexNet layout does "
-                             f"not have")
     return convs, lrns
 
 

@@ -37,6 +37,7 @@ _REGISTRY: dict[str, str] = {
     "ascmh": "cmhash.methods.ascmh:ASCMH",
     "asfoh": "cmhash.methods.asfoh:ASFOH",
     "amsh": "cmhash.methods.amsh:AMSH",
+    "gsph": "cmhash.methods.gsph:GSPH",
     "ta-adcmh": "cmhash.deep.ta_adcmh:TAADCMH",
     "sdch": "cmhash.deep.sdch:SDCH",
 }

@@ -38,6 +38,7 @@ _REGISTRY: dict[str, str] = {
     "asfoh": "cmhash.methods.asfoh:ASFOH",
     "amsh": "cmhash.methods.amsh:AMSH",
     "gsph": "cmhash.methods.gsph:GSPH",
+    "fsh": "cmhash.methods.fsh:FSH",
     "ta-adcmh": "cmhash.deep.ta_adcmh:TAADCMH",
     "sdch": "cmhash.deep.sdch:SDCH",
 }

@@ -39,6 +39,8 @@ _REGISTRY: dict[str, str] = {
     "amsh": "cmhash.methods.amsh:AMSH",
     "gsph": "cmhash.methods.gsph:GSPH",
     "fsh": "cmhash.methods.fsh:FSH",
+    "seph-km": "cmhash.methods.seph:SePHKM",
+    "seph-rnd": "cmhash.methods.seph:SePHRnd",
     "ta-adcmh": "cmhash.deep.ta_adcmh:TAADCMH",
     "sdch": "cmhash.deep.sdch:SDCH",
 }

@@ -60,7 +60,7 @@ def test_dcc_step_is_the_exact_column_minimiser():
     Yn = normalize_rows(Y)
     rng = np.random.default_rng(1)
     A, B = (sign(rng.standard_normal((40, 5))).astype(float) for _ in range(2))
-    new = gsph_module._dcc_step(A, B, Yn, n_sweeps=1)
+    new = gsph_module._dcc_step(A, B, Yn, Yn, n_sweeps=1)
     expect = A.copy()
     for k in range(5):
         for i in range(40):
@@ -85,13 +85,13 @@ def test_projected_gradient_steps_stay_in_the_box_and_decrease_the_relaxed_objec
         return np.sum((6 * S - A_ @ B.T) ** 2)
 
     for _ in range(5):
-        new = gsph_module._projected_gradient_step(A, B, Yn)
+        new = gsph_module._projected_gradient_step(A, B, Yn, Yn)
         assert np.abs(new).max() <= 1.0 and relaxed(new) <= relaxed(A) + 1e-9
         A = new
     # the unprojected step (no clipping active) is exactly A - grad / (2 lambda_max)
     small = 1e-3 * rng.uniform(-1, 1, (60, 6))
     grad = 2 * small @ (B.T @ B) - 2 * 6 * S @ B
-    step = gsph_module._projected_gradient_step(small, B, Yn)
+    step = gsph_module._projected_gradient_step(small, B, Yn, Yn)
     free = np.abs(step) < 1
     assert np.allclose(step[free], (small - grad / (2 * np.linalg.eigvalsh(B.T @ B)[-1]))[free])
 
@@ -194,3 +194,29 @@ def test_memory_is_linear_in_n_no_n_by_n_matrix():
         return GSPH(8, n_anchors=30, n_iter=3, klr_max_iter=5, random_state=0)
     small, large = peak_fit_bytes(make, 2000), peak_fit_bytes(make, 8000)
     assert large < 0.05 * 8000 * 8000 * 8 and large / small < 5.5
+
+
+def test_unpaired_fit_factorises_the_cross_set_similarity():
+    """Unpaired (the paper's N-label setting): n_a image and n_b text samples with their own
+    labels, S = Ya Yb^T (n_a x n_b); the codes are coordinatewise optimal for it and the
+    objective is the explicit one."""
+    X, _, Y = make_structured(90, seed=11)
+    _, T2, Y2 = make_structured(70, seed=12)
+    m = GSPH(8, n_anchors=15, klr_max_iter=50, random_state=0).fit_unpaired([X, T2], [Y, Y2])
+    A, B = (c.astype(float) for c in m.codes_)
+    assert A.shape == (90, 8) and B.shape == (70, 8)
+    S = normalize_rows(Y) @ normalize_rows(Y2).T
+
+    def J(A_, B_):
+        return float(np.sum((S - A_ @ B_.T / 8) ** 2))
+
+    base_value = J(A, B)
+    assert m.objective_[-1] == pytest.approx(base_value, rel=1e-10)
+    for i, j in zip(range(0, 90, 7), range(8)):
+        P = A.copy()
+        P[i, j] *= -1
+        assert J(P, B) >= base_value - 1e-9 * base_value
+        Q = B.copy()
+        Q[i % 70, j] *= -1
+        assert J(A, Q) >= base_value - 1e-9 * base_value
+    assert m.encode(T2, "text").shape == (70, 8)

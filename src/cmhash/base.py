@@ -186,11 +186,11 @@ class CrossModalHasher:
         """Fit on unpaired modalities: ``views[v]`` (n_v, d_v) with its own ``labels[v]`` (n_v, c).
 
         No correspondence between the modalities' samples is assumed and n_v may differ.
-        Only methods with ``supports_unpaired = True`` (AMSH) accept it.
+        Only methods with ``supports_unpaired = True`` (AMSH, GSPH) accept it.
         """
         if not self.supports_unpaired:
             raise ValueError(f"{type(self).__name__} needs paired training data; it cannot be "
-                             f"fitted on unpaired modalities (methods that can: AMSH)")
+                             f"fitted on unpaired modalities (methods that can: AMSH, GSPH)")
         views, names = self._check_views(views, names)
         if not isinstance(labels, (list, tuple)) or len(labels) != len(views):
             raise ValueError(f"unpaired training needs one label matrix per modality: got "

@@ -2,7 +2,9 @@
 
 Two steps (row-sample convention; derivation and deviations in docs/methods/gsph.md)::
 
-    S = Yn Yn^T     cosine similarity of the label vectors (0/1 "same class" for single labels)
+    S = Ya Yb^T     cosine similarity of the label vectors (0/1 "same class" for single labels)
+                    of the image samples (Ya) and the text samples (Yb): the same samples when
+                    paired, two unrelated labelled sets when unpaired (fit_unpaired)
     step 1:  min_{A, B in {-1,+1}^{n x r}}  J(A, B) = ||S - (1/r) A B^T||_F^2
              A = image codes, B = text codes, from random signs; alternately
                A <- DCC sweeps on J(., B)     (element-wise exact updates, the paper's solver)
@@ -11,7 +13,7 @@ Two steps (row-sample convention; derivation and deviations in docs/methods/gsph
     step 2:  per modality and bit, kernel logistic regression (cmhash.logistic) of the
              modality's codes (image -> A, text -> B) on an RBF kernel of n_anchors samples
 
-``S`` is never formed: ``S X = Yn (Yn^T X)`` and ``||S||^2 = ||Yn^T Yn||^2``, so step 1 costs
+``S`` is never formed: ``S X = Ya (Yb^T X)`` and ``||S||^2 = <Ya^T Ya, Yb^T Yb>``, so step 1 costs
 O(n r (c + r)) per sweep and O(n (r + c)) memory. The authors' later code (TIP version) replaces
 the element-wise updates by projected gradient steps on the box [-1, 1]^{n x r}
 (``solver="projected_gradient"``).
@@ -31,36 +33,37 @@ from ..solvers_discrete import dcc
 __all__ = ["GSPH", "gsph_objective"]
 
 
-def gsph_objective(A, B, Yn) -> float:
-    """``||Yn Yn^T - (1/r) A B^T||_F^2`` in O(n r (r + c)) without the n x n matrices:
-    ``||Yn^T Yn||^2 - (2/r) <Yn^T A, Yn^T B> + (1/r^2) <A^T A, B^T B>``."""
+def gsph_objective(A, B, Ya, Yb=None) -> float:
+    """``||Ya Yb^T - (1/r) A B^T||_F^2`` (``Yb = Ya`` when paired) in O(n r (r + c)) without
+    the n_a x n_b matrices: ``<Ya^T Ya, Yb^T Yb> - (2/r) <Ya^T A, Yb^T B> + (1/r^2) <A^T A,
+    B^T B>``; ``Ya``, ``Yb`` the row-normalised labels of A's and B's samples."""
+    Yb = Ya if Yb is None else Yb
     A = np.asarray(A, dtype=np.float64)
     B = np.asarray(B, dtype=np.float64)
     r = A.shape[1]
-    YtY = Yn.T @ Yn
-    return float(np.sum(YtY * YtY) - 2.0 / r * np.sum((Yn.T @ A) * (Yn.T @ B))
+    return float(np.sum((Ya.T @ Ya) * (Yb.T @ Yb)) - 2.0 / r * np.sum((Ya.T @ A) * (Yb.T @ B))
                  + np.sum((A.T @ A) * (B.T @ B)) / (r * r))
 
 
-def _dcc_step(A, B, Yn, n_sweeps):
+def _dcc_step(A, B, Ya, Yb, n_sweeps):
     """Minimise J(A, B) over A (B fixed) by DCC: J = ||A W||^2 - 2 tr(A^T Q) + const with
-    ``W = B^T / r`` (so ``W W^T = B^T B / r^2``) and ``Q = S B / r = Yn (Yn^T B) / r``."""
+    ``W = B^T / r`` (so ``W W^T = B^T B / r^2``) and ``Q = S B / r = Ya (Yb^T B) / r``."""
     r = B.shape[1]
-    return dcc(A, Yn @ (Yn.T @ B) / r, B.T / r, n_sweeps=n_sweeps)[0]
+    return dcc(A, Ya @ (Yb.T @ B) / r, B.T / r, n_sweeps=n_sweeps)[0]
 
 
-def _projected_gradient_step(A, B, Yn):
+def _projected_gradient_step(A, B, Ya, Yb):
     """One step of the released code's solver on ``||r S - A B^T||^2 = r^2 J`` over A in the
     box: gradient ``2 A B^T B - 2 r S B``, step ``1 / (2 lambda_max(B^T B))``, clip to [-1, 1]."""
     r = B.shape[1]
     BtB = B.T @ B
     step = 1.0 / (2.0 * np.linalg.eigvalsh(BtB)[-1] + np.finfo(np.float64).eps)
-    grad = 2.0 * A @ BtB - 2.0 * r * (Yn @ (Yn.T @ B))
+    grad = 2.0 * A @ BtB - 2.0 * r * (Ya @ (Yb.T @ B))
     return np.clip(A - step * grad, -1.0, 1.0)
 
 
 class GSPH(TwoStepKernelHasher):
-    """GSPH (Mandal, Chaudhury, Biswas, CVPR 2017), paired two-modality version.
+    """GSPH (Mandal, Chaudhury, Biswas, CVPR 2017): paired or unpaired two-modality data.
 
     Parameters
     ----------
@@ -96,6 +99,7 @@ class GSPH(TwoStepKernelHasher):
     """
 
     name = "gsph"
+    supports_unpaired = True
     #: ``cmhash tune`` search space (cmhash.tune module doc for the syntax)
     SEARCH_SPACE = {"C": ("log", 1e-4, 1.0), "n_anchors": [("int", 100, 1000),
                                                            ("int", 100, 1000)]}
@@ -126,21 +130,26 @@ class GSPH(TwoStepKernelHasher):
         check_positive(self.C, "C", allow_zero=True)
 
     def _fit(self, views, labels, rng):
-        n, r = views[0].shape[0], self.n_bits
-        Yn = normalize_rows(labels)
-        A = sign(rng.standard_normal((n, r))).astype(np.float64)
-        B = sign(rng.standard_normal((n, r))).astype(np.float64)
+        self._fit_unpaired(views, [labels, labels], rng)
+
+    def _fit_unpaired(self, views, labels, rng):
+        """Step 1 on S = Ya Yb^T between the image and the text samples (the same samples
+        when paired; any two labelled sets when unpaired, the paper's N-label setting)."""
+        r = self.n_bits
+        Ya, Yb = (normalize_rows(L) for L in labels)
+        A = sign(rng.standard_normal((Ya.shape[0], r))).astype(np.float64)
+        B = sign(rng.standard_normal((Yb.shape[0], r))).astype(np.float64)
         self.objective_ = []
-        previous = gsph_objective(A, B, Yn)
+        previous = gsph_objective(A, B, Ya, Yb)
         for _ in progress(range(self.n_iter), desc="GSPH", verbose=self.verbose):
             if self.solver == "coordinate":
-                A = _dcc_step(A, B, Yn, self.n_sweeps)
-                B = _dcc_step(B, A, Yn, self.n_sweeps)
-                current = gsph_objective(A, B, Yn)
+                A = _dcc_step(A, B, Ya, Yb, self.n_sweeps)
+                B = _dcc_step(B, A, Yb, Ya, self.n_sweeps)
+                current = gsph_objective(A, B, Ya, Yb)
             else:
-                A = _projected_gradient_step(A, B, Yn)
-                B = _projected_gradient_step(B, A, Yn)
-                current = gsph_objective(sign(A), sign(B), Yn)
+                A = _projected_gradient_step(A, B, Ya, Yb)
+                B = _projected_gradient_step(B, A, Yb, Ya)
+                current = gsph_objective(sign(A), sign(B), Ya, Yb)
             self.objective_.append(current)
             # the released code tests its stopping rule only after its fifth round (the
             # signed objective of the projected gradient need not decrease monotonically)

@@ -252,8 +252,9 @@ _QUICK = {
     "ta-adcmh": dict(n_epochs=1, image_hidden=(16,), text_hidden=16, device="cpu"),
     "sdch": dict(n_epochs=1, batch_size=32, image_hidden=(16,), text_hidden=(16,),
                  feature_dim=8, device="cpu"),
+    "dcmh": dict(n_epochs=1, image_hidden=(16,), text_hidden=16, device="cpu"),
 }
-_DEEP = {"ta-adcmh", "sdch"}
+_DEEP = {"ta-adcmh", "sdch", "dcmh"}
 _METHODS = [m for m in available_methods() if m not in _DEEP or _HAS_TORCH]
 _ANCHOR_METHODS = [m for m in _METHODS if "n_anchors" in get_method(m)._param_names()]
 
@@ -343,6 +344,7 @@ _ROUND_TRIP_PARAMS = {          # list / tuple / nested values that JSON does no
     "amsh": [dict(n_anchors=(30, 40)), dict(n_anchors=[30, 40])],
     "ta-adcmh": [dict(image_hidden=[16], n_anchors=(10, 20)), dict(image_hidden=(16, 8))],
     "sdch": [dict(image_hidden=[16], text_hidden=(16,)), dict(image_hidden=(16,), text_hidden=[16])],
+    "dcmh": [dict(image_hidden=[16]), dict(image_hidden=(16, 8), text_hidden=[16])],
 }
 
 

@@ -38,6 +38,7 @@ _REGISTRY: dict[str, str] = {
     "amsh": "cmhash.methods.amsh:AMSH",
     "ta-adcmh": "cmhash.deep.ta_adcmh:TAADCMH",
     "sdch": "cmhash.deep.sdch:SDCH",
+    "dcmh": "cmhash.deep.dcmh:DCMH",
 }
 
 #: classes whose instances can be stored as learned state (get_state/from_state)

@@ -22,7 +22,7 @@ from .progress import log, progress
 
 #: names as they appear in the papers' tables
 DISPLAY = {"batch": "BATCH", "ascmh": "ASCMH", "asfoh": "ASFOH", "amsh": "AMSH",
-           "ta-adcmh": "TA-ADCMH", "sdch": "SDCH"}
+           "ta-adcmh": "TA-ADCMH", "sdch": "SDCH", "dcmh": "DCMH"}
 
 
 def _check_protocol_setup(methods, dataset, bits, seeds, params, protocol) -> None:

@@ -1,4 +1,4 @@
-"""Shared PyTorch machinery of the deep methods (TA-ADCMH, SDCH).
+"""Shared PyTorch machinery of the deep methods (TA-ADCMH, SDCH, DCMH).
 
 Only the deep methods import this module, so ``import cmhash`` never imports torch.
 

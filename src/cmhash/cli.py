@@ -321,7 +321,8 @@ def cmd_encode(args):
     with atomic_write(args.out) as out:
         np.savez_compressed(out, packed=pack_codes(codes), n_bits=np.array(codes.shape[1]),
                             ids=ds.indices(args.split), labels=ds.labels_of(args.split),
-                            modality=np.array(args.modality))
+                            modality=np.array(args.modality),
+                            model_fingerprint=np.str_(hasher.fingerprint))
     if not args.quiet:
         print(f"encoded {codes.shape[0]} {args.modality} items of split {args.split!r} "
               f"to {codes.shape[1]} bits; wrote {args.out}", file=sys.stderr)
@@ -377,6 +378,8 @@ def cmd_search(args):
     q_packed, q_bits, q_ids, _ = _read_codes(args.queries, allow_index=False)
     if q_bits != n_bits:
         raise ValueError(f"queries have {q_bits} bits but the database has {n_bits}")
+    from .cli_service import check_search_models   # codes of one model only
+    check_search_models(args.database, index if db_packed is None else None, args.queries)
     start = time.perf_counter()
     if args.radius is not None:
         lims, dist, ids = index.range_search(q_packed, args.radius, packed=True)
@@ -390,12 +393,12 @@ def cmd_search(args):
         results = [db_ids[r] for r in results]
     if args.out:
         doc = {"queries": [int(q) for q in (q_ids if q_ids is not None else range(len(results)))],
-               "results": [[int(x) for x in r] for r in results],
+               "results": [[x.item() for x in r] for r in results],
                "distances": [[int(x) for x in d] for d in dists]}
         _write_json(doc, args.out)
     for qi, (r, d) in enumerate(zip(results[:args.show], dists[:args.show])):
         qid = q_ids[qi] if q_ids is not None else qi
-        pairs = " ".join(f"{int(a)}:{int(b)}" for a, b in zip(r[:10], d[:10]))
+        pairs = " ".join(f"{a}:{int(b)}" for a, b in zip(r[:10], d[:10]))
         print(f"query {qid}: {pairs}{' ...' if len(r) > 10 else ''}")
     if not args.quiet:
         print(f"{len(results)} queries in {seconds:.3f} s "
@@ -577,6 +580,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("methods", help="list methods, their presets and variants")
     p.set_defaults(func=cmd_methods)
+
+    from .cli_service import add_service_commands   # index build, query, serve
+    add_service_commands(sub)
     return parser
 
 

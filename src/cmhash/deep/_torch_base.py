@@ -94,6 +94,7 @@ class TorchHasher(CrossModalHasher):
     """
 
     max_feature_ndim = 4  # images (n, C, H, W)
+    diagnostic_state = ("loss_terms_",)   # loss histories (not used to encode)
     predict_batch_size = 1024
 
     def __init__(self, n_bits: int = 32, *, device: str = "auto", random_state=None,

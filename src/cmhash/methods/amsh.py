@@ -99,6 +99,7 @@ class AMSH(TwoStepKernelHasher):
     """
 
     name = "amsh"
+    state_shapes = {**TwoStepKernelHasher.state_shapes, "latent_[v]": ("n{v}", "r")}
     supports_unpaired = True
     min_views, max_views = 2, float("inf")
 

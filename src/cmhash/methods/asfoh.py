@@ -248,6 +248,9 @@ class ASFOH(TwoStepKernelHasher):
     """
 
     name = "asfoh"
+    state_shapes = {**TwoStepKernelHasher.state_shapes, "latent_": ("n", "r"),
+                    "rotation_": ("c", "r"), "transforms_[v]": ("r", "q{v}"),
+                    "alpha_": ("V",), "alpha_history_[*]": ("V",)}
     min_views, max_views = 2, 64
 
     #: ``cmhash tune`` search space (cmhash.tune module doc); xi = (image, text) ridge

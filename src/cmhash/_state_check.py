@@ -7,8 +7,12 @@ Each estimator class declares the shapes of its learned arrays in ``state_shapes
                     "input_kernels_[v]?": ("d{v}", "q{v}")}
 
 * a key ``name`` is one array; ``name[v]`` a list with one entry per modality (``{v}`` in a
-  dimension is the modality's index); ``name[*]`` a list of any length; a trailing ``?``
-  makes the attribute optional and lets list entries be None;
+  dimension is the modality's index); ``name[*]`` a list of any length; ``name[2]`` one entry
+  of a per-modality list; a trailing ``?`` makes the attribute optional and lets list entries
+  be None; a dimension may also be an integer;
+* shapes that depend on the fitted model (e.g. a deep method's per-modality input
+  standardisation, ``(d,)`` for vectors and ``(C, 1, 1)`` for images) come from the
+  estimator's ``_state_shapes()`` method, which returns ``state_shapes`` by default;
 * an entry that is a feature map (``RBFAnchorFeatures``, ``CenteredFeatures``) has the
   "shape" ``(n_features_in, n_features_out)``;
 * dimension names: ``r`` is ``n_bits`` (the parameter), ``c`` ``n_classes_``, ``V`` the number
@@ -27,7 +31,8 @@ import re
 
 import numpy as np
 
-_KEY = re.compile(r"^(?P<name>[A-Za-z_][A-Za-z0-9_]*?)(?P<list>\[v\]|\[\*\])?(?P<opt>\?)?$")
+_KEY = re.compile(r"^(?P<name>[A-Za-z_][A-Za-z0-9_]*?)(?P<list>\[v\]|\[\*\]|\[\d+\])?"
+                  r"(?P<opt>\?)?$")
 _MISSING = object()
 
 
@@ -45,7 +50,11 @@ class _Dims:
             raise ValueError(f"{field} has shape {tuple(shape)}; expected {len(dims)} "
                              f"dimensions {tuple(dims)}")
         for axis, (size, dim) in enumerate(zip(shape, dims)):
-            if dim not in self.value:
+            if isinstance(dim, int):
+                if size != dim:
+                    raise ValueError(f"{field} has shape {tuple(shape)} but {tuple(dims)} is "
+                                     f"expected")
+            elif dim not in self.value:
                 self.bind(dim, size, f"dimension {axis} of {field}")
             elif self.value[dim] != size:
                 want = tuple(self.value.get(d, d) for d in dims)
@@ -115,8 +124,12 @@ def _items(obj, key: str, V: int):
         return [(name, value, None)]
     if not isinstance(value, (list, tuple)):
         raise ValueError(f"{name} must be a list, got {type(value).__name__}")
-    if kind == "[v]" and len(value) != V:
+    if kind != "[*]" and len(value) != V:
         raise ValueError(f"{name} must have one entry per modality ({V}), got {len(value)}")
+    if kind not in ("[v]", "[*]"):                  # one entry, name[i]
+        i = int(kind[1:-1])
+        item = value[i]
+        return [] if item is None and optional else [(f"{name}[{i}]", item, i)]
     out = []
     for i, item in enumerate(value):
         if item is None and optional:
@@ -172,12 +185,13 @@ def check_learned_state(obj) -> None:
     dims = _check_header_fields(obj)
     _check_codes(obj, dims)
     V = dims.value["V"]
-    for key, want in type(obj).state_shapes.items():
+    for key, want in obj._state_shapes().items():
         for field, item, v in _items(obj, key, V):
             shape = _shape_of(item)
             if shape is None:
                 raise ValueError(f"{field} must be an array, got {type(item).__name__}")
-            dims.check(field, shape, tuple(d.format(v=v) for d in want))
+            dims.check(field, shape, tuple(d.format(v=v) if isinstance(d, str) else d
+                                           for d in want))
     skip = set(getattr(type(obj), "diagnostic_state", ()))
     for key, value in vars(obj).items():
         if not key.endswith("_") or key.startswith("_") or key in skip:

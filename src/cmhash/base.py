@@ -267,6 +267,11 @@ class CrossModalHasher:
         self.n_features_ = [list(X.shape[1:]) for X in views]
         self.n_classes_ = int(n_classes)
 
+    def _state_shapes(self) -> dict:
+        """Expected shapes of the learned arrays (:mod:`cmhash._state_check`): the class's
+        ``state_shapes``; subclasses add shapes that depend on the fitted model."""
+        return dict(type(self).state_shapes)
+
     def _validate_params(self) -> None:
         """Subclasses check their hyper-parameters here (messages quote the bad value)."""
 

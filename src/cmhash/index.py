@@ -710,7 +710,9 @@ def check_ids(ids, n: int, *, existing=None, name: str = "ids") -> np.ndarray:
     dtype within int64) or strings (not empty), unique, and not among ``existing`` (the ids
     already in an index, whose kind -- integer or string -- they must share). A TypeError for
     another dtype, a ValueError naming the first duplicate."""
-    a = np.asarray(ids)
+    # a list goes through object dtype: np.asarray([1, "a"]) would make both strings
+    a = ids if isinstance(ids, np.ndarray) else np.asarray(list(ids) if not np.isscalar(ids)
+                                                           else ids, dtype=object)
     if a.dtype == object:
         values = a.ravel().tolist()
         if all(isinstance(x, str) for x in values):
@@ -722,7 +724,7 @@ def check_ids(ids, n: int, *, existing=None, name: str = "ids") -> np.ndarray:
             except OverflowError:
                 raise ValueError(f"{name} must fit in int64") from None
         else:
-            raise TypeError(f"{name} must be integers or strings, got a mix of "
+            raise TypeError(f"{name} must be integers or strings, got values of type(s) "
                             f"{sorted({type(x).__name__ for x in values})}")
     if a.ndim != 1 or a.shape[0] != n:
         raise ValueError(f"{name} must be a 1-D array with one id per code ({n} codes), got "

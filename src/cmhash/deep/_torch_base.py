@@ -102,6 +102,14 @@ class TorchHasher(CrossModalHasher):
         super().__init__(n_bits, random_state=random_state, verbose=verbose)
         self.device = device
 
+    def _state_shapes(self) -> dict:
+        """Input standardisation per modality: (d,) for vectors, (C, 1, 1) for images."""
+        shapes = super()._state_shapes()
+        for v, f in enumerate(self.n_features_):
+            shape = tuple(f) if len(f) == 1 else (f[0],) + (1,) * (len(f) - 1)
+            shapes[f"input_means_[{v}]?"] = shapes[f"input_scales_[{v}]?"] = shape
+        return shapes
+
     # ------------------------------------------------------------- tensors
     #: input arrays of these ndims are z-scored when ``standardize`` is set (subclasses)
     standardized_ndims = (2,)

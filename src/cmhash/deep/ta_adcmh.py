@@ -418,6 +418,14 @@ class TAADCMH(TorchHasher):
         self.n_anchors = n_anchors
 
     # ------------------------------------------------------------ validation
+    def _state_shapes(self) -> dict:
+        shapes = super()._state_shapes()
+        kernels = getattr(self, "input_kernels_", None)
+        for v, kernel in enumerate(kernels if isinstance(kernels, list) else []):
+            if kernel is not None:   # standardised after the input kernel: q{v} features
+                shapes[f"input_means_[{v}]?"] = shapes[f"input_scales_[{v}]?"] = ("q{v}",)
+        return shapes
+
     def _validate_params(self):
         for p in ("lambda1", "beta1", "mu1", "nu1", "lambda2", "beta2", "mu2", "nu2",
                   "weight_decay"):

@@ -114,18 +114,31 @@ def database_modality_of(hasher, modality) -> str:
 
 
 # ----------------------------------------------------------------------------- bundles
-def build_bundle(hasher, features, modality, *, ids=None, backend="auto"):
-    """A :class:`HammingIndex` of ``features`` (of ``modality``) encoded by ``hasher``, with
-    ``ids`` (None: positions), the model's fingerprint and the bundle metadata."""
+def database_task(hasher, modality):
+    """The task a database of ``modality`` is encoded for: (the other modality, it) for a
+    two-modality model (task-specific hash functions), else None."""
+    db_mod = database_modality_of(hasher, modality)
+    other = [m for m in hasher.modality_names_ if m != db_mod]
+    return query_task(hasher, other[0], db_mod) if len(other) == 1 else None
+
+
+def empty_bundle(hasher, modality, n_bits: int, *, backend="auto"):
+    """An empty bundle index for codes of ``modality`` made by ``hasher`` (add codes encoded
+    with ``task=database_task(hasher, modality)``)."""
     from .index import HammingIndex
 
     db_mod = database_modality_of(hasher, modality)
-    other = [m for m in hasher.modality_names_ if m != db_mod]
-    task = query_task(hasher, other[0], db_mod) if len(other) == 1 else None
-    codes = hasher.encode(features, db_mod, task=task)
-    index = HammingIndex(codes.shape[1], backend=backend, model_fingerprint=hasher.fingerprint,
-                         metadata={"kind": BUNDLE_KIND, "modality": db_mod,
-                                   "method": hasher.name, "n_bits": int(codes.shape[1])})
+    return HammingIndex(n_bits, backend=backend, model_fingerprint=hasher.fingerprint,
+                        metadata={"kind": BUNDLE_KIND, "modality": db_mod,
+                                  "method": hasher.name, "n_bits": int(n_bits)})
+
+
+def build_bundle(hasher, features, modality, *, ids=None, backend="auto"):
+    """A :class:`HammingIndex` of ``features`` (of ``modality``) encoded by ``hasher``, with
+    ``ids`` (None: positions), the model's fingerprint and the bundle metadata."""
+    codes = hasher.encode(features, database_modality_of(hasher, modality),
+                          task=database_task(hasher, modality))
+    index = empty_bundle(hasher, modality, codes.shape[1], backend=backend)
     index.add(codes, ids=ids)
     return index
 

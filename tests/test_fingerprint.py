@@ -154,7 +154,8 @@ def _state_not_a_dict(a, h):
 @pytest.mark.parametrize("edit, message", [
     (_cut_columns, r"projections_\[0\] has shape \(20, 8\) but \(20, 16\) is expected: its "
                    r"dimension 1 must be r = 16 \(n_bits = 16"),
-    (_nan_projection, r"projections_\[1\] holds 1 NaN or infinite value\(s\) \(first at \(3, 2\)\)"),
+    (_nan_projection,
+     r"projections_\[1\] holds 1 NaN or infinite value\(s\) \(first at \(3, 2\)\)"),
     (_negative_sigma, r"kernels_\[0\]: sigma must be a positive finite number"),
     (_edit_bits, r"codes_ has shape \(80, 16\) but \(80, 32\) is expected: its dimension 1 "
                  r"must be r = 32 \(n_bits = 32"),

@@ -88,14 +88,22 @@ def _rewrite(path, out, edit):
     return out
 
 
+def _set(key, where, value):
+    """An edit writing ``value`` at ``where`` of the array ``key``."""
+    def edit(a, h):
+        x = a[key].copy()
+        x[where] = value
+        a[key] = x
+    return edit
+
+
+_nan_projection = _set("projections_/1", (3, 2), np.nan)
+_inf_anchor = _set("kernels_/0/anchors", (0, 0), np.inf)
+_codes_values = _set("codes_", (2, 1), 0)
+
+
 def _cut_columns(a, h):
     a["projections_/0"] = a["projections_/0"][:, :8]
-
-
-def _nan_projection(a, h):
-    p = a["projections_/1"].copy()
-    p[3, 2] = np.nan
-    a["projections_/1"] = p
 
 
 def _negative_sigma(a, h):
@@ -125,18 +133,6 @@ def _bad_bits_type(a, h):
 
 def _anchors_columns(a, h):
     a["kernels_/1/anchors"] = a["kernels_/1/anchors"][:, :5]
-
-
-def _inf_anchor(a, h):
-    x = a["kernels_/0/anchors"].copy()
-    x[0, 0] = np.inf
-    a["kernels_/0/anchors"] = x
-
-
-def _codes_values(a, h):
-    c = a["codes_"].copy()
-    c[2, 1] = 0
-    a["codes_"] = c
 
 
 def _latent_rows(a, h):

@@ -14,17 +14,17 @@ def _codes(n, r=16, seed=0):
     return np.where(rng.random((n, r)) < 0.5, -1, 1).astype(np.int8)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend, knn", [(b, "scan") for b in BACKENDS] + [("numpy", "mih")])
 @pytest.mark.parametrize("kind", ["int", "str"])
-def test_search_returns_the_users_ids(backend, kind):
+def test_search_returns_the_users_ids(backend, knn, kind):
     db, q = _codes(300), _codes(7, seed=1)
     rng = np.random.default_rng(2)
     perm = rng.permutation(10_000)[:300]
     ids = perm.astype(np.int64) * 7 - 5000 if kind == "int" else np.array(
         [f"doc/{p}.txt" for p in perm])
-    plain = HammingIndex(16, backend=backend)
+    plain = HammingIndex(16, backend=backend, knn="scan")
     plain.add(db)
-    index = HammingIndex(16, backend=backend)
+    index = HammingIndex(16, backend=backend, knn=knn)   # ids mapped after MIH k-NN too
     index.add(db[:100], ids=ids[:100])            # two adds: ids follow their codes
     index.add(pack_codes(db[100:]), packed=True, ids=ids[100:].tolist())
     D0, P0 = plain.search(q, 12)

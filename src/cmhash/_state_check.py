@@ -9,7 +9,7 @@ Each estimator class declares the shapes of its learned arrays in ``state_shapes
 * a key ``name`` is one array; ``name[v]`` a list with one entry per modality (``{v}`` in a
   dimension is the modality's index); ``name[*]`` a list of any length; ``name[2]`` one entry
   of a per-modality list; a trailing ``?`` makes the attribute optional and lets list entries
-  be None; a dimension may also be an integer;
+  be None; a dimension may also be an integer, or a tuple of the integers allowed;
 * shapes that depend on the fitted model (e.g. a deep method's per-modality input
   standardisation, ``(d,)`` for vectors and ``(C, 1, 1)`` for images) come from the
   estimator's ``_state_shapes()`` method, which returns ``state_shapes`` by default;
@@ -50,8 +50,8 @@ class _Dims:
             raise ValueError(f"{field} has shape {tuple(shape)}; expected {len(dims)} "
                              f"dimensions {tuple(dims)}")
         for axis, (size, dim) in enumerate(zip(shape, dims)):
-            if isinstance(dim, int):
-                if size != dim:
+            if isinstance(dim, (int, tuple)):          # a size, or the sizes allowed
+                if size not in (dim if isinstance(dim, tuple) else (dim,)):
                     raise ValueError(f"{field} has shape {tuple(shape)} but {tuple(dims)} is "
                                      f"expected")
             elif dim not in self.value:

@@ -103,10 +103,12 @@ class TorchHasher(CrossModalHasher):
         self.device = device
 
     def _state_shapes(self) -> dict:
-        """Input standardisation per modality: (d,) for vectors, (C, 1, 1) for images."""
+        """Input standardisation per modality: (d,) for vectors; for images (C, H, W) arrays
+        broadcast over the pixels: (C, 1, 1) per channel, or (C, H, W) (a pretrained
+        network's average image, ``input_normalization_``)."""
         shapes = super()._state_shapes()
         for v, f in enumerate(self.n_features_):
-            shape = tuple(f) if len(f) == 1 else (f[0],) + (1,) * (len(f) - 1)
+            shape = tuple(f) if len(f) == 1 else (f[0],) + tuple((1, s) for s in f[1:])
             shapes[f"input_means_[{v}]?"] = shapes[f"input_scales_[{v}]?"] = shape
         return shapes
 

@@ -261,3 +261,14 @@ def test_unpaired_learned_evaluation_checks_the_labels():
     _, other_labels = ds.unpaired(random_state=3)
     with pytest.raises(ValueError, match="the labels differ"):
         evaluate_hasher(m, ds, unpaired_labels=other_labels, timing=False)
+
+
+def test_shape_dimensions_may_list_the_sizes_allowed():
+    """Image standardisation arrays broadcast over (C, H, W): (C, 1, 1) or (C, H, W)."""
+    from cmhash._state_check import _Dims
+    want = (3, (1, 16), (1, 16))
+    _Dims().check("input_means_[0]", (3, 1, 1), want)
+    _Dims().check("input_means_[0]", (3, 16, 16), want)
+    with pytest.raises(ValueError, match=r"input_means_\[0\] has shape \(3, 8, 8\) but "
+                                         r"\(3, \(1, 16\), \(1, 16\)\) is expected"):
+        _Dims().check("input_means_[0]", (3, 8, 8), want)

@@ -12,6 +12,27 @@ class DegenerateCodesWarning(UserWarning):
     every training item, so retrieval against them is at chance level."""
 
 
+class NumericalFallbackWarning(RuntimeWarning):
+    """A closed-form step could not be solved the usual way and a fallback was used (a least-
+    squares or pseudo-inverse solve of a singular system, a random completion of a rank-
+    deficient latent matrix): the result is valid but not unique, and the input is probably
+    degenerate (duplicated or constant features, too few classes for the code length)."""
+
+
+class OutOfDistributionWarning(UserWarning):
+    """Inputs to ``encode`` lie far outside the training distribution: their kernel features
+    underflow to 0 or they all get the same code, so their codes carry no information."""
+
+
+def warn_numerical_fallback(message: str) -> None:
+    """Warn (:class:`NumericalFallbackWarning`) from the user's call site. Python shows one
+    warning per message and call site (the default filter), so a fallback taken at every
+    iteration of a fit is reported once."""
+    import warnings
+
+    warnings.warn(message, NumericalFallbackWarning, stacklevel=_caller_stacklevel())
+
+
 #: share of constant bits from which the learned codes count as degenerate
 DEGENERATE_CONSTANT_BITS = 0.5
 

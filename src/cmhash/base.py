@@ -100,6 +100,9 @@ class CrossModalHasher:
 
     name = ""
     supports_unpaired = False
+    #: whether ``encode(..., task=...)`` selects task-specific hash functions (TA-ADCMH);
+    #: other methods ignore ``task``
+    task_specific = False
     #: modality count the method accepts
     min_views, max_views = 2, 2
     #: feature arrays up to this many dimensions (deep methods take images (n, C, H, W))

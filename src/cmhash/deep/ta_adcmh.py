@@ -327,6 +327,7 @@ class TAADCMH(TorchHasher):
     """
 
     name = "ta-adcmh"
+    task_specific = True   # encode(..., task=...) selects the task's hash functions
     standardized_ndims = (2, 4)   # vectors per feature, images per channel
 
     #: the paper's Section 4.3 values (500 iterations, batches of 128); "wiki" was selected on

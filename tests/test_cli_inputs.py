@@ -245,10 +245,28 @@ def test_refused_options_and_missing_inputs(files, capsys):
         in capsys.readouterr().err
     for extra, message in ((["--split", "query"], "--split selects a split of --data"),
                            (["--modality", "image"], "--text gives text features but --modality "
-                                                     "is 'image'")):
+                                                     "is 'image'"),
+                           (["--n-train", "5"], "--n-train choose how --data is split; --text is encoded whole")):
         assert main(["encode", "--model", str(model), "--text", str(files / "txt.npy"),
                      *extra, "--out", str(files / "q.npz")]) == 2
         assert message in capsys.readouterr().err
+
+
+def test_split_options_that_would_be_ignored_are_refused(tmp_path, capsys):
+    # --preset with synthetic data and --n-query with a stored query split were ignored with
+    # a warning
+    assert main(["fit", "--method", "batch", "--data", "synthetic:small", "--preset", "wiki",
+                 "--out", str(tmp_path / "m.npz")]) == 2
+    assert "--preset selects the split protocol of a data file" in capsys.readouterr().err
+    rng = np.random.default_rng(0)
+    Y = np.eye(3)[np.arange(60) % 3]
+    np.savez(tmp_path / "split.npz", I_tr=rng.standard_normal((40, 4)),
+             T_tr=rng.standard_normal((40, 3)), L_tr=Y[:40], I_te=rng.standard_normal((20, 4)),
+             T_te=rng.standard_normal((20, 3)), L_te=Y[40:])
+    assert main(["fit", "--method", "batch", "--data", str(tmp_path / "split.npz"),
+                 "--n-query", "5", "--out", str(tmp_path / "m.npz")]) == 2
+    err = capsys.readouterr().err
+    assert "stores its own query split (20 items)" in err and "Warning" not in err
 
 
 def test_closed_pipe_ends_quietly(files):

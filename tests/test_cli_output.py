@@ -48,12 +48,21 @@ def test_logging_levels_and_log_file(tmp_path, capsys):
     assert " INFO cmhash: fitted batch (8 bits)" in text
     assert main(["fit", "--method", "nope", *data, "--log-file", str(log_file)]) == 2
     assert "ERROR cmhash: cmhash fit: error: unknown method 'nope'" in log_file.read_text()
-    # Python warnings reach the log too
-    assert main(["fit", "--method", "batch", "--data", "synthetic:n=300,n_classes=3,seed=1",
-                 "--preset", "wiki", "--bits", "8", "--param", "n_anchors=20,20", "--out",
-                 str(tmp_path / "m.npz"), "--quiet", "--log-file", str(log_file)]) == 0
-    assert "preset='wiki' ignored" in capsys.readouterr().err         # warnings: even --quiet
+    # Python warnings reach the log too: queries scaled x1e10 (issue 16, item 5) through the CLI
+    X, T, Y = make_structured(200, seed=4)
+    for name, arr in (("x", X), ("t", T), ("y", Y), ("far", X * 1e10)):
+        np.save(tmp_path / f"{name}.npy", arr)
+    assert main(["fit", "--method", "batch", "--image", str(tmp_path / "x.npy"), "--text",
+                 str(tmp_path / "t.npy"), "--labels", str(tmp_path / "y.npy"), "--n-query", "0",
+                 "--bits", "8", "--param", "n_anchors=20,20", "--out", str(tmp_path / "m.npz"),
+                 "--quiet"]) == 0
+    assert main(["encode", "--model", str(tmp_path / "m.npz"), "--image", str(tmp_path / "far.npy"),
+                 "--out", str(tmp_path / "q.npz"), "--quiet", "--log-file", str(log_file)]) == 0
+    err = capsys.readouterr().err                                    # warnings: even --quiet
+    assert "OutOfDistributionWarning" in err and "200 of 200 input rows (100.0%" in err
     assert "WARNING py.warnings" in log_file.read_text()
+    assert main(["fit", "--method", "batch", *data, "--quiet", "--verbose"]) == 2
+    assert "--quiet and --verbose exclude each other" in capsys.readouterr().err
     assert not logging.getLogger("cmhash").handlers                  # removed after the command
 
 
@@ -238,6 +247,10 @@ def test_sweep_and_scale_plots(tmp_path, capsys, drawn):
         in labels
     assert any("R² 1.000" in x for x in labels)
     assert t_ax.get_ylim()[0] == 0 and m_ax.get_ylim()[0] == 0
-    # a sweep file drawn as mAP vs bits is a clear error
+    # a sweep file drawn as mAP vs bits is a clear error; --published of a plot without
+    # published numbers is refused (it was ignored)
     assert main(["plot", "--json", str(tmp_path / "s.json"), "--out", str(tmp_path / "x.png")]) == 2
     assert "--kind map draws files of `cmhash evaluate` / `bench`; " in capsys.readouterr().err
+    assert main(["plot", "--json", str(tmp_path / "s.json"), "--kind", "sweep", "--published",
+                 "all", "--out", str(tmp_path / "x.png")]) == 2
+    assert "--kind sweep has none" in capsys.readouterr().err

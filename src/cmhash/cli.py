@@ -170,10 +170,10 @@ def _protocol_kwargs(args) -> dict:
                 top_r=args.top_r, unpaired=args.unpaired, curves=args.curves)
 
 
-def _add_published(p):
+def _add_published(p, default="comparable"):
     from .bench import PUBLISHED_CHOICES
 
-    p.add_argument("--published", choices=PUBLISHED_CHOICES, default="comparable",
+    p.add_argument("--published", choices=PUBLISHED_CHOICES, default=default,
                    help="papers' numbers in the table: none, comparable (default: same "
                         "protocol, split and features as this run, each labelled) or all "
                         "(every row with its differences)")
@@ -471,9 +471,12 @@ def cmd_plot(args):
     from . import plots
 
     check_output_file(args.out, "--out")
+    if args.published is not None and args.kind != "map":
+        raise ValueError(f"--published marks the papers' numbers on mAP-vs-bits plots "
+                         f"(--kind map); --kind {args.kind} has none")
     docs = [plots.read_plot_file(path) for path in args.json]
     out = plots.plot_documents(docs, args.out, kind=args.kind, bits=args.bits,
-                               labels=args.label, published=args.published)
+                               labels=args.label, published=args.published or "comparable")
     log.info(f"wrote {out}")
 
 
@@ -618,7 +621,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bit lengths to draw (curves: one; default: all, curves the largest)")
     p.add_argument("--label", action="append",
                    help="legend label of each result, in order (repeat once per result)")
-    _add_published(p)
+    _add_published(p, default=None)
     p.add_argument("--out", required=True)
     common(p, json=False)
     p.set_defaults(func=cmd_plot)
@@ -644,6 +647,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)  # argparse's usage errors exit with status 2 here
     log_file = getattr(args, "log_file", None)
     try:
+        if getattr(args, "quiet", False) and getattr(args, "verbose", False):
+            raise ValueError("--quiet and --verbose exclude each other")
         check_output_file(log_file, "--log-file")
     except USAGE_ERRORS + RUNTIME_ERRORS as exc:
         with configured_logging():

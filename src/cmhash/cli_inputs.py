@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
+
+from .data.dataset import DataWarning
 
 log = logging.getLogger("cmhash")
 
@@ -97,6 +100,13 @@ def load_data(args, command: str = ""):
     if not files and not getattr(args, "data", None):
         raise ValueError("no data: give --data FILE (or synthetic:...), or the files "
                          "--image, --text and --labels")
+    if getattr(args, "preset", None) and args.data and _is_synthetic(args.data) and not files:
+        from .data.loaders import _lookup_preset
+
+        _lookup_preset(args.preset)   # an unknown name says so first
+        raise ValueError("--preset selects the split protocol of a data file; synthetic data "
+                         "is split by its spec (set n_query / n_train there, or --n-query / "
+                         "--n-train)")
     kwargs = _split_kwargs(args)
     if files:
         if "labels" not in files and not args.data:
@@ -113,8 +123,14 @@ def load_data(args, command: str = ""):
         if keys and _is_synthetic(args.data):
             raise ValueError(f"{', '.join('--' + _KEY_ATTR[r].replace('_', '-') for r in keys)} "
                              f"name arrays of a data file; synthetic data has none")
-        ds = load_dataset(_data_path(args.data), random_state=args.split_seed,
-                          keys=keys or None, **kwargs)
+        with warnings.catch_warnings():   # refused below instead of ignored with a warning
+            warnings.filterwarnings("ignore", message=r"n_query=\d+ ignored", category=DataWarning)
+            ds = load_dataset(_data_path(args.data), random_state=args.split_seed,
+                              keys=keys or None, **kwargs)
+        if getattr(args, "n_query", None) is not None and not _is_synthetic(args.data) \
+                and "random split" not in (ds.meta.get("layout") or ""):
+            raise ValueError(f"--n-query applies to a single pool split at random; {args.data} "
+                             f"stores its own query split ({ds.indices('query').size} items)")
     announce_split(ds, args, command)
     return ds
 
@@ -173,6 +189,11 @@ def encode_input(args, hasher):
             raise ValueError(f"--split selects a split of --data; --{option} is encoded whole")
         if args.data:
             raise ValueError(f"give --data or --{option}, not both")
+        split_options = [o for o in ("preset", "n_query", "n_train") if getattr(args, o, None)
+                         is not None]
+        if split_options:
+            raise ValueError(f"{', '.join('--' + o.replace('_', '-') for o in split_options)} "
+                             f"choose how --data is split; --{option} is encoded whole")
         key = args.features_key if option == "features" else _role_keys(args).get(option)
         X = load_features(path, modality, key=key)
         labels = _read_labels(args, _n_rows(X)) if args.labels else None
@@ -207,12 +228,9 @@ def _n_rows(X) -> int:
 def _read_labels(args, n: int) -> np.ndarray:
     """The ``--labels`` file of ``cmhash encode`` as an (n, c) matrix (kept with the codes)."""
     from .data.dataset import as_label_matrix
-    from .data.loaders import _expand_paths, _merged_arrays, _pick_role_key
+    from .data.loaders import load_labels
 
-    skipped: list[str] = []
-    arrays = _merged_arrays(_expand_paths(args.labels), skipped)
-    key = _pick_role_key(arrays, skipped, "labels", args.label_key, args.labels)
-    Y = as_label_matrix(arrays[key])
+    Y = as_label_matrix(load_labels(args.labels, key=args.label_key))
     if Y.shape[0] != n:
         raise ValueError(f"--labels has {Y.shape[0]} rows but the features have {n} items")
     return Y

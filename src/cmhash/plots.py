@@ -14,7 +14,6 @@ features; ``"all"``; ``"none"``).
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -382,14 +381,9 @@ def read_plot_file(path) -> dict:
     """``{"format": ..., "docs": [...], "path": path}`` of a JSON file of ``cmhash evaluate`` /
     ``bench`` (format ``cmhash-evaluation``: its result documents, checked), ``sweep`` or
     ``scale``; anything else is a ValueError naming the file."""
-    from .protocol import read_results
+    from .protocol import read_json, read_results
 
-    try:
-        doc = json.loads(Path(path).read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path} is not a JSON file: {exc}") from None
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"{path} is not a JSON text file: {exc}") from None
+    doc = read_json(path)
     fmt = doc.get("format") if isinstance(doc, dict) else None
     if fmt == "cmhash-sweep":
         if not doc.get("points") or not doc.get("bits"):
@@ -402,7 +396,7 @@ def read_plot_file(path) -> dict:
     if fmt not in ("cmhash-evaluation", "cmhash-bench"):
         raise ValueError(f"{path} is not a results file of `cmhash evaluate`, `bench`, `sweep` "
                          f"or `scale` (format {fmt!r})")
-    return {"format": "cmhash-evaluation", "docs": read_results(path), "path": str(path)}
+    return {"format": "cmhash-evaluation", "docs": read_results(path, doc), "path": str(path)}
 
 
 _KIND_FORMAT = {"map": "cmhash-evaluation", "curves": "cmhash-evaluation",

@@ -451,16 +451,22 @@ def check_result(doc, where: str = "result") -> dict:
     return doc
 
 
-def read_results(path) -> list[dict]:
-    """The evaluation documents of a JSON file written by ``cmhash evaluate`` (one) or
-    ``cmhash bench`` (one per method; a partial bench file gives the methods it completed),
-    each checked by :func:`check_result`. Errors are ValueErrors naming ``path``."""
+def read_json(path):
+    """The JSON document of a result file (a ValueError naming ``path`` if it is not JSON)."""
     try:
-        doc = json.loads(Path(path).read_text())
+        return json.loads(Path(path).read_text())
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path} is not a JSON file: {exc}") from None
     except UnicodeDecodeError as exc:
         raise ValueError(f"{path} is not a JSON text file: {exc}") from None
+
+
+def read_results(path, doc=None) -> list[dict]:
+    """The evaluation documents of a JSON file written by ``cmhash evaluate`` (one) or
+    ``cmhash bench`` (one per method; a partial bench file gives the methods it completed),
+    each checked by :func:`check_result`. Errors are ValueErrors naming ``path``. ``doc``: the
+    file's document when already read (:func:`read_json`)."""
+    doc = read_json(path) if doc is None else doc
     fmt = doc.get("format") if isinstance(doc, dict) else None
     if fmt == BENCH_FORMAT:
         _check_version(doc, str(path), BENCH_VERSION)

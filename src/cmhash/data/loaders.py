@@ -34,6 +34,7 @@ from .presets import DatasetPreset, detect_preset, get_preset
 __all__ = [
     "load_dataset",
     "load_features",
+    "load_labels",
     "save_dataset",
     "read_arrays",
     "MissingLabelsError",
@@ -1159,6 +1160,17 @@ def _pick_role_key(arrays: dict, skipped, role: str, key: str | None, where: str
     error = MissingLabelsError if role == "labels" and not cands else ValueError
     raise error(f"{where}: {problem}; {describe_keys(arrays, skipped)}; name the array with "
                 f"{_ROLE_OPTION[role]}")
+
+
+def load_labels(path: Any, *, key: str | None = None) -> Any:
+    """The label array of a file, as stored (multi-hot rows, class indices or class names):
+    ``key`` if given, else the file's only array, else its one label array by the key grammar
+    (whole pool). A :class:`MissingLabelsError` / ValueError lists the keys otherwise."""
+    files = _expand_paths(path)
+    skipped: list[str] = []
+    arrays = _merged_arrays(files, skipped)
+    where = ", ".join(str(f) for f in files)
+    return arrays[_pick_role_key(arrays, skipped, "labels", key, where)]
 
 
 def load_features(path: Any, modality: str = "image", *, key: str | None = None,

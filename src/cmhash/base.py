@@ -23,6 +23,7 @@ from ._validation import (check_distinct_label_sets, check_features, check_label
                           check_n_anchors, check_n_bits, check_not_constant,
                           check_random_state, class_indices, open_npz,
                           warn_if_degenerate_codes, warn_if_far_from_training)
+from .deep.normalization import InputNormalization
 from .kernel import CenteredFeatures, RBFAnchorFeatures
 from .solvers import ridge_regression, sign
 
@@ -41,7 +42,8 @@ _REGISTRY: dict[str, str] = {
 }
 
 #: classes whose instances can be stored as learned state (get_state/from_state)
-_STATE_CLASSES = {"RBFAnchorFeatures": RBFAnchorFeatures, "CenteredFeatures": CenteredFeatures}
+_STATE_CLASSES = {"RBFAnchorFeatures": RBFAnchorFeatures, "CenteredFeatures": CenteredFeatures,
+                  "InputNormalization": InputNormalization}
 
 
 def register(name: str, target: str) -> None:

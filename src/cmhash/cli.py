@@ -91,6 +91,9 @@ def _named_params(method: str, attr: str, name: str) -> dict:
     """A method's ``PRESETS[name]`` or ``VARIANTS[name]``, or a ValueError naming the choices."""
     from .base import get_method
 
+    if attr == "PRESETS" and (name.endswith(".json") or Path(name).is_file()):
+        from .tune import load_hparams     # a file written by `cmhash tune`
+        return load_hparams(name, method)
     table = getattr(get_method(method), attr, {})
     if name not in table:
         what = "hyper-parameter preset" if attr == "PRESETS" else "variant"
@@ -148,7 +151,8 @@ def _add_method_params(p):
                    help="constructor parameter (repeatable), e.g. --param omega=0.01")
     p.add_argument("--variant", help="paper variant / ablation (see `cmhash methods`)")
     p.add_argument("--hparams", help="per-dataset hyper-parameters from the paper "
-                                     "(see `cmhash methods`)")
+                                     "(see `cmhash methods`), or a file written by "
+                                     "`cmhash tune`")
 
 
 def _add_protocol(p):
@@ -625,6 +629,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     common(p, json=False)
     p.set_defaults(func=cmd_plot)
+
+    from .cli_research import add_research_parsers
+    add_research_parsers(sub, _add_data, _add_method_params)
 
     p = sub.add_parser("methods", help="list methods, their presets and variants")
     p.set_defaults(func=cmd_methods)

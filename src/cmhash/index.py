@@ -23,7 +23,11 @@ returned smallest id first, the k-th boundary tie group included (faiss is asked
 than ``k`` neighbours and any query whose boundary tie group might extend past what faiss
 returned is completed exactly by the NumPy counting path, whose memory is bounded).
 
-See ``docs/search.md`` for the measured speeds behind the ``backend="auto"`` rule.
+Top-k search over large databases can go through exact multi-index hashing k-NN
+(:mod:`cmhash.mih`, Norouzi et al.) instead of a scan: the ``knn`` option.
+
+See ``docs/search.md`` for the measured speeds behind the ``backend="auto"`` and
+``knn="auto"`` rules.
 """
 from __future__ import annotations
 
@@ -34,6 +38,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from . import mih
 from ._io import atomic_write
 from ._validation import check_bool, open_npz
 from .codes import (
@@ -151,13 +156,21 @@ class HammingIndex:
         lazily once enough radius queries have been scanned to pay for it (see
         :data:`MULTIHASH_BUILD_QUERIES_PER_TABLE`); True: build it at the first eligible
         radius search; False: always scan.
+    knn : {"auto", "mih", "scan"}
+        How :meth:`search` finds the k nearest codes (same results whichever): ``"scan"``
+        compares the queries with every code (on ``backend``); ``"mih"`` uses exact
+        multi-index hashing k-NN (:mod:`cmhash.mih`; its tables are built at the first search
+        and dropped by :meth:`add` / :meth:`reset`; a query it cannot answer cheaply is
+        scanned); ``"auto"`` uses MIH when the database, ``k`` and the code length are in the
+        range where it was measured faster (:func:`cmhash.mih.mih_eligible`) and enough such
+        queries have been scanned to pay for building the tables (see ``docs/search.md``).
 
     Ids are ``0 .. ntotal-1`` in insertion order. All searches are exact; equal distances
     are ordered by id (smallest first) on every backend.
     """
 
     def __init__(self, n_bits, backend: str = "auto", *, n_threads: int | None = None,
-                 multihash: bool | None = None):
+                 multihash: bool | None = None, knn: str = "auto"):
         if isinstance(n_bits, bool) or not isinstance(n_bits, (numbers.Integral, np.integer)):
             raise TypeError(f"n_bits must be a positive integer, got {n_bits!r}")
         if n_bits <= 0:
@@ -174,11 +187,13 @@ class HammingIndex:
         # (1 == True: an `in (None, True, False)` test let 1 through, and `is True` then never
         # built the tables)
         self.multihash = check_bool(multihash, "multihash", allow_none=True)
+        self.knn = mih.check_knn(knn)
         self.code_size = n_bytes(self.n_bits)          # bytes per packed code
         self._w = n_words(self.n_bits)                 # uint64 words per stored code
         self._buf = np.zeros((0, 8 * self._w), dtype=np.uint8)
         self._n = 0
         self._reset_faiss()
+        self._reset_mih()
 
     # ------------------------------------------------------------------ storage
     def _reset_faiss(self):
@@ -187,6 +202,10 @@ class HammingIndex:
         self._faiss_mh_nhash = 0
         self._faiss_mh_b = 0
         self._radius_scans = 0
+
+    def _reset_mih(self):
+        """Drop the multi-index hashing k-NN tables (rebuilt when needed, see ``knn``)."""
+        self._mih = mih.KnnState()
 
     @property
     def ntotal(self) -> int:
@@ -246,12 +265,14 @@ class HammingIndex:
             self._faiss_flat.add(new_rows)
         if self._faiss_mh is not None:
             self._faiss_mh.add(new_rows)
+        self._reset_mih()
 
     def reset(self) -> None:
         """Remove every code (``ntotal`` becomes 0); ``n_bits`` and the backend are kept."""
         self._buf = np.zeros((0, 8 * self._w), dtype=np.uint8)
         self._n = 0
         self._reset_faiss()
+        self._reset_mih()
 
     remove_all = reset
 
@@ -388,11 +409,18 @@ class HammingIndex:
         ids = np.empty((m, k), dtype=np.int64)
         if m == 0:
             return D, ids
-        if self._use_faiss("search", m):
-            self._faiss_search(q, k, D, ids)
+        if mih.choose_mih(self, m, k):
+            mih.index_search(self, q, k, D, ids)
         else:
-            self._numpy_search(q.view(np.uint64), k, D, ids)
+            self._scan_search(q, k, D, ids)
         return D, ids
+
+    def _scan_search(self, q, k, D_out, I_out):
+        """Top-k of padded queries ``q`` by a scan of every code (NumPy or faiss)."""
+        if self._use_faiss("search", q.shape[0]):
+            self._faiss_search(q, k, D_out, I_out)
+        else:
+            self._numpy_search(q.view(np.uint64), k, D_out, I_out)
 
     def _query_batches(self, m: int):
         itemsize = np.dtype(_distance_dtype(self._w)).itemsize

@@ -106,9 +106,10 @@ def warn_if_far_from_training(codes, far, X, name: str) -> None:
     if not same_inputs:
         warnings.warn(
             f"{name}: all {m} input rows (100%) got the same code although the inputs differ: "
-            f"they are probably far outside the training distribution (e.g. scaled or "
-            f"preprocessed differently from the training features); their search results are "
-            f"arbitrary.", OutOfDistributionWarning, stacklevel=_caller_stacklevel())
+            f"they are far outside the training distribution (e.g. scaled or preprocessed "
+            f"differently from the training features), or the hash functions collapsed (too "
+            f"little training); their search results are arbitrary.",
+            OutOfDistributionWarning, stacklevel=_caller_stacklevel())
 
 
 def check_random_state(seed) -> np.random.Generator:

@@ -336,10 +336,14 @@ def test_queries_with_non_finite_network_outputs_are_refused(method):
 
 @pytest.mark.filterwarnings("ignore::cmhash.DegenerateCodesWarning")  # 1-epoch runs
 @pytest.mark.parametrize("method", ["ta-adcmh", "sdch"])
-def test_estimator_contract_quiet_progress_device_params(method, capfd):
-    """verbose=False prints nothing, verbose=True shows progress on stderr only; device="cuda"
+def test_estimator_contract_quiet_progress_device_params(method, capfd, caplog):
+    """verbose=False prints nothing, verbose=True shows progress (a bar on a terminal; here,
+    without one, INFO records of the "cmhash" logger) and nothing on stdout; device="cuda"
     without a GPU is a clear error at fit; get_params / set_params round-trip."""
+    import logging
+
     import cmhash
+    caplog.set_level(logging.INFO, logger="cmhash")
     rng = np.random.default_rng(0)
     Y = np.eye(2)[np.arange(30) % 2]
     X, T = rng.standard_normal((30, 6)), rng.standard_normal((30, 4))
@@ -349,10 +353,11 @@ def test_estimator_contract_quiet_progress_device_params(method, capfd):
     capfd.readouterr()
     quiet = cmhash.make_hasher(method, verbose=False, **kw).fit(X, T, Y)
     out, err = capfd.readouterr()
-    assert out == "" and err == ""
+    assert out == "" and err == "" and not caplog.records
     loud = cmhash.make_hasher(method, verbose=True, **kw).fit(X, T, Y)
     out, err = capfd.readouterr()
-    assert out == "" and err != ""
+    assert out == "" and err == ""      # stderr is not a terminal: no bar redraws
+    assert [r for r in caplog.records if r.name == "cmhash" and r.levelno == logging.INFO]
     assert np.array_equal(quiet.encode(X, "image"), loud.encode(X, "image"))
     clone = type(quiet)().set_params(**quiet.get_params())
     assert clone.get_params() == quiet.get_params()

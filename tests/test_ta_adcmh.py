@@ -416,6 +416,8 @@ def _image_data():
 CNN_FAST = dict(n_epochs=2, fc_dim=32, text_hidden=32, batch_size=45, device="cpu")
 
 
+# two epochs: the image network may give every query one code (said by encode's warning)
+@pytest.mark.filterwarnings("ignore::cmhash.OutOfDistributionWarning")
 def test_cnn_backbone_end_to_end_and_save_load(tmp_path):
     img, txt, Y, tr, q = _image_data()
     h = TAADCMH(8, random_state=0, **CNN_FAST).fit(img[tr], txt[tr], Y[tr])

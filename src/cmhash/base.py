@@ -23,7 +23,7 @@ from ._state_check import check_learned_state
 from ._validation import (check_distinct_label_sets, check_features, check_labels,
                           check_n_anchors, check_n_bits, check_not_constant,
                           check_random_state, class_indices, open_npz,
-                          warn_if_degenerate_codes)
+                          warn_if_degenerate_codes, warn_if_far_from_training)
 from .deep.normalization import InputNormalization
 from .fingerprint import model_fingerprint, training_data_fingerprint
 from .kernel import CenteredFeatures, RBFAnchorFeatures
@@ -125,6 +125,9 @@ class CrossModalHasher:
 
     name = ""
     supports_unpaired = False
+    #: whether ``encode(..., task=...)`` selects task-specific hash functions (TA-ADCMH);
+    #: other methods ignore ``task``
+    task_specific = False
     #: modality count the method accepts
     min_views, max_views = 2, 2
     #: feature arrays up to this many dimensions (deep methods take images (n, C, H, W))
@@ -327,14 +330,27 @@ class CrossModalHasher:
         if X.shape[0] == 0:
             return np.zeros((0, self._code_length(m, t)), dtype=np.int8)
         rows = encode_chunk_rows(X.shape[1:])
+        first, far = self._encode_and_flag(X[:rows], m, t)
         if X.shape[0] <= rows:
-            return self._encode(X, m, t)
-        first = self._encode(X[:rows], m, t)
-        codes = np.empty((X.shape[0],) + first.shape[1:], dtype=first.dtype)
-        codes[:rows] = first
-        for start in range(rows, X.shape[0], rows):
-            codes[start:start + rows] = self._encode(X[start:start + rows], m, t)
+            codes = first
+        else:
+            codes = np.empty((X.shape[0],) + first.shape[1:], dtype=first.dtype)
+            codes[:rows] = first
+            far = None if far is None else [far]
+            for start in range(rows, X.shape[0], rows):
+                codes[start:start + rows], f = self._encode_and_flag(X[start:start + rows], m, t)
+                if far is not None:
+                    far.append(f)
+            far = None if far is None else np.concatenate(far)
+        warn_if_far_from_training(codes, far, X, f"{type(self).__name__}.encode "
+                                                 f"({self.modality_names_[m]!r})")
         return codes
+
+    def _encode_and_flag(self, X, m, task):
+        """``(codes, far)`` of one chunk: ``far`` is a boolean mask of the rows whose features
+        are far outside the training distribution (kernel features that underflow), or None
+        when the method has no such test (then only codes that are all the same are flagged)."""
+        return self._encode(X, m, task), None
 
     def _check_query(self, X, m: int):
         """Validate samples ``X`` of modality ``m`` for :meth:`encode` and the other methods that
@@ -695,5 +711,12 @@ class TwoStepKernelHasher(CrossModalHasher):
                              for phi, B in zip(phis, codes)]
 
     def _encode(self, X, m, task):
-        phi = self.kernels_[m].transform(X)
-        return sign(phi @ self.projections_[m].astype(phi.dtype))
+        return self._encode_and_flag(X, m, task)[0]
+
+    def _encode_and_flag(self, X, m, task):
+        fmap = self.kernels_[m]
+        if isinstance(fmap, RBFAnchorFeatures):
+            phi, far = fmap.transform(X, return_far=True)
+        else:   # centred raw features (the no-kernel ablations) do not underflow
+            phi, far = fmap.transform(X), None
+        return sign(phi @ self.projections_[m].astype(phi.dtype)), far

@@ -190,17 +190,38 @@ class RBFAnchorFeatures:
         return self._phi_in_place(self._sq_dist(Xc))
 
     # ---------------------------------------------------------------- transform
-    def transform(self, X) -> np.ndarray:
+    def transform(self, X, *, return_far: bool = False):
+        """Kernel features ``(m, q)`` of ``X``; with ``return_far`` also a boolean mask of the
+        rows that are far from every anchor (:meth:`far_tolerance`): their features are the
+        far-away limit ``-mean_`` to the precision of ``dtype``, so they carry no information
+        and every such row gets the same code."""
         self._check_fitted()
         X = check_features(X, "X")
         if X.shape[1] != self.n_features_in_:
             raise ValueError(f"X has {X.shape[1]} features but the kernel was fitted on "
                              f"{self.n_features_in_}")
         out = np.empty((X.shape[0], self.anchors_.shape[0]), dtype=self.dtype)
+        far = np.zeros(X.shape[0], dtype=bool) if return_far else None
+        tol = self.far_tolerance()
         for start in range(0, X.shape[0], self.chunk_size):
             stop = start + self.chunk_size
-            out[start:stop] = self._raw_phi(X[start:stop]) - self.mean_
-        return out
+            raw = self._raw_phi(X[start:stop])
+            if far is not None:
+                far[start:stop] = raw.max(axis=1) <= tol
+            out[start:stop] = raw - self.mean_
+        return (out, far) if return_far else out
+
+    def far_tolerance(self) -> float:
+        """A row is far from the training data when all its raw kernel values
+        ``exp(-||x - a_j||^2 / (2 sigma))`` are at most this: the rounding unit of ``dtype``
+        times the largest training mean (below it ``raw - mean_`` rounds to ``-mean_``), or
+        the smallest normal number of ``dtype`` when the features are not centred. For
+        float32 and Wiki-like data a row is far when its squared distance to the nearest
+        anchor exceeds ~35 sigma (sigma: the mean squared train-to-anchor distance)."""
+        self._check_fitted()
+        info = np.finfo(self.dtype)
+        top = float(np.abs(self.mean_).max()) if self.mean_.size else 0.0
+        return max(float(info.eps) * top, float(info.tiny))
 
     def fit_transform(self, X, y=None) -> np.ndarray:
         """``fit(X).transform(X)``, bit-identical to it.

@@ -334,6 +334,7 @@ class TAADCMH(TorchHasher):
     name = "ta-adcmh"
     state_shapes = {"projection_i2t_": ("c", "r"), "projection_t2i_": ("c", "r"),
                     "input_kernels_[v]?": ("d{v}", "q{v}")}
+    task_specific = True   # encode(..., task=...) selects the task's hash functions
     standardized_ndims = (2, 4)   # vectors per feature, images per channel
 
     #: the paper's Section 4.3 values (500 iterations, batches of 128); "wiki" was selected on

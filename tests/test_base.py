@@ -249,6 +249,7 @@ except ImportError:  # pragma: no cover - the deep extra is optional
 _QUICK = {
     "batch": dict(n_anchors=20, n_iter=1), "ascmh": dict(n_anchors=20, n_iter=1),
     "asfoh": dict(n_anchors=20, n_iter=1), "amsh": dict(n_anchors=20, n_iter=1),
+    "scratch": dict(n_anchors=20, n_iter=1),
     "ta-adcmh": dict(n_epochs=1, image_hidden=(16,), text_hidden=16, device="cpu"),
     "sdch": dict(n_epochs=1, batch_size=32, image_hidden=(16,), text_hidden=(16,),
                  feature_dim=8, device="cpu"),
@@ -341,6 +342,7 @@ _ROUND_TRIP_PARAMS = {          # list / tuple / nested values that JSON does no
     "ascmh": [dict(n_anchors=[30, 40], lambda_h=(0.3, 1e-5)), dict(n_anchors=(500, 1000))],
     "asfoh": [dict(n_anchors=(30, 40)), dict(n_anchors=[30, 40])],
     "amsh": [dict(n_anchors=(30, 40)), dict(n_anchors=[30, 40])],
+    "scratch": [dict(n_anchors=(30, 40)), dict(n_anchors=[30, 40])],
     "ta-adcmh": [dict(image_hidden=[16], n_anchors=(10, 20)), dict(image_hidden=(16, 8))],
     "sdch": [dict(image_hidden=[16], text_hidden=(16,)), dict(image_hidden=(16,), text_hidden=[16])],
 }

@@ -36,6 +36,7 @@ _REGISTRY: dict[str, str] = {
     "ascmh": "cmhash.methods.ascmh:ASCMH",
     "asfoh": "cmhash.methods.asfoh:ASFOH",
     "amsh": "cmhash.methods.amsh:AMSH",
+    "scratch": "cmhash.methods.scratch:SCRATCH",
     "ta-adcmh": "cmhash.deep.ta_adcmh:TAADCMH",
     "sdch": "cmhash.deep.sdch:SDCH",
 }

@@ -249,7 +249,7 @@ except ImportError:  # pragma: no cover - the deep extra is optional
 _QUICK = {
     "batch": dict(n_anchors=20, n_iter=1), "ascmh": dict(n_anchors=20, n_iter=1),
     "asfoh": dict(n_anchors=20, n_iter=1), "amsh": dict(n_anchors=20, n_iter=1),
-    "scratch": dict(n_anchors=20, n_iter=1),
+    "scratch": dict(n_anchors=20, n_iter=1), "dch": dict(kernel=True, n_anchors=20, n_iter=1),
     "ta-adcmh": dict(n_epochs=1, image_hidden=(16,), text_hidden=16, device="cpu"),
     "sdch": dict(n_epochs=1, batch_size=32, image_hidden=(16,), text_hidden=(16,),
                  feature_dim=8, device="cpu"),
@@ -343,6 +343,7 @@ _ROUND_TRIP_PARAMS = {          # list / tuple / nested values that JSON does no
     "asfoh": [dict(n_anchors=(30, 40)), dict(n_anchors=[30, 40])],
     "amsh": [dict(n_anchors=(30, 40)), dict(n_anchors=[30, 40])],
     "scratch": [dict(n_anchors=(30, 40)), dict(n_anchors=[30, 40])],
+    "dch": [dict(n_anchors=(30, 40)), dict(n_anchors=[30, 40])],
     "ta-adcmh": [dict(image_hidden=[16], n_anchors=(10, 20)), dict(image_hidden=(16, 8))],
     "sdch": [dict(image_hidden=[16], text_hidden=(16,)), dict(image_hidden=(16,), text_hidden=[16])],
 }
@@ -493,7 +494,8 @@ def test_constant_training_modality_is_refused_naming_it(name):
     for const in (np.full_like(T, 0.3), sp.csr_matrix(T.shape), sp.csr_matrix(np.ones(T.shape))):
         with pytest.raises(ValueError, match=msg):
             _quick(name).fit(X, const, Y)
-    no_kernel = {"amsh": {"kernel": False}, "asfoh": {"use_kernel": False}}.get(name)
+    no_kernel = {"amsh": {"kernel": False}, "asfoh": {"use_kernel": False},
+                 "dch": {"kernel": False}}.get(name)
     if no_kernel is not None:
         with pytest.raises(ValueError, match=msg):
             _quick(name, **no_kernel).fit(X, np.full_like(T, 0.3), Y)

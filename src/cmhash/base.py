@@ -37,6 +37,7 @@ _REGISTRY: dict[str, str] = {
     "asfoh": "cmhash.methods.asfoh:ASFOH",
     "amsh": "cmhash.methods.amsh:AMSH",
     "scratch": "cmhash.methods.scratch:SCRATCH",
+    "dch": "cmhash.methods.dch:DCH",
     "ta-adcmh": "cmhash.deep.ta_adcmh:TAADCMH",
     "sdch": "cmhash.deep.sdch:SDCH",
 }

@@ -250,6 +250,7 @@ _QUICK = {
     "batch": dict(n_anchors=20, n_iter=1), "ascmh": dict(n_anchors=20, n_iter=1),
     "asfoh": dict(n_anchors=20, n_iter=1), "amsh": dict(n_anchors=20, n_iter=1),
     "scratch": dict(n_anchors=20, n_iter=1), "dch": dict(kernel=True, n_anchors=20, n_iter=1),
+    "cmfh": dict(n_iter=1),
     "ta-adcmh": dict(n_epochs=1, image_hidden=(16,), text_hidden=16, device="cpu"),
     "sdch": dict(n_epochs=1, batch_size=32, image_hidden=(16,), text_hidden=(16,),
                  feature_dim=8, device="cpu"),
@@ -344,6 +345,7 @@ _ROUND_TRIP_PARAMS = {          # list / tuple / nested values that JSON does no
     "amsh": [dict(n_anchors=(30, 40)), dict(n_anchors=[30, 40])],
     "scratch": [dict(n_anchors=(30, 40)), dict(n_anchors=[30, 40])],
     "dch": [dict(n_anchors=(30, 40)), dict(n_anchors=[30, 40])],
+    "cmfh": [dict(image_weight=0.25)],
     "ta-adcmh": [dict(image_hidden=[16], n_anchors=(10, 20)), dict(image_hidden=(16, 8))],
     "sdch": [dict(image_hidden=[16], text_hidden=(16,)), dict(image_hidden=(16,), text_hidden=[16])],
 }

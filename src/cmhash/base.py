@@ -38,6 +38,7 @@ _REGISTRY: dict[str, str] = {
     "amsh": "cmhash.methods.amsh:AMSH",
     "scratch": "cmhash.methods.scratch:SCRATCH",
     "dch": "cmhash.methods.dch:DCH",
+    "cmfh": "cmhash.methods.cmfh:CMFH",
     "ta-adcmh": "cmhash.deep.ta_adcmh:TAADCMH",
     "sdch": "cmhash.deep.sdch:SDCH",
 }

@@ -39,6 +39,8 @@ _REGISTRY: dict[str, str] = {
     "scratch": "cmhash.methods.scratch:SCRATCH",
     "dch": "cmhash.methods.dch:DCH",
     "cmfh": "cmhash.methods.cmfh:CMFH",
+    "dlfh": "cmhash.methods.dlfh:DLFH",
+    "kdlfh": "cmhash.methods.dlfh:KDLFH",
     "ta-adcmh": "cmhash.deep.ta_adcmh:TAADCMH",
     "sdch": "cmhash.deep.sdch:SDCH",
 }

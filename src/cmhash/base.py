@@ -41,6 +41,7 @@ _REGISTRY: dict[str, str] = {
     "cmfh": "cmhash.methods.cmfh:CMFH",
     "dlfh": "cmhash.methods.dlfh:DLFH",
     "kdlfh": "cmhash.methods.dlfh:KDLFH",
+    "smfh": "cmhash.methods.smfh:SMFH",
     "ta-adcmh": "cmhash.deep.ta_adcmh:TAADCMH",
     "sdch": "cmhash.deep.sdch:SDCH",
 }

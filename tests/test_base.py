@@ -251,7 +251,7 @@ _QUICK = {
     "asfoh": dict(n_anchors=20, n_iter=1), "amsh": dict(n_anchors=20, n_iter=1),
     "scratch": dict(n_anchors=20, n_iter=1), "dch": dict(kernel=True, n_anchors=20, n_iter=1),
     "cmfh": dict(n_iter=1), "dlfh": dict(n_iter=1), "kdlfh": dict(n_anchors=20, n_iter=1),
-    "smfh": dict(n_iter=1),
+    "smfh": dict(n_iter=1), "scm-orth": dict(n_bits=1), "scm-seq": {},
     "ta-adcmh": dict(n_epochs=1, image_hidden=(16,), text_hidden=16, device="cpu"),
     "sdch": dict(n_epochs=1, batch_size=32, image_hidden=(16,), text_hidden=(16,),
                  feature_dim=8, device="cpu"),
@@ -352,7 +352,7 @@ _ROUND_TRIP_PARAMS = {          # list / tuple / nested values that JSON does no
     "cmfh": [dict(image_weight=0.25)],
     "dlfh": [dict(n_samples=20)],
     "kdlfh": [dict(n_anchors=(30, 40)), dict(n_anchors=[30, 40])],
-    "smfh": [dict(n_neighbors=3)],
+    "smfh": [dict(n_neighbors=3)], "scm-orth": [dict(ridge=1e-3)], "scm-seq": [dict(ridge=1e-3)],
     "ta-adcmh": [dict(image_hidden=[16], n_anchors=(10, 20)), dict(image_hidden=(16, 8))],
     "sdch": [dict(image_hidden=[16], text_hidden=(16,)), dict(image_hidden=(16,), text_hidden=[16])],
 }

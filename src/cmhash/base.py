@@ -42,6 +42,8 @@ _REGISTRY: dict[str, str] = {
     "dlfh": "cmhash.methods.dlfh:DLFH",
     "kdlfh": "cmhash.methods.dlfh:KDLFH",
     "smfh": "cmhash.methods.smfh:SMFH",
+    "scm-orth": "cmhash.methods.scm:SCMOrth",
+    "scm-seq": "cmhash.methods.scm:SCMSeq",
     "ta-adcmh": "cmhash.deep.ta_adcmh:TAADCMH",
     "sdch": "cmhash.deep.sdch:SDCH",
 }

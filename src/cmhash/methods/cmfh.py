@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._validation import check_int, check_positive
+from .._validation import check_int, check_modality_weight, check_positive
 from ..base import TwoStepKernelHasher
 from ..progress import progress
 from ..solvers import gram, sign, solve_psd
@@ -104,10 +104,7 @@ class CMFH(TwoStepKernelHasher):
         return False              # raw features: CMFH has no kernel
 
     def _validate_params(self):
-        a = check_positive(self.image_weight, "image_weight", allow_zero=True)
-        if a > 1:
-            raise ValueError(f"image_weight must be in [0, 1] (the text weight is "
-                             f"1 - image_weight), got {self.image_weight}")
+        check_modality_weight(self.image_weight, "image_weight")
         check_positive(self.mu, "mu")
         check_positive(self.gamma, "gamma")
         check_int(self.n_iter, "n_iter")

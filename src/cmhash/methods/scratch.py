@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._validation import check_int, check_positive
+from .._validation import check_int, check_modality_weight, check_positive
 from ..base import TwoStepKernelHasher
 from ..progress import progress
 from ..solvers import gram, procrustes, sign, solve_psd
@@ -124,10 +124,7 @@ class SCRATCH(TwoStepKernelHasher):
         self.n_iter = n_iter
 
     def _validate_params(self):
-        lam = check_positive(self.lambda_image, "lambda_image", allow_zero=True)
-        if lam > 1:
-            raise ValueError(f"lambda_image must be in [0, 1] (the text weight is "
-                             f"1 - lambda_image), got {self.lambda_image}")
+        check_modality_weight(self.lambda_image, "lambda_image")
         check_positive(self.alpha, "alpha", allow_zero=True)
         check_positive(self.mu, "mu")
         check_positive(self.gamma, "gamma")     # > 0: every U-, G-, W- and V-step stays unique

@@ -33,7 +33,7 @@ import scipy.sparse as sp
 from scipy.sparse.linalg import LinearOperator, cg
 from scipy.spatial import cKDTree
 
-from .._validation import check_int, check_positive
+from .._validation import check_int, check_modality_weight, check_positive
 from ..base import TwoStepKernelHasher
 from ..progress import progress
 from ..solvers import gram, sign, solve_psd
@@ -171,10 +171,7 @@ class SMFH(TwoStepKernelHasher):
         return False
 
     def _validate_params(self):
-        a = check_positive(self.image_weight, "image_weight")
-        if a >= 1:
-            raise ValueError(f"image_weight must be in (0, 1) (the text weight is "
-                             f"1 - image_weight), got {self.image_weight}")
+        check_modality_weight(self.image_weight, "image_weight", open_interval=True)
         check_positive(self.beta, "beta")
         check_positive(self.gamma, "gamma", allow_zero=True)
         check_positive(self.lam, "lam")

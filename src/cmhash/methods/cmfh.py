@@ -1,4 +1,4 @@
-"""CMFH: collective matrix factorisation hashing (Ding, Guo, Zhou, CVPR 2014; TKDE version).
+"""CMFH: collective matrix factorisation hashing (Ding, Guo, Zhou, CVPR 2014; journal version).
 
 Unsupervised: the labels given to ``fit`` are validated like every method's but not used.
 Algorithm (row-sample convention; derivation and deviations in docs/methods/cmfh.md)::
@@ -60,7 +60,7 @@ def update_V(Xs, Us, Ps, *, weights, mu, gamma) -> np.ndarray:
 
 
 class CMFH(TwoStepKernelHasher):
-    """CMFH (Ding, Guo, Zhou; CVPR 2014 / TKDE 2016), as the authors' released code (v2.0).
+    """CMFH (Ding, Guo, Zhou; CVPR 2014), as the authors' released code (v2.0).
 
     Parameters
     ----------

@@ -422,3 +422,14 @@ def open_npz(path, what: str):
         raise ValueError(f"{path} is not {what}: it holds a single .npy array, not an .npz "
                          f"archive")
     return data
+
+
+def check_modality_weight(value, name: str, *, open_interval: bool = False) -> float:
+    """A weight a of the image terms whose text terms get ``1 - a`` (SCRATCH, CMFH, SMFH):
+    a real number in [0, 1] (in (0, 1) with ``open_interval``, where a weight divides)."""
+    a = check_positive(value, name, allow_zero=not open_interval)
+    if a > 1 or (open_interval and a == 1):
+        interval = "(0, 1)" if open_interval else "[0, 1]"
+        raise ValueError(f"{name} must be in {interval} (the text weight is 1 - {name}), "
+                         f"got {value}")
+    return a

@@ -38,3 +38,16 @@ def wiki():
     import scipy.io as sio
     d = sio.loadmat(WIKI)
     return {k: d[k] for k in ("I_tr", "I_te", "T_tr", "T_te", "L_train", "L_test")}
+
+
+def peak_fit_bytes(make_model, n, seed=3):
+    """Peak traced memory (bytes) of ``make_model().fit`` on ``make_structured(n)`` data: the
+    memory tests of the shallow methods compare it with one n x n float64 matrix."""
+    import tracemalloc
+    X, T, Y = make_structured(n, seed=seed)
+    tracemalloc.start()
+    try:
+        make_model().fit(X, T, Y)
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()

@@ -249,6 +249,9 @@ except ImportError:  # pragma: no cover - the deep extra is optional
 _QUICK = {
     "batch": dict(n_anchors=20, n_iter=1), "ascmh": dict(n_anchors=20, n_iter=1),
     "asfoh": dict(n_anchors=20, n_iter=1), "amsh": dict(n_anchors=20, n_iter=1),
+    "scratch": dict(n_anchors=20, n_iter=1), "dch": dict(kernel=True, n_anchors=20, n_iter=1),
+    "cmfh": dict(n_iter=1), "dlfh": dict(n_iter=1), "kdlfh": dict(n_anchors=20, n_iter=1),
+    "smfh": dict(n_iter=1), "scm-orth": dict(n_bits=1), "scm-seq": {},
     "ta-adcmh": dict(n_epochs=1, image_hidden=(16,), text_hidden=16, device="cpu"),
     "sdch": dict(n_epochs=1, batch_size=32, image_hidden=(16,), text_hidden=(16,),
                  feature_dim=8, device="cpu"),
@@ -260,7 +263,9 @@ _ANCHOR_METHODS = [m for m in _METHODS if "n_anchors" in get_method(m)._param_na
 
 
 def _quick(name, **kw):
-    return make_hasher(name, n_bits=8, random_state=0, **{**_QUICK[name], **kw})
+    # n_bits 8 unless the quick settings say otherwise (SCM-orth: at most as many bits as
+    # non-zero semantic correlations, c - 1 = 1 for two single-label classes)
+    return make_hasher(name, **{"n_bits": 8, "random_state": 0, **_QUICK[name], **kw})
 
 
 def test_every_registered_method_is_covered():
@@ -325,15 +330,16 @@ def test_encode_zero_rows_and_one_dimensional_input(name):
         for empty in (F[:0], sp.csr_matrix(F[:0])):
             codes = m.encode(empty, mod)
             full = m.encode(F[:3], mod)
-            assert codes.shape == (0, 8) and codes.dtype == full.dtype == np.int8
+            assert codes.shape == (0, m.n_bits) and codes.dtype == full.dtype == np.int8
         with pytest.raises(ValueError, match=r"must be a 2-D .*array of shape \(n_samples, "
                                              r"n_features\), got a 1-D array of shape "
                                              rf"\({F.shape[1]},\); a single sample .* is "
                                              r"X\.reshape\(1, -1\)"):
             m.encode(F[0], mod)
         assert np.array_equal(m.encode(F[0].reshape(1, -1), mod), m.encode(F[:1], mod))
+    fitted_bits = m.n_bits
     m.set_params(n_bits=16)          # the code length is that of the fitted model
-    assert m.encode(X[:0], "image").shape == (0, 8)
+    assert m.encode(X[:0], "image").shape == (0, fitted_bits)
 
 
 _ROUND_TRIP_PARAMS = {          # list / tuple / nested values that JSON does not tell apart
@@ -342,6 +348,12 @@ _ROUND_TRIP_PARAMS = {          # list / tuple / nested values that JSON does no
     "ascmh": [dict(n_anchors=[30, 40], lambda_h=(0.3, 1e-5)), dict(n_anchors=(500, 1000))],
     "asfoh": [dict(n_anchors=(30, 40)), dict(n_anchors=[30, 40])],
     "amsh": [dict(n_anchors=(30, 40)), dict(n_anchors=[30, 40])],
+    "scratch": [dict(n_anchors=(30, 40)), dict(n_anchors=[30, 40])],
+    "dch": [dict(n_anchors=(30, 40)), dict(n_anchors=[30, 40])],
+    "cmfh": [dict(image_weight=0.25)],
+    "dlfh": [dict(n_samples=20)],
+    "kdlfh": [dict(n_anchors=(30, 40)), dict(n_anchors=[30, 40])],
+    "smfh": [dict(n_neighbors=3)], "scm-orth": [dict(ridge=1e-3)], "scm-seq": [dict(ridge=1e-3)],
     "ta-adcmh": [dict(image_hidden=[16], n_anchors=(10, 20)), dict(image_hidden=(16, 8))],
     "sdch": [dict(image_hidden=[16], text_hidden=(16,)), dict(image_hidden=(16,), text_hidden=[16])],
     "dcmh": [dict(image_hidden=[16]), dict(image_hidden=(16, 8), text_hidden=[16])],
@@ -493,7 +505,8 @@ def test_constant_training_modality_is_refused_naming_it(name):
     for const in (np.full_like(T, 0.3), sp.csr_matrix(T.shape), sp.csr_matrix(np.ones(T.shape))):
         with pytest.raises(ValueError, match=msg):
             _quick(name).fit(X, const, Y)
-    no_kernel = {"amsh": {"kernel": False}, "asfoh": {"use_kernel": False}}.get(name)
+    no_kernel = {"amsh": {"kernel": False}, "asfoh": {"use_kernel": False},
+                 "dch": {"kernel": False}}.get(name)
     if no_kernel is not None:
         with pytest.raises(ValueError, match=msg):
             _quick(name, **no_kernel).fit(X, np.full_like(T, 0.3), Y)

@@ -36,6 +36,7 @@ from .._validation import check_bool, check_choice, check_int, check_positive
 from ..progress import progress
 from ..solvers import sign
 from ._torch_base import TorchHasher, _seed_from_rng, resolve_device, seed_everything
+from .backbones import IMAGE_BACKBONE_KINDS
 from .ta_adcmh import TAADCMH, network_step, objective_block_rows, objective_terms
 
 __all__ = ["DCMH", "codes_step", "learning_rates"]
@@ -80,7 +81,7 @@ class DCMH(TorchHasher):
         Weight of the quantization terms ``||B - F||^2 + ||B - G||^2`` (official: 1).
     eta : float
         Weight of the balance terms ``||F^T 1||^2 + ||G^T 1||^2`` (official: 1).
-    image_backbone : {"auto", "mlp", "cnnf"}
+    image_backbone : {"auto", "mlp", "cnnf", "alexnet", "tv_alexnet", "tv_vgg16", "tv_resnet50"}
     text_backbone : {"auto", "mlp", "text-ta"}
         "auto": CNN-F for arrays of images (n, C, H, W) (either modality), else an MLP (image)
         / the official two-layer text network BoW -> ``text_hidden`` -> r ("text-ta", the
@@ -92,12 +93,18 @@ class DCMH(TorchHasher):
     dropout : float
         Dropout after hidden layers (0: none, as the official code).
     image_weights : str or None
-        Pretrained weights for the image network (a MatConvNet ``imagenet-vgg-f.mat`` into
-        CNN-F, as the official code, or a PyTorch state_dict; see
-        :class:`cmhash.deep.ta_adcmh.TAADCMH`). Never loaded into the text network.
+        Pretrained weights for the image network from this local file (a MatConvNet
+        ``imagenet-vgg-f.mat`` into CNN-F, as the official code, or any file
+        :mod:`cmhash.deep.weights` reads; every layer but the output layer must fit). Never
+        loaded into the text network. Image arrays are then normalised as the weights expect
+        (0-255 RGB pixels in, ``input_normalization_``; vgg-f: its average image subtracted,
+        as the official code) instead of z-scored.
+    image_weights_format : {"auto", "matconvnet", "torchvision", "caffe", "state_dict"}
+        The layout of ``image_weights`` ("auto": from the file).
     standardize : bool
         z-score dense inputs with training means / standard deviations (stored): per feature
-        for vectors, per channel for images. CSR input is left as is.
+        for vectors, per channel for images (unless ``image_weights`` define the images'
+        normalisation). CSR input is left as is.
     n_epochs : int
         Epochs (official: 500); each is one pass of the image network, one of the text
         network, then the B-step.
@@ -129,9 +136,12 @@ class DCMH(TorchHasher):
     learning_rates_ : (n_epochs,) float64   the learning rate of each epoch
     network_states_, architectures_ : the networks "f" (image) and "g" (text)
     input_means_, input_scales_ : per-modality standardisation (None where not applied)
+    input_normalization_ : InputNormalization or None   the image normalisation of the loaded
+        weights (applied through input_means_ / input_scales_; saved with the model)
     """
 
     name = "dcmh"
+    state_shapes = {"learning_rates_": ("n_epochs",)}
     standardized_ndims = (2, 4)   # vectors per feature, images per channel
 
     #: the official hyper-parameters on the three data sets of the paper (the released scripts
@@ -145,7 +155,8 @@ class DCMH(TorchHasher):
     def __init__(self, n_bits: int = 32, *, gamma: float = 1.0, eta: float = 1.0,
                  image_backbone: str = "auto", text_backbone: str = "auto",
                  image_hidden=(512,), text_hidden=8192, fc_dim: int = 4096,
-                 dropout: float = 0.0, image_weights=None, standardize: bool = True,
+                 dropout: float = 0.0, image_weights=None, image_weights_format: str = "auto",
+                 standardize: bool = True,
                  n_epochs: int = 500, batch_size: int = 128, lr: float = 10 ** -1.5,
                  lr_end: float = 1e-3, lr_schedule: str = "log", optimizer: str = "sgd",
                  weight_decay: float = 5e-4, refresh_buffers: bool = False,
@@ -161,6 +172,7 @@ class DCMH(TorchHasher):
         self.fc_dim = fc_dim
         self.dropout = dropout
         self.image_weights = image_weights
+        self.image_weights_format = image_weights_format
         self.standardize = standardize
         self.n_epochs = n_epochs
         self.batch_size = batch_size
@@ -180,7 +192,7 @@ class DCMH(TorchHasher):
         check_positive(self.lr_end, "lr_end")
         check_choice(self.lr_schedule, "lr_schedule", {"log", "linear"})
         check_choice(self.optimizer, "optimizer", {"sgd", "adam"})
-        check_choice(self.image_backbone, "image_backbone", {"auto", "mlp", "cnnf"})
+        check_choice(self.image_backbone, "image_backbone", {"auto", "mlp", *IMAGE_BACKBONE_KINDS})
         check_choice(self.text_backbone, "text_backbone", {"auto", "mlp", "text-ta"})
         check_int(self.n_epochs, "n_epochs")
         check_int(self.batch_size, "batch_size")
@@ -190,12 +202,13 @@ class DCMH(TorchHasher):
         if not (isinstance(self.dropout, (int, float)) and not isinstance(self.dropout, bool)
                 and 0 <= self.dropout < 1):
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
-        self._check_weights_file(self.image_weights)
+        self._check_weights_file(self.image_weights, source=self.image_weights_format)
         resolve_device(self.device)
 
     # ---------------------------------------------- shared with TA-ADCMH (built on DCMH)
     #: backbone specs ("auto": CNN-F for images, an MLP for image vectors, BoW -> hidden -> r
     #: for texts) and network construction with ``image_weights`` in the image network only
+    #: (:meth:`TorchHasher._load_image_weights`)
     _spec = TAADCMH._spec
     _new_network = TAADCMH._new_network
     #: one epoch of one network: a :meth:`_train_step` per mini-batch of a random permutation,

@@ -88,6 +88,8 @@ class CMFH(TwoStepKernelHasher):
     """
 
     name = "cmfh"
+    state_shapes = {**TwoStepKernelHasher.state_shapes, "latent_": ("n", "r"),
+                    "factor_loadings_[v]": ("r", "q{v}")}
     PRESETS: dict = {}
     VARIANTS: dict = {}
 

@@ -84,6 +84,7 @@ class DCH(TwoStepKernelHasher):
     """
 
     name = "dch"
+    state_shapes = {**TwoStepKernelHasher.state_shapes, "classifier_": ("r", "c")}
     PRESETS: dict = {}
     VARIANTS = {"DCH-kernel": {"kernel": True}}
 

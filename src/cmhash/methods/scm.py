@@ -99,6 +99,7 @@ class SCMOrth(_SCM):
     """
 
     name = "scm-orth"
+    state_shapes = {**TwoStepKernelHasher.state_shapes, "correlations_": ("r",)}
 
     def _projections(self, X, Y, Cxx, Cyy, Cxy):
         r = self.n_bits

@@ -108,6 +108,9 @@ class SCRATCH(TwoStepKernelHasher):
     """
 
     name = "scratch"
+    state_shapes = {**TwoStepKernelHasher.state_shapes, "latent_": ("n", "r"),
+                    "rotation_": ("r", "r"), "factor_loadings_[v]": ("r", "q{v}"),
+                    "label_loadings_": ("r", "c"), "feature_maps_[v]": ("q{v}", "r")}
     #: the released demo (Main_Wiki.m) uses these values on every dataset
     PRESETS: dict = {}
     VARIANTS: dict = {}

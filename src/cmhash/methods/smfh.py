@@ -153,6 +153,8 @@ class SMFH(TwoStepKernelHasher):
     """
 
     name = "smfh"
+    state_shapes = {**TwoStepKernelHasher.state_shapes, "latent_": ("n", "r"),
+                    "factor_loadings_[v]": ("r", "q{v}")}
     PRESETS: dict = {}
     VARIANTS: dict = {}
 

@@ -42,6 +42,7 @@ traceback; any other exception is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -54,6 +55,7 @@ from . import __version__
 from ._io import atomic_write
 from .cli_inputs import (add_data_options, as_query_matrix, check_output_dir, check_output_file,
                          encode_input, load_data, require_queries)
+from .cli_cluster import add_cluster_options, encode_to_store, is_zarr_path, store_index
 from .cli_output import BROKEN_PIPE_STATUS, configured_logging, silence_closed_stdout
 
 log = logging.getLogger("cmhash")
@@ -341,6 +343,11 @@ def cmd_encode(args):
     task = _encode_task(args, hasher)
     X, ids, labels, modality, what = encode_input(args, hasher)
     X = as_query_matrix(X, hasher, modality)
+    if is_zarr_path(args.out):                        # a chunked store, on a cluster if asked
+        return encode_to_store(args, hasher, X, ids, modality, task)
+    if args.cluster or args.scheduler:
+        raise ValueError("--cluster / --scheduler encode into a chunked store: give --out "
+                         "DB.zarr")
     codes = hasher.encode(X, modality, task=task)
     arrays = dict(packed=pack_codes(codes), n_bits=np.array(codes.shape[1]), ids=ids,
                   modality=np.array(modality), model_fingerprint=np.str_(hasher.fingerprint))
@@ -413,7 +420,21 @@ def cmd_search(args):
     if args.show < 0:
         raise ValueError(f"--show must be >= 0 (queries to print), got {args.show}")
     check_output_file(args.out, "--out", make_parents=True)
-    db_packed, n_bits, db_ids, index = _read_codes(args.database, backend=args.backend)
+    with contextlib.ExitStack() as stack:
+        _search(args, stack)
+
+
+def _search(args, stack):
+    from .index import HammingIndex
+
+    if is_zarr_path(args.database):      # a chunked store: sharded over a cluster if asked
+        index, n_bits, db_ids = store_index(args, stack)
+        db_packed = None
+    else:
+        if args.cluster or args.scheduler:
+            raise ValueError("--cluster / --scheduler search a chunked store: give "
+                             "--database DB.zarr (written by cmhash encode --out DB.zarr)")
+        db_packed, n_bits, db_ids, index = _read_codes(args.database, backend=args.backend)
     if index is None:
         index = HammingIndex(n_bits, backend=args.backend or "auto")
         index.add(db_packed, packed=True)
@@ -443,7 +464,8 @@ def cmd_search(args):
         pairs = " ".join(f"{a}:{int(b)}" for a, b in zip(r[:10], d[:10]))
         print(f"query {qid}: {pairs}{' ...' if len(r) > 10 else ''}")
     log.info(f"{len(results)} queries in {seconds:.3f} s "
-             f"({len(results) / max(seconds, 1e-9):.0f} queries/s, backend {index.backend})")
+             f"({len(results) / max(seconds, 1e-9):.0f} queries/s, "
+             f"backend {getattr(index, 'backend', 'sharded')})")
 
 
 def cmd_sweep(args):
@@ -579,7 +601,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--modality", help="modality to encode (implied by --image / --text)")
     p.add_argument("--task", help="query,database modalities, for task-specific models "
                                   "(ta-adcmh) only")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="codes file (.npz), or a chunked store "
+                                                "(.zarr directory) for large databases")
+    p.add_argument("--chunk-rows", type=int, default=65536,
+                   help="rows per block of a .zarr store (default 65536)")
+    add_cluster_options(p)
     common(p, json=False)
     p.set_defaults(func=cmd_encode)
 
@@ -592,6 +618,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="search backend (default: a saved index's own backend, else auto)")
     p.add_argument("--show", type=int, default=5, help="queries to print")
     p.add_argument("--out", help="write ids and distances as JSON")
+    add_cluster_options(p)
     common(p, json=False)
     p.set_defaults(func=cmd_search)
 

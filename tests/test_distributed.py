@@ -86,3 +86,50 @@ def test_store_and_cluster_errors(tmp_path):
     with pytest.raises(ValueError, match="not both"):
         make_client("local:2", scheduler="tcp://127.0.0.1:1")
     assert make_client() is None
+
+
+def test_cli_encode_to_zarr_and_search_on_a_cluster(tmp_path):
+    """cmhash encode --out DB.zarr --cluster local:2, then cmhash search over the store, sharded
+    on a cluster and in-process: the same ids as the plain codes files."""
+    import json
+
+    from cmhash.cli import main
+    X, T, L = make_structured(n=400, seed=5)
+    np.save(tmp_path / "img.npy", X)
+    np.save(tmp_path / "txt.npy", T)
+    np.save(tmp_path / "y.npy", L)
+    model = tmp_path / "m.npz"
+    assert main(["fit", "--method", "batch", "--image", str(tmp_path / "img.npy"), "--text",
+                 str(tmp_path / "txt.npy"), "--labels", str(tmp_path / "y.npy"), "--bits", "16",
+                 "--n-query", "0", "--param", "n_anchors=30", "--out", str(model),
+                 "--quiet"]) == 0
+    assert main(["encode", "--model", str(model), "--image", str(tmp_path / "img.npy"),
+                 "--out", str(tmp_path / "db.zarr"), "--chunk-rows", "100", "--cluster",
+                 "local:2", "--quiet"]) == 0
+    assert main(["encode", "--model", str(model), "--image", str(tmp_path / "img.npy"),
+                 "--out", str(tmp_path / "db.npz"), "--quiet"]) == 0
+    assert main(["encode", "--model", str(model), "--text", str(tmp_path / "txt.npy"),
+                 "--out", str(tmp_path / "q.npz"), "--quiet"]) == 0
+    outs = {}
+    for name, extra in (("plain", ["--database", str(tmp_path / "db.npz")]),
+                        ("store", ["--database", str(tmp_path / "db.zarr")]),
+                        ("sharded", ["--database", str(tmp_path / "db.zarr"), "--cluster",
+                                     "local:2"])):
+        out = tmp_path / f"{name}.json"
+        assert main(["search", *extra, "--queries", str(tmp_path / "q.npz"), "-k", "5",
+                     "--out", str(out), "--quiet"]) == 0
+        outs[name] = json.loads(out.read_text())
+    assert outs["store"] == outs["plain"] and outs["sharded"] == outs["plain"]
+    # codes of another model are refused against the store
+    other = tmp_path / "m2.npz"
+    assert main(["fit", "--method", "batch", "--image", str(tmp_path / "img.npy"), "--text",
+                 str(tmp_path / "txt.npy"), "--labels", str(tmp_path / "y.npy"), "--bits", "16",
+                 "--n-query", "0", "--param", "n_anchors=30", "--seed", "1", "--out",
+                 str(other), "--quiet"]) == 0
+    assert main(["encode", "--model", str(other), "--text", str(tmp_path / "txt.npy"),
+                 "--out", str(tmp_path / "q2.npz"), "--quiet"]) == 0
+    assert main(["search", "--database", str(tmp_path / "db.zarr"), "--queries",
+                 str(tmp_path / "q2.npz"), "--quiet"]) == 2
+    # the options need a store
+    assert main(["encode", "--model", str(model), "--image", str(tmp_path / "img.npy"),
+                 "--out", str(tmp_path / "x.npz"), "--cluster", "local:2", "--quiet"]) == 2

@@ -20,6 +20,7 @@ import scipy.linalg as sla
 import scipy.sparse as sp
 
 from ._threads import single_threaded_blas_if_small
+from ._validation import warn_numerical_fallback
 
 #: rows per chunk when accumulating Gram matrices of tall matrices
 GRAM_CHUNK = 4096
@@ -88,6 +89,11 @@ def orthogonal_zero_mean(Z, random_state=None) -> np.ndarray:
     k = int(np.count_nonzero(s > max(n, r) * np.finfo(np.float64).eps * max(s[0], 1e-300)))
     U = U[:, :k]
     if k < r:
+        warn_numerical_fallback(
+            f"orthogonal_zero_mean: the centred Z has numerical rank {k} < r = {r}, so "
+            f"{r - k} column(s) of V are a random orthonormal completion (not determined by the "
+            f"objective; they depend on the seed). Usual causes: fewer classes than bits with "
+            f"small weights on the other terms, or duplicated / constant training data.")
         rng = (random_state if isinstance(random_state, np.random.Generator)
                else np.random.default_rng(random_state))
         basis = np.hstack([np.full((n, 1), 1.0 / np.sqrt(n)), U])
@@ -231,6 +237,10 @@ def solve_psd(G, R) -> np.ndarray:
         return sla.cho_solve(sla.cho_factor(G, lower=False, check_finite=False), R,
                              check_finite=False)
     except np.linalg.LinAlgError:
+        warn_numerical_fallback(
+            f"solve_psd: the {G.shape[0]} x {G.shape[0]} system matrix is not numerically "
+            f"positive definite (Cholesky failed); using the minimum-norm least-squares solution "
+            f"instead. Usual causes: a ridge of 0 with linearly dependent or constant features.")
         return np.linalg.lstsq(G, R, rcond=None)[0]
 
 

@@ -1,4 +1,4 @@
-"""Shared PyTorch machinery of the deep methods (TA-ADCMH, SDCH).
+"""Shared PyTorch machinery of the deep methods (TA-ADCMH, SDCH, DCMH).
 
 Only the deep methods import this module, so ``import cmhash`` never imports torch.
 
@@ -94,12 +94,23 @@ class TorchHasher(CrossModalHasher):
     """
 
     max_feature_ndim = 4  # images (n, C, H, W)
+    diagnostic_state = ("loss_terms_",)   # loss histories (not used to encode)
     predict_batch_size = 1024
 
     def __init__(self, n_bits: int = 32, *, device: str = "auto", random_state=None,
                  verbose: bool = False):
         super().__init__(n_bits, random_state=random_state, verbose=verbose)
         self.device = device
+
+    def _state_shapes(self) -> dict:
+        """Input standardisation per modality: (d,) for vectors; for images (C, H, W) arrays
+        broadcast over the pixels: (C, 1, 1) per channel, or (C, H, W) (a pretrained
+        network's average image, ``input_normalization_``)."""
+        shapes = super()._state_shapes()
+        for v, f in enumerate(self.n_features_):
+            shape = tuple(f) if len(f) == 1 else (f[0],) + tuple((1, s) for s in f[1:])
+            shapes[f"input_means_[{v}]?"] = shapes[f"input_scales_[{v}]?"] = shape
+        return shapes
 
     # ------------------------------------------------------------- tensors
     #: input arrays of these ndims are z-scored when ``standardize`` is set (subclasses)

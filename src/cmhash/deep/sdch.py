@@ -231,17 +231,19 @@ class SDCH(TorchHasher):
 
     name = "sdch"
 
-    #: the paper's Section 4.2 values; "wiki" (MLP backbones) keeps every loss weight and adds
+    #: the paper's Section 4.2 values with Table 1's text network txt-fc1 4096 - txt-fc2 4096 -
+    #: txt-fc3 256 ("text-sdch"; the image network is AlexNet for image arrays); "wiki" (MLP
+    #: backbones for Wiki's feature vectors) keeps every loss weight and adds
     #: the stabilising options chosen on validation_split(0.2, random_state=0) at 32 and 128
     #: bits, seeds 0 and 1 (docs/methods/sdch.md, "Validation search"): tanh-bounded features,
     #: gradient-norm clipping at 10, 100 epochs with the learning rates decayed by 0.97 per epoch
     PRESETS = {
         "nuswide": {"gamma": 0.01, "beta1": 1.0, "beta2": 1.0, "beta3": 0.1,
-                    "batch_size": 64, "n_epochs": 50},
+                    "batch_size": 64, "n_epochs": 50, "text_backbone": "text-sdch"},
         "mirflickr25k": {"gamma": 0.01, "beta1": 1.0, "beta2": 1.0, "beta3": 0.1,
-                         "batch_size": 64, "n_epochs": 50},
+                         "batch_size": 64, "n_epochs": 50, "text_backbone": "text-sdch"},
         "iapr-tc12": {"gamma": 0.01, "beta1": 1.0, "beta2": 1.0, "beta3": 0.1,
-                      "batch_size": 64, "n_epochs": 50},
+                      "batch_size": 64, "n_epochs": 50, "text_backbone": "text-sdch"},
         "wiki": {"gamma": 0.01, "beta1": 1.0, "beta2": 1.0, "beta3": 0.1,
                  "batch_size": 64, "n_epochs": 100, "feature_bound": "tanh",
                  "feature_scale": 1.0, "grad_clip": 10.0, "lr_decay": 0.97},
@@ -506,13 +508,8 @@ class SDCH(TorchHasher):
         return torch.from_numpy(np.stack([Bz[:n], Bz[n:]]).astype(np.float32)).to(device)
 
     def _train_epoch(self, phase, f, g, h, opt_f, opt_h, Xd, Yd, L, B, gamma, hp, rng, device):
-        """One epoch of Algorithm 1; returns the per-term sums over the mini-batches.
-
-        Per batch: (i) Theta_h takes a step on gamma L_h with the features fixed (the
-        gradient of ``hash_loss_grad`` through fc4); (ii) Theta_f takes a step on
-        ``L_f + gamma L_h`` evaluated through the UPDATED fc4 (``feature_loss_grad`` on the
-        feature outputs plus ``hash_loss_grad`` back-propagated through fc4).
-        """
+        """One epoch of Algorithm 1 (one :meth:`_train_step` per mini-batch of a random
+        permutation); returns the per-term sums over the mini-batches."""
         n = L.shape[0]
         f.train(), g.train(), h.train()
         perm = rng.permutation(n)
@@ -522,41 +519,9 @@ class SDCH(TorchHasher):
             if idx.size < 2:
                 continue
             it = torch.as_tensor(idx, device=device)
-            Lb = L[it]
-            Sf = label_similarity(Lb, Lb)                                   # b x b
-            L2 = torch.cat([Lb, Lb])
-            Sh = 2.0 * label_similarity(L2, L2) - 1.0                      # 2b x 2b, +-1
             Bb = torch.cat([B[0][it], B[1][it]]) if B is not None else None
-            Fx = self._bound(f(self._rows(Xd, idx, device)))
-            Fy = self._bound(g(self._rows(Yd, idx, device)))
-            Fxy = torch.cat([Fx, Fy])
-            if phase in ("hash", "all"):                                    # (i) Theta_h
-                Z1 = h(Fxy.detach())
-                gZ = gamma * hash_loss_grad(Z1.detach(), Bb, Sh, **hp)
-                opt_h.zero_grad(set_to_none=True)
-                Z1.backward(gZ)
-                self._clip(h.parameters())
-                opt_h.step()
-            with torch.no_grad():
-                Z = h(Fxy)
-                lf = float(feature_loss(Fx, Fy, Sf))
-                th = ({k: float(v) for k, v in hash_loss_terms(Z, Bb, Sh,
-                                                               paper_literal=hp["paper_literal"]).items()}
-                      if Bb is not None else {k: 0.0 for k in TERMS[1:]})
-            if phase in ("feature", "all"):                                 # (ii) Theta_f
-                gFx, gFy = feature_loss_grad(Fx.detach(), Fy.detach(), Sf)
-                outs, grads = [Fx, Fy], [gFx, gFy]
-                if Bb is not None:
-                    Z2 = h(Fxy)
-                    outs.append(Z2)
-                    grads.append(gamma * hash_loss_grad(Z2.detach(), Bb, Sh, **hp))
-                opt_f.zero_grad(set_to_none=True)
-                torch.autograd.backward(outs, grads)
-                self._clip(list(f.parameters()) + list(g.parameters()))
-                opt_f.step()
-                h.zero_grad(set_to_none=True)       # fc4 gradients of (ii) are not used
-                for _ in range(int(self.text_steps) - 1):   # extra steps of psi_y, psi_x fixed
-                    self._text_step(f, g, h, opt_f, Xd, Yd, idx, Sf, Sh, Bb, gamma, hp, device)
+            lf, th = self._train_step(phase, f, g, h, opt_f, opt_h, self._rows(Xd, idx, device),
+                                      self._rows(Yd, idx, device), L[it], Bb, gamma, hp)
             sums["feature"] += lf
             for k in TERMS[1:]:
                 sums[k] += th[k]
@@ -565,15 +530,61 @@ class SDCH(TorchHasher):
             sums["total"] += lf + gamma * lh
         return sums
 
-    def _text_step(self, f, g, h, opt_f, Xd, Yd, idx, Sf, Sh, Bb, gamma, hp, device):
+    def _train_step(self, phase, f, g, h, opt_f, opt_h, xb, yb, Lb, Bb, gamma, hp):
+        """One mini-batch of Algorithm 1: images ``xb``, texts ``yb`` (b pairs), labels ``Lb``,
+        codes ``Bb`` of the 2b items (None before B exists); returns (L_f, the L_h terms) of
+        the batch before the Theta_f step.
+
+        (i) Theta_h takes a step on gamma L_h with the features fixed (the gradient of
+        ``hash_loss_grad`` through fc4; phases "hash" and "all"); (ii) Theta_f takes a step on
+        ``L_f + gamma L_h`` evaluated through the UPDATED fc4 (``feature_loss_grad`` on the
+        feature outputs plus ``hash_loss_grad`` back-propagated through fc4; phases "feature"
+        and "all", L_f alone while B does not exist).
+        """
+        Sf = label_similarity(Lb, Lb)                                       # b x b
+        L2 = torch.cat([Lb, Lb])
+        Sh = 2.0 * label_similarity(L2, L2) - 1.0                          # 2b x 2b, +-1
+        Fx = self._bound(f(xb))
+        Fy = self._bound(g(yb))
+        Fxy = torch.cat([Fx, Fy])
+        if phase in ("hash", "all"):                                        # (i) Theta_h
+            Z1 = h(Fxy.detach())
+            gZ = gamma * hash_loss_grad(Z1.detach(), Bb, Sh, **hp)
+            opt_h.zero_grad(set_to_none=True)
+            Z1.backward(gZ)
+            self._clip(h.parameters())
+            opt_h.step()
+        with torch.no_grad():
+            Z = h(Fxy)
+            lf = float(feature_loss(Fx, Fy, Sf))
+            th = ({k: float(v) for k, v in hash_loss_terms(Z, Bb, Sh,
+                                                           paper_literal=hp["paper_literal"]).items()}
+                  if Bb is not None else {k: 0.0 for k in TERMS[1:]})
+        if phase in ("feature", "all"):                                     # (ii) Theta_f
+            gFx, gFy = feature_loss_grad(Fx.detach(), Fy.detach(), Sf)
+            outs, grads = [Fx, Fy], [gFx, gFy]
+            if Bb is not None:
+                Z2 = h(Fxy)
+                outs.append(Z2)
+                grads.append(gamma * hash_loss_grad(Z2.detach(), Bb, Sh, **hp))
+            opt_f.zero_grad(set_to_none=True)
+            torch.autograd.backward(outs, grads)
+            self._clip(list(f.parameters()) + list(g.parameters()))
+            opt_f.step()
+            h.zero_grad(set_to_none=True)       # fc4 gradients of (ii) are not used
+            for _ in range(int(self.text_steps) - 1):   # extra steps of psi_y, psi_x fixed
+                self._text_step(f, g, h, opt_f, xb, yb, Sf, Sh, Bb, gamma, hp)
+        return lf, th
+
+    def _text_step(self, f, g, h, opt_f, xb, yb, Sf, Sh, Bb, gamma, hp):
         """One more step of the text network on the same batch's ``L_f + gamma L_h``.
 
         The image features and fc4 are fixed; the gradient is the same closed form as in
         step (ii), restricted to the text outputs (``text_steps`` > 1).
         """
         with torch.no_grad():
-            Fx = self._bound(f(self._rows(Xd, idx, device)))
-        Fy = self._bound(g(self._rows(Yd, idx, device)))
+            Fx = self._bound(f(xb))
+        Fy = self._bound(g(yb))
         _, gFy = feature_loss_grad(Fx, Fy.detach(), Sf)
         outs, grads = [Fy], [gFy]
         if Bb is not None:

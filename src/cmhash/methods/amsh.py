@@ -42,7 +42,7 @@ import numpy as np
 import scipy.linalg as sla
 
 from .._threads import single_threaded_blas, single_threaded_blas_if_small
-from .._validation import check_bool, check_int, check_positive
+from .._validation import check_bool, check_int, check_positive, warn_numerical_fallback
 from ..base import TwoStepKernelHasher
 from ..labels import normalize_rows
 from ..progress import progress
@@ -99,6 +99,7 @@ class AMSH(TwoStepKernelHasher):
     """
 
     name = "amsh"
+    state_shapes = {**TwoStepKernelHasher.state_shapes, "latent_[v]": ("n{v}", "r")}
     supports_unpaired = True
     min_views, max_views = 2, float("inf")
 
@@ -404,6 +405,11 @@ class HashStage:
                 # training rows as anchors): LU gave inf / NaN W and one code for every query;
                 # take the minimum-norm least-squares solution instead (solvers.solve_psd's
                 # fallback), from one eigendecomposition of the symmetric G
+                warn_numerical_fallback(
+                    f"AMSH stage 2: phi^T phi + xi I ({G.shape[0]} x {G.shape[0]}, xi={xi!r}) is "
+                    f"singular; the hash functions are the minimum-norm least-squares solution "
+                    f"(pseudo-inverse). Usual causes: xi = 0 with duplicated training rows or "
+                    f"linearly dependent features; set xi > 0.")
                 self._solve = _psd_pinv_solver(G)
         self.W = None
         self._fitted = None  # phi W, reused by the M-step and the objective

@@ -177,6 +177,9 @@ class ASCMH(TwoStepKernelHasher):
     """
 
     name = "ascmh"
+    state_shapes = {**TwoStepKernelHasher.state_shapes, "latent_": ("n", "r"),
+                    "rotation_": ("r", "r"), "label_projection_": ("c", "r"),
+                    "factor_loadings_[v]": ("r", "q{v}")}
 
     #: hyper-parameters the paper gives (Sec. 4.3: MIRFlickr-25K) and the Wiki values selected
     #: on a validation split of the Wiki training set (docs/methods/ascmh.md, "Wiki preset")

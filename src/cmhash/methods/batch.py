@@ -66,6 +66,7 @@ class BATCH(TwoStepKernelHasher):
                     "xi": ("log", 1e-5, 10.0), "rho": ("log", 1e-5, 1.0)}
 
     name = "batch"
+    state_shapes = {**TwoStepKernelHasher.state_shapes, "latent_": ("n", "r")}
 
     def __init__(self, n_bits: int = 32, *, eta_image: float = 0.05, eta_text: float = 0.05,
                  eta_label: float = 0.9, omega: float = 0.01, xi: float = 0.01,

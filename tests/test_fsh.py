@@ -16,7 +16,7 @@ from conftest import make_structured
 @pytest.fixture(scope="module")
 def fitted():
     X, T, Y = make_structured(200, seed=7)
-    m = FSH(8, n_anchors=20, n_neighbors=4, n_iter=6, eta=0.3, random_state=0).fit(X, T, Y)
+    m = FSH(8, n_anchor_pairs=20, n_neighbors=4, n_iter=6, eta=0.3, random_state=0).fit(X, T, Y)
     return m, X, T, Y
 
 
@@ -113,7 +113,7 @@ def test_fit_steps_and_recorded_objective(fitted):
 def test_unsupervised_labels_do_not_change_the_codes():
     X, T, Y = make_structured(120, seed=8)
     Y2 = np.roll(Y, 1, axis=1)
-    kw = dict(n_anchors=15, n_neighbors=3, n_iter=4, random_state=5)
+    kw = dict(n_anchor_pairs=15, n_neighbors=3, n_iter=4, random_state=5)
     a, b = FSH(8, **kw).fit(X, T, Y), FSH(8, **kw).fit(X, T, Y2)
     assert np.array_equal(a.codes_, b.codes_)
     c = FSH(8, **{**kw, "random_state": 6}).fit(X, T, Y)
@@ -123,7 +123,7 @@ def test_unsupervised_labels_do_not_change_the_codes():
 def test_retrieval_beats_chance():
     X, T, Y = make_structured(600, seed=2, noise=0.5)
     tr, te = np.arange(450), np.arange(450, 600)
-    m = FSH(16, n_anchors=40, n_neighbors=5, n_iter=20, random_state=0).fit(X[tr], T[tr], Y[tr])
+    m = FSH(16, n_anchor_pairs=40, n_neighbors=5, n_iter=20, random_state=0).fit(X[tr], T[tr], Y[tr])
     chance = np.mean((Y[te] @ Y[tr].T) > 0)
     for q, d, Xq in (("image", "text", X), ("text", "image", T)):
         mp = mean_average_precision(m.encode(Xq[te], q), m.learned_codes(d), Y[te], Y[tr])
@@ -137,7 +137,7 @@ def test_graph_beyond_the_memory_limit_is_refused_before_any_work(monkeypatch):
     need = graph_bytes(300, 100)
     with pytest.raises(MemoryError, match=r"n=300 samples x m=100 anchors need .* GiB, above "
                                           r"memory_limit"):
-        FSH(8, n_anchors=100, memory_limit=need - 1).fit(X, T, Y)
+        FSH(8, n_anchor_pairs=100, memory_limit=need - 1).fit(X, T, Y)
     assert not called
 
 
@@ -147,7 +147,7 @@ def test_graph_memory_is_what_graph_bytes_says():
     X, T, Y = make_structured(4000, seed=3)
     tracemalloc.start()
     try:
-        FSH(8, n_anchors=400, n_neighbors=3, n_iter=1, random_state=0).fit(X, T, Y)
+        FSH(8, n_anchor_pairs=400, n_neighbors=3, n_iter=1, random_state=0).fit(X, T, Y)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -156,7 +156,7 @@ def test_graph_memory_is_what_graph_bytes_says():
 
 
 @pytest.mark.parametrize("params, exc, match", [
-    ({"n_neighbors": 30, "n_anchors": 20}, ValueError, "n_neighbors=30 must be at most"),
+    ({"n_neighbors": 30, "n_anchor_pairs": 20}, ValueError, "n_neighbors=30 must be at most"),
     ({"eta": 1.5}, ValueError, r"eta must be None \(learned\) or in \[0, 1\]"),
     ({"lam": 0.0}, ValueError, "lam must be > 0"),
     ({"anchor_method": "grid"}, ValueError, "anchor_method must be one of"),

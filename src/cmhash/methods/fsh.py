@@ -47,9 +47,9 @@ GRAPH_MATRICES = 3
 _CHUNK = 4096
 
 
-def graph_bytes(n: int, n_anchors: int) -> int:
+def graph_bytes(n: int, n_anchor_pairs: int) -> int:
     """Bytes of FSH's fused graph: ``GRAPH_MATRICES`` dense n x m float64 matrices."""
-    return GRAPH_MATRICES * 8 * int(n) * int(n_anchors)
+    return GRAPH_MATRICES * 8 * int(n) * int(n_anchor_pairs)
 
 
 def _sq_dist(X, A):
@@ -139,7 +139,7 @@ class FSH(TwoStepKernelHasher):
     ----------
     n_bits : int
         Code length r.
-    n_anchors : int
+    n_anchor_pairs : int
         Anchor pairs m (50 in the released demo).
     n_neighbors : int
         k of the neighbourhoods of the diffusion graph (10 in the demo).
@@ -175,19 +175,21 @@ class FSH(TwoStepKernelHasher):
     """
 
     name = "fsh"
+    state_shapes = {**TwoStepKernelHasher.state_shapes, "anchor_codes_": ("m", "r"),
+                    "anchors_[v]": ("m", "d{v}")}
     #: ``cmhash tune`` search space (cmhash.tune module doc for the syntax)
     SEARCH_SPACE = {"lam": ("log", 1.0, 1e4), "sigma": ("log", 0.1, 10.0),
-                    "n_neighbors": ("int", 2, 30), "n_anchors": ("int", 20, 500)}
+                    "n_neighbors": ("int", 2, 30), "n_anchor_pairs": ("int", 20, 500)}
     PRESETS: dict = {}
     VARIANTS = {"FSH": {}, "FSH-code": {"released_b_step": True}}
 
-    def __init__(self, n_bits: int = 32, *, n_anchors: int = 50, n_neighbors: int = 10,
+    def __init__(self, n_bits: int = 32, *, n_anchor_pairs: int = 50, n_neighbors: int = 10,
                  lam: float = 300.0, sigma: float = 1.0, xi: float = 1e-3, eta=None,
                  anchor_method: str = "random", released_b_step: bool = False,
                  n_iter: int = 100, memory_limit=2 ** 31, random_state=None,
                  verbose: bool = False):
         super().__init__(n_bits, random_state=random_state, verbose=verbose)
-        self.n_anchors = n_anchors
+        self.n_anchor_pairs = n_anchor_pairs
         self.n_neighbors = n_neighbors
         self.lam = lam
         self.sigma = sigma
@@ -202,10 +204,11 @@ class FSH(TwoStepKernelHasher):
         return False            # one anchor count shared by the modalities, checked below
 
     def _validate_params(self):
-        check_int(self.n_anchors, "n_anchors")
+        check_int(self.n_anchor_pairs, "n_anchor_pairs")
         k = check_int(self.n_neighbors, "n_neighbors")
-        if k > self.n_anchors:
-            raise ValueError(f"n_neighbors={k} must be at most n_anchors={self.n_anchors}")
+        if k > self.n_anchor_pairs:
+            raise ValueError(f"n_neighbors={k} must be at most "
+                             f"n_anchor_pairs={self.n_anchor_pairs}")
         check_positive(self.lam, "lam")
         check_positive(self.sigma, "sigma")
         check_positive(self.xi, "xi", allow_zero=True)
@@ -221,13 +224,13 @@ class FSH(TwoStepKernelHasher):
         check_int(self.n_iter, "n_iter")
 
     def _check_memory(self, n: int) -> int:
-        m = min(self.n_anchors, n)
+        m = min(self.n_anchor_pairs, n)
         need = graph_bytes(n, m)
         if need > self.memory_limit:
             raise MemoryError(
                 f"FSH's fused similarity graph is n x m dense ({GRAPH_MATRICES} float64 "
                 f"matrices): n={n} samples x m={m} anchors need {need / 2 ** 30:.2f} GiB, above "
-                f"memory_limit={self.memory_limit / 2 ** 30:.2f} GiB; lower n_anchors or raise "
+                f"memory_limit={self.memory_limit / 2 ** 30:.2f} GiB; lower n_anchor_pairs or raise "
                 f"memory_limit (bytes)")
         return m
 
@@ -292,5 +295,6 @@ class FSH(TwoStepKernelHasher):
             self.objective_.append(fsh_objective(D, B, Bs, Xs, Ws, lam, xi))
         return B, Bs, Ws, eta
 
-    def _encode(self, X, m, task):
-        return sign(self._features(X, m) @ self.projections_[m].astype(np.float32))
+    def _encode_and_flag(self, X, m, task):
+        # unit-norm rows before the centring (linear features: no far-from-training flag)
+        return sign(self._features(X, m) @ self.projections_[m].astype(np.float32)), None

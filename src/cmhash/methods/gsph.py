@@ -99,6 +99,7 @@ class GSPH(TwoStepKernelHasher):
     """
 
     name = "gsph"
+    state_shapes = {**TwoStepKernelHasher.state_shapes}
     supports_unpaired = True
     #: ``cmhash tune`` search space (cmhash.tune module doc for the syntax)
     SEARCH_SPACE = {"C": ("log", 1e-4, 1.0), "n_anchors": [("int", 100, 1000),

@@ -162,6 +162,7 @@ class SePH(TwoStepKernelHasher):
     """
 
     name = ""
+    state_shapes = {**TwoStepKernelHasher.state_shapes, "latent_": ("n", "r")}
     #: ``cmhash tune`` search space (cmhash.tune module doc for the syntax)
     SEARCH_SPACE = {"alpha": ("log", 1e-4, 10.0), "C": ("log", 1e-4, 1.0)}
     PRESETS: dict = {}

@@ -230,8 +230,8 @@ class FSH(TwoStepKernelHasher):
             raise MemoryError(
                 f"FSH's fused similarity graph is n x m dense ({GRAPH_MATRICES} float64 "
                 f"matrices): n={n} samples x m={m} anchors need {need / 2 ** 30:.2f} GiB, above "
-                f"memory_limit={self.memory_limit / 2 ** 30:.2f} GiB; lower n_anchor_pairs or raise "
-                f"memory_limit (bytes)")
+                f"memory_limit={self.memory_limit / 2 ** 30:.2f} GiB; lower n_anchor_pairs or "
+                f"raise memory_limit (bytes)")
         return m
 
     def _features(self, X, m_index: int):

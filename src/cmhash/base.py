@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ._io import atomic_write
+from ._phases import phase
 from ._validation import (check_distinct_label_sets, check_features, check_labels,
                           check_n_anchors, check_n_bits, check_not_constant,
                           check_random_state, class_indices, open_npz,
@@ -563,6 +564,10 @@ class TwoStepKernelHasher(CrossModalHasher):
 
     def _kernelize(self, views, rng, *, use_kernel: bool = True):
         """Fit one feature map per modality; returns the list of training features phi_v."""
+        with phase("kernel"):
+            return self._fit_feature_maps(views, rng, use_kernel)
+
+    def _fit_feature_maps(self, views, rng, use_kernel: bool):
         self.kernels_ = []
         phis = []
         for v, X in enumerate(views):

@@ -41,6 +41,7 @@ from functools import partial
 import numpy as np
 import scipy.linalg as sla
 
+from .._phases import phase
 from .._threads import single_threaded_blas, single_threaded_blas_if_small
 from .._validation import check_bool, check_int, check_positive
 from ..base import TwoStepKernelHasher
@@ -187,8 +188,10 @@ class AMSH(TwoStepKernelHasher):
         # n x r x r and r x r work only: latency-bound unless n is large
         with single_threaded_blas_if_small(max(L.shape[0] for L in labels) * r * r):
             for _ in progress(range(self.n_iter), desc="AMSH codes", verbose=self.verbose):
-                s1.iterate()
-                self.objective_.append(s1.objective())
+                with phase("latent"):
+                    s1.iterate()
+                with phase("objective"):
+                    self.objective_.append(s1.objective())
         self.codes_ = [B.astype(np.int8) for B in s1.B]
         self.latent_ = s1.V
         self.n_iter_ = self.n_iter
@@ -204,8 +207,10 @@ class AMSH(TwoStepKernelHasher):
             for _ in progress(range(n_hash), desc=f"AMSH hash ({self.modality_names_[t]})",
                               verbose=self.verbose and n_jobs == 1):
                 st.update_F()
-                objs.append(st.objective())
-                st.update_M()
+                with phase("objective"):
+                    objs.append(st.objective())
+                with phase("latent"):
+                    st.update_M()
             return st.W, objs
 
         n_jobs = min(self.n_jobs or 1, len(phis))
@@ -235,16 +240,18 @@ def _pca_init(phi, r: int, n_samples: int, rng) -> np.ndarray:
     S = np.asarray(phi[idx], dtype=np.float64)
     S -= S.mean(axis=0)
     p = min(r, k - 1, q)  # a centred k-sample covariance has rank <= k - 1
-    if k < q:
-        lam, U = sla.eigh(S @ S.T, subset_by_index=[k - p, k - 1])
-    else:
-        lam, U = sla.eigh(S.T @ S, subset_by_index=[q - p, q - 1])
+    with phase("small"):  # one (min(k, q))^2 eigendecomposition, LAPACK-bound
+        if k < q:
+            lam, U = sla.eigh(S @ S.T, subset_by_index=[k - p, k - 1])
+        else:
+            lam, U = sla.eigh(S.T @ S, subset_by_index=[q - p, q - 1])
     keep = lam > PCA_RANK_RTOL * max(k, q) * max(float(lam[-1]), 0.0)
     lam, U = lam[keep], U[:, keep]
     p = int(lam.size)
     W = S.T @ (U / np.sqrt(lam)) if k < q else U
     W = W[:, ::-1]  # descending variance
-    V = np.asarray(phi @ W.astype(phi.dtype), dtype=np.float64)
+    with phase("products"):
+        V = np.asarray(phi @ W.astype(phi.dtype), dtype=np.float64)
     if p < r:
         V = np.hstack([V, rng.standard_normal((n, r - p))])
     return V
@@ -326,15 +333,19 @@ class Stage1:
 
     # ------------------------------------------------------------- objective
     def terms(self) -> dict:
-        """The terms of Eq. 10 at the current state, O(n (c + r) r), no n x n matrix."""
+        """The terms of Eq. 10 at the current state, O(n (c + r) r), no n x n matrix (and no
+        n x r temporary: ``||B - V||^2 = ||B||^2 + tr(V^T V) - 2 <B, V>``)."""
         r = self.r
         reg = quant = intra = inter = 0.0
         VtV = [V.T @ V for V in self.V]
         LhtV = [Lh.T @ V for Lh, V in zip(self.Lh, self.V)]
         for t in range(self.m):
             V, B, Lh = self.V[t], self.B[t], self.Lh[t]
-            reg += float(np.sum((self.targets(t) - V @ self.P[t].T) ** 2))
-            quant += float(np.sum((B - V) ** 2))
+            residual = self.targets(t)
+            residual -= V @ self.P[t].T                                           # n x c
+            reg += float(np.einsum("ij,ij->", residual, residual))
+            quant += (float(np.einsum("ij,ij->", B, B)) + float(np.trace(VtV[t]))
+                      - 2.0 * float(np.einsum("ij,ij->", B, V)))
             # ||B V^T - r Lh Lh^T||^2 = <B^T B, V^T V> - 2r <Lh^T B, Lh^T V> + r^2 ||Lh^T Lh||^2
             intra += (float(np.sum((B.T @ B) * VtV[t])) - 2 * r * float(np.sum((Lh.T @ B) * LhtV[t]))
                       + r * r * float(np.sum(self.LhtLh[t] ** 2)))
@@ -385,6 +396,13 @@ class HashStage:
         self.M = np.zeros_like(self.B)
         G = gram(phi)
         G[np.diag_indices_from(G)] += self.xi
+        with phase("small"):
+            self._factorise(G)
+        self.W = None
+        self._fitted = None  # phi W, reused by the M-step and the objective
+
+    def _factorise(self, G) -> None:
+        """``self._solve``: R -> (phi^T phi + xi I)^{-1} R from one factorisation of ``G``."""
         try:
             self._solve = partial(sla.cho_solve, sla.cho_factor(G, check_finite=False),
                                   check_finite=False)
@@ -402,18 +420,18 @@ class HashStage:
                 # take the minimum-norm least-squares solution instead (solvers.solve_psd's
                 # fallback), from one eigendecomposition of the symmetric G
                 self._solve = _psd_pinv_solver(G)
-        self.W = None
-        self._fitted = None  # phi W, reused by the M-step and the objective
 
     def target(self) -> np.ndarray:
         return self.B + self.B * self.M
 
     def update_F(self):
         """Eq. 26 (with ridge xi): W = (phi^T phi + xi I)^{-1} phi^T (B + B o M)."""
-        T = self.target().astype(self.phi.dtype)
+        T = self.target()
         rhs = gram(self.phi, T) if self.exact_products else cross_product(self.phi, T)
-        self.W = self._solve(rhs)
-        self._fitted = np.asarray(self.phi @ self.W.astype(self.phi.dtype), dtype=np.float64)
+        with phase("small"):
+            self.W = self._solve(rhs)
+        with phase("products"):
+            self._fitted = np.asarray(self.phi @ self.W.astype(self.phi.dtype), dtype=np.float64)
 
     def update_M(self):
         """Eq. 27: M = max(B o (phi W - B), 0), the elementwise minimiser given W."""
@@ -421,4 +439,6 @@ class HashStage:
             self.M = np.maximum(self.B * (self._fitted - self.B), 0.0)
 
     def objective(self) -> float:
-        return float(np.sum((self.target() - self._fitted) ** 2) + self.xi * np.sum(self.W ** 2))
+        residual = self.target()
+        residual -= self._fitted
+        return float(np.einsum("ij,ij->", residual, residual) + self.xi * np.sum(self.W ** 2))

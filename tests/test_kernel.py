@@ -185,3 +185,50 @@ def test_features_equal_the_float64_definition_to_the_stated_rounding():
         assert abs(k.sigma_ - sigma) <= 1e-14 * sigma
         exact = ref - ref.mean(axis=0)
         assert np.abs(phi - exact).max() <= 3 * u32 + 1e-12
+
+
+@pytest.mark.parametrize("sparse_input", [False, True])
+def test_threaded_pass_equals_the_serial_loop(sparse_input, monkeypatch):
+    """The chunks run on all cores (_threads.parallel_map); features, mean and sigma are
+    bit-identical to a serial loop over the same chunks (the chunks' sums are added in order)."""
+    rng = np.random.default_rng(10)
+    X = (rng.random((700, 40)) < 0.2) * rng.random((700, 40))
+    X = sp.csr_matrix(X) if sparse_input else X
+    threaded = RBFAnchorFeatures(33, chunk_size=64, random_state=1)
+    phi_t = threaded.fit_transform(X)
+    monkeypatch.setattr(kernel_module, "parallel_map", lambda f, items: [f(x) for x in items])
+    serial = RBFAnchorFeatures(33, chunk_size=64, random_state=1)
+    phi_s = serial.fit_transform(X)
+    np.testing.assert_array_equal(phi_t, phi_s)
+    np.testing.assert_array_equal(threaded.mean_, serial.mean_)
+    assert threaded.sigma_ == serial.sigma_
+
+
+@pytest.mark.parametrize("sparse_input", [False, True])
+def test_kmeans_in_blocks_equals_lloyd_on_the_full_distance_matrix(sparse_input):
+    """The blockwise k-means (no (samples, q) matrix, member sums by one sparse product) equals
+    Lloyd's algorithm written with the full distance matrix and np.add.at: the same centres bit
+    for bit on dense input (same products, same elementwise expression, sums in sample order);
+    on sparse input the product's summation order may differ in the last bits."""
+    rng = np.random.default_rng(3)
+    X = (rng.random((900, 25)) < 0.3) * rng.standard_normal((900, 25)) + 0.1
+    Xin = sp.csr_matrix(X) if sparse_input else X
+    q = 40
+    got = kernel_module._kmeans_anchors(Xin, q, np.random.default_rng(5), max_samples=600)
+    # reference: the previous implementation
+    r = np.random.default_rng(5)
+    sub = np.sort(r.choice(900, size=600, replace=False))
+    S = X[sub]
+    C = S[r.choice(600, size=q, replace=False)].copy()
+    s_norm = np.einsum("ij,ij->i", S, S)
+    for _ in range(10):
+        D = s_norm[:, None] + np.einsum("ij,ij->i", C, C)[None, :] - 2.0 * S @ C.T
+        assign = np.argmin(D, axis=1)
+        counts = np.bincount(assign, minlength=q)
+        sums = np.zeros_like(C)
+        np.add.at(sums, assign, S)
+        C[counts > 0] = sums[counts > 0] / counts[counts > 0, None]
+    if sparse_input:
+        np.testing.assert_allclose(got, C, rtol=0, atol=1e-12)
+    else:
+        np.testing.assert_array_equal(got, C)

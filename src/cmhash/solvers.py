@@ -96,13 +96,14 @@ def orthogonal_zero_mean(Z, random_state=None) -> np.ndarray:
     if n <= r:
         raise ValueError(f"orthogonal_zero_mean needs n > r (V^T 1 = 0 leaves n - 1 dimensions), "
                          f"got n={n}, r={r}")
-    if not np.all(np.isfinite(Z)):
+    if not np.isfinite(_abs_max(Z)):          # NaN propagates through max / min
         raise ValueError("orthogonal_zero_mean: Z contains NaN or infinite values")
     Z = _power_of_two_rescaled(Z)              # the mean of |Z| ~ 1e308 would overflow
-    Zc = _power_of_two_rescaled(Z - Z.mean(axis=0, keepdims=True))
-    V = _polar_via_gram(Zc)
+    Zc = Z - Z.mean(axis=0, keepdims=True)
+    Zc = _power_of_two_rescaled(Zc)
+    V = _polar_via_gram(Zc, scale=np.sqrt(n))
     if V is not None:
-        return np.sqrt(n) * V
+        return V
     U, s, Wt = np.linalg.svd(Zc, full_matrices=False)
     k = int(np.count_nonzero(s > max(n, r) * np.finfo(np.float64).eps * max(s[0], 1e-300)))
     U = U[:, :k]
@@ -125,8 +126,13 @@ def orthogonal_zero_mean(Z, random_state=None) -> np.ndarray:
 RESCALE_EXPONENT = 300
 
 
+def _abs_max(Z) -> float:
+    """``max |Z|`` without an n x r temporary (NaN if Z has one)."""
+    return max(float(Z.max()), -float(Z.min())) if Z.size else 0.0
+
+
 def _power_of_two_rescaled(Zc):
-    top = float(np.abs(Zc).max()) if Zc.size else 0.0
+    top = _abs_max(Zc)
     if top == 0.0 or 2.0 ** -RESCALE_EXPONENT <= top <= 2.0 ** RESCALE_EXPONENT:
         return Zc
     return np.ldexp(Zc, -np.frexp(top)[1])   # max |Zc| in [0.5, 1), exactly
@@ -137,7 +143,7 @@ def _power_of_two_rescaled(Zc):
 CHOLESKY_QR_MAX_DEVIATION = 1e-7
 
 
-def _polar_via_gram(Zc):
+def _polar_via_gram(Zc, scale: float = 1.0):
     """Orthonormal polar factor ``U W^T`` of ``Zc = U S W^T`` through r x r matrices, or None.
 
     CholeskyQR2 -- two passes of ``Q <- Q R_k^{-1}`` with ``R_k = chol(Q^T Q)`` -- gives
@@ -161,8 +167,9 @@ def _polar_via_gram(Zc):
     except np.linalg.LinAlgError:
         return None
     # second pass folded into the last product: polar = (Q R2^{-1}) U_R W_R^T, R = R2 R1
+    # (times ``scale``, folded into the r x r factor: no extra n x r pass)
     U, _, Wt = np.linalg.svd(R2 @ R1)
-    return Q @ (sla.solve_triangular(R2, eye, lower=False, check_finite=False) @ (U @ Wt))
+    return Q @ (scale * (sla.solve_triangular(R2, eye, lower=False, check_finite=False) @ (U @ Wt)))
 
 
 @timed("small")

@@ -68,8 +68,12 @@ def _solve_flops(G, R, *args, **kwargs) -> float:
 
 
 def sign(X) -> np.ndarray:
-    """Elementwise sign as int8 codes in {-1, +1}; zeros map to -1 (``B(B==0) = -1``)."""
-    return np.where(np.asarray(X) > 0, 1, -1).astype(np.int8)
+    """Elementwise sign as int8 codes in {-1, +1}; zeros map to -1 (``B(B==0) = -1``).
+    (Built in int8 from the boolean ``X > 0``: no int64 temporary of X's size.)"""
+    codes = (np.asarray(X) > 0).astype(np.int8)
+    codes *= 2
+    codes -= 1
+    return codes
 
 
 @timed("latent")

@@ -24,8 +24,9 @@ _recorder = None
 class PhaseTimes(dict):
     """``{phase name: seconds}`` plus ``calls`` (``{phase name: number of entries}``)."""
 
-    def __init__(self):
+    def __init__(self, clock=time.perf_counter):
         super().__init__()
+        self.clock = clock
         self.calls: dict[str, int] = {}
         self._lock = threading.Lock()
         self._local = threading.local()
@@ -45,7 +46,7 @@ class PhaseTimes(dict):
     @contextmanager
     def _phase(self, name: str):
         stack = self._stack()
-        now = time.perf_counter()
+        now = self.clock()
         if stack:                                   # pause the enclosing phase
             outer, since = stack[-1]
             self._add(outer, now - since, entered=False)
@@ -53,7 +54,7 @@ class PhaseTimes(dict):
         try:
             yield
         finally:
-            now = time.perf_counter()
+            now = self.clock()
             _, since = stack.pop()
             self._add(name, now - since, entered=True)
             if stack:                               # resume the enclosing phase
@@ -68,12 +69,14 @@ def phase(name: str):
 
 
 @contextmanager
-def record_phases():
-    """Record every :func:`phase` entered inside the block; yields the :class:`PhaseTimes`."""
+def record_phases(clock=None):
+    """Record every :func:`phase` entered inside the block; yields the :class:`PhaseTimes`.
+    ``clock``: the time source (default ``time.perf_counter``, wall time; e.g.
+    ``time.process_time`` for CPU time of a single-threaded run on a loaded machine)."""
     global _recorder
     if _recorder is not None:
         raise RuntimeError("record_phases() is already active (phases cannot be recorded twice)")
-    times = PhaseTimes()
+    times = PhaseTimes(time.perf_counter if clock is None else clock)
     _recorder = times
     try:
         yield times

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cmhash import NumericalFallbackWarning
 from cmhash.kernel import CenteredFeatures, RBFAnchorFeatures
 from cmhash.methods.amsh import AMSH, HashStage, Stage1, _pca_init
 from cmhash.metrics import mean_average_precision
@@ -269,10 +270,13 @@ def test_F_step_with_an_exactly_singular_gram_is_the_minimum_norm_solution():
     base = rng.standard_normal((40, 5))
     phi = np.hstack([base, base[:, :2]])          # two duplicated columns: rank 5 of 7
     B = sign(rng.standard_normal((40, 3))).astype(float)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         st = HashStage(phi, B, 0.0)
         st.update_F()
+    # the pseudo-inverse fallback is announced (it was silent), and nothing else is raised
+    assert [type(w.message) for w in caught] == [NumericalFallbackWarning], caught
+    assert "AMSH stage 2" in str(caught[0].message) and "xi=0.0" in str(caught[0].message)
     assert np.isfinite(st.W).all()
     assert np.allclose(st.W, np.linalg.pinv(phi) @ B, atol=1e-8)
 
@@ -284,7 +288,8 @@ def test_xi_zero_with_duplicated_rows_and_eta_zero():
     X, T, Y = np.vstack([X, X]), np.vstack([T, T]), np.vstack([Y, Y])
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)   # no SciPy LinAlgWarning
-        h = AMSH(16, xi=0.0, n_anchors=300, beta=1e-2, random_state=0).fit(X, T, Y)
+        with pytest.warns(NumericalFallbackWarning, match="pseudo-inverse"):
+            h = AMSH(16, xi=0.0, n_anchors=300, beta=1e-2, random_state=0).fit(X, T, Y)
     assert all(np.isfinite(W).all() for W in h.projections_)
     assert len(np.unique(h.encode(X, "image"), axis=0)) > 10   # was one code for all
     # eta = 0 without the intra-modal term: B = sign(0) = -1 for every item and bit

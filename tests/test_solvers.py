@@ -1,9 +1,20 @@
 """The shared solvers solve their problems (checked against feasible competitors)."""
+import warnings
+
 import numpy as np
 import pytest
 
+from cmhash import NumericalFallbackWarning
 from cmhash.solvers import (gram, orthogonal_zero_mean, procrustes, ridge_regression, sign,
                             solve_psd, svt)
+
+
+def _fallback_warnings(func, *args):
+    """``(func(*args), [messages of the NumericalFallbackWarnings it raised])``."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = func(*args)
+    return out, [str(w.message) for w in caught if w.category is NumericalFallbackWarning]
 
 
 def _random_feasible(n, r, rng):
@@ -21,7 +32,11 @@ def test_orthogonal_zero_mean_feasible_and_optimal(rank_deficit):
     Z = rng.standard_normal((n, r))
     if rank_deficit:
         Z[:, -rank_deficit:] = Z[:, :rank_deficit] * 2.0  # rank r - rank_deficit
-    V = orthogonal_zero_mean(Z, rng)
+    V, caught = _fallback_warnings(orthogonal_zero_mean, Z, rng)
+    # the random completion of the missing directions is announced, and only then
+    assert len(caught) == (1 if rank_deficit else 0)
+    if rank_deficit:
+        assert f"numerical rank {r - rank_deficit} < r = {r}" in caught[0]
     assert np.allclose(V.T @ V, n * np.eye(r), atol=1e-8 * n)
     assert np.allclose(V.sum(axis=0), 0, atol=1e-8 * n)
     best = np.trace(Z.T @ V)
@@ -123,7 +138,13 @@ def test_ridge_regression_zeroes_gradient_and_chunked_gram():
 def test_solve_psd_and_sign():
     G = np.array([[2.0, 0.5], [0.5, 1.0]])
     R = np.array([[1.0], [2.0]])
-    assert np.allclose(G @ solve_psd(G, R), R)
+    X, caught = _fallback_warnings(solve_psd, G, R)
+    assert np.allclose(G @ X, R) and not caught
+    # a singular G: the minimum-norm least-squares solution, with a NumericalFallbackWarning
+    S = np.array([[1.0, 1.0], [1.0, 1.0]])
+    X, caught = _fallback_warnings(solve_psd, S, R)
+    assert np.allclose(X, np.linalg.pinv(S) @ R)
+    assert len(caught) == 1 and "not numerically positive definite" in caught[0]
     assert sign(np.array([-0.1, 0.0, 2.0])).tolist() == [-1, -1, 1]
     assert sign(np.array([0.0])).dtype == np.int8
 
@@ -161,8 +182,9 @@ def test_orthogonal_zero_mean_stays_feasible_on_degenerate_z(case):
          "tiny": rng.standard_normal((n, r)) * 1e-300,
          "huge": rng.standard_normal((n, r)) * 1e150,
          "r = 1, zero": np.zeros((n, 1))}[case]
-    V = orthogonal_zero_mean(Z, rng)
+    V, caught = _fallback_warnings(orthogonal_zero_mean, Z, rng)
     m, k = Z.shape
+    assert len(caught) == (0 if case in ("tiny", "huge") else 1), caught   # full rank: silent
     assert np.isfinite(V).all()
     assert np.allclose(V.T @ V, m * np.eye(k), atol=1e-10 * m)
     assert np.allclose(V.sum(axis=0), 0, atol=1e-10 * m)
@@ -194,7 +216,9 @@ def test_ridge_regression_degenerate_systems_and_bad_alpha():
     # alpha = 0 with a singular Gram matrix (constant or zero columns, n < q): lstsq fallback
     for A in (np.ones((10, 3), np.float32), np.zeros((10, 3)),
               rng.standard_normal((10, 30)).astype(np.float32)):
-        assert np.isfinite(ridge_regression(A, Y, 0.0)).all()
+        W, caught = _fallback_warnings(ridge_regression, A, Y, 0.0)
+        assert np.isfinite(W).all()
+        assert len(caught) == 1 and "least-squares" in caught[0]   # was silent
     for bad in (np.nan, np.inf, -1.0):   # NaN gave a NaN W
         with pytest.raises(ValueError, match="alpha must be finite and >= 0"):
             ridge_regression(np.ones((10, 3)), Y, bad)

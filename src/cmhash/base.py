@@ -20,10 +20,13 @@ import numpy as np
 
 from ._io import atomic_write
 from ._phases import phase
+from ._state_check import check_learned_state
 from ._validation import (check_distinct_label_sets, check_features, check_labels,
                           check_n_anchors, check_n_bits, check_not_constant,
                           check_random_state, class_indices, open_npz,
-                          warn_if_degenerate_codes)
+                          warn_if_degenerate_codes, warn_if_far_from_training)
+from .deep.normalization import InputNormalization
+from .fingerprint import model_fingerprint, training_data_fingerprint
 from .kernel import CenteredFeatures, RBFAnchorFeatures
 from .solvers import ridge_regression, sign
 
@@ -37,12 +40,22 @@ _REGISTRY: dict[str, str] = {
     "ascmh": "cmhash.methods.ascmh:ASCMH",
     "asfoh": "cmhash.methods.asfoh:ASFOH",
     "amsh": "cmhash.methods.amsh:AMSH",
+    "scratch": "cmhash.methods.scratch:SCRATCH",
+    "dch": "cmhash.methods.dch:DCH",
+    "cmfh": "cmhash.methods.cmfh:CMFH",
+    "dlfh": "cmhash.methods.dlfh:DLFH",
+    "kdlfh": "cmhash.methods.dlfh:KDLFH",
+    "smfh": "cmhash.methods.smfh:SMFH",
+    "scm-orth": "cmhash.methods.scm:SCMOrth",
+    "scm-seq": "cmhash.methods.scm:SCMSeq",
     "ta-adcmh": "cmhash.deep.ta_adcmh:TAADCMH",
     "sdch": "cmhash.deep.sdch:SDCH",
+    "dcmh": "cmhash.deep.dcmh:DCMH",
 }
 
 #: classes whose instances can be stored as learned state (get_state/from_state)
-_STATE_CLASSES = {"RBFAnchorFeatures": RBFAnchorFeatures, "CenteredFeatures": CenteredFeatures}
+_STATE_CLASSES = {"RBFAnchorFeatures": RBFAnchorFeatures, "CenteredFeatures": CenteredFeatures,
+                  "InputNormalization": InputNormalization}
 
 
 def register(name: str, target: str) -> None:
@@ -92,6 +105,27 @@ def make_hasher(name: str, **params):
     return get_method(name)(**params)
 
 
+def unpaired_label_matrices(labels, sizes, names) -> list:
+    """Unpaired training labels (one per modality, ``sizes[v]`` rows each) as multi-hot
+    matrices; class-index labels are one-hot encoded over the union of all modalities' classes,
+    so that a column means the same class in every modality."""
+    if not isinstance(labels, (list, tuple)) or len(labels) != len(sizes):
+        raise ValueError(f"unpaired training needs one label matrix per modality: got "
+                         f"{len(sizes)} modalities and "
+                         f"{len(labels) if isinstance(labels, (list, tuple)) else 'a single'} "
+                         f"label matrix/matrices")
+    indices = [class_indices(L) for L in labels]
+    classes = None
+    if any(i is not None for i in indices):
+        if any(i is None for i in indices):
+            raise ValueError("unpaired labels must all be class-index vectors or all be "
+                             "multi-hot (n_v, c) matrices, not a mix of both")
+        classes = np.unique(np.concatenate(indices))
+    return [check_labels(L, n, name=f"labels[{v!r}]", require_nonempty_classes=False,
+                         require_labelled_rows=True, classes=classes)
+            for v, n, L in zip(names, sizes, labels)]
+
+
 class CrossModalHasher:
     """Base class of cross-modal hashers (scikit-learn style).
 
@@ -101,10 +135,18 @@ class CrossModalHasher:
 
     name = ""
     supports_unpaired = False
+    #: whether ``encode(..., task=...)`` selects task-specific hash functions (TA-ADCMH);
+    #: other methods ignore ``task``
+    task_specific = False
     #: modality count the method accepts
     min_views, max_views = 2, 2
     #: feature arrays up to this many dimensions (deep methods take images (n, C, H, W))
     max_feature_ndim = 2
+    #: shapes of the learned arrays, checked when a model file is loaded (and before saving):
+    #: see :mod:`cmhash._state_check` (``codes_`` is checked for every method)
+    state_shapes: dict = {}
+    #: learned diagnostics (loss histories) exempt from the finiteness check of a loaded model
+    diagnostic_state: tuple = ()
 
     def __init__(self, n_bits: int = 32, *, random_state=None, verbose: bool = False):
         self.n_bits = n_bits
@@ -162,6 +204,7 @@ class CrossModalHasher:
         self._fit(views, Y, rng)
         self.train_seconds_ = time.perf_counter() - start
         self.paired_ = True
+        self.training_data_fingerprint_ = training_data_fingerprint(views, Y)
         self._check_learned_codes()
         return self
 
@@ -187,23 +230,7 @@ class CrossModalHasher:
             raise ValueError(f"{type(self).__name__} needs paired training data; it cannot be "
                              f"fitted on unpaired modalities (methods that can: AMSH)")
         views, names = self._check_views(views, names)
-        if not isinstance(labels, (list, tuple)) or len(labels) != len(views):
-            raise ValueError(f"unpaired training needs one label matrix per modality: got "
-                             f"{len(views)} modalities and "
-                             f"{len(labels) if isinstance(labels, (list, tuple)) else 'a single'} "
-                             f"label matrix/matrices")
-        # class-index labels are one-hot encoded over the union of all modalities' classes, so
-        # that a column means the same class in every modality
-        indices = [class_indices(L) for L in labels]
-        classes = None
-        if any(i is not None for i in indices):
-            if any(i is None for i in indices):
-                raise ValueError("unpaired labels must all be class-index vectors or all be "
-                                 "multi-hot (n_v, c) matrices, not a mix of both")
-            classes = np.unique(np.concatenate(indices))
-        Ys = [check_labels(L, X.shape[0], name=f"labels[{v!r}]", require_nonempty_classes=False,
-                           require_labelled_rows=True, classes=classes)
-              for v, X, L in zip(names, views, labels)]
+        Ys = unpaired_label_matrices(labels, [X.shape[0] for X in views], names)
         c = Ys[0].shape[1]
         for v, Y in zip(names, Ys):
             if Y.shape[1] != c:
@@ -220,6 +247,7 @@ class CrossModalHasher:
         self._fit_unpaired(views, Ys, rng)
         self.train_seconds_ = time.perf_counter() - start
         self.paired_ = False
+        self.training_data_fingerprint_ = training_data_fingerprint(views, Ys)
         self._check_learned_codes()
         return self
 
@@ -251,6 +279,11 @@ class CrossModalHasher:
         self.modality_names_ = list(names)
         self.n_features_ = [list(X.shape[1:]) for X in views]
         self.n_classes_ = int(n_classes)
+
+    def _state_shapes(self) -> dict:
+        """Expected shapes of the learned arrays (:mod:`cmhash._state_check`): the class's
+        ``state_shapes``; subclasses add shapes that depend on the fitted model."""
+        return dict(type(self).state_shapes)
 
     def _validate_params(self) -> None:
         """Subclasses check their hyper-parameters here (messages quote the bad value)."""
@@ -307,14 +340,27 @@ class CrossModalHasher:
         if X.shape[0] == 0:
             return np.zeros((0, self._code_length(m, t)), dtype=np.int8)
         rows = encode_chunk_rows(X.shape[1:])
+        first, far = self._encode_and_flag(X[:rows], m, t)
         if X.shape[0] <= rows:
-            return self._encode(X, m, t)
-        first = self._encode(X[:rows], m, t)
-        codes = np.empty((X.shape[0],) + first.shape[1:], dtype=first.dtype)
-        codes[:rows] = first
-        for start in range(rows, X.shape[0], rows):
-            codes[start:start + rows] = self._encode(X[start:start + rows], m, t)
+            codes = first
+        else:
+            codes = np.empty((X.shape[0],) + first.shape[1:], dtype=first.dtype)
+            codes[:rows] = first
+            far = None if far is None else [far]
+            for start in range(rows, X.shape[0], rows):
+                codes[start:start + rows], f = self._encode_and_flag(X[start:start + rows], m, t)
+                if far is not None:
+                    far.append(f)
+            far = None if far is None else np.concatenate(far)
+        warn_if_far_from_training(codes, far, X, f"{type(self).__name__}.encode "
+                                                 f"({self.modality_names_[m]!r})")
         return codes
+
+    def _encode_and_flag(self, X, m, task):
+        """``(codes, far)`` of one chunk: ``far`` is a boolean mask of the rows whose features
+        are far outside the training distribution (kernel features that underflow), or None
+        when the method has no such test (then only codes that are all the same are flagged)."""
+        return self._encode(X, m, task), None
 
     def _check_query(self, X, m: int):
         """Validate samples ``X`` of modality ``m`` for :meth:`encode` and the other methods that
@@ -352,6 +398,17 @@ class CrossModalHasher:
         raise NotImplementedError
 
     # ------------------------------------------------------------ persistence
+    @property
+    def fingerprint(self) -> str:
+        """Content fingerprint of the fitted model (16 hex digits): its method, parameters
+        and learned state as saved (:func:`cmhash.fingerprint.model_fingerprint`); the same
+        after :meth:`save` / :func:`load`. Computed on each access (one pass over the learned
+        arrays): keep it in a variable where it is used repeatedly."""
+        self._check_fitted()
+        arrays, meta_state = _pack_state(self)
+        params, _ = _jsonable_params(self.get_params())
+        return model_fingerprint(self.name, params, meta_state, arrays)
+
     def save(self, path) -> Path:
         """Write the model to ``path`` (.npz: arrays + a JSON header; loads without pickle).
 
@@ -362,11 +419,16 @@ class CrossModalHasher:
         saved instead).
         """
         self._check_fitted()
+        try:   # what load() would refuse is not written (e.g. n_bits changed after fit)
+            check_learned_state(self)
+        except ValueError as exc:
+            raise ValueError(f"cannot save this {type(self).__name__}: {exc}") from None
         arrays, meta_state = _pack_state(self)
         params, param_types = _jsonable_params(self.get_params())
         header = {"format": FORMAT, "version": FORMAT_VERSION, "method": self.name,
                   "class": f"{type(self).__module__}:{type(self).__name__}",
-                  "params": params, "param_types": param_types, "state": meta_state}
+                  "params": params, "param_types": param_types, "state": meta_state,
+                  "fingerprint": model_fingerprint(self.name, params, meta_state, arrays)}
         arrays["__header__"] = np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8)
         path = Path(path)
         with atomic_write(path) as fh:
@@ -488,32 +550,91 @@ def _json_default(o):
 
 
 def _unpack_value(key, spec, data):
+    """The state value ``key`` described by ``spec`` (from the header) from the arrays ``data``;
+    a ValueError naming the field when the description or an array it names is missing or
+    malformed, or a feature map's arrays do not fit together."""
+    if not isinstance(spec, dict) or "kind" not in spec:
+        raise ValueError(f"the header's description of {key} is malformed: {spec!r}")
     kind = spec["kind"]
-    if kind == "array":
-        return data[key]
-    if kind == "json":
-        return spec["value"]
-    if kind == "object":
-        cls = _STATE_CLASSES[spec["class"]]
-        return cls.from_state(spec["params"], {k: data[f"{key}/{k}"] for k in spec["keys"]})
-    if kind == "array_dict":
-        return {k: data[f"{key}/{k}"] for k in spec["keys"]}
-    if kind == "list":
-        return [_unpack_value(f"{key}/{i}", s, data) for i, s in enumerate(spec["items"])]
-    raise ValueError(f"unknown state kind {kind!r} in model file")
+
+    def array(name):
+        if name not in data.files:
+            raise ValueError(f"the array {name!r} of the learned state {key} is missing")
+        return data[name]
+
+    try:
+        if kind == "array":
+            return array(key)
+        if kind == "json":
+            return spec["value"]
+        if kind == "object":
+            cls = _STATE_CLASSES.get(spec["class"])
+            if cls is None:
+                raise ValueError(f"{key} is of unknown class {spec['class']!r}")
+            state = {k: array(f"{key}/{k}") for k in spec["keys"]}
+            try:
+                return cls.from_state(spec["params"], state)
+            except (ValueError, TypeError) as exc:
+                raise ValueError(f"{key.replace('/', '[', 1) + ']' if '/' in key else key}: "
+                                 f"{exc}") from None
+        if kind == "array_dict":
+            return {k: array(f"{key}/{k}") for k in spec["keys"]}
+        if kind == "list":
+            return [_unpack_value(f"{key}/{i}", s, data) for i, s in enumerate(spec["items"])]
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"the header's description of {key} is malformed ({type(exc).__name__}: "
+                         f"{exc})") from None
+    raise ValueError(f"unknown state kind {kind!r} of {key}")
+
+
+def _read_header(path, data) -> dict:
+    """The JSON header of an open model file, checked: a ValueError naming the problem."""
+    def bad(why):
+        return ValueError(f"{path} is not a valid cmhash model file: {why}")
+
+    if "__header__" not in data.files:
+        raise ValueError(f"{path} is not a cmhash model file (no header)")
+    raw = data["__header__"]
+    if raw.dtype != np.uint8 or raw.ndim != 1:
+        raise bad(f"its '__header__' must be a 1-D uint8 array of JSON text, got dtype "
+                  f"{raw.dtype} and shape {raw.shape}")
+    try:
+        header = json.loads(bytes(raw).decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise bad(f"its header is not JSON text ({exc}); the file is damaged or was edited") \
+            from None
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a cmhash model file (its header is not a "
+                         f"{FORMAT!r} header)")
+    version = header.get("version", 0)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise bad(f"its header's 'version' must be an integer, got {version!r}")
+    if version > FORMAT_VERSION:
+        raise ValueError(f"{path} was written by a newer cmhash (format {version})")
+    for field, typ in (("method", str), ("params", dict), ("state", dict)):
+        if not isinstance(header.get(field), typ):
+            raise bad(f"its header's {field!r} must be a {typ.__name__}, got "
+                      f"{header.get(field)!r}")
+    return header
 
 
 def load(path):
-    """Load a model written by :meth:`CrossModalHasher.save` (no pickle involved)."""
+    """Load a model written by :meth:`CrossModalHasher.save` (no pickle involved).
+
+    The file is checked: a header that is not JSON, a missing or malformed field, a learned
+    array that is missing, whose shape does not fit the parameters and the other arrays
+    (:mod:`cmhash._state_check`: e.g. projections with fewer columns than ``n_bits``) or that
+    holds NaN / infinite values, a kernel width that is not positive, and a content that does
+    not match the fingerprint written in the header, are each a ValueError naming the file and
+    the field.
+    """
     path = Path(path)
+
+    def bad(why):
+        return ValueError(f"{path} is not a valid cmhash model file: {why}")
+
     with open_npz(path, "a cmhash model file") as data:
-        if "__header__" not in data.files:
-            raise ValueError(f"{path} is not a cmhash model file (no header)")
-        header = json.loads(bytes(data["__header__"]).decode("utf-8"))
-        if header.get("format") != FORMAT:
-            raise ValueError(f"{path} is not a cmhash model file")
-        if header.get("version", 0) > FORMAT_VERSION:
-            raise ValueError(f"{path} was written by a newer cmhash (format {header['version']})")
+        header = _read_header(path, data)
         cls = get_method(header["method"])
         types = header.get("param_types")
         if isinstance(types, dict):
@@ -526,9 +647,22 @@ def load(path):
                           else v)
                       for k, v in header["params"].items() if k in cls._param_names()}
         obj = cls(**params)
-        for key, spec in header["state"].items():
-            setattr(obj, key, _unpack_value(key, spec, data))
-    obj._after_load()
+        try:
+            for key, spec in header["state"].items():
+                setattr(obj, key, _unpack_value(key, spec, data))
+            check_learned_state(obj)
+        except ValueError as exc:
+            raise bad(exc) from None
+    try:
+        obj._after_load()
+    except (RuntimeError, ValueError, KeyError) as exc:   # e.g. torch's size mismatch
+        raise bad(f"its saved networks (network_states_) do not load: {exc}") from None
+    saved = header.get("fingerprint")
+    if saved is not None:
+        got = obj.fingerprint
+        if got != saved:
+            raise bad(f"its content does not match the fingerprint in its header (header "
+                      f"{saved}, content {got}): the file was modified after it was saved")
     return obj
 
 
@@ -541,6 +675,8 @@ class TwoStepKernelHasher(CrossModalHasher):
     Subclasses call :meth:`_kernelize` and :meth:`_fit_hash_functions` (or set
     ``projections_`` themselves for non-ridge hash functions, e.g. AMSH's margins).
     """
+
+    state_shapes = {"kernels_[v]": ("d{v}", "q{v}"), "projections_[v]": ("q{v}", "r")}
 
     def _uses_anchors(self) -> bool:
         """Whether this fit maps the inputs through an RBF anchor kernel (``n_anchors`` used)."""
@@ -589,5 +725,12 @@ class TwoStepKernelHasher(CrossModalHasher):
                              for phi, B in zip(phis, codes)]
 
     def _encode(self, X, m, task):
-        phi = self.kernels_[m].transform(X)
-        return sign(phi @ self.projections_[m].astype(phi.dtype))
+        return self._encode_and_flag(X, m, task)[0]
+
+    def _encode_and_flag(self, X, m, task):
+        fmap = self.kernels_[m]
+        if isinstance(fmap, RBFAnchorFeatures):
+            phi, far = fmap.transform(X, return_far=True)
+        else:   # centred raw features (the no-kernel ablations) do not underflow
+            phi, far = fmap.transform(X), None
+        return sign(phi @ self.projections_[m].astype(phi.dtype)), far

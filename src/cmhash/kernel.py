@@ -141,11 +141,12 @@ class RBFAnchorFeatures:
             raise ValueError(_OVERFLOW)
         return max(sigma, 0.0)
 
-    def _chunk_raw(self, Xc, out=None) -> np.ndarray:
+    def _chunk_raw(self, Xc, out=None, far=None) -> np.ndarray:
         """Uncentred features ``exp(-D / 2 sigma)`` of the rows ``Xc`` (one chunk), written into
         ``out`` (the chunk's rows of the output, its dtype) when given; returns their float64
-        column sums. Works on cache blocks of at most ``CACHE_BLOCK_ELEMENTS`` (row, anchor)
-        pairs; the sums add the blocks' sums in row order."""
+        column sums; ``far`` (bool, the chunk's rows): set to whether every raw value of the row
+        is at most :meth:`far_tolerance`. Works on cache blocks of at most
+        ``CACHE_BLOCK_ELEMENTS`` (row, anchor) pairs; the sums add the blocks' sums in row order."""
         q = self.anchors_.shape[0]
         sqn = None
         if sp.issparse(Xc):
@@ -154,22 +155,26 @@ class RBFAnchorFeatures:
                 sqn = _squared_norms(Xc)
         block = max(1, min(self.chunk_size, CACHE_BLOCK_ELEMENTS // max(q, 1)))
         acc = np.zeros(q)
+        tol = None if far is None else self.far_tolerance()
         for rows in _row_blocks(Xc.shape[0], block):
             raw = self._phi_in_place(self._sq_dist(Xc[rows], None if sqn is None else sqn[rows]))
             if out is not None:
                 out[rows] = raw
+            if far is not None:
+                far[rows] = raw.max(axis=1) <= tol if q else True
             if self.center:
                 acc += raw.sum(axis=0)
         return acc
 
-    def _raw_pass(self, X, out=None) -> np.ndarray:
+    def _raw_pass(self, X, out=None, far=None) -> np.ndarray:
         """:meth:`_chunk_raw` over the chunks of ``chunk_size`` rows of ``X``, on all cores
         (:func:`cmhash._threads.parallel_map`: scipy's sparse product and numpy's ufuncs
         release the GIL); returns the float64 column sums (the chunks' sums added in order,
         so the result does not depend on the number of threads)."""
         chunks = _row_blocks(X.shape[0], self.chunk_size)
         sums = parallel_map(lambda rows: self._chunk_raw(
-            X[rows], None if out is None else out[rows]), chunks)
+            X[rows], None if out is None else out[rows], None if far is None else far[rows]),
+            chunks)
         acc = np.zeros(self.anchors_.shape[0])
         for part in sums:
             acc += part
@@ -254,16 +259,33 @@ class RBFAnchorFeatures:
         return np.exp(D, out=D)
 
     # ---------------------------------------------------------------- transform
-    def transform(self, X) -> np.ndarray:
+    def transform(self, X, *, return_far: bool = False):
+        """Kernel features ``(m, q)`` of ``X``; with ``return_far`` also a boolean mask of the
+        rows that are far from every anchor (:meth:`far_tolerance`): their features are the
+        far-away limit ``-mean_`` to the precision of ``dtype``, so they carry no information
+        and every such row gets the same code."""
         self._check_fitted()
         X = check_features(X, "X")
         if X.shape[1] != self.n_features_in_:
             raise ValueError(f"X has {X.shape[1]} features but the kernel was fitted on "
                              f"{self.n_features_in_}")
         out = np.empty((X.shape[0], self.anchors_.shape[0]), dtype=self.dtype)
-        self._raw_pass(X, out)
+        far = np.empty(X.shape[0], dtype=bool) if return_far else None
+        self._raw_pass(X, out, far)
         self._center_in_place(out)
-        return out
+        return (out, far) if return_far else out
+
+    def far_tolerance(self) -> float:
+        """A row is far from the training data when all its raw kernel values
+        ``exp(-||x - a_j||^2 / (2 sigma))`` are at most this: the rounding unit of ``dtype``
+        times the largest training mean (below it ``raw - mean_`` rounds to ``-mean_``), or
+        the smallest normal number of ``dtype`` when the features are not centred. For
+        float32 and Wiki-like data a row is far when its squared distance to the nearest
+        anchor exceeds ~35 sigma (sigma: the mean squared train-to-anchor distance)."""
+        self._check_fitted()
+        info = np.finfo(self.dtype)
+        top = float(np.abs(self.mean_).max()) if self.mean_.size else 0.0
+        return max(float(info.eps) * top, float(info.tiny))
 
     def fit_transform(self, X, y=None) -> np.ndarray:
         """``fit(X).transform(X)``, bit-identical to it, with one pass over the distances:
@@ -296,15 +318,40 @@ class RBFAnchorFeatures:
             state["shift"] = self.shift_
         return state
 
+    def feature_dims(self) -> tuple[int, int]:
+        """``(n_features_in, n_features_out)``: input features and kernel features (anchors)."""
+        return (self.n_features_in_, self.anchors_.shape[0])
+
     @classmethod
     def from_state(cls, params: dict, state: dict) -> "RBFAnchorFeatures":
+        """Rebuild from :meth:`get_state`; a state whose arrays do not fit together (anchors not
+        ``(q, d)``, ``mean`` not ``(q,)``, ``shift`` not ``(d,)``, a ``sigma`` that is not a
+        positive finite number) is a ValueError naming the entry."""
         params = dict(params)
         params["dtype"] = np.dtype(params.get("dtype", "float32"))
         obj = cls(**params)
-        obj._set_anchors(np.asarray(state["anchors"], dtype=np.float64), state.get("shift"))
-        obj.sigma_ = float(state["sigma"])
-        obj.mean_ = np.asarray(state["mean"], dtype=np.float64)
-        obj.n_features_in_ = int(state["n_features_in"])
+        d = _state_int(state, "n_features_in")
+        anchors = _state_array(state, "anchors", 2)
+        if anchors.shape[1] != d or anchors.shape[0] < 1:
+            raise ValueError(f"anchors has shape {anchors.shape} but (q >= 1, n_features_in = "
+                             f"{d}) is expected")
+        mean = _state_array(state, "mean", 1)
+        if mean.shape != (anchors.shape[0],):
+            raise ValueError(f"mean has shape {mean.shape} but ({anchors.shape[0]},) (one per "
+                             f"anchor) is expected")
+        shift = state.get("shift")
+        if shift is not None:
+            shift = _state_array(state, "shift", 1)
+            if shift.shape != (d,):
+                raise ValueError(f"shift has shape {shift.shape} but ({d},) is expected")
+        sigma = _state_array(state, "sigma", 0)
+        if not (np.isfinite(sigma) and sigma > 0):
+            raise ValueError(f"sigma must be a positive finite number (the kernel width), got "
+                             f"{float(sigma)}")
+        obj._set_anchors(anchors, shift)
+        obj.sigma_ = float(sigma)
+        obj.mean_ = mean
+        obj.n_features_in_ = d
         return obj
 
 
@@ -387,11 +434,40 @@ class CenteredFeatures:
     def get_state(self) -> dict:
         return {"mean": self.mean_, "n_features_in": np.array(self.n_features_in_)}
 
+    def feature_dims(self) -> tuple[int, int]:
+        """``(n_features_in, n_features_out)``: both the number of input features."""
+        return (self.n_features_in_, self.n_features_in_)
+
     @classmethod
     def from_state(cls, params: dict, state: dict) -> "CenteredFeatures":
         params = dict(params)
         params["dtype"] = np.dtype(params.get("dtype", "float32"))
         obj = cls(**params)
-        obj.mean_ = np.asarray(state["mean"], dtype=np.float64)
-        obj.n_features_in_ = int(state["n_features_in"])
+        d = _state_int(state, "n_features_in")
+        mean = _state_array(state, "mean", 1)
+        if mean.shape != (d,):
+            raise ValueError(f"mean has shape {mean.shape} but ({d},) is expected")
+        obj.mean_ = mean
+        obj.n_features_in_ = d
         return obj
+
+
+def _state_array(state: dict, key: str, ndim: int) -> np.ndarray:
+    """``state[key]`` as a float64 array of ``ndim`` dimensions, or a ValueError naming it."""
+    if key not in state:
+        raise ValueError(f"{key} is missing")
+    a = np.asarray(state[key])
+    if a.ndim != ndim or not (np.issubdtype(a.dtype, np.floating)
+                              or np.issubdtype(a.dtype, np.integer)):
+        raise ValueError(f"{key} must be a {ndim}-D real array, got dtype {a.dtype} and shape "
+                         f"{a.shape}")
+    return a.astype(np.float64)
+
+
+def _state_int(state: dict, key: str) -> int:
+    if key not in state:
+        raise ValueError(f"{key} is missing")
+    a = np.asarray(state[key])
+    if a.ndim != 0 or not np.issubdtype(a.dtype, np.integer) or int(a) < 1:
+        raise ValueError(f"{key} must be a positive integer, got {a!r}")
+    return int(a)

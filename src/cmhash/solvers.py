@@ -28,6 +28,7 @@ from scipy.linalg.blas import dsyrk as _dsyrk
 
 from ._phases import timed
 from ._threads import single_threaded_blas_if_small
+from ._validation import warn_numerical_fallback
 
 #: rows per float64 block when accumulating Gram matrices of tall matrices (:func:`gram`)
 GRAM_CHUNK = 4096
@@ -112,6 +113,11 @@ def orthogonal_zero_mean(Z, random_state=None) -> np.ndarray:
     k = int(np.count_nonzero(s > max(n, r) * np.finfo(np.float64).eps * max(s[0], 1e-300)))
     U = U[:, :k]
     if k < r:
+        warn_numerical_fallback(
+            f"orthogonal_zero_mean: the centred Z has numerical rank {k} < r = {r}, so "
+            f"{r - k} column(s) of V are a random orthonormal completion (not determined by the "
+            f"objective; they depend on the seed). Usual causes: fewer classes than bits with "
+            f"small weights on the other terms, or duplicated / constant training data.")
         rng = (random_state if isinstance(random_state, np.random.Generator)
                else np.random.default_rng(random_state))
         basis = np.hstack([np.full((n, 1), 1.0 / np.sqrt(n)), U])
@@ -376,6 +382,10 @@ def solve_psd(G, R) -> np.ndarray:
         return sla.cho_solve(sla.cho_factor(G, lower=False, check_finite=False), R,
                              check_finite=False)
     except np.linalg.LinAlgError:
+        warn_numerical_fallback(
+            f"solve_psd: the {G.shape[0]} x {G.shape[0]} system matrix is not numerically "
+            f"positive definite (Cholesky failed); using the minimum-norm least-squares solution "
+            f"instead. Usual causes: a ridge of 0 with linearly dependent or constant features.")
         return np.linalg.lstsq(G, R, rcond=None)[0]
 
 

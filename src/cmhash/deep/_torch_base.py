@@ -1,4 +1,4 @@
-"""Shared PyTorch machinery of the deep methods (TA-ADCMH, SDCH).
+"""Shared PyTorch machinery of the deep methods (TA-ADCMH, SDCH, DCMH).
 
 Only the deep methods import this module, so ``import cmhash`` never imports torch.
 
@@ -16,6 +16,7 @@ cuDNN kernels, which removes most but not all of the variation.
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -23,9 +24,12 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
+from .._validation import _caller_stacklevel
 from ..base import CrossModalHasher
 from ..solvers import sign
-from .backbones import build_backbone
+from .backbones import LEGACY_LRN, build_backbone
+from .weights import SOURCES as WEIGHTS_SOURCES
+from .weights import read_weights
 
 __all__ = ["resolve_device", "seed_everything", "hidden_widths", "TorchHasher"]
 
@@ -90,6 +94,7 @@ class TorchHasher(CrossModalHasher):
     """
 
     max_feature_ndim = 4  # images (n, C, H, W)
+    diagnostic_state = ("loss_terms_",)   # loss histories (not used to encode)
     predict_batch_size = 1024
 
     def __init__(self, n_bits: int = 32, *, device: str = "auto", random_state=None,
@@ -97,19 +102,62 @@ class TorchHasher(CrossModalHasher):
         super().__init__(n_bits, random_state=random_state, verbose=verbose)
         self.device = device
 
+    def _state_shapes(self) -> dict:
+        """Input standardisation per modality: (d,) for vectors; for images (C, H, W) arrays
+        broadcast over the pixels: (C, 1, 1) per channel, or (C, H, W) (a pretrained
+        network's average image, ``input_normalization_``)."""
+        shapes = super()._state_shapes()
+        for v, f in enumerate(self.n_features_):
+            shape = tuple(f) if len(f) == 1 else (f[0],) + tuple((1, s) for s in f[1:])
+            shapes[f"input_means_[{v}]?"] = shapes[f"input_scales_[{v}]?"] = shape
+        return shapes
+
     # ------------------------------------------------------------- tensors
     #: input arrays of these ndims are z-scored when ``standardize`` is set (subclasses)
     standardized_ndims = (2,)
 
+    def fit_views(self, views, labels, names=None):
+        """:meth:`CrossModalHasher.fit_views`; the pretrained weights read for this fit (see
+        :meth:`_image_weights`) are released afterwards."""
+        try:
+            return super().fit_views(views, labels, names)
+        finally:
+            self.__dict__.pop("_pretrained", None)
+
+    def _image_weights(self):
+        """The ``image_weights`` file of this fit as :class:`cmhash.deep.weights.PretrainedWeights`
+        (read once per fit, in the format ``image_weights_format``), or None."""
+        path = getattr(self, "image_weights", None)
+        if path is None:
+            return None
+        cached = self.__dict__.get("_pretrained")
+        if cached is None or cached.path != Path(path):
+            cached = read_weights(path, getattr(self, "image_weights_format", "auto"))
+            self._pretrained = cached
+        return cached
+
+    def _load_image_weights(self, net: nn.Module) -> list[str]:
+        """Load ``image_weights`` into an image network; the names of the loaded tensors."""
+        weights = self._image_weights()
+        return [] if weights is None else weights.load_into(net)
+
     def _fit_standardization(self, views) -> None:
         """Training means / scales of each modality (``input_means_``, ``input_scales_``).
 
-        Vectors (n, d): per feature; images (n, C, H, W) (when 4 is in
-        ``standardized_ndims``): per channel. CSR input and other ndims are left as they are.
+        Images (n, C, H, W) of the image modality (the first) with ``image_weights`` whose
+        source defines an input normalisation (``input_normalization_``): that normalisation,
+        whatever ``standardize`` says (the images must be 0-255 RGB pixels). Otherwise, with
+        ``standardize``: vectors (n, d) per feature; images (when 4 is in
+        ``standardized_ndims``) per channel. CSR input and other ndims are left as they are.
         """
         self.input_means_, self.input_scales_ = [], []
-        for X in views:
-            if (getattr(self, "standardize", False) and X.ndim in self.standardized_ndims
+        self.input_normalization_ = self._weights_normalization(views[0])
+        for m, X in enumerate(views):
+            if m == 0 and self.input_normalization_ is not None:
+                mean, scale = self.input_normalization_.pixel_stats(X.shape[1:])
+                self.input_means_.append(mean)
+                self.input_scales_.append(scale)
+            elif (getattr(self, "standardize", False) and X.ndim in self.standardized_ndims
                     and not sp.issparse(X)):
                 axes = 0 if X.ndim == 2 else (0, 2, 3)
                 mean = X.mean(axis=axes, dtype=np.float64, keepdims=True)[0]
@@ -119,6 +167,18 @@ class TorchHasher(CrossModalHasher):
             else:
                 self.input_means_.append(None)
                 self.input_scales_.append(None)
+
+    def _weights_normalization(self, X):
+        """The input normalisation of ``image_weights`` when ``X`` holds images (n, C, H, W)
+        and the weights define one (MatConvNet, torchvision, Caffe), else None."""
+        weights = self._image_weights()
+        if weights is None or weights.normalization is None or sp.issparse(X) or X.ndim != 4:
+            return None
+        if X.dtype.kind == "f" and X.size and float(np.max(X)) <= 1.0:
+            warnings.warn(f"the images look like [0, 1] values (max {float(np.max(X)):.3g}); "
+                          f"the {weights.source} weights' normalisation expects 0-255 RGB "
+                          f"pixels", UserWarning, stacklevel=_caller_stacklevel())
+        return weights.normalization
 
     def _prepare(self, X, m):
         """Apply modality ``m``'s training standardisation to ``X`` (float32).
@@ -134,8 +194,12 @@ class TorchHasher(CrossModalHasher):
         return ((np.asarray(X, dtype=np.float32) - mean) / self.input_scales_[m]).astype(np.float32)
 
     @staticmethod
-    def _check_weights_file(path, name: str = "image_weights") -> None:
-        """``path`` (a pretrained-weights parameter) is None or an existing file."""
+    def _check_weights_file(path, name: str = "image_weights", source: str = "auto") -> None:
+        """``path`` (a pretrained-weights parameter) is None or an existing file, and
+        ``source`` (its ``*_format`` parameter) a known weights source."""
+        if source not in WEIGHTS_SOURCES:
+            raise ValueError(f"{name}_format must be one of {list(WEIGHTS_SOURCES)}, got "
+                             f"{source!r}")
         if path is None:
             return
         if not isinstance(path, (str, Path)):
@@ -242,7 +306,10 @@ class TorchHasher(CrossModalHasher):
         device = resolve_device(self.device) if device is None else device
         nets = {}
         for name, spec in self.architectures_.items():
-            net = build_backbone(dict(spec))
+            spec = dict(spec)
+            if spec.get("kind") in ("cnnf", "alexnet"):   # saved before the spec held the LRN
+                spec.setdefault("lrn", list(LEGACY_LRN))
+            net = build_backbone(spec)
             prefix = name + "."
             state = {k[len(prefix):]: torch.from_numpy(np.array(v))
                      for k, v in self.network_states_.items() if k.startswith(prefix)}

@@ -47,7 +47,7 @@ from ..progress import progress
 from ..solvers import sign
 from ._torch_base import (TorchHasher, _seed_from_rng, hidden_widths, resolve_device,
                           seed_everything)
-from .backbones import build_backbone, load_state_dict_file
+from .backbones import IMAGE_BACKBONE_KINDS, build_backbone
 
 __all__ = ["SDCH", "label_similarity", "feature_loss", "feature_loss_grad", "hash_loss_terms",
            "hash_loss", "hash_loss_grad", "codes_step"]
@@ -157,8 +157,9 @@ class SDCH(TorchHasher):
         ``||Z||^2 / r`` instead of the consistent ``/N`` and ``||Z^T 1||^2 / r`` forms.
     feature_dim : int
         k, the width of img-fc3 / txt-fc3 (256).
-    image_backbone : {"auto", "mlp", "alexnet"}
-        "auto": AlexNet for image arrays (n, C, H, W), an MLP for feature vectors.
+    image_backbone : {"auto", "mlp", "alexnet", "cnnf", "tv_alexnet", "tv_vgg16", "tv_resnet50"}
+        "auto": AlexNet for image arrays (n, C, H, W), an MLP for feature vectors. The tv_*
+        kinds are torchvision's networks (:mod:`cmhash.deep.backbones`).
     text_backbone : {"auto", "mlp", "text-sdch"}
         "auto": the MLP for feature vectors; "text-sdch" is Table 1's 4096-4096-256 network.
     image_hidden, text_hidden : tuple of int or None
@@ -168,10 +169,16 @@ class SDCH(TorchHasher):
     dropout : float
         Dropout after hidden layers (0: none).
     image_weights : str or None
-        A PyTorch state_dict file for the image network (matching names are loaded; those
-        layers train at ``pretrained_lr_scale`` x ``lr_feature``, Section 4.2). Every layer
-        of the file that the network has must fit, except the output layer (e.g. an ImageNet
-        fc8), and at least one must match (:func:`load_state_dict_file`).
+        A local weights file for the image network (never downloaded; the loaded layers train
+        at ``pretrained_lr_scale`` x ``lr_feature``, Section 4.2): a MatConvNet .mat (SimpleNN
+        or DagNN; AlexNet or CNN-F), a Caffe AlexNet state_dict (grouped conv2/4/5 made dense
+        exactly), a torchvision AlexNet / VGG-16 / ResNet-50 state_dict (tv_* backbones) or a
+        plain state_dict (:mod:`cmhash.deep.weights`). Every layer but the output layer must
+        fit. Image arrays are then normalised as the weights expect (0-255 RGB pixels in,
+        ``input_normalization_``), not standardised.
+    image_weights_format : {"auto", "matconvnet", "torchvision", "caffe", "state_dict"}
+        The layout of ``image_weights`` ("auto": from the file, see
+        :func:`cmhash.deep.weights.read_weights`).
     standardize : bool
         z-score dense vector inputs with training means / standard deviations (stored).
     n_epochs : int
@@ -218,21 +225,25 @@ class SDCH(TorchHasher):
     grad_norm_max_ : float            largest total gradient norm applied (after clipping)
     network_states_, architectures_ : networks "f" (image), "g" (text), "h" (fc4)
     input_means_, input_scales_ : per-modality standardisation (None where not applied)
+    input_normalization_ : InputNormalization or None   the image normalisation of the loaded
+        weights (applied through input_means_ / input_scales_; saved with the model)
     """
 
     name = "sdch"
 
-    #: the paper's Section 4.2 values; "wiki" (MLP backbones) keeps every loss weight and adds
+    #: the paper's Section 4.2 values with Table 1's text network txt-fc1 4096 - txt-fc2 4096 -
+    #: txt-fc3 256 ("text-sdch"; the image network is AlexNet for image arrays); "wiki" (MLP
+    #: backbones for Wiki's feature vectors) keeps every loss weight and adds
     #: the stabilising options chosen on validation_split(0.2, random_state=0) at 32 and 128
     #: bits, seeds 0 and 1 (docs/methods/sdch.md, "Validation search"): tanh-bounded features,
     #: gradient-norm clipping at 10, 100 epochs with the learning rates decayed by 0.97 per epoch
     PRESETS = {
         "nuswide": {"gamma": 0.01, "beta1": 1.0, "beta2": 1.0, "beta3": 0.1,
-                    "batch_size": 64, "n_epochs": 50},
+                    "batch_size": 64, "n_epochs": 50, "text_backbone": "text-sdch"},
         "mirflickr25k": {"gamma": 0.01, "beta1": 1.0, "beta2": 1.0, "beta3": 0.1,
-                         "batch_size": 64, "n_epochs": 50},
+                         "batch_size": 64, "n_epochs": 50, "text_backbone": "text-sdch"},
         "iapr-tc12": {"gamma": 0.01, "beta1": 1.0, "beta2": 1.0, "beta3": 0.1,
-                      "batch_size": 64, "n_epochs": 50},
+                      "batch_size": 64, "n_epochs": 50, "text_backbone": "text-sdch"},
         "wiki": {"gamma": 0.01, "beta1": 1.0, "beta2": 1.0, "beta3": 0.1,
                  "batch_size": 64, "n_epochs": 100, "feature_bound": "tanh",
                  "feature_scale": 1.0, "grad_clip": 10.0, "lr_decay": 0.97},
@@ -245,6 +256,7 @@ class SDCH(TorchHasher):
                  feature_dim: int = 256, image_backbone: str = "auto",
                  text_backbone: str = "auto", image_hidden=None, text_hidden=None,
                  fc_dim: int = 4096, dropout: float = 0.0, image_weights=None,
+                 image_weights_format: str = "auto",
                  standardize: bool = True, n_epochs: int = 50, warmup: bool = True,
                  batch_size: int = 64, lr_feature: float = 1e-3, lr_hash: float = 1e-2,
                  pretrained_lr_scale: float = 0.1, optimizer: str = "adam",
@@ -266,6 +278,7 @@ class SDCH(TorchHasher):
         self.fc_dim = fc_dim
         self.dropout = dropout
         self.image_weights = image_weights
+        self.image_weights_format = image_weights_format
         self.standardize = standardize
         self.n_epochs = n_epochs
         self.warmup = warmup
@@ -289,7 +302,7 @@ class SDCH(TorchHasher):
             check_positive(getattr(self, p), p, allow_zero=True)
         check_positive(self.lr_feature, "lr_feature")
         check_positive(self.lr_hash, "lr_hash")
-        check_choice(self.image_backbone, "image_backbone", {"auto", "mlp", "alexnet"})
+        check_choice(self.image_backbone, "image_backbone", {"auto", "mlp", *IMAGE_BACKBONE_KINDS})
         check_choice(self.text_backbone, "text_backbone", {"auto", "mlp", "text-sdch"})
         check_choice(self.optimizer, "optimizer", {"adam", "sgd"})
         check_int(self.n_epochs, "n_epochs")
@@ -312,7 +325,7 @@ class SDCH(TorchHasher):
             check_bool(getattr(self, p), p)
         if not (isinstance(self.dropout, (int, float)) and 0 <= self.dropout < 1):
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
-        self._check_weights_file(self.image_weights)
+        self._check_weights_file(self.image_weights, source=self.image_weights_format)
         resolve_device(self.device)
 
     # ----------------------------------------------------------- networks
@@ -323,11 +336,12 @@ class SDCH(TorchHasher):
             kind = "alexnet" if len(shape) == 3 else "mlp"
         spec = {"kind": kind, "in_shape": shape, "out_dim": int(self.feature_dim),
                 "dropout": float(self.dropout)}
-        if kind == "alexnet":
+        if kind in IMAGE_BACKBONE_KINDS:
             if len(shape) != 3:
-                raise ValueError(f"the alexnet backbone takes images (n, C, H, W); the {which} "
+                raise ValueError(f"the {kind} backbone takes images (n, C, H, W); the {which} "
                                  f"modality has samples of shape {tuple(shape)}")
-            spec["fc_dim"] = int(self.fc_dim)
+            if kind in ("alexnet", "cnnf"):
+                spec["fc_dim"] = int(self.fc_dim)
             return spec
         pname = "image_hidden" if which == "image" else "text_hidden"
         hidden = getattr(self, pname)
@@ -407,11 +421,9 @@ class SDCH(TorchHasher):
         g = build_backbone(self._spec(Y, "text")).to(device)           # psi_y
         h = build_backbone({"kind": "mlp", "in_shape": [int(self.feature_dim)],
                             "out_dim": int(r), "hidden": []}).to(device)   # fc4 (Theta_h)
-        if f.spec["kind"] == "alexnet" and self.image_weights is None:
+        if f.spec["kind"] in ("alexnet", "cnnf") and self.image_weights is None:
             _he_init(f)
-        pretrained = set()
-        if self.image_weights is not None:
-            pretrained = set(load_state_dict_file(f, self.image_weights, strict=False))
+        pretrained = set(self._load_image_weights(f))
         opt_f = self._optimizer(self._feature_groups(f, g, pretrained))
         opt_h = self._optimizer([{"params": list(h.parameters()), "lr": float(self.lr_hash)}])
         hp = {"beta1": float(self.beta1), "beta2": float(self.beta2), "beta3": float(self.beta3),
@@ -496,13 +508,8 @@ class SDCH(TorchHasher):
         return torch.from_numpy(np.stack([Bz[:n], Bz[n:]]).astype(np.float32)).to(device)
 
     def _train_epoch(self, phase, f, g, h, opt_f, opt_h, Xd, Yd, L, B, gamma, hp, rng, device):
-        """One epoch of Algorithm 1; returns the per-term sums over the mini-batches.
-
-        Per batch: (i) Theta_h takes a step on gamma L_h with the features fixed (the
-        gradient of ``hash_loss_grad`` through fc4); (ii) Theta_f takes a step on
-        ``L_f + gamma L_h`` evaluated through the UPDATED fc4 (``feature_loss_grad`` on the
-        feature outputs plus ``hash_loss_grad`` back-propagated through fc4).
-        """
+        """One epoch of Algorithm 1 (one :meth:`_train_step` per mini-batch of a random
+        permutation); returns the per-term sums over the mini-batches."""
         n = L.shape[0]
         f.train(), g.train(), h.train()
         perm = rng.permutation(n)
@@ -512,41 +519,9 @@ class SDCH(TorchHasher):
             if idx.size < 2:
                 continue
             it = torch.as_tensor(idx, device=device)
-            Lb = L[it]
-            Sf = label_similarity(Lb, Lb)                                   # b x b
-            L2 = torch.cat([Lb, Lb])
-            Sh = 2.0 * label_similarity(L2, L2) - 1.0                      # 2b x 2b, +-1
             Bb = torch.cat([B[0][it], B[1][it]]) if B is not None else None
-            Fx = self._bound(f(self._rows(Xd, idx, device)))
-            Fy = self._bound(g(self._rows(Yd, idx, device)))
-            Fxy = torch.cat([Fx, Fy])
-            if phase in ("hash", "all"):                                    # (i) Theta_h
-                Z1 = h(Fxy.detach())
-                gZ = gamma * hash_loss_grad(Z1.detach(), Bb, Sh, **hp)
-                opt_h.zero_grad(set_to_none=True)
-                Z1.backward(gZ)
-                self._clip(h.parameters())
-                opt_h.step()
-            with torch.no_grad():
-                Z = h(Fxy)
-                lf = float(feature_loss(Fx, Fy, Sf))
-                th = ({k: float(v) for k, v in hash_loss_terms(Z, Bb, Sh,
-                                                               paper_literal=hp["paper_literal"]).items()}
-                      if Bb is not None else {k: 0.0 for k in TERMS[1:]})
-            if phase in ("feature", "all"):                                 # (ii) Theta_f
-                gFx, gFy = feature_loss_grad(Fx.detach(), Fy.detach(), Sf)
-                outs, grads = [Fx, Fy], [gFx, gFy]
-                if Bb is not None:
-                    Z2 = h(Fxy)
-                    outs.append(Z2)
-                    grads.append(gamma * hash_loss_grad(Z2.detach(), Bb, Sh, **hp))
-                opt_f.zero_grad(set_to_none=True)
-                torch.autograd.backward(outs, grads)
-                self._clip(list(f.parameters()) + list(g.parameters()))
-                opt_f.step()
-                h.zero_grad(set_to_none=True)       # fc4 gradients of (ii) are not used
-                for _ in range(int(self.text_steps) - 1):   # extra steps of psi_y, psi_x fixed
-                    self._text_step(f, g, h, opt_f, Xd, Yd, idx, Sf, Sh, Bb, gamma, hp, device)
+            lf, th = self._train_step(phase, f, g, h, opt_f, opt_h, self._rows(Xd, idx, device),
+                                      self._rows(Yd, idx, device), L[it], Bb, gamma, hp)
             sums["feature"] += lf
             for k in TERMS[1:]:
                 sums[k] += th[k]
@@ -555,15 +530,61 @@ class SDCH(TorchHasher):
             sums["total"] += lf + gamma * lh
         return sums
 
-    def _text_step(self, f, g, h, opt_f, Xd, Yd, idx, Sf, Sh, Bb, gamma, hp, device):
+    def _train_step(self, phase, f, g, h, opt_f, opt_h, xb, yb, Lb, Bb, gamma, hp):
+        """One mini-batch of Algorithm 1: images ``xb``, texts ``yb`` (b pairs), labels ``Lb``,
+        codes ``Bb`` of the 2b items (None before B exists); returns (L_f, the L_h terms) of
+        the batch before the Theta_f step.
+
+        (i) Theta_h takes a step on gamma L_h with the features fixed (the gradient of
+        ``hash_loss_grad`` through fc4; phases "hash" and "all"); (ii) Theta_f takes a step on
+        ``L_f + gamma L_h`` evaluated through the UPDATED fc4 (``feature_loss_grad`` on the
+        feature outputs plus ``hash_loss_grad`` back-propagated through fc4; phases "feature"
+        and "all", L_f alone while B does not exist).
+        """
+        Sf = label_similarity(Lb, Lb)                                       # b x b
+        L2 = torch.cat([Lb, Lb])
+        Sh = 2.0 * label_similarity(L2, L2) - 1.0                          # 2b x 2b, +-1
+        Fx = self._bound(f(xb))
+        Fy = self._bound(g(yb))
+        Fxy = torch.cat([Fx, Fy])
+        if phase in ("hash", "all"):                                        # (i) Theta_h
+            Z1 = h(Fxy.detach())
+            gZ = gamma * hash_loss_grad(Z1.detach(), Bb, Sh, **hp)
+            opt_h.zero_grad(set_to_none=True)
+            Z1.backward(gZ)
+            self._clip(h.parameters())
+            opt_h.step()
+        with torch.no_grad():
+            Z = h(Fxy)
+            lf = float(feature_loss(Fx, Fy, Sf))
+            th = ({k: float(v) for k, v in hash_loss_terms(Z, Bb, Sh,
+                                                           paper_literal=hp["paper_literal"]).items()}
+                  if Bb is not None else {k: 0.0 for k in TERMS[1:]})
+        if phase in ("feature", "all"):                                     # (ii) Theta_f
+            gFx, gFy = feature_loss_grad(Fx.detach(), Fy.detach(), Sf)
+            outs, grads = [Fx, Fy], [gFx, gFy]
+            if Bb is not None:
+                Z2 = h(Fxy)
+                outs.append(Z2)
+                grads.append(gamma * hash_loss_grad(Z2.detach(), Bb, Sh, **hp))
+            opt_f.zero_grad(set_to_none=True)
+            torch.autograd.backward(outs, grads)
+            self._clip(list(f.parameters()) + list(g.parameters()))
+            opt_f.step()
+            h.zero_grad(set_to_none=True)       # fc4 gradients of (ii) are not used
+            for _ in range(int(self.text_steps) - 1):   # extra steps of psi_y, psi_x fixed
+                self._text_step(f, g, h, opt_f, xb, yb, Sf, Sh, Bb, gamma, hp)
+        return lf, th
+
+    def _text_step(self, f, g, h, opt_f, xb, yb, Sf, Sh, Bb, gamma, hp):
         """One more step of the text network on the same batch's ``L_f + gamma L_h``.
 
         The image features and fc4 are fixed; the gradient is the same closed form as in
         step (ii), restricted to the text outputs (``text_steps`` > 1).
         """
         with torch.no_grad():
-            Fx = self._bound(f(self._rows(Xd, idx, device)))
-        Fy = self._bound(g(self._rows(Yd, idx, device)))
+            Fx = self._bound(f(xb))
+        Fy = self._bound(g(yb))
         _, gFy = feature_loss_grad(Fx, Fy.detach(), Sf)
         outs, grads = [Fy], [gFy]
         if Bb is not None:

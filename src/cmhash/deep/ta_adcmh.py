@@ -40,8 +40,6 @@ TA-ADCMH-III drops the discrete constraint (``discrete=False``: B = (lambda F + 
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import scipy.sparse as sp
 import torch
@@ -53,12 +51,16 @@ from ..progress import progress
 from ..solvers import sign
 from ._torch_base import (TorchHasher, _seed_from_rng, hidden_widths, resolve_device,
                           seed_everything)
-from .backbones import CNNF, build_backbone, load_state_dict_file, load_vggf_mat
+from .backbones import IMAGE_BACKBONE_KINDS, build_backbone
 
-__all__ = ["TAADCMH", "similarity_block", "batch_loss", "objective_terms", "analytic_gradients",
-           "codes_step", "projection_step", "class_codes"]
+__all__ = ["TAADCMH", "similarity_block", "nll_block", "batch_loss", "network_step",
+           "objective_terms", "objective_block_rows", "analytic_gradients", "codes_step",
+           "projection_step", "class_codes"]
 
 OBJECTIVE_BLOCK = 1024  # rows of the S / Phi blocks when evaluating the whole objective
+#: at most this many entries in one block x n piece of S / Phi of the objective trace (32 MB in
+#: float64), so the trace of a large n uses blocks of fewer rows instead of 1,024 x n
+OBJECTIVE_BLOCK_ELEMENTS = 1 << 22
 
 
 # ---------------------------------------------------------------- the paper's formulas
@@ -91,6 +93,29 @@ def batch_loss(out, idx, own, other, B, L, Q, *, w_quant, mu, nu):
         loss = loss + mu * ((out - Lb @ Q) ** 2).sum()
     rest = own.sum(0) - own[idx].sum(0)                               # other rows of F^T 1
     return loss + nu * ((rest + out.sum(0)) ** 2).sum()
+
+
+def network_step(net, opt, xb, it, own, other, B, L, Q, *, w_quant, mu, nu) -> None:
+    """One optimiser step of ``net`` on the mini-batch rows ``it`` (inputs ``xb``).
+
+    The loss is :func:`batch_loss` of the batch outputs ``net(xb)`` divided by |I| n (a
+    constant rescaling that keeps the step size independent of n, as in DCMH's released code);
+    afterwards the rows ``it`` of the buffer ``own`` hold the batch outputs (computed before
+    the step, as the released code does).
+    """
+    out = net(xb)
+    loss = batch_loss(out, it, own, other, B, L, Q, w_quant=w_quant, mu=mu, nu=nu)
+    opt.zero_grad(set_to_none=True)
+    (loss / (len(it) * own.shape[0])).backward()
+    opt.step()
+    own[it] = out.detach()
+
+
+def objective_block_rows(n: int) -> int:
+    """Rows of the blocks in which the objective trace evaluates the likelihood: at most n,
+    ``OBJECTIVE_BLOCK`` and ``OBJECTIVE_BLOCK_ELEMENTS / n`` (entries per block x n piece)."""
+    n = max(int(n), 1)
+    return int(max(1, min(n, OBJECTIVE_BLOCK, OBJECTIVE_BLOCK_ELEMENTS // n)))
 
 
 def objective_terms(F, G, B, L, Q, *, lam, beta, mu, nu, query="image",
@@ -242,7 +267,7 @@ class TAADCMH(TorchHasher):
         couple shared by both tasks, trained with the I2T weights.
     discrete : bool
         False gives TA-ADCMH-III (relaxed, real-valued B during training).
-    image_backbone : {"auto", "mlp", "cnnf"}
+    image_backbone : {"auto", "mlp", "cnnf", "alexnet", "tv_alexnet", "tv_vgg16", "tv_resnet50"}
     text_backbone : {"auto", "mlp", "text-ta"}
         "auto": CNN-F for arrays of images (n, C, H, W) (either modality), else an MLP (image)
         / the paper's two-layer text network "text-ta" (text). Images must be at least
@@ -256,13 +281,18 @@ class TAADCMH(TorchHasher):
         Dropout after hidden layers (0: none).
     image_weights : str or None
         Pretrained weights for the image networks, loaded into f1 and f2 (f for variants
-        I/II) from this file only: a MatConvNet ``imagenet-vgg-f.mat`` (``.mat``; cnnf backbone
-        only) or a PyTorch state_dict (other suffix; any image backbone, every layer but the
-        output layer must fit, see :func:`load_state_dict_file`). Never loaded into text
-        networks.
+        I/II) from this local file only: a MatConvNet ``imagenet-vgg-f.mat`` (SimpleNN or
+        DagNN; cnnf / alexnet), a Caffe AlexNet state_dict (alexnet), a torchvision
+        AlexNet / VGG-16 / ResNet-50 state_dict (tv_* backbones) or a plain state_dict (any
+        image backbone); every layer but the output layer must fit (:mod:`cmhash.deep.weights`).
+        Never loaded into text networks. Image arrays are then normalised as the weights
+        expect (0-255 RGB pixels in, ``input_normalization_``) instead of z-scored.
+    image_weights_format : {"auto", "matconvnet", "torchvision", "caffe", "state_dict"}
+        The layout of ``image_weights`` ("auto": from the file).
     standardize : bool
         z-score dense inputs with training means / standard deviations (stored): per feature
-        for vectors, per channel for images (n, C, H, W). CSR input is left as is.
+        for vectors, per channel for images (n, C, H, W) (unless ``image_weights`` define the
+        images' normalisation). CSR input is left as is.
     n_epochs : int
         Outer iterations of Algorithm 1 (the paper: 500).
     batch_size : int
@@ -285,7 +315,9 @@ class TAADCMH(TorchHasher):
         so that the B / P / W steps and the next network's epoch see the current F and G
         instead of the per-batch stale buffer (one extra forward pass per epoch).
     track_objective : bool
-        Evaluate J_1 and J_2 exactly after each epoch (O(n^2 r) time in n x batch blocks).
+        Evaluate J_1 and J_2 exactly after each epoch (off by default: O(n^2 r) time per epoch,
+        in float64, the likelihood summed over row blocks of at most ``OBJECTIVE_BLOCK`` rows
+        and ``OBJECTIVE_BLOCK_ELEMENTS`` entries, never an n x n matrix).
     projection_init : {"random", "gaussian", "balanced", "hadamard"}
         Initial P and W (V): "random" Gaussian (Algorithm 1), "gaussian" its sign (a random
         +-1 code per class), "balanced" +-1 class codes with every bit splitting the classes
@@ -323,10 +355,15 @@ class TAADCMH(TorchHasher):
         (objective_* and loss_terms_ are empty with ``track_objective=False``)
     network_states_, architectures_ : the networks f1, g1, f2, g2 (f, g for variants I/II)
     input_means_, input_scales_ : per-modality standardisation (None where not applied)
+    input_normalization_ : InputNormalization or None   the image normalisation of the loaded
+        weights (applied through input_means_ / input_scales_; saved with the model)
     input_kernels_ : per-modality RBFAnchorFeatures (None where not applied)
     """
 
     name = "ta-adcmh"
+    state_shapes = {"projection_i2t_": ("c", "r"), "projection_t2i_": ("c", "r"),
+                    "input_kernels_[v]?": ("d{v}", "q{v}")}
+    task_specific = True   # encode(..., task=...) selects the task's hash functions
     standardized_ndims = (2, 4)   # vectors per feature, images per channel
 
     #: the paper's Section 4.3 values (500 iterations, batches of 128); "wiki" was selected on
@@ -363,10 +400,11 @@ class TAADCMH(TorchHasher):
                  discrete: bool = True, image_backbone: str = "auto",
                  text_backbone: str = "auto", image_hidden=(512,), text_hidden=8192,
                  fc_dim: int = 4096, dropout: float = 0.0, image_weights=None,
+                 image_weights_format: str = "auto",
                  standardize: bool = True, n_epochs: int = 40, batch_size: int = 128,
                  lr: float = 1e-3, optimizer: str = "adam", weight_decay: float = 0.0,
                  normalize_likelihood: bool = False, refresh_buffers: bool = False,
-                 track_objective: bool = True, projection_init: str = "random",
+                 track_objective: bool = False, projection_init: str = "random",
                  projection_warmup: int = 0, image_lr=None, text_lr=None,
                  image_weight_decay=None, text_weight_decay=None,
                  lr_schedule: str = "constant", input_kernel: str = "none", n_anchors=500,
@@ -389,6 +427,7 @@ class TAADCMH(TorchHasher):
         self.fc_dim = fc_dim
         self.dropout = dropout
         self.image_weights = image_weights
+        self.image_weights_format = image_weights_format
         self.standardize = standardize
         self.n_epochs = n_epochs
         self.batch_size = batch_size
@@ -409,6 +448,14 @@ class TAADCMH(TorchHasher):
         self.n_anchors = n_anchors
 
     # ------------------------------------------------------------ validation
+    def _state_shapes(self) -> dict:
+        shapes = super()._state_shapes()
+        kernels = getattr(self, "input_kernels_", None)
+        for v, kernel in enumerate(kernels if isinstance(kernels, list) else []):
+            if kernel is not None:   # standardised after the input kernel: q{v} features
+                shapes[f"input_means_[{v}]?"] = shapes[f"input_scales_[{v}]?"] = ("q{v}",)
+        return shapes
+
     def _validate_params(self):
         for p in ("lambda1", "beta1", "mu1", "nu1", "lambda2", "beta2", "mu2", "nu2",
                   "weight_decay"):
@@ -431,7 +478,7 @@ class TAADCMH(TorchHasher):
         check_choice(self.input_kernel, "input_kernel", {"none", "image", "text", "both"})
         check_n_anchors(self.n_anchors, 2)
         check_choice(self.regression, "regression", {"query", "codes", "none"})
-        check_choice(self.image_backbone, "image_backbone", {"auto", "mlp", "cnnf"})
+        check_choice(self.image_backbone, "image_backbone", {"auto", "mlp", *IMAGE_BACKBONE_KINDS})
         check_choice(self.text_backbone, "text_backbone", {"auto", "mlp", "text-ta"})
         check_choice(self.optimizer, "optimizer", {"adam", "adamw", "sgd"})
         check_int(self.n_epochs, "n_epochs")
@@ -447,7 +494,7 @@ class TAADCMH(TorchHasher):
                 if getattr(self, "lambda" + t) + getattr(self, "beta" + t) <= 0:
                     raise ValueError(f"the relaxed variant (discrete=False) needs lambda{t} + "
                                      f"beta{t} > 0")
-        self._check_weights_file(self.image_weights)
+        self._check_weights_file(self.image_weights, source=self.image_weights_format)
         resolve_device(self.device)
 
     # ----------------------------------------------------------- networks
@@ -458,11 +505,12 @@ class TAADCMH(TorchHasher):
             kind = "cnnf" if len(shape) == 3 else ("mlp" if which == "image" else "text-ta")
         spec = {"kind": kind, "in_shape": shape, "out_dim": int(self.n_bits),
                 "dropout": float(self.dropout)}
-        if kind == "cnnf":
+        if kind in IMAGE_BACKBONE_KINDS:
             if len(shape) != 3:
-                raise ValueError(f"the cnnf backbone takes images (n, C, H, W); the {which} "
+                raise ValueError(f"the {kind} backbone takes images (n, C, H, W); the {which} "
                                  f"modality has samples of shape {tuple(shape)}")
-            spec["fc_dim"] = int(self.fc_dim)
+            if kind in ("cnnf", "alexnet"):
+                spec["fc_dim"] = int(self.fc_dim)
         else:
             pname = "image_hidden" if which == "image" else "text_hidden"
             hidden = hidden_widths(getattr(self, pname), pname)
@@ -474,19 +522,10 @@ class TAADCMH(TorchHasher):
 
     def _new_network(self, spec, device, which):
         """A network of modality ``which``; ``image_weights`` go into the IMAGE networks only
-        (a .mat file through :func:`load_vggf_mat`, which needs the cnnf backbone; any other
-        file through :func:`load_state_dict_file`, into whatever image backbone is used)."""
+        (:meth:`TorchHasher._load_image_weights`; every layer but the output layer must fit)."""
         net = build_backbone(spec)
-        if which == "image" and self.image_weights is not None:
-            path = Path(self.image_weights)
-            if path.suffix.lower() == ".mat":
-                if spec["kind"] != "cnnf":
-                    raise ValueError(f"image_weights={str(path)!r} is a MatConvNet .mat file, "
-                                     f"which loads only into the cnnf backbone; the image "
-                                     f"backbone here is {spec['kind']!r}")
-                load_vggf_mat(net, path)
-            else:
-                load_state_dict_file(net, path, strict=False)
+        if which == "image":
+            self._load_image_weights(net)
         return net.to(device)
 
     def _side_lr(self, side):
@@ -657,41 +696,45 @@ class TAADCMH(TorchHasher):
                 "nu": float(getattr(self, "nu" + k)), "query": query}
 
     def _train_side(self, side, s, Xd, Yd, L, rng, device):
-        """One epoch of the image (``side="f"``) or text (``"g"``) network of one task.
-
-        The mini-batch loss is the part of J that depends on the batch outputs; its gradient
-        with respect to the batch rows is exactly Eq. 6/7 (I2T) or Eq. 14/13 (T2I) for those
-        rows (the other rows enter through the buffers). It is divided by |I| n to keep the
-        step size independent of n (a constant rescaling of the gradient).
-        """
-        net, opt = s[side], s["opt_" + side]
+        """One epoch of the image (``side="f"``) or text (``"g"``) network of one task: one
+        :meth:`_train_step` per mini-batch of a random permutation of the n items."""
+        net = s[side]
         data = Xd if side == "f" else Yd
-        own, other = (s["F"], s["G"]) if side == "f" else (s["G"], s["F"])
-        hp = s["hp"]
-        w_quant = hp["lam"] if side == "f" else hp["beta"]
-        regress = (hp["query"] == "image" and side == "f") or (hp["query"] == "text" and side == "g")
+        own = s["F"] if side == "f" else s["G"]
         n = own.shape[0]
         net.train()
         perm = rng.permutation(n)
         for start in range(0, n, self.batch_size):
             idx = np.sort(perm[start:start + self.batch_size])
-            it = torch.as_tensor(idx, device=device)
-            out = net(self._rows(data, idx, device))                  # F_I (or G_I)
-            loss = batch_loss(out, it, own, other, s["B"], L, s["Q"], w_quant=w_quant,
-                              mu=hp["mu"] if regress else 0.0, nu=hp["nu"])
-            opt.zero_grad(set_to_none=True)
-            (loss / (len(idx) * n)).backward()
-            opt.step()
-            own[it] = out.detach()
+            self._train_step(side, s, self._rows(data, idx, device),
+                             torch.as_tensor(idx, device=device), L)
         if self.refresh_buffers:  # exact outputs of the updated network (eval mode) for B / P
             own.copy_(torch.from_numpy(self._predict(net, data, self.batch_size, device)).to(device))
+
+    def _train_step(self, side, s, xb, it, L):
+        """One step of network ``side`` of task state ``s`` on the batch rows ``it`` (inputs
+        ``xb``).
+
+        The mini-batch loss is the part of J_t that depends on the batch outputs; its gradient
+        with respect to the batch rows is exactly Eq. 6 / 7 (I2T) or Eq. 14 / 13 (T2I) for those
+        rows (the other rows enter through the buffers): the image network carries lambda, the
+        text network beta, and only the QUERY network of the task (f1 / g2) the label
+        regression mu (:func:`network_step`).
+        """
+        hp = s["hp"]
+        own, other = (s["F"], s["G"]) if side == "f" else (s["G"], s["F"])
+        w_quant = hp["lam"] if side == "f" else hp["beta"]
+        regress = (hp["query"] == "image" and side == "f") or (hp["query"] == "text" and side == "g")
+        network_step(s[side], s["opt_" + side], xb, it, own, other, s["B"], L, s["Q"],
+                     w_quant=w_quant, mu=hp["mu"] if regress else 0.0, nu=hp["nu"])
 
     def _objective(self, s, L) -> dict:
         hp = s["hp"]
         with torch.no_grad():
             terms = objective_terms(s["F"].double(), s["G"].double(), s["B"].double(),
                                     L.double(), s["Q"].double(), lam=hp["lam"], beta=hp["beta"],
-                                    mu=hp["mu"], nu=hp["nu"], query=hp["query"])
+                                    mu=hp["mu"], nu=hp["nu"], query=hp["query"],
+                                    block=objective_block_rows(L.shape[0]))
         return {k: float(v) for k, v in terms.items()}
 
     # -------------------------------------------------------------- encoding

@@ -43,7 +43,7 @@ import scipy.linalg as sla
 
 from .._phases import phase
 from .._threads import single_threaded_blas, single_threaded_blas_if_small
-from .._validation import check_bool, check_int, check_positive
+from .._validation import check_bool, check_int, check_positive, warn_numerical_fallback
 from ..base import TwoStepKernelHasher
 from ..labels import normalize_rows
 from ..progress import progress
@@ -100,11 +100,15 @@ class AMSH(TwoStepKernelHasher):
     """
 
     name = "amsh"
+    state_shapes = {**TwoStepKernelHasher.state_shapes, "latent_[v]": ("n{v}", "r")}
     supports_unpaired = True
     min_views, max_views = 2, float("inf")
 
     #: Section IV-B: the same values on every dataset; "wiki" selected on a validation split
     #: of the Wiki training set (benchmarks/amsh_wiki.py --select), see docs/methods/amsh.md.
+    #: ``cmhash tune`` search space (cmhash.tune module doc)
+    SEARCH_SPACE = {"eta": ("log", 1e-3, 10.0), "lam": ("log", 1e-5, 1.0),
+                    "beta": ("log", 1e-5, 1.0), "xi": ("log", 1e-4, 1.0)}
     PRESETS = {
         "wiki": {**_DEFAULTS, "eta": 0.1},
         "mirflickr25k": dict(_DEFAULTS),
@@ -419,6 +423,11 @@ class HashStage:
                 # training rows as anchors): LU gave inf / NaN W and one code for every query;
                 # take the minimum-norm least-squares solution instead (solvers.solve_psd's
                 # fallback), from one eigendecomposition of the symmetric G
+                warn_numerical_fallback(
+                    f"AMSH stage 2: phi^T phi + xi I ({G.shape[0]} x {G.shape[0]}, xi={self.xi!r}) is "
+                    f"singular; the hash functions are the minimum-norm least-squares solution "
+                    f"(pseudo-inverse). Usual causes: xi = 0 with duplicated training rows or "
+                    f"linearly dependent features; set xi > 0.")
                 self._solve = _psd_pinv_solver(G)
 
     def target(self) -> np.ndarray:

@@ -10,7 +10,7 @@ Algorithm 1 (row-sample convention, as in the paper; derivations in docs/methods
         alpha_v = Delta_v^{1/(1-gamma)} / sum_u Delta_u^{1/(1-gamma)}         (Eq. 15)
                   Delta_v = ||phi_v - H P^v||^2
         R   = C^+ (k D H + eta Y^T B) (H^T H + (eta + rho) I)^{-1}          (Eq. 18)
-        H   = argmax tr(Q^T H)  s.t. H^T H = n I, H^T 1 = 0    (Eq. 20-21, via the SVD of Qc)
+        H   = argmax tr(Q^T H)  s.t. H^T H = n I, H^T 1 = 0    (Eq. 20-21, solvers.orthogonal_zero_mean)
               Q = sum_v alpha_v^gamma phi_v P^v^T + k D^T R + omega B
         B   = sign(eta Y R + omega H)                                         (Eq. 24)
         P^v = (2 a_v H^T H + 2 delta I)^{-1} (2 a_v H^T phi_v + 2 delta J^v - Theta^v)   (Eq. 27)
@@ -34,6 +34,10 @@ Deviations from the paper (each explained in the doc page):
 * ``C^{-1}`` is the Moore-Penrose pseudo-inverse: Y^T Y is singular when two classes always
   co-occur; the right-hand side lies in range(C), so ``C^+`` still gives an exact minimiser.
 * Theta^v is k x q (the shape of P^v), not q x k.
+* Eq. 21's "SVD of Q Delta Q^T" (n x n) is the k x k decomposition of Qc^T Qc. The H-step is the
+  shared :func:`cmhash.solvers.orthogonal_zero_mean`: Cholesky-QR2 through k x k factors when
+  Qc is well conditioned, the thin SVD of the n x k Qc otherwise. ASFOH's Q (a label part
+  1e5-1e8 times larger than the rest) takes the SVD route, which keeps its weak directions.
 
 Ablations of Table VI are options: ``use_kernel=False`` (ASFOH-K), ``regularizer="frobenius"``
 (ASFOH-NN, P^v in closed form), ``semantic_projection=False`` (ASFOH-SR, drops
@@ -248,8 +252,15 @@ class ASFOH(TwoStepKernelHasher):
     """
 
     name = "asfoh"
+    state_shapes = {**TwoStepKernelHasher.state_shapes, "latent_": ("n", "r"),
+                    "rotation_": ("c", "r"), "transforms_[v]": ("r", "q{v}"),
+                    "alpha_": ("V",), "alpha_history_[*]": ("V",)}
     min_views, max_views = 2, 64
 
+    #: ``cmhash tune`` search space (cmhash.tune module doc); xi = (image, text) ridge
+    SEARCH_SPACE = {"gamma": ("float", 1.5, 5.0), "beta": ("log", 1e-3, 10.0),
+                    "eta": ("log", 1e-3, 1e3), "rho": ("log", 1e-4, 1.0),
+                    "omega": ("log", 1e-6, 1.0), "xi": [("log", 1e-6, 10.0), ("log", 1e-6, 10.0)]}
     PRESETS = {
         # Sec. IV-C, "Implementation Details"
         "mirflickr25k": {"gamma": 3, "beta": 1e-1, "eta": 1e-1, "rho": 1e-3, "omega": 1e-5,

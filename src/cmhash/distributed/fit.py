@@ -259,6 +259,7 @@ def fit_batch(hasher, image, text, labels, *, client=None, block_rows=None,
     V = draw_blocks(rng, chunks, r, client)
     B, V = client.persist([B, V])
     etas = (hasher.eta_image, hasher.eta_text)
+    omega = float(hasher.omega)        # the block functions capture numbers, not the hasher
 
     def latent_stats(v, lab, *ps):
         return (v.T @ v, v.T @ lab) + tuple(cross_product(v, p) for p in ps)
@@ -275,16 +276,20 @@ def fit_batch(hasher, image, text, labels, *, client=None, block_rows=None,
 
         def z_block(g, lab, b, *ps):
             z = np.hstack([g, lab]) @ K
-            z += hasher.omega * b
+            z += omega * b
             for p, m in zip(ps, maps):
                 z += p @ m
             return z
 
         Z = da.map_blocks(z_block, G, L, B, *phis, chunks=(chunks, (r,)), dtype=np.float64)
+        # Z is read by the three passes of the latent step: one pass over the features
+        # writes it (n x r float64 on the workers), then it is dropped
+        Z = client.persist(Z)
         V = client.persist(polar_zero_mean(Z))
+        del Z
         GtV = _compute(block_reduce(lambda g, v: g.T @ v, G, V))[0]
         B = client.persist(da.map_blocks(
-            lambda g, v: sign(g @ (r * GtV) + hasher.omega * v).astype(np.float64),
+            lambda g, v: sign(g @ (r * GtV) + omega * v).astype(np.float64),
             G, V, chunks=(chunks, (r,)), dtype=np.float64))
 
         def all_stats(b, v, g, lab, *ps):

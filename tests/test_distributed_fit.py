@@ -5,21 +5,16 @@ import pytest
 distributed = pytest.importorskip("distributed")
 da = pytest.importorskip("dask.array")
 
-from cmhash.distributed import make_client  # noqa: E402
 from cmhash.distributed import fit as fit_module  # noqa: E402
 from cmhash.distributed.fit import decide_persist, fit_batch  # noqa: E402
 from cmhash.methods.batch import BATCH  # noqa: E402
 from cmhash.metrics import mean_average_precision  # noqa: E402
-from conftest import make_structured  # noqa: E402
+from conftest import local_dask_client, make_structured  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def client():
-    c = make_client("local:2", dashboard=False)
-    yield c
-    cluster = c.cluster
-    c.close()
-    cluster.close()
+    yield from local_dask_client()
 
 
 @pytest.fixture(scope="module")

@@ -86,3 +86,23 @@ def test_dask_fit_refuses_mismatched_rows(client, data):
     h = BATCH(**_params())
     with pytest.raises(ValueError, match="same number of rows"):
         fit_batch(h, X, T[:-1], Y, client=client)
+
+
+@pytest.mark.parametrize("regularizer", ["nuclear", "frobenius"])
+def test_dask_asfoh_fit_gives_the_in_memory_codes(client, data, regularizer):
+    from cmhash.distributed.fit import fit_asfoh
+    from cmhash.methods.asfoh import ASFOH
+    X, T, Y = data
+    params = dict(n_bits=8, n_anchors=(60, 80), n_iter=3, random_state=2,
+                  regularizer=regularizer)
+    reference = ASFOH(**params).fit(X, T, Y)
+    h = fit_asfoh(ASFOH(**params), da.from_array(X, chunks=(160, -1)), T, Y, client=client)
+    assert np.allclose(h.objective_, reference.objective_, rtol=1e-6)
+    # alpha comes from residuals ||phi||^2 - 2 <P, H^T phi> + ... (cancellation): the
+    # reductions' summation order shows at ~1e-7 relative
+    assert np.allclose(h.alpha_, reference.alpha_, rtol=1e-5)
+    same_train, same_query, (map_ref, map_dask) = _agreement(reference, h, data)
+    print(f"ASFOH {regularizer}: identical train bits {same_train:.5f}, query bits "
+          f"{same_query:.5f}, mAP {map_ref:.5f} vs {map_dask:.5f}")
+    assert same_train >= 0.999 and same_query >= 0.999
+    assert abs(map_ref - map_dask) <= 0.002

@@ -1,4 +1,4 @@
-"""Fitting BATCH out-of-core on Dask (issue 15; cost model and deployment: docs/scale.md).
+"""Fitting BATCH and ASFOH out-of-core on Dask (issue 15; cost model and deployment: docs/scale.md).
 
 The in-memory fit (cmhash.methods.batch) touches the n rows only through row-block products
 (``A^T B`` sums, ``phi U^T`` maps) and solves r x r / q x q systems. Here every row-block
@@ -85,9 +85,16 @@ def block_reduce(fn, *arrays):
     return tree_sum([f(*bs) for bs in zip(*blocks)])
 
 
-def _compute(*delayeds):
+def _compute(*items):
+    """``dask.compute`` of delayed objects, dask arrays and lists of them, in argument order
+    (each wrapped in one delayed: computing delayed objects and arrays together returned them
+    grouped by type, not in argument order, with the dask of this environment)."""
     dask, _ = _dask()
-    return dask.compute(*delayeds)
+    return dask.compute(*[dask.delayed(_identity, pure=True)(x) for x in items])
+
+
+def _identity(x):
+    return x
 
 
 # ------------------------------------------------------------------ kernel features
@@ -221,31 +228,12 @@ def fit_batch(hasher, image, text, labels, *, client=None, block_rows=None,
     from distributed import default_client
     _, da = _dask()
     client = client or default_client()
-    rows = [np.shape(a)[0] for a in (image, text, labels)]
-    if len(set(rows)) != 1:
-        raise ValueError(f"image, text and labels need the same number of rows, got "
-                         f"{rows[0]}, {rows[1]}, {rows[2]}")
-    X = _as_row_chunked(image, block_rows, "image")
-    chunks = X.chunks[0]
-    T = _as_row_chunked(text, chunks, "text")
-    L = _as_row_chunked(labels, chunks, "labels").astype(np.float64)
+    X, T, L, chunks = _paired_inputs(hasher, image, text, labels, block_rows)
     n = X.shape[0]
-    hasher._prepare_fit([X, T], ["image", "text"], L.shape[1])
     r = hasher.n_bits
     hasher._check_fewer_bits_than_samples(n)
     rng = check_random_state(hasher.random_state)
-
-    hasher.kernels_, phis = [], []
-    for v, Xv in enumerate((X, T)):
-        fmap = RBFAnchorFeatures(hasher._anchors_for(v, 2), random_state=rng)
-        phis.append(fit_kernel(fmap, Xv, rng))
-        hasher.kernels_.append(fmap)
-    feature_bytes = sum(p.nbytes for p in phis)
-    persist = decide_persist(feature_bytes, client, persist_features)
-    log.info("dask BATCH: kernel features %.1f MB, %s", feature_bytes / 2**20,
-             "persisted" if persist else "recomputed each pass")
-    if persist:
-        phis = list(client.persist(phis))
+    phis = _kernel_features(hasher, (X, T), rng, client, persist_features)
     G = L.map_blocks(normalize_rows, dtype=np.float64)
     L, G = client.persist([L, G])
     consts = _Constants.__new__(_Constants)
@@ -306,11 +294,166 @@ def fit_batch(hasher, image, text, labels, *, client=None, block_rows=None,
     codes = client.persist(B.astype(np.int8))
     hasher.latent_, hasher.codes_ = V, codes
     hasher.n_iter_ = hasher.n_iter
-    hasher.projections_ = []
-    for p in phis:
-        Gp, rhs = _compute(block_reduce(
-            lambda a, b: gram_and_cross(a, b.astype(np.float32)), p, codes))[0]
-        Gp[np.diag_indices_from(Gp)] += hasher.xi
-        hasher.projections_.append(solve_psd(Gp, rhs))
+    hasher.projections_ = _hash_functions(phis, codes, [hasher.xi] * len(phis))
     hasher.paired_ = True
     return hasher
+
+
+# ------------------------------------------------------------------ shared set-up
+def _paired_inputs(hasher, image, text, labels, block_rows):
+    """Row-chunked X, T, float64 labels with the same row chunks; validates and prepares."""
+    rows = [np.shape(a)[0] for a in (image, text, labels)]
+    if len(set(rows)) != 1:
+        raise ValueError(f"image, text and labels need the same number of rows, got "
+                         f"{rows[0]}, {rows[1]}, {rows[2]}")
+    X = _as_row_chunked(image, block_rows, "image")
+    chunks = X.chunks[0]
+    T = _as_row_chunked(text, chunks, "text")
+    L = _as_row_chunked(labels, chunks, "labels").astype(np.float64)
+    hasher._prepare_fit([X, T], ["image", "text"], L.shape[1])
+    return X, T, L, chunks
+
+
+def _kernel_features(hasher, views, rng, client, persist_features):
+    """The kernels (``hasher.kernels_``) and their features, persisted or lazy."""
+    hasher.kernels_, phis = [], []
+    for v, Xv in enumerate(views):
+        fmap = RBFAnchorFeatures(hasher._anchors_for(v, len(views)), random_state=rng)
+        phis.append(fit_kernel(fmap, Xv, rng))
+        hasher.kernels_.append(fmap)
+    feature_bytes = sum(p.nbytes for p in phis)
+    persist = decide_persist(feature_bytes, client, persist_features)
+    log.info("dask %s: kernel features %.1f MB, %s", hasher.name, feature_bytes / 2**20,
+             "persisted" if persist else "recomputed each pass")
+    return list(client.persist(phis)) if persist else phis
+
+
+def _hash_functions(phis, codes, xis):
+    """``(phi^T phi + xi I)^{-1} phi^T B`` per modality from one tree-summed pass each."""
+    out = []
+    for p, xi in zip(phis, xis):
+        Gp, rhs = _compute(block_reduce(
+            lambda a, b: gram_and_cross(a, b.astype(np.float32)), p, codes))[0]
+        Gp[np.diag_indices_from(Gp)] += xi
+        out.append(solve_psd(Gp, rhs))
+    return out
+
+
+# ------------------------------------------------------------------ ASFOH
+def fit_asfoh(hasher, image, text, labels, *, client=None, block_rows=None,
+              persist_features=None):
+    """Fit a :class:`cmhash.methods.asfoh.ASFOH` (constraints "both", kernel features) on
+    Dask; as :func:`fit_batch` (codes_ and latent_ persisted dask arrays). The label operators
+    ``D H`` / ``D^T R`` (cmhash.methods.asfoh._Labels) are built from c x c / c x k reductions
+    and applied per row block with the in-memory operation order."""
+    from distributed import default_client
+    from ..methods import asfoh as A
+    _, da = _dask()
+    if hasher.constraints != "both" or not hasher.use_kernel:
+        raise ValueError("the Dask ASFOH fit supports constraints='both' with kernel features "
+                         "(the ablations need all of Q at once: fit them in memory)")
+    client = client or default_client()
+    X, T, L, chunks = _paired_inputs(hasher, image, text, labels, block_rows)
+    n, k, nv = X.shape[0], hasher.n_bits, 2
+    if n <= k:
+        raise ValueError(f"ASFOH needs more training samples than bits: n={n}, n_bits={k}")
+    xis = A._per_modality(hasher.xi, nv, "xi")
+    rng = check_random_state(hasher.random_state)
+    phis = _kernel_features(hasher, (X, T), rng, client, persist_features)
+    Yn = L.map_blocks(normalize_rows, dtype=np.float64)
+    L, Yn = client.persist([L, Yn])
+
+    lab = A._Labels.__new__(A._Labels)
+    C, YtYn, Yt1, YnYn, s1, phi_sq = _compute(
+        block_reduce(lambda y: y.T @ y, L), block_reduce(lambda y, yn: y.T @ yn, L, Yn),
+        L.sum(axis=0), block_reduce(lambda yn: yn.T @ yn, Yn), Yn.sum(axis=0),
+        [block_reduce(lambda p: float(np.einsum("ij,ij->", p, p, dtype=np.float64)), p)
+         for p in phis])
+    lab.C, lab.C_pinv, lab.YtYn, lab.Yt1 = C, A.psd_pinv(C), YtYn, np.asarray(Yt1)
+    lab.S_sq = 4.0 * np.sum(YnYn * YnYn) - 4.0 * float(s1 @ s1) + float(n) * n
+    c = C.shape[0]
+    eta = float(hasher.eta) if hasher.semantic_projection else 0.0
+    nuclear = hasher.regularizer == "nuclear"
+    gamma, omega = float(hasher.gamma), float(hasher.omega)
+    qs = [p.shape[1] for p in phis]
+
+    alpha = np.full(nv, 1.0 / nv)
+    R = rng.standard_normal((c, k))
+    Ps = [rng.standard_normal((k, q)) for q in qs]
+    Js = [rng.standard_normal((k, q)) for q in qs] if nuclear else None
+    Thetas = [rng.standard_normal((k, q)) for q in qs] if nuclear else None
+    B = draw_blocks(rng, chunks, k, client, lambda z: sign(z).astype(np.float64))
+    H = draw_blocks(rng, chunks, k, client)
+    B, H = client.persist([B, H])
+    delta = float(hasher.delta0)
+
+    def h_stats(h, yn, *ps):
+        # HtH, Y~^T H, 1^T H, H^T phi_v
+        return (h.T @ h, yn.T @ h, h.sum(axis=0)) + tuple(cross_product(h, p) for p in ps)
+
+    def d_matmul(YnH, Hsum):
+        return 2.0 * lab.YtYn @ YnH - np.outer(lab.Yt1, Hsum)
+
+    HtH, YnH, Hsum, *HtPhis = _compute(block_reduce(h_stats, H, Yn, *phis))[0]
+    DH = d_matmul(YnH, Hsum)
+    YtB = _compute(block_reduce(lambda y, b: y.T @ b, L, B))[0]
+    hasher.objective_, hasher.alpha_history_ = [], []
+    for it in range(hasher.n_iter):
+        Delta = np.array([hasher._residual(sq, HtPhi, HtH, P)
+                          for sq, HtPhi, P in zip(phi_sq, HtPhis, Ps)])
+        alpha = A.modality_weights(Delta, gamma)
+        a = A.weight_powers(alpha, gamma)
+        R = A.update_R(lab.C_pinv, DH, YtB, HtH, k, eta, hasher.rho)
+        kR = k * R
+        left, offset = 2.0 * (lab.YtYn.T @ kR), lab.Yt1 @ kR
+        maps = [(av * P.T).astype(np.float32) for av, P in zip(a, Ps)]
+
+        def q_block(yn, b, *ps):
+            q = yn @ left                  # D^T (k R), as _Labels.Dt_matmul
+            q -= offset[None, :]
+            q += omega * b
+            for p, m in zip(ps, maps):
+                q += p @ m
+            return q
+
+        Q = client.persist(da.map_blocks(q_block, Yn, B, *phis, chunks=(chunks, (k,)),
+                                         dtype=np.float64))
+        H = client.persist(polar_zero_mean(Q))
+        del Q
+        HtH, YnH, Hsum, *HtPhis = _compute(block_reduce(h_stats, H, Yn, *phis))[0]
+        DH = d_matmul(YnH, Hsum)
+        etaR = eta * R
+        B = client.persist(da.map_blocks(
+            lambda y, h: sign(_semantic_target(y, etaR, omega, h)).astype(np.float64),
+            L, H, chunks=(chunks, (k,)), dtype=np.float64))
+        YtB, HB = _compute(block_reduce(
+            lambda y, b, h: (y.T @ b, float(np.einsum("ij,ij->", h, b))), L, B, H))[0]
+        if nuclear:
+            Ps = [A.update_P(HtH, HtPhi, J, Th, av, delta)
+                  for HtPhi, J, Th, av in zip(HtPhis, Js, Thetas, a)]
+            Js = [A.update_J(P, Th, hasher.beta, delta) for P, Th in zip(Ps, Thetas)]
+            Thetas = [Th + 2 * delta * (P - J) for Th, P, J in zip(Thetas, Ps, Js)]
+            delta = min(float(hasher.delta_max), float(hasher.tau) * delta)
+        else:
+            Ps = [A.update_P_frobenius(HtH, HtPhi, av, hasher.beta)
+                  for HtPhi, av in zip(HtPhis, a)]
+        hasher.alpha_history_.append(alpha.copy())
+        hasher.objective_.append(hasher._objective(lab, phi_sq, alpha, R, H, HtH, HtPhis, B,
+                                                   Ps, eta, DH=DH, YtB=YtB, HB=HB))
+        log.info("dask ASFOH iteration %d/%d: objective %.6g", it + 1, hasher.n_iter,
+                 hasher.objective_[-1])
+
+    codes = client.persist(B.astype(np.int8))
+    hasher.n_iter_ = hasher.n_iter
+    hasher.alpha_, hasher.rotation_, hasher.transforms_, hasher.delta_ = alpha, R, Ps, delta
+    hasher.latent_, hasher.codes_ = H, codes
+    hasher.projections_ = _hash_functions(phis, codes, xis)
+    hasher.paired_ = True
+    return hasher
+
+
+def _semantic_target(y, etaR, omega, h):
+    """``Y (eta R) + omega H`` for a block of rows (ASFOH's B-step, in-memory order)."""
+    t = y @ etaR
+    t += omega * h
+    return t

@@ -9,16 +9,12 @@ from cmhash import HammingIndex, make_hasher  # noqa: E402
 from cmhash.codes import pack_codes  # noqa: E402
 from cmhash.distributed import (ShardedHammingIndex, encode_to_zarr, make_client,  # noqa: E402
                                 open_codes, parse_cluster)
-from conftest import make_structured  # noqa: E402
+from conftest import local_dask_client, make_structured  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def client():
-    c = make_client("local:2", dashboard=False)
-    yield c
-    cluster = c.cluster
-    c.close()
-    cluster.close()
+    yield from local_dask_client()
 
 
 def _codes(kind, n, r, seed):

@@ -133,7 +133,12 @@ class RBFAnchorFeatures:
                           else np.asarray(Xc, dtype=np.float64))
                     x_sq += float(np.einsum("ij,ij->", Xc, Xc))
                     x_mean += Xc.sum(axis=0)
-        x_sq, x_mean = x_sq / n, x_mean / n
+        return self._sigma_from_moments(x_sq / n, x_mean / n)
+
+    def _sigma_from_moments(self, x_sq: float, x_mean) -> float:
+        """``sigma`` from the training rows' mean squared norm and mean (shifted coordinates
+        when ``shift_`` is set): the closed form of :meth:`_mean_sq_distance`, shared with the
+        Dask fit (cmhash.distributed.fit), which gets the two moments by a reduction."""
         A = self._anchors_eff
         with np.errstate(over="ignore", invalid="ignore"):
             sigma = x_sq + float(self._anchor_sqnorm.mean()) - 2.0 * float(x_mean @ A.mean(axis=0))
@@ -161,7 +166,7 @@ class RBFAnchorFeatures:
             if out is not None:
                 out[rows] = raw
             if far is not None:
-                far[rows] = raw.max(axis=1) <= tol
+                far[rows] = raw.max(axis=1) <= tol if q else True
             if self.center:
                 acc += raw.sum(axis=0)
         return acc

@@ -124,23 +124,23 @@ class BATCH(TwoStepKernelHasher):
             # V^T phi_m at the new V serves the objective now and the next U-step
             Vt_phis = [cross_product(V, phi) for phi in phis]
             with phase("objective"):
-                self.objective_.append(self._objective(B, V, G, VtV, VtL, consts, Vt_phis,
-                                                       Us, U_l))
+                self.objective_.append(self._objective(
+                    _code_products(B, V, G), VtV, VtL, consts, Vt_phis, Us, U_l))
 
         self.latent_ = V
         self.codes_ = B.astype(np.int8)
         self.n_iter_ = self.n_iter
         self._fit_hash_functions(phis, self.codes_, self.xi)
 
-    def _objective(self, B, V, G, VtV, VtL, consts, Vt_phis, Us, U_l) -> float:
-        """The BATCH objective at (B, V, U) from r x r, c x r and r x q products: O(n r (r + c))
-        for B^T B, G^T B, G^T V and <B, V>; no n x n (nor n x q) matrix."""
-        r, n = self.n_bits, B.shape[0]
-        GtV = G.T @ V
-        sim = (np.sum(_codes_gram(B) * VtV) - 2 * r * np.sum((G.T @ B) * GtV)
-               + r * r * consts.GtG_sq)
+    def _objective(self, code_products, VtV, VtL, consts, Vt_phis, Us, U_l) -> float:
+        """The BATCH objective at (B, V, U) from r x r, c x r and r x q products
+        (``code_products``: :func:`_code_products`, O(n r (r + c))); no n x n (nor n x q)
+        matrix. The Dask fit passes the same products summed over row blocks."""
+        BtB, GtB, GtV, B_dot_V, n = code_products
+        r = self.n_bits
+        sim = np.sum(BtB * VtV) - 2 * r * np.sum(GtB * GtV) + r * r * consts.GtG_sq
         # ||B - V||^2 = ||B||^2 + ||V||^2 - 2 <B, V>, ||B||^2 = n r
-        quant = self.omega * (n * r + float(np.trace(VtV)) - 2.0 * float(np.einsum("ij,ij->", B, V)))
+        quant = self.omega * (n * r + float(np.trace(VtV)) - 2.0 * B_dot_V)
         fact = 0.0
         for eta, Vt_phi, sq, U in zip((self.eta_image, self.eta_text), Vt_phis, consts.phi_sq, Us):
             cross = float(np.sum(Vt_phi * U))
@@ -164,6 +164,11 @@ class _Constants:
         self.GtG_sq = float(np.sum(GtG * GtG))                      # ||G^T G||^2
         self.L_sq = float(np.einsum("ij,ij->", L, L))               # ||L||^2
         self.phi_sq = [float(np.einsum("ij,ij->", phi, phi, dtype=np.float64)) for phi in phis]
+
+
+def _code_products(B, V, G):
+    """``(B^T B, G^T B, G^T V, <B, V>, n)`` of the objective; a sum over row blocks."""
+    return (_codes_gram(B), G.T @ B, G.T @ V, float(np.einsum("ij,ij->", B, V)), B.shape[0])
 
 
 def _latent_products(V, L):

@@ -26,7 +26,9 @@ from torch import nn
 
 from .._validation import _caller_stacklevel
 from ..base import CrossModalHasher
+from ..progress import progress
 from ..solvers import sign
+from . import training
 from .backbones import LEGACY_LRN, build_backbone
 from .weights import SOURCES as WEIGHTS_SOURCES
 from .weights import read_weights
@@ -88,7 +90,11 @@ class TorchHasher(CrossModalHasher):
     """Base class of the deep hashers.
 
     Parameters (in addition to ``n_bits``, ``random_state``, ``verbose``): ``device``
-    (``"auto"``: the GPU when present, never required). Live networks are kept in the private
+    (``"auto"``: the GPU when present, never required); ``amp`` (mixed precision,
+    :class:`cmhash.deep.training.Precision`: ``"auto"`` / ``"bf16"`` / ``"fp16"`` / ``"off"``;
+    ``"auto"`` is off on the CPU); ``checkpoint`` (a file rewritten atomically after every
+    epoch) and ``resume`` (a checkpoint written by a fit with the same parameters: training
+    continues after its epoch; see :meth:`_epochs`). Live networks are kept in the private
     dict ``self._nets`` (not saved); their weights and architectures are saved through
     ``network_states_`` and ``architectures_`` (see :meth:`_store_networks`).
     """
@@ -97,10 +103,57 @@ class TorchHasher(CrossModalHasher):
     diagnostic_state = ("loss_terms_",)   # loss histories (not used to encode)
     predict_batch_size = 1024
 
-    def __init__(self, n_bits: int = 32, *, device: str = "auto", random_state=None,
-                 verbose: bool = False):
+    def __init__(self, n_bits: int = 32, *, amp="auto", checkpoint=None, resume=None,
+                 device: str = "auto", random_state=None, verbose: bool = False):
         super().__init__(n_bits, random_state=random_state, verbose=verbose)
+        self.amp = amp
+        self.checkpoint = checkpoint
+        self.resume = resume
         self.device = device
+
+    def _prepare_fit(self, views, names, n_classes):
+        """:meth:`CrossModalHasher._prepare_fit`, then the training parameters shared by the
+        deep methods (``amp``, ``checkpoint``, ``resume``)."""
+        super()._prepare_fit(views, names, n_classes)
+        if not (self.amp in training.AMP_CHOICES or isinstance(self.amp, bool)):
+            raise ValueError(f"amp must be one of {training.AMP_CHOICES} (or True / False), "
+                             f"got {self.amp!r}")
+        for name in ("checkpoint", "resume"):
+            path = getattr(self, name)
+            if path is not None and not isinstance(path, (str, Path)):
+                raise TypeError(f"{name} must be a file path (str or pathlib.Path) or None, "
+                                f"got {type(path).__name__}")
+        if self.resume is not None and not Path(self.resume).is_file():
+            raise ValueError(f"resume: checkpoint not found: {str(self.resume)!r}")
+
+    # ------------------------------------------------- epochs, checkpoint / resume
+    def _epochs(self, desc, networks, optimizers, rng, get_state, set_state):
+        """The epoch loop shared by the deep methods: yields ``(epoch, bar)`` for the epochs
+        still to train, with checkpoint / resume around them.
+
+        ``networks`` / ``optimizers``: name -> module / optimiser; ``get_state()``: the method's
+        training state that is not in them (codes, output buffers, loss histories, ...) as a
+        dict of tensors, arrays and plain values; ``set_state(state)`` puts such a dict back.
+        With ``resume``, the checkpoint is loaded first (networks, optimisers, the state, the
+        NumPy generator ``rng`` and torch's CPU generator; refused when written with other
+        parameters) and the loop starts after its epoch; with ``checkpoint``, the file is
+        rewritten atomically after every epoch (by rank 0 under torchrun). All randomness of an
+        epoch comes from ``rng`` and torch's generator, so a resumed CPU fit gives the codes and
+        weights of an uninterrupted one.
+        """
+        start = 0
+        if self.resume is not None:
+            got = training.load_checkpoint(self.resume, params=self.get_params(),
+                                           networks=networks, optimizers=optimizers, rng=rng)
+            set_state(got["state"])
+            start = got["epoch"] + 1
+        bar = progress(range(start, self.n_epochs), desc=desc, verbose=self.verbose)
+        for epoch in bar:
+            yield epoch, bar
+            if self.checkpoint is not None and getattr(self, "_is_main_rank", True):
+                training.save_checkpoint(self.checkpoint, epoch=epoch, params=self.get_params(),
+                                         networks=networks, optimizers=optimizers,
+                                         state=get_state(), rng=rng)
 
     def _state_shapes(self) -> dict:
         """Input standardisation per modality: (d,) for vectors; for images (C, H, W) arrays

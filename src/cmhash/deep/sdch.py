@@ -43,7 +43,6 @@ from torch.nn import functional as Fnn
 
 from .._validation import check_bool, check_choice, check_int, check_positive
 from ..itq import ITQ
-from ..progress import progress
 from ..solvers import sign
 from ._torch_base import (TorchHasher, _seed_from_rng, hidden_widths, resolve_device,
                           seed_everything)
@@ -213,6 +212,9 @@ class SDCH(TorchHasher):
     text_steps : int
         Updates of the text network per mini-batch (1: the paper); the extra ones take the same
         closed-form gradient of ``L_f + gamma L_h`` with the image network and fc4 fixed.
+    amp, checkpoint, resume : mixed precision ("auto": off on the CPU), a checkpoint file
+        rewritten after every epoch, a checkpoint to continue from; see
+        :class:`cmhash.deep._torch_base.TorchHasher` and docs/deep.md.
     device : "auto", "cpu", "cuda" or "cuda:N"
     random_state, verbose : see :class:`cmhash.base.CrossModalHasher`.
 
@@ -262,9 +264,10 @@ class SDCH(TorchHasher):
                  pretrained_lr_scale: float = 0.1, optimizer: str = "adam",
                  weight_decay: float = 0.0, itq_iter: int = 50, feature_bound=None,
                  feature_scale: float = 1.0, grad_clip=None, lr_text=None,
-                 lr_decay: float = 1.0, text_steps: int = 1, device: str = "auto",
-                 random_state=None, verbose: bool = False):
-        super().__init__(n_bits, device=device, random_state=random_state, verbose=verbose)
+                 lr_decay: float = 1.0, text_steps: int = 1, amp="auto", checkpoint=None,
+                 resume=None, device: str = "auto", random_state=None, verbose: bool = False):
+        super().__init__(n_bits, amp=amp, checkpoint=checkpoint, resume=resume, device=device,
+                         random_state=random_state, verbose=verbose)
         self.gamma = gamma
         self.beta1 = beta1
         self.beta2 = beta2
@@ -437,8 +440,21 @@ class SDCH(TorchHasher):
             B = self._itq_codes(f, g, h, Xd, Yd, rng, device)
         self.objective_ = []
         terms_log = {k: [] for k in TERMS}
-        bar = progress(range(self.n_epochs), desc="SDCH", verbose=self.verbose)
-        for epoch in bar:
+
+        def get_state():
+            return {"B": B, "itq_loss": self.itq_loss_, "objective": self.objective_,
+                    "terms": terms_log, "grad_norm_max": self._grad_norm_max}
+
+        def set_state(saved):
+            nonlocal B
+            B = None if saved["B"] is None else saved["B"].to(device)
+            self.itq_loss_ = list(saved["itq_loss"])
+            self.objective_[:] = saved["objective"]
+            terms_log.update(saved["terms"])
+            self._grad_norm_max = saved["grad_norm_max"]
+
+        for epoch, bar in self._epochs("SDCH", {"f": f, "g": g, "h": h},
+                                       {"f": opt_f, "h": opt_h}, rng, get_state, set_state):
             phase = "all"
             if self.warmup and epoch == 0:
                 phase = "feature"     # lr of Theta_h = 0, B not yet initialised: L_f only

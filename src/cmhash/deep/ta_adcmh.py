@@ -47,7 +47,6 @@ from torch.nn import functional as Fnn
 
 from .._validation import check_bool, check_choice, check_int, check_n_anchors, check_positive
 from ..kernel import RBFAnchorFeatures
-from ..progress import progress
 from ..solvers import sign
 from ._torch_base import (TorchHasher, _seed_from_rng, hidden_widths, resolve_device,
                           seed_everything)
@@ -341,6 +340,9 @@ class TAADCMH(TorchHasher):
         the kernel features. Dense 2-D inputs only.
     n_anchors : int or (int, int)
         Anchors of the input kernel (one value or one per modality, image first).
+    amp, checkpoint, resume : mixed precision ("auto": off on the CPU), a checkpoint file
+        rewritten after every epoch, a checkpoint to continue from; see
+        :class:`cmhash.deep._torch_base.TorchHasher` and docs/deep.md.
     device : "auto", "cpu", "cuda" or "cuda:N"
     random_state, verbose : see :class:`cmhash.base.CrossModalHasher`.
 
@@ -408,8 +410,10 @@ class TAADCMH(TorchHasher):
                  projection_warmup: int = 0, image_lr=None, text_lr=None,
                  image_weight_decay=None, text_weight_decay=None,
                  lr_schedule: str = "constant", input_kernel: str = "none", n_anchors=500,
-                 device: str = "auto", random_state=None, verbose: bool = False):
-        super().__init__(n_bits, device=device, random_state=random_state, verbose=verbose)
+                 amp="auto", checkpoint=None, resume=None, device: str = "auto",
+                 random_state=None, verbose: bool = False):
+        super().__init__(n_bits, amp=amp, checkpoint=checkpoint, resume=resume, device=device,
+                         random_state=random_state, verbose=verbose)
         self.lambda1 = lambda1
         self.beta1 = beta1
         self.mu1 = mu1
@@ -616,8 +620,22 @@ class TAADCMH(TorchHasher):
 
         self.objective_, self.objective_i2t_, self.objective_t2i_ = [], [], []
         terms_log: dict[str, list] = {}
-        bar = progress(range(self.n_epochs), desc="TA-ADCMH", verbose=self.verbose)
-        for epoch in bar:
+        traces = (self.objective_, self.objective_i2t_, self.objective_t2i_)
+
+        def get_state():
+            return {"tasks": {t: {k: state[t][k] for k in ("F", "G", "B", "Q")} for t in tasks},
+                    "traces": traces, "terms": terms_log}
+
+        def set_state(saved):
+            for t in tasks:
+                state[t].update({k: v.to(device) for k, v in saved["tasks"][t].items()})
+            for trace, values in zip(traces, saved["traces"]):
+                trace[:] = values
+            terms_log.update(saved["terms"])
+
+        nets = {f"{side}_{t}": state[t][side] for t in tasks for side in ("f", "g")}
+        opts = {f"{side}_{t}": state[t]["opt_" + side] for t in tasks for side in ("f", "g")}
+        for epoch, bar in self._epochs("TA-ADCMH", nets, opts, rng, get_state, set_state):
             postfix = {}
             for t in tasks:
                 s = state[t]

@@ -80,3 +80,27 @@ def test_resume_with_other_parameters_is_refused(name, tmp_path):
         quick_hasher(name, n_epochs=1, resume=tmp_path / "missing.pt").fit(X, T, Y)
     with pytest.raises(TypeError, match="checkpoint must be a file path"):
         quick_hasher(name, n_epochs=1, checkpoint=3).fit(X, T, Y)
+
+
+# ------------------------------------------------------------------ mixed precision
+@pytest.mark.parametrize("name", sorted(RESUME_SETTINGS))
+def test_amp_auto_is_float32_on_the_cpu_and_bf16_trains(name):
+    """On the CPU amp="auto" is off: the codes and weights of amp="off"; a forced bf16 CPU fit
+    runs its forward passes in bfloat16 and still gives finite outputs and +-1 codes."""
+    data = make_structured(n=50, seed=2)
+    auto, off = _fit(name, data, amp="auto"), _fit(name, data, amp="off")
+    np.testing.assert_array_equal(np.asarray(auto.codes_), np.asarray(off.codes_))
+    for k, v in auto.network_states_.items():
+        np.testing.assert_array_equal(v, off.network_states_[k], err_msg=k)
+    bf16 = _fit(name, data, amp="bf16")
+    codes = np.asarray(bf16.codes_)
+    assert set(np.unique(codes)) <= {-1, 1}
+    assert all(np.isfinite(v).all() for v in bf16.network_states_.values())
+    X = data[0]
+    out = bf16.network_outputs(X, "image")
+    assert np.isfinite(out).all()
+    # bf16 forward passes round differently from float32 ones: the weights differ
+    assert any(not np.array_equal(v, off.network_states_[k])
+               for k, v in bf16.network_states_.items())
+    with pytest.raises(ValueError, match="amp must be"):
+        _fit(name, data, amp="fp8")

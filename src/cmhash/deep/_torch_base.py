@@ -16,6 +16,7 @@ cuDNN kernels, which removes most but not all of the variation.
 """
 from __future__ import annotations
 
+import functools
 import warnings
 from pathlib import Path
 
@@ -86,6 +87,18 @@ def _seed_from_rng(rng: np.random.Generator) -> int:
     return int(rng.integers(0, 2 ** 62))
 
 
+class _class_or_instance_method:
+    """A method that receives the instance when called on one and the class when called on the
+    class (``TorchHasher._predict``: the estimator's ``amp`` when there is an estimator)."""
+
+    def __init__(self, func):
+        self.func = func
+        self.__doc__ = func.__doc__
+
+    def __get__(self, obj, cls=None):
+        return functools.partial(self.func, cls if obj is None else obj)
+
+
 class TorchHasher(CrossModalHasher):
     """Base class of the deep hashers.
 
@@ -126,6 +139,23 @@ class TorchHasher(CrossModalHasher):
         if self.resume is not None and not Path(self.resume).is_file():
             raise ValueError(f"resume: checkpoint not found: {str(self.resume)!r}")
 
+    # ------------------------------------------------------- mixed precision
+    def _precision(self, device) -> training.Precision:
+        """The :class:`~cmhash.deep.training.Precision` of this fit (``amp`` on ``device``; one
+        per fit, so that the fp16 gradient scale carries over from step to step)."""
+        current = self.__dict__.get("_train_precision")
+        if current is None or current.device != torch.device(device):
+            current = self._train_precision = training.Precision(self.amp, device)
+        return current
+
+    def _inference_precision(self, device) -> training.Precision:
+        """``amp`` for prediction on ``device`` (fp16 of a model trained on CUDA is float32
+        on the CPU)."""
+        amp = getattr(self, "amp", "off")
+        if amp == "fp16" and torch.device(device).type != "cuda":
+            amp = "off"
+        return training.Precision(amp, device)
+
     # ------------------------------------------------- epochs, checkpoint / resume
     def _epochs(self, desc, networks, optimizers, rng, get_state, set_state):
         """The epoch loop shared by the deep methods: yields ``(epoch, bar)`` for the epochs
@@ -142,6 +172,8 @@ class TorchHasher(CrossModalHasher):
         weights of an uninterrupted one.
         """
         start = 0
+        for net in networks.values():     # channels_last for CNNs on CUDA
+            self._precision(next(net.parameters()).device).prepare(net)
         if self.resume is not None:
             got = training.load_checkpoint(self.resume, params=self.get_params(),
                                            networks=networks, optimizers=optimizers, rng=rng)
@@ -171,11 +203,13 @@ class TorchHasher(CrossModalHasher):
 
     def fit_views(self, views, labels, names=None):
         """:meth:`CrossModalHasher.fit_views`; the pretrained weights read for this fit (see
-        :meth:`_image_weights`) are released afterwards."""
+        :meth:`_image_weights`) and its precision state (:meth:`_precision`) are released
+        afterwards."""
         try:
             return super().fit_views(views, labels, names)
         finally:
             self.__dict__.pop("_pretrained", None)
+            self.__dict__.pop("_train_precision", None)
 
     def _image_weights(self):
         """The ``image_weights`` file of this fit as :class:`cmhash.deep.weights.PretrainedWeights`
@@ -295,14 +329,18 @@ class TorchHasher(CrossModalHasher):
             return torch.from_numpy(X[idx].toarray().astype(np.float32, copy=False)).to(device)
         return torch.from_numpy(np.ascontiguousarray(X[idx], dtype=np.float32)).to(device)
 
-    @classmethod
-    def _predict(cls, net: nn.Module, X, batch_size: int | None = None,
+    @_class_or_instance_method
+    def _predict(owner, net: nn.Module, X, batch_size: int | None = None,
                  device=None) -> np.ndarray:
         """Network outputs for every row of ``X`` as float32 ndarray (eval mode, no_grad, batched;
-        an ``X`` with no rows gives the network's (0, ...) output)."""
-        batch_size = int(batch_size or cls.predict_batch_size)
+        an ``X`` with no rows gives the network's (0, ...) output). Called on an estimator, the
+        forward passes run under its ``amp`` (:meth:`_inference_precision`); called on the
+        class, in float32."""
+        batch_size = int(batch_size or owner.predict_batch_size)
         if device is None:
             device = next(net.parameters()).device
+        precision = (owner._inference_precision(device) if not isinstance(owner, type)
+                     else training.Precision("off", device))
         was_training = net.training
         net.eval()
         outs = []
@@ -310,8 +348,10 @@ class TorchHasher(CrossModalHasher):
         try:
             with torch.no_grad():
                 for s in range(0, max(n, 1), batch_size):   # n = 0: one empty batch
-                    xb = cls._rows(X, np.arange(s, min(s + batch_size, n)), device)
-                    outs.append(net(xb).float().cpu().numpy())
+                    xb = owner._rows(X, np.arange(s, min(s + batch_size, n)), device)
+                    with precision.autocast():
+                        out = net(precision.inputs(xb))
+                    outs.append(out.float().cpu().numpy())
         finally:
             net.train(was_training)
         return np.concatenate(outs, axis=0)

@@ -302,7 +302,8 @@ class DCMH(TorchHasher):
         back-propagates (docs/methods/dcmh.md)."""
         own, other = (s["F"], s["G"]) if side == "f" else (s["G"], s["F"])
         network_step(s[side], s["opt_" + side], xb, it, own, other, s["B"], L, None,
-                     w_quant=float(self.gamma), mu=0.0, nu=float(self.eta))
+                     w_quant=float(self.gamma), mu=0.0, nu=float(self.eta),
+                     precision=self._precision(xb.device))
 
     def _objective(self, s, L) -> dict:
         """Every term of J (weighted) and their sum "total", in float64 row blocks."""

@@ -560,16 +560,20 @@ class SDCH(TorchHasher):
         Sf = label_similarity(Lb, Lb)                                       # b x b
         L2 = torch.cat([Lb, Lb])
         Sh = 2.0 * label_similarity(L2, L2) - 1.0                          # 2b x 2b, +-1
-        Fx = self._bound(f(xb))
-        Fy = self._bound(g(yb))
+        amp = self._precision(xb.device)        # forward passes under autocast, float32 math
+        with amp.autocast():
+            Fx = self._bound(f(amp.inputs(xb)).float())
+            Fy = self._bound(g(yb).float())
         Fxy = torch.cat([Fx, Fy])
         if phase in ("hash", "all"):                                        # (i) Theta_h
-            Z1 = h(Fxy.detach())
+            with amp.autocast():
+                Z1 = h(Fxy.detach()).float()
             gZ = gamma * hash_loss_grad(Z1.detach(), Bb, Sh, **hp)
             opt_h.zero_grad(set_to_none=True)
-            Z1.backward(gZ)
+            amp.backward(Z1, gZ)
+            amp.unscale(opt_h)
             self._clip(h.parameters())
-            opt_h.step()
+            amp.step(opt_h)
         with torch.no_grad():
             Z = h(Fxy)
             lf = float(feature_loss(Fx, Fy, Sf))
@@ -580,13 +584,15 @@ class SDCH(TorchHasher):
             gFx, gFy = feature_loss_grad(Fx.detach(), Fy.detach(), Sf)
             outs, grads = [Fx, Fy], [gFx, gFy]
             if Bb is not None:
-                Z2 = h(Fxy)
+                with amp.autocast():
+                    Z2 = h(Fxy).float()
                 outs.append(Z2)
                 grads.append(gamma * hash_loss_grad(Z2.detach(), Bb, Sh, **hp))
             opt_f.zero_grad(set_to_none=True)
-            torch.autograd.backward(outs, grads)
+            amp.backward(outs, grads)
+            amp.unscale(opt_f)
             self._clip(list(f.parameters()) + list(g.parameters()))
-            opt_f.step()
+            amp.step(opt_f)
             h.zero_grad(set_to_none=True)       # fc4 gradients of (ii) are not used
             for _ in range(int(self.text_steps) - 1):   # extra steps of psi_y, psi_x fixed
                 self._text_step(f, g, h, opt_f, xb, yb, Sf, Sh, Bb, gamma, hp)
@@ -598,19 +604,23 @@ class SDCH(TorchHasher):
         The image features and fc4 are fixed; the gradient is the same closed form as in
         step (ii), restricted to the text outputs (``text_steps`` > 1).
         """
-        with torch.no_grad():
-            Fx = self._bound(f(xb))
-        Fy = self._bound(g(yb))
+        amp = self._precision(xb.device)
+        with torch.no_grad(), amp.autocast():
+            Fx = self._bound(f(amp.inputs(xb)).float())
+        with amp.autocast():
+            Fy = self._bound(g(yb).float())
         _, gFy = feature_loss_grad(Fx, Fy.detach(), Sf)
         outs, grads = [Fy], [gFy]
         if Bb is not None:
-            Z2 = h(torch.cat([Fx, Fy]))
+            with amp.autocast():
+                Z2 = h(torch.cat([Fx, Fy])).float()
             outs.append(Z2)
             grads.append(gamma * hash_loss_grad(Z2.detach(), Bb, Sh, **hp))
         opt_f.zero_grad(set_to_none=True)
-        torch.autograd.backward(outs, grads)
+        amp.backward(outs, grads)
+        amp.unscale(opt_f)
         self._clip(g.parameters())
-        opt_f.step()
+        amp.step(opt_f)
         h.zero_grad(set_to_none=True)
 
     # -------------------------------------------------------------- encoding

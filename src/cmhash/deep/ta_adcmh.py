@@ -51,6 +51,7 @@ from ..solvers import sign
 from ._torch_base import (TorchHasher, _seed_from_rng, hidden_widths, resolve_device,
                           seed_everything)
 from .backbones import IMAGE_BACKBONE_KINDS, build_backbone
+from .training import Precision
 
 __all__ = ["TAADCMH", "similarity_block", "nll_block", "batch_loss", "network_step",
            "objective_terms", "objective_block_rows", "analytic_gradients", "codes_step",
@@ -94,19 +95,26 @@ def batch_loss(out, idx, own, other, B, L, Q, *, w_quant, mu, nu):
     return loss + nu * ((rest + out.sum(0)) ** 2).sum()
 
 
-def network_step(net, opt, xb, it, own, other, B, L, Q, *, w_quant, mu, nu) -> None:
+def network_step(net, opt, xb, it, own, other, B, L, Q, *, w_quant, mu, nu,
+                 precision=None) -> None:
     """One optimiser step of ``net`` on the mini-batch rows ``it`` (inputs ``xb``).
 
     The loss is :func:`batch_loss` of the batch outputs ``net(xb)`` divided by |I| n (a
     constant rescaling that keeps the step size independent of n, as in DCMH's released code);
     afterwards the rows ``it`` of the buffer ``own`` hold the batch outputs (computed before
-    the step, as the released code does).
+    the step, as the released code does). ``precision``
+    (:class:`cmhash.deep.training.Precision`): the forward pass under its autocast, the loss
+    in float32, its backward pass loss-scaled and the step through its gradient scaler.
     """
-    out = net(xb)
+    precision = precision or Precision("off", xb.device)
+    with precision.autocast():
+        out = net(precision.inputs(xb))
+    out = out.float()
     loss = batch_loss(out, it, own, other, B, L, Q, w_quant=w_quant, mu=mu, nu=nu)
     opt.zero_grad(set_to_none=True)
-    (loss / (len(it) * own.shape[0])).backward()
-    opt.step()
+    loss = loss / (len(it) * own.shape[0])
+    precision.backward(loss, torch.ones_like(loss))
+    precision.step(opt)
     own[it] = out.detach()
 
 
@@ -744,7 +752,8 @@ class TAADCMH(TorchHasher):
         w_quant = hp["lam"] if side == "f" else hp["beta"]
         regress = (hp["query"] == "image" and side == "f") or (hp["query"] == "text" and side == "g")
         network_step(s[side], s["opt_" + side], xb, it, own, other, s["B"], L, s["Q"],
-                     w_quant=w_quant, mu=hp["mu"] if regress else 0.0, nu=hp["nu"])
+                     w_quant=w_quant, mu=hp["mu"] if regress else 0.0, nu=hp["nu"],
+                     precision=self._precision(xb.device))
 
     def _objective(self, s, L) -> dict:
         hp = s["hp"]

@@ -28,7 +28,8 @@ def _fit(data, out, method, *extra):
                  str(out), "--quiet", *TINY, *extra])
 
 
-@pytest.mark.parametrize("method", ["dcmh", "ta-adcmh", "sdch"])
+@pytest.mark.parametrize("method", ["dcmh", pytest.param("ta-adcmh", marks=pytest.mark.slow),
+                                    pytest.param("sdch", marks=pytest.mark.slow)])
 def test_fit_options_reach_the_estimator(method, data, tmp_path):
     ck = tmp_path / "ck.pt"
     assert _fit(data, tmp_path / "m.npz", method, "--device", "cpu", "--amp", "off",
@@ -59,3 +60,29 @@ def test_deep_options_are_refused_for_other_methods_and_with_param(data, tmp_pat
     assert main(["evaluate", "--method", "dcmh", "--data", str(data), "--bits", "8", "16",
                  "--seeds", "1", "--checkpoint", str(tmp_path / "c.pt")]) == 2
     assert "belong to one fit" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ torchrun (DDP, gloo)
+@pytest.mark.parametrize("method", ["dcmh", pytest.param("ta-adcmh", marks=pytest.mark.slow)])
+def test_torchrun_two_processes_fit_equals_one_process_fit(method, data, tmp_path):
+    """`torchrun --nproc_per_node 2 -m cmhash.cli fit` on the CPU (gloo): each rank trains on
+    its half of every batch; the codes equal the single-process fit's, the weights agree to
+    float32 rounding, and rank 0 alone writes the model (and the checkpoint)."""
+    import os
+    import subprocess
+    import sys
+    args = ["fit", "--method", method, "--data", str(data), "--bits", "8", "--quiet", *TINY,
+            "--device", "cpu", "--epochs", "3"]
+    assert main(args + ["--out", str(tmp_path / "one.npz")]) == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([p for p in sys.path if p])}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc_per_node", "2", "-m", "cmhash.cli", *args, "--out",
+                           str(tmp_path / "two.npz"), "--checkpoint", str(tmp_path / "ck.pt")],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one, two = load(tmp_path / "one.npz"), load(tmp_path / "two.npz")
+    np.testing.assert_array_equal(np.asarray(one.codes_), np.asarray(two.codes_))
+    for k, v in one.network_states_.items():
+        np.testing.assert_allclose(two.network_states_[k], v, atol=1e-5, err_msg=k)
+    assert (tmp_path / "ck.pt").is_file()

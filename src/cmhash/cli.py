@@ -44,6 +44,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -370,6 +371,8 @@ def cmd_fit(args):
         hasher.fit_unpaired(views, labels, names=ds.modality_names)
     else:
         hasher.fit_views(ds.views("train"), ds.labels_of("train"), names=ds.modality_names)
+    if os.environ.get("RANK", "0") != "0":   # torchrun: every rank fits, rank 0 writes
+        return
     hasher.save(args.out)
     log.info(f"fitted {args.method} ({args.bits} bits) on {ds.indices('train').size} items in "
              f"{hasher.train_seconds_:.2f} s; wrote {args.out}")

@@ -17,6 +17,7 @@ cuDNN kernels, which removes most but not all of the variation.
 from __future__ import annotations
 
 import functools
+import logging
 import warnings
 from pathlib import Path
 
@@ -33,6 +34,8 @@ from . import training
 from .backbones import LEGACY_LRN, build_backbone
 from .weights import SOURCES as WEIGHTS_SOURCES
 from .weights import read_weights
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["resolve_device", "seed_everything", "hidden_widths", "TorchHasher"]
 
@@ -115,6 +118,8 @@ class TorchHasher(CrossModalHasher):
     max_feature_ndim = 4  # images (n, C, H, W)
     diagnostic_state = ("loss_terms_",)   # loss histories (not used to encode)
     predict_batch_size = 1024
+    #: the training step splits each batch across torchrun ranks (:meth:`_distributed`)
+    data_parallel = True
 
     def __init__(self, n_bits: int = 32, *, amp="auto", checkpoint=None, resume=None,
                  device: str = "auto", random_state=None, verbose: bool = False):
@@ -148,6 +153,14 @@ class TorchHasher(CrossModalHasher):
             current = self._train_precision = training.Precision(self.amp, device)
         return current
 
+    def _distributed(self, device) -> training.Distributed:
+        """Data parallelism of this fit under torchrun (:class:`~cmhash.deep.training.
+        Distributed`; world size 1 otherwise)."""
+        current = self.__dict__.get("_dist")
+        if current is None:
+            current = self._dist = training.Distributed(device)
+        return current
+
     def _inference_precision(self, device) -> training.Precision:
         """``amp`` for prediction on ``device`` (fp16 of a model trained on CUDA is float32
         on the CPU)."""
@@ -172,17 +185,21 @@ class TorchHasher(CrossModalHasher):
         weights of an uninterrupted one.
         """
         start = 0
+        device = next(next(iter(networks.values())).parameters()).device
         for net in networks.values():     # channels_last for CNNs on CUDA
-            self._precision(next(net.parameters()).device).prepare(net)
+            self._precision(device).prepare(net)
         if self.resume is not None:
             got = training.load_checkpoint(self.resume, params=self.get_params(),
                                            networks=networks, optimizers=optimizers, rng=rng)
             set_state(got["state"])
             start = got["epoch"] + 1
+        if self._distributed(device).active and not self.data_parallel:
+            logger.warning(f"{desc} does not split its batches across the {self._dist.world} "
+                           f"torchrun processes: every process trains on the whole batch")
         bar = progress(range(start, self.n_epochs), desc=desc, verbose=self.verbose)
         for epoch in bar:
             yield epoch, bar
-            if self.checkpoint is not None and getattr(self, "_is_main_rank", True):
+            if self.checkpoint is not None and self._distributed(device).is_main:
                 training.save_checkpoint(self.checkpoint, epoch=epoch, params=self.get_params(),
                                          networks=networks, optimizers=optimizers,
                                          state=get_state(), rng=rng)
@@ -210,6 +227,7 @@ class TorchHasher(CrossModalHasher):
         finally:
             self.__dict__.pop("_pretrained", None)
             self.__dict__.pop("_train_precision", None)
+            self.__dict__.pop("_dist", None)
 
     def _image_weights(self):
         """The ``image_weights`` file of this fit as :class:`cmhash.deep.weights.PretrainedWeights`

@@ -303,7 +303,7 @@ class DCMH(TorchHasher):
         own, other = (s["F"], s["G"]) if side == "f" else (s["G"], s["F"])
         network_step(s[side], s["opt_" + side], xb, it, own, other, s["B"], L, None,
                      w_quant=float(self.gamma), mu=0.0, nu=float(self.eta),
-                     precision=self._precision(xb.device))
+                     precision=self._precision(xb.device), dist=self._distributed(xb.device))
 
     def _objective(self, s, L) -> dict:
         """Every term of J (weighted) and their sum "total", in float64 row blocks."""

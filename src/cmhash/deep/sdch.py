@@ -252,6 +252,8 @@ class SDCH(TorchHasher):
     }
     #: the paper has no named ablation variants; "SDCH-literal" is its printed Eq. 7
     VARIANTS = {"SDCH": {"paper_literal": False}, "SDCH-literal": {"paper_literal": True}}
+    #: under torchrun every process trains on the whole batch (no split yet; docs/deep.md)
+    data_parallel = False
 
     def __init__(self, n_bits: int = 32, *, gamma: float = 0.01, beta1: float = 1.0,
                  beta2: float = 1.0, beta3: float = 0.1, paper_literal: bool = False,

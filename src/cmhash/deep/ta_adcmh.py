@@ -96,7 +96,7 @@ def batch_loss(out, idx, own, other, B, L, Q, *, w_quant, mu, nu):
 
 
 def network_step(net, opt, xb, it, own, other, B, L, Q, *, w_quant, mu, nu,
-                 precision=None) -> None:
+                 precision=None, dist=None) -> None:
     """One optimiser step of ``net`` on the mini-batch rows ``it`` (inputs ``xb``).
 
     The loss is :func:`batch_loss` of the batch outputs ``net(xb)`` divided by |I| n (a
@@ -105,8 +105,16 @@ def network_step(net, opt, xb, it, own, other, B, L, Q, *, w_quant, mu, nu,
     the step, as the released code does). ``precision``
     (:class:`cmhash.deep.training.Precision`): the forward pass under its autocast, the loss
     in float32, its backward pass loss-scaled and the step through its gradient scaler.
+    ``dist`` (:class:`cmhash.deep.training.Distributed`, under torchrun): each rank passes its
+    share of the batch through the DDP-wrapped network, the batch outputs are gathered, every
+    rank computes the gradient of the whole batch loss and back-propagates its own rows
+    (times the world size: DDP averages), which is the single-process step.
     """
     precision = precision or Precision("off", xb.device)
+    if dist is not None and dist.active:
+        _network_step_distributed(net, opt, xb, it, own, other, B, L, Q, w_quant=w_quant,
+                                  mu=mu, nu=nu, precision=precision, dist=dist)
+        return
     with precision.autocast():
         out = net(precision.inputs(xb))
     out = out.float()
@@ -114,6 +122,21 @@ def network_step(net, opt, xb, it, own, other, B, L, Q, *, w_quant, mu, nu,
     opt.zero_grad(set_to_none=True)
     loss = loss / (len(it) * own.shape[0])
     precision.backward(loss, torch.ones_like(loss))
+    precision.step(opt)
+    own[it] = out.detach()
+
+
+def _network_step_distributed(net, opt, xb, it, own, other, B, L, Q, *, w_quant, mu, nu,
+                              precision, dist) -> None:
+    """:func:`network_step` with the batch split across the torchrun ranks."""
+    _, part = dist.shard(np.arange(len(it)))
+    with precision.autocast():
+        local = dist.wrapped(net)(precision.inputs(xb[part]))
+    out = dist.gather_rows(local.float()).requires_grad_()
+    loss = batch_loss(out, it, own, other, B, L, Q, w_quant=w_quant, mu=mu, nu=nu)
+    (grad,) = torch.autograd.grad(loss / (len(it) * own.shape[0]), out)
+    opt.zero_grad(set_to_none=True)
+    precision.backward(local, grad[part] * dist.grad_scale)
     precision.step(opt)
     own[it] = out.detach()
 
@@ -753,7 +776,7 @@ class TAADCMH(TorchHasher):
         regress = (hp["query"] == "image" and side == "f") or (hp["query"] == "text" and side == "g")
         network_step(s[side], s["opt_" + side], xb, it, own, other, s["B"], L, s["Q"],
                      w_quant=w_quant, mu=hp["mu"] if regress else 0.0, nu=hp["nu"],
-                     precision=self._precision(xb.device))
+                     precision=self._precision(xb.device), dist=self._distributed(xb.device))
 
     def _objective(self, s, L) -> dict:
         hp = s["hp"]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import warnings
 from pathlib import Path
 
@@ -41,19 +42,22 @@ __all__ = ["resolve_device", "seed_everything", "hidden_widths", "TorchHasher"]
 
 
 def resolve_device(device: str) -> torch.device:
-    """``"auto"`` -> cuda if available else cpu; ``"cpu"``; ``"cuda"`` / ``"cuda:N"`` (must exist)."""
+    """``"auto"`` -> cuda if available else cpu; ``"cpu"``; ``"cuda"`` / ``"cuda:N"`` (must exist).
+    Under torchrun (``LOCAL_RANK`` set) "cuda" / "auto" are the process's GPU ``cuda:LOCAL_RANK``."""
     if isinstance(device, torch.device):
         device = str(device)
     if not isinstance(device, str):
         raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {device!r}")
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cpu":
         return torch.device("cpu")
     if device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit()):
         if not torch.cuda.is_available():
             raise ValueError(f"device={device!r} requested but CUDA is not available "
                              f"(use device='auto' or 'cpu')")
+        if device == "cuda" and "LOCAL_RANK" in os.environ:   # torchrun: this process's GPU
+            device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
         if ":" in device and int(device[5:]) >= torch.cuda.device_count():
             raise ValueError(f"device={device!r}: only {torch.cuda.device_count()} CUDA device(s)")
         return torch.device(device)

@@ -206,6 +206,8 @@ class Distributed:
         if not self.active and dist.is_available() and "WORLD_SIZE" in os.environ \
                 and int(os.environ.get("WORLD_SIZE", "1")) > 1:
             backend = "nccl" if torch.device(device).type == "cuda" else "gloo"
+            if torch.device(device).type == "cuda" and torch.device(device).index is not None:
+                torch.cuda.set_device(torch.device(device))    # NCCL: this process's GPU
             dist.init_process_group(backend)
             self.active = True
         self.rank = dist.get_rank() if self.active else 0

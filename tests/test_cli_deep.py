@@ -19,7 +19,8 @@ TINY = ["--param", "image_hidden=16", "--param", "text_hidden=16", "--param", "b
 def data(tmp_path):
     X, T, Y = make_structured(n=60, seed=4)
     path = tmp_path / "d.npz"
-    np.savez(path, I_tr=X.astype(np.float32), T_tr=T.astype(np.float32), L_tr=Y)
+    np.savez(path, I_tr=X[:50].astype(np.float32), T_tr=T[:50].astype(np.float32), L_tr=Y[:50],
+             I_te=X[50:].astype(np.float32), T_te=T[50:].astype(np.float32), L_te=Y[50:])
     return path
 
 
@@ -28,8 +29,7 @@ def _fit(data, out, method, *extra):
                  str(out), "--quiet", *TINY, *extra])
 
 
-@pytest.mark.parametrize("method", ["dcmh", pytest.param("ta-adcmh", marks=pytest.mark.slow),
-                                    pytest.param("sdch", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("method", ["dcmh", "ta-adcmh", "sdch"])
 def test_fit_options_reach_the_estimator(method, data, tmp_path):
     ck = tmp_path / "ck.pt"
     assert _fit(data, tmp_path / "m.npz", method, "--device", "cpu", "--amp", "off",
@@ -48,6 +48,17 @@ def test_fit_options_reach_the_estimator(method, data, tmp_path):
     # other parameters: the checkpoint is refused with a clear message (exit status 2)
     assert _fit(data, tmp_path / "x.npz", method, "--device", "cpu", "--epochs", "3",
                 "--resume", str(ck), "--backbone", "mlp") != 0
+
+
+def test_evaluate_takes_the_deep_options(data, tmp_path):
+    import json
+    out = tmp_path / "e.json"
+    assert main(["evaluate", "--method", "sdch", "--data", str(data), "--bits", "8", "--seeds",
+                 "1", "--quiet", *TINY, "--device", "cpu", "--epochs", "2", "--amp", "off",
+                 "--checkpoint", str(tmp_path / "e.pt"), "--json", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["params"]["n_epochs"] == 2 and doc["params"]["amp"] == "off"
+    assert (tmp_path / "e.pt").is_file()
 
 
 def test_deep_options_are_refused_for_other_methods_and_with_param(data, tmp_path, capsys):

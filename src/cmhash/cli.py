@@ -45,6 +45,7 @@ import argparse
 import contextlib
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -112,6 +113,46 @@ def _method_params(method: str, args) -> dict:
         params.update(_named_params(method, "VARIANTS", args.variant))
     params.update(_parse_params(getattr(args, "param", None)))
     _check_param_names(method, params)
+    params.update(_deep_params(method, args, params))
+    return params
+
+
+#: the deep-training options (:func:`_add_deep_options`) -> the estimators' parameters
+DEEP_OPTIONS = {"backbone": "image_backbone", "weights": "image_weights", "device": "device",
+                "amp": "amp", "epochs": "n_epochs", "checkpoint": "checkpoint",
+                "resume": "resume"}
+
+
+def _add_deep_options(p):
+    """Options of the deep methods (ta-adcmh, sdch, dcmh); refused for the other methods."""
+    g = p.add_argument_group("deep methods (ta-adcmh, sdch, dcmh)")
+    g.add_argument("--backbone", choices=("auto", "mlp", "cnnf", "alexnet", "tv_alexnet",
+                                          "tv_vgg16", "tv_resnet50"), help="image network")
+    g.add_argument("--weights", metavar="PATH", help="pretrained image-network weights file")
+    g.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    g.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), help="mixed precision (auto: on CUDA only)")
+    g.add_argument("--epochs", type=int, help="training epochs (n_epochs)")
+    g.add_argument("--checkpoint", metavar="FILE", help="rewrite this checkpoint every epoch")
+    g.add_argument("--resume", metavar="CKPT", help="continue the fit of this checkpoint")
+
+
+def _deep_params(method: str, args, given: dict) -> dict:
+    """The estimator parameters of the deep-training options set in ``args``; a ValueError for
+    a method without such a parameter or one also given through --param."""
+    from .base import get_method
+
+    names = set(get_method(method)._param_names())
+    params = {}
+    for option, param in DEEP_OPTIONS.items():
+        value = getattr(args, option, None)
+        if value is None:
+            continue
+        if param not in names:
+            raise ValueError(f"--{option} is an option of the deep methods (ta-adcmh, sdch, "
+                             f"dcmh): {method} has no parameter {param!r}")
+        if param in given:
+            raise ValueError(f"--{option} and --param {param}=... both given; use one")
+        params[param] = value
     return params
 
 
@@ -217,6 +258,9 @@ def cmd_evaluate(args):
     check_output_file(args.json, "--json", make_parents=True)
     check_output_file(args.markdown, "--markdown")
     params = _method_params(args.method, args)
+    if (args.checkpoint or args.resume) and len(args.bits) * args.seeds > 1:
+        raise ValueError("--checkpoint / --resume belong to one fit: give one --bits value and "
+                         "--seeds 1 (or use `cmhash fit`)")
     ds = _load_data(args, "evaluate")
     require_queries(ds, "evaluate")
     try:
@@ -329,6 +373,8 @@ def cmd_fit(args):
         hasher.fit_unpaired(views, labels, names=ds.modality_names)
     else:
         hasher.fit_views(ds.views("train"), ds.labels_of("train"), names=ds.modality_names)
+    if os.environ.get("RANK", "0") != "0":   # torchrun: every rank fits, rank 0 writes
+        return
     hasher.save(args.out)
     log.info(f"fitted {args.method} ({args.bits} bits) on {ds.indices('train').size} items in "
              f"{hasher.train_seconds_:.2f} s; wrote {args.out}")
@@ -558,6 +604,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bits", type=int, nargs="+", default=[16, 32, 64, 128])
     p.add_argument("--seeds", type=int, default=5, help="number of seeds (0..N-1)")
     _add_method_params(p)
+    _add_deep_options(p)
     _add_protocol(p)
     _add_published(p)
     p.add_argument("--markdown", help="also write the Markdown table here")
@@ -589,6 +636,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--unpaired", action="store_true")
     p.add_argument("--out", required=True)
     _add_method_params(p)
+    _add_deep_options(p)
     common(p, json=False)
     p.set_defaults(func=cmd_fit)
 

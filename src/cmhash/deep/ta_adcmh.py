@@ -47,11 +47,11 @@ from torch.nn import functional as Fnn
 
 from .._validation import check_bool, check_choice, check_int, check_n_anchors, check_positive
 from ..kernel import RBFAnchorFeatures
-from ..progress import progress
 from ..solvers import sign
 from ._torch_base import (TorchHasher, _seed_from_rng, hidden_widths, resolve_device,
                           seed_everything)
 from .backbones import IMAGE_BACKBONE_KINDS, build_backbone
+from .training import Precision
 
 __all__ = ["TAADCMH", "similarity_block", "nll_block", "batch_loss", "network_step",
            "objective_terms", "objective_block_rows", "analytic_gradients", "codes_step",
@@ -95,19 +95,49 @@ def batch_loss(out, idx, own, other, B, L, Q, *, w_quant, mu, nu):
     return loss + nu * ((rest + out.sum(0)) ** 2).sum()
 
 
-def network_step(net, opt, xb, it, own, other, B, L, Q, *, w_quant, mu, nu) -> None:
+def network_step(net, opt, xb, it, own, other, B, L, Q, *, w_quant, mu, nu,
+                 precision=None, dist=None) -> None:
     """One optimiser step of ``net`` on the mini-batch rows ``it`` (inputs ``xb``).
 
     The loss is :func:`batch_loss` of the batch outputs ``net(xb)`` divided by |I| n (a
     constant rescaling that keeps the step size independent of n, as in DCMH's released code);
     afterwards the rows ``it`` of the buffer ``own`` hold the batch outputs (computed before
-    the step, as the released code does).
+    the step, as the released code does). ``precision``
+    (:class:`cmhash.deep.training.Precision`): the forward pass under its autocast, the loss
+    in float32, its backward pass loss-scaled and the step through its gradient scaler.
+    ``dist`` (:class:`cmhash.deep.training.Distributed`, under torchrun): each rank passes its
+    share of the batch through the DDP-wrapped network, the batch outputs are gathered, every
+    rank computes the gradient of the whole batch loss and back-propagates its own rows
+    (times the world size: DDP averages), which is the single-process step.
     """
-    out = net(xb)
+    precision = precision or Precision("off", xb.device)
+    if dist is not None and dist.active:
+        _network_step_distributed(net, opt, xb, it, own, other, B, L, Q, w_quant=w_quant,
+                                  mu=mu, nu=nu, precision=precision, dist=dist)
+        return
+    with precision.autocast():
+        out = net(precision.inputs(xb))
+    out = out.float()
     loss = batch_loss(out, it, own, other, B, L, Q, w_quant=w_quant, mu=mu, nu=nu)
     opt.zero_grad(set_to_none=True)
-    (loss / (len(it) * own.shape[0])).backward()
-    opt.step()
+    loss = loss / (len(it) * own.shape[0])
+    precision.backward(loss, torch.ones_like(loss))
+    precision.step(opt)
+    own[it] = out.detach()
+
+
+def _network_step_distributed(net, opt, xb, it, own, other, B, L, Q, *, w_quant, mu, nu,
+                              precision, dist) -> None:
+    """:func:`network_step` with the batch split across the torchrun ranks."""
+    _, part = dist.shard(np.arange(len(it)))
+    with precision.autocast():
+        local = dist.wrapped(net)(precision.inputs(xb[part]))
+    out = dist.gather_rows(local.float()).requires_grad_()
+    loss = batch_loss(out, it, own, other, B, L, Q, w_quant=w_quant, mu=mu, nu=nu)
+    (grad,) = torch.autograd.grad(loss / (len(it) * own.shape[0]), out)
+    opt.zero_grad(set_to_none=True)
+    precision.backward(local, grad[part] * dist.grad_scale)
+    precision.step(opt)
     own[it] = out.detach()
 
 
@@ -341,6 +371,9 @@ class TAADCMH(TorchHasher):
         the kernel features. Dense 2-D inputs only.
     n_anchors : int or (int, int)
         Anchors of the input kernel (one value or one per modality, image first).
+    amp, checkpoint, resume : mixed precision ("auto": off on the CPU), a checkpoint file
+        rewritten after every epoch, a checkpoint to continue from; see
+        :class:`cmhash.deep._torch_base.TorchHasher` and docs/deep.md.
     device : "auto", "cpu", "cuda" or "cuda:N"
     random_state, verbose : see :class:`cmhash.base.CrossModalHasher`.
 
@@ -408,8 +441,10 @@ class TAADCMH(TorchHasher):
                  projection_warmup: int = 0, image_lr=None, text_lr=None,
                  image_weight_decay=None, text_weight_decay=None,
                  lr_schedule: str = "constant", input_kernel: str = "none", n_anchors=500,
-                 device: str = "auto", random_state=None, verbose: bool = False):
-        super().__init__(n_bits, device=device, random_state=random_state, verbose=verbose)
+                 amp="auto", checkpoint=None, resume=None, device: str = "auto",
+                 random_state=None, verbose: bool = False):
+        super().__init__(n_bits, amp=amp, checkpoint=checkpoint, resume=resume, device=device,
+                         random_state=random_state, verbose=verbose)
         self.lambda1 = lambda1
         self.beta1 = beta1
         self.mu1 = mu1
@@ -616,8 +651,22 @@ class TAADCMH(TorchHasher):
 
         self.objective_, self.objective_i2t_, self.objective_t2i_ = [], [], []
         terms_log: dict[str, list] = {}
-        bar = progress(range(self.n_epochs), desc="TA-ADCMH", verbose=self.verbose)
-        for epoch in bar:
+        traces = (self.objective_, self.objective_i2t_, self.objective_t2i_)
+
+        def get_state():
+            return {"tasks": {t: {k: state[t][k] for k in ("F", "G", "B", "Q")} for t in tasks},
+                    "traces": traces, "terms": terms_log}
+
+        def set_state(saved):
+            for t in tasks:
+                state[t].update({k: v.to(device) for k, v in saved["tasks"][t].items()})
+            for trace, values in zip(traces, saved["traces"]):
+                trace[:] = values
+            terms_log.update(saved["terms"])
+
+        nets = {f"{side}_{t}": state[t][side] for t in tasks for side in ("f", "g")}
+        opts = {f"{side}_{t}": state[t]["opt_" + side] for t in tasks for side in ("f", "g")}
+        for epoch, bar in self._epochs("TA-ADCMH", nets, opts, rng, get_state, set_state):
             postfix = {}
             for t in tasks:
                 s = state[t]
@@ -726,7 +775,8 @@ class TAADCMH(TorchHasher):
         w_quant = hp["lam"] if side == "f" else hp["beta"]
         regress = (hp["query"] == "image" and side == "f") or (hp["query"] == "text" and side == "g")
         network_step(s[side], s["opt_" + side], xb, it, own, other, s["B"], L, s["Q"],
-                     w_quant=w_quant, mu=hp["mu"] if regress else 0.0, nu=hp["nu"])
+                     w_quant=w_quant, mu=hp["mu"] if regress else 0.0, nu=hp["nu"],
+                     precision=self._precision(xb.device), dist=self._distributed(xb.device))
 
     def _objective(self, s, L) -> dict:
         hp = s["hp"]

@@ -10,7 +10,8 @@
     cmhash scale --method batch --data synthetic:nuswide-like --ns 25000 50000 100000 184577
     cmhash plot --json out.json --kind map --out map.png
 
-``--data`` is a file path (layout and preset auto-detected), a list of files, or
+``--data`` is a file path (layout and preset auto-detected), a list of files, an image-text
+manifest (``images.csv`` / ``.jsonl``: image files + captions + labels, docs/data.md), or
 ``synthetic:<preset or key=value,...>``. Results (tables, search hits) go to stdout; progress
 and status messages go to stderr, and ``--quiet`` silences those only.
 
@@ -111,7 +112,7 @@ def _method_prefixed(item: str, option: str, what: str) -> tuple[str, str]:
     return method, rest
 
 
-def _load_data(args):
+def _load_data(args, **extra):
     from .data import load_dataset
 
     spec = args.data
@@ -123,7 +124,9 @@ def _load_data(args):
         kwargs["preset"] = args.preset
     if getattr(args, "n_train", None) is not None:   # 0 is refused by load_dataset, not dropped
         kwargs["n_train"] = args.n_train
-    return load_dataset(path, random_state=args.split_seed, **kwargs)
+    if getattr(args, "image_size", None) is not None:
+        kwargs["image_size"] = args.image_size
+    return load_dataset(path, random_state=args.split_seed, **kwargs, **extra)
 
 
 def _write_json(doc, path):
@@ -136,13 +139,16 @@ def _write_json(doc, path):
 
 def _add_data(p, required=True):
     p.add_argument("--data", required=required,
-                   help="dataset file (.mat/.npz/.h5; several joined by '+') or "
-                        "synthetic:<preset|key=value,...>")
+                   help="dataset file (.mat/.npz/.h5; several joined by '+'), an image-text "
+                        "manifest (.csv/.tsv/.jsonl) or synthetic:<preset|key=value,...>")
     p.add_argument("--preset", help="split protocol, a data preset such as wiki, mirflickr25k, "
                                     "nuswide, iapr-tc12 (all in docs/data.md; default: "
                                     "auto-detected; ignored with a warning for synthetic data "
                                     "and cmhash native files)")
     p.add_argument("--split-seed", type=int, default=0, help="seed of random splits (default 0)")
+    p.add_argument("--image-size", type=int,
+                   help="image-text manifests: the images' crop size (default 224; the shorter "
+                        "side is first resized to size * 256 / 224)")
     p.add_argument("--n-train", type=int, help="train on a random subset of this size")
 
 
@@ -297,6 +303,8 @@ def cmd_fit(args):
         hasher.fit_unpaired(views, labels, names=ds.modality_names)
     else:
         hasher.fit_views(ds.views("train"), ds.labels_of("train"), names=ds.modality_names)
+    if getattr(ds, "text_vocabulary", None) is not None:   # raw text: the model keeps it
+        hasher.set_text_vocabulary(ds.text_vocabulary)
     hasher.save(args.out)
     if not args.quiet:
         print(f"fitted {args.method} ({args.bits} bits) in {hasher.train_seconds_:.2f} s; "
@@ -305,10 +313,14 @@ def cmd_fit(args):
 
 def cmd_encode(args):
     from .base import load
+    from .data.manifest import is_manifest_path
     from .codes import pack_codes
 
     hasher = load(args.model)
-    ds = _load_data(args)
+    vocab = getattr(hasher, "text_vocabulary_", None)
+    # an image-text manifest's captions go through the model's own vocabulary
+    ds = _load_data(args, **({"text_vocabulary": vocab} if vocab is not None
+                             and is_manifest_path(args.data) else {}))
     X = ds.get(args.split, args.modality)
     task = tuple(args.task.split(",")) if args.task else None
     codes = hasher.encode(X, args.modality, task=task)

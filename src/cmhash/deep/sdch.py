@@ -207,6 +207,9 @@ class SDCH(TorchHasher):
         Updates of the text network per mini-batch (1: the paper); the extra ones take the same
         closed-form gradient of ``L_f + gamma L_h`` with the image network and fc4 fixed.
     device : "auto", "cpu", "cuda" or "cuda:N"
+    num_workers : int
+        Worker processes decoding image batches of image sources (0: in this process); with
+        a GPU, 4-8 keep it busy. Codes do not depend on it.
     random_state, verbose : see :class:`cmhash.base.CrossModalHasher`.
 
     Attributes
@@ -251,8 +254,9 @@ class SDCH(TorchHasher):
                  weight_decay: float = 0.0, itq_iter: int = 50, feature_bound=None,
                  feature_scale: float = 1.0, grad_clip=None, lr_text=None,
                  lr_decay: float = 1.0, text_steps: int = 1, device: str = "auto",
-                 random_state=None, verbose: bool = False):
-        super().__init__(n_bits, device=device, random_state=random_state, verbose=verbose)
+                 num_workers: int = 0, random_state=None, verbose: bool = False):
+        super().__init__(n_bits, device=device, num_workers=num_workers,
+                         random_state=random_state, verbose=verbose)
         self.gamma = gamma
         self.beta1 = beta1
         self.beta2 = beta2
@@ -313,6 +317,7 @@ class SDCH(TorchHasher):
         if not (isinstance(self.dropout, (int, float)) and 0 <= self.dropout < 1):
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
         self._check_weights_file(self.image_weights)
+        self._check_num_workers()
         resolve_device(self.device)
 
     # ----------------------------------------------------------- networks
@@ -374,7 +379,7 @@ class SDCH(TorchHasher):
 
     def _feature_outputs(self, net, X) -> np.ndarray:
         """Bounded features of every row of X (float32 ndarray)."""
-        F = self._predict(net, X, 1024)
+        F = self._predict(net, X, 1024, num_workers=self._workers())
         return self._bound(torch.from_numpy(F)).numpy()
 
     def _clip(self, params) -> None:
@@ -507,18 +512,17 @@ class SDCH(TorchHasher):
         f.train(), g.train(), h.train()
         perm = rng.permutation(n)
         sums = {k: 0.0 for k in TERMS + ("total",)}
-        for start in range(0, n, self.batch_size):
-            idx = np.sort(perm[start:start + self.batch_size])
-            if idx.size < 2:
-                continue
+        batches = self._batch_indices(perm, self.batch_size, min_size=2)
+        for (idx, xb), (_, yb) in zip(self._batches(Xd, batches, device, train=True, rng=rng),
+                                      self._batches(Yd, batches, device, train=True, rng=rng)):
             it = torch.as_tensor(idx, device=device)
             Lb = L[it]
             Sf = label_similarity(Lb, Lb)                                   # b x b
             L2 = torch.cat([Lb, Lb])
             Sh = 2.0 * label_similarity(L2, L2) - 1.0                      # 2b x 2b, +-1
             Bb = torch.cat([B[0][it], B[1][it]]) if B is not None else None
-            Fx = self._bound(f(self._rows(Xd, idx, device)))
-            Fy = self._bound(g(self._rows(Yd, idx, device)))
+            Fx = self._bound(f(xb))
+            Fy = self._bound(g(yb))
             Fxy = torch.cat([Fx, Fy])
             if phase in ("hash", "all"):                                    # (i) Theta_h
                 Z1 = h(Fxy.detach())
@@ -546,7 +550,7 @@ class SDCH(TorchHasher):
                 opt_f.step()
                 h.zero_grad(set_to_none=True)       # fc4 gradients of (ii) are not used
                 for _ in range(int(self.text_steps) - 1):   # extra steps of psi_y, psi_x fixed
-                    self._text_step(f, g, h, opt_f, Xd, Yd, idx, Sf, Sh, Bb, gamma, hp, device)
+                    self._text_step(f, g, h, opt_f, xb, yb, Sf, Sh, Bb, gamma, hp)
             sums["feature"] += lf
             for k in TERMS[1:]:
                 sums[k] += th[k]
@@ -555,15 +559,16 @@ class SDCH(TorchHasher):
             sums["total"] += lf + gamma * lh
         return sums
 
-    def _text_step(self, f, g, h, opt_f, Xd, Yd, idx, Sf, Sh, Bb, gamma, hp, device):
-        """One more step of the text network on the same batch's ``L_f + gamma L_h``.
+    def _text_step(self, f, g, h, opt_f, xb, yb, Sf, Sh, Bb, gamma, hp):
+        """One more step of the text network on the same batch's ``L_f + gamma L_h``
+        (``xb``, ``yb``: the batch's image and text inputs).
 
         The image features and fc4 are fixed; the gradient is the same closed form as in
         step (ii), restricted to the text outputs (``text_steps`` > 1).
         """
         with torch.no_grad():
-            Fx = self._bound(f(self._rows(Xd, idx, device)))
-        Fy = self._bound(g(self._rows(Yd, idx, device)))
+            Fx = self._bound(f(xb))
+        Fy = self._bound(g(yb))
         _, gFy = feature_loss_grad(Fx, Fy.detach(), Sf)
         outs, grads = [Fy], [gFy]
         if Bb is not None:

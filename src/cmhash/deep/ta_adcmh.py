@@ -310,6 +310,9 @@ class TAADCMH(TorchHasher):
     n_anchors : int or (int, int)
         Anchors of the input kernel (one value or one per modality, image first).
     device : "auto", "cpu", "cuda" or "cuda:N"
+    num_workers : int
+        Worker processes decoding image batches of image sources (0: in this process); with
+        a GPU, 4-8 keep it busy. Codes do not depend on it.
     random_state, verbose : see :class:`cmhash.base.CrossModalHasher`.
 
     Attributes
@@ -370,8 +373,10 @@ class TAADCMH(TorchHasher):
                  projection_warmup: int = 0, image_lr=None, text_lr=None,
                  image_weight_decay=None, text_weight_decay=None,
                  lr_schedule: str = "constant", input_kernel: str = "none", n_anchors=500,
-                 device: str = "auto", random_state=None, verbose: bool = False):
-        super().__init__(n_bits, device=device, random_state=random_state, verbose=verbose)
+                 device: str = "auto", num_workers: int = 0, random_state=None,
+                 verbose: bool = False):
+        super().__init__(n_bits, device=device, num_workers=num_workers,
+                         random_state=random_state, verbose=verbose)
         self.lambda1 = lambda1
         self.beta1 = beta1
         self.mu1 = mu1
@@ -448,6 +453,7 @@ class TAADCMH(TorchHasher):
                     raise ValueError(f"the relaxed variant (discrete=False) needs lambda{t} + "
                                      f"beta{t} > 0")
         self._check_weights_file(self.image_weights)
+        self._check_num_workers()
         resolve_device(self.device)
 
     # ----------------------------------------------------------- networks
@@ -562,8 +568,8 @@ class TAADCMH(TorchHasher):
             f = self._new_network(specs["image"], device, "image")
             g = self._new_network(specs["text"], device, "text")
             hp = self._task_params(t, n)
-            F = self._predict(f, Xd, self.batch_size, device)
-            G = self._predict(g, Yd, self.batch_size, device)
+            F = self._predict(f, Xd, self.batch_size, device, self._workers())
+            G = self._predict(g, Yd, self.batch_size, device, self._workers())
             state[t] = {
                 "f": f, "g": g, "opt_f": self._make_optimizer(f, "f"),
                 "opt_g": self._make_optimizer(g, "g"),
@@ -673,10 +679,10 @@ class TAADCMH(TorchHasher):
         n = own.shape[0]
         net.train()
         perm = rng.permutation(n)
-        for start in range(0, n, self.batch_size):
-            idx = np.sort(perm[start:start + self.batch_size])
+        batches = self._batch_indices(perm, self.batch_size)
+        for idx, xb in self._batches(data, batches, device, train=True, rng=rng):
             it = torch.as_tensor(idx, device=device)
-            out = net(self._rows(data, idx, device))                  # F_I (or G_I)
+            out = net(xb)                                             # F_I (or G_I)
             loss = batch_loss(out, it, own, other, s["B"], L, s["Q"], w_quant=w_quant,
                               mu=hp["mu"] if regress else 0.0, nu=hp["nu"])
             opt.zero_grad(set_to_none=True)
@@ -684,7 +690,8 @@ class TAADCMH(TorchHasher):
             opt.step()
             own[it] = out.detach()
         if self.refresh_buffers:  # exact outputs of the updated network (eval mode) for B / P
-            own.copy_(torch.from_numpy(self._predict(net, data, self.batch_size, device)).to(device))
+            own.copy_(torch.from_numpy(self._predict(net, data, self.batch_size, device,
+                                                     self._workers())).to(device))
 
     def _objective(self, s, L) -> dict:
         hp = s["hp"]
@@ -722,4 +729,5 @@ class TAADCMH(TorchHasher):
         m = self.modality_index(modality)
         t = self._check_task(task)
         X = self._check_query(X, m)
-        return self._predict(self._network(self._net_name(m, t)), self._prepare(X, m))
+        return self._predict(self._network(self._net_name(m, t)), self._prepare(X, m),
+                             num_workers=self._workers())

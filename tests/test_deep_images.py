@@ -131,6 +131,16 @@ def test_standardising_images_does_not_copy_them_as_floats():
     src = ArrayImageSource(imgs, transform=ImageTransform(**NORM))
     h._fit_standardization([src, np.zeros((3000, 2))])
     assert h.input_means_[0] is None and h.image_transforms_[0] == src.transform
+    # ... and so does the estimator's own (the weights') normalisation, also for arrays
+    weights = {"mean": (0.1, 0.2, 0.3), "std": (0.5, 0.5, 0.5), "scale": 1.0}
+    h._given_image_normalization = lambda m: weights
+    h._fit_standardization([imgs[:10], np.zeros((10, 2))])
+    assert h.input_means_[0] is None
+    got = h._prepare(imgs[:10], 0)
+    assert got.transform == ImageTransform(random_crop=False, random_flip=False, **weights)
+    (_, xb), = list(iterate_image_batches(got, [np.arange(4)]))
+    ref = (imgs[:4] / 255.0 - np.array(weights["mean"])[:, None, None]) / 0.5
+    np.testing.assert_allclose(xb.numpy(), ref, atol=1e-5)
 
 
 @pytest.fixture(scope="module")

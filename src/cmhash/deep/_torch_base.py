@@ -130,10 +130,16 @@ class TorchHasher(CrossModalHasher):
         input and other ndims are left as they are.
         """
         self.input_means_, self.input_scales_, self.image_transforms_ = [], [], []
-        for X in views:
+        for m, X in enumerate(views):
             source = is_image_source(X)
-            self.image_transforms_.append(X.transform if source else None)
-            given = source and X.transform.normalization_given
+            transform = X.transform if source else None
+            norm = self._given_image_normalization(m) if X.ndim == 4 else None
+            if norm is not None:   # e.g. the normalisation that belongs to loaded weights
+                base = transform if transform is not None else ImageTransform(
+                    random_crop=False, random_flip=False)
+                transform = base.with_normalization(**norm)
+            self.image_transforms_.append(transform)
+            given = transform is not None and transform.normalization_given
             if (getattr(self, "standardize", False) and X.ndim in self.standardized_ndims
                     and not sp.issparse(X) and not given):
                 if X.ndim == 4:
@@ -169,6 +175,14 @@ class TorchHasher(CrossModalHasher):
         mean = mean.numpy().reshape(-1, 1, 1)
         std = np.sqrt(m2.numpy() / count).reshape(-1, 1, 1)
         return mean, std
+
+    def _given_image_normalization(self, m: int):
+        """The normalisation of image modality ``m`` that the estimator itself prescribes, as
+        ``{"mean": ..., "std": ..., "scale": ...}`` (per-channel values, pixel scale 255 or 1),
+        or None (the default: the source's own normalisation, else the training
+        standardisation). Where pretrained weights are loaded, their input normalisation
+        belongs here; it replaces the source's and switches the standardisation off."""
+        return None
 
     def _workers(self) -> int:
         return int(getattr(self, "num_workers", 0) or 0)

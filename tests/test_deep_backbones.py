@@ -8,8 +8,9 @@ import scipy.io  # noqa: E402
 import scipy.sparse as sp  # noqa: E402
 
 from cmhash.deep._torch_base import TorchHasher, resolve_device, seed_everything  # noqa: E402
-from cmhash.deep.backbones import (CNNF, MLP, AlexNet, TextNetSDCH, TextNetTA,  # noqa: E402
-                                   build_backbone, load_state_dict_file, load_vggf_mat)
+from cmhash.deep.backbones import (CNNF, LEGACY_LRN, MLP, AlexNet, TextNetSDCH,  # noqa: E402
+                                   TextNetTA, build_backbone, load_state_dict_file,
+                                   load_vggf_mat)
 
 
 def _shapes(net, x, names):
@@ -58,6 +59,86 @@ def test_alexnet_layer_shapes_at_227():
     assert shapes["conv3"] == (1, 384, 13, 13) and shapes["conv4"] == (1, 384, 13, 13)
     assert shapes["conv5"] == (1, 256, 13, 13) and shapes["pool5"] == (1, 256, 6, 6)
     assert shapes["fc6"] == (1, 4096) and shapes["fc7"] == (1, 4096) and y == (1, 256)
+
+
+def _lrn_reference(x, n, alpha, beta, k, divide_by_n):
+    """b_c = a_c / (k + alpha' sum_{|c'-c| <= n//2} a_c'^2)^beta, alpha' = alpha (/ n)."""
+    sq = torch.nn.functional.pad(x ** 2, (0, 0, 0, 0, n // 2, (n - 1) // 2))
+    s = sum(sq[:, i:i + x.shape[1]] for i in range(n))
+    return x / (k + (alpha / n if divide_by_n else alpha) * s) ** beta
+
+
+def test_lrn_constants_are_the_papers():
+    """CNN-F: MatConvNet's vgg-f [N kappa alpha beta] = [5 1 1e-4/5 0.75] in
+    x / (kappa + alpha sum x^2)^beta; AlexNet: Krizhevsky's k = 2, n = 5, alpha = 1e-4,
+    beta = 0.75 in b = a / (k + alpha sum a^2)^beta (no division by n)."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 12, 5, 5, dtype=torch.float64) * 30
+    cnnf, alex = CNNF(8, fc_dim=8).double(), AlexNet(8, fc_dim=8).double()
+    torch.testing.assert_close(cnnf.norm1(x), _lrn_reference(x, 5, 1e-4 / 5, 0.75, 1.0, False))
+    torch.testing.assert_close(alex.norm2(x), _lrn_reference(x, 5, 1e-4, 0.75, 2.0, False))
+    assert cnnf.lrn == (5, 1e-4, 0.75, 1.0) and alex.lrn == (5, 5e-4, 0.75, 2.0)
+    with pytest.raises(ValueError, match="lrn"):
+        build_backbone({"kind": "cnnf", "in_shape": [3, 32, 32], "out_dim": 4, "lrn": [5, 1]})
+
+
+def test_alexnet_groups_split_conv2_conv4_conv5():
+    net = AlexNet(16, fc_dim=8, groups=2)
+    assert [getattr(net, f"conv{i}").weight.shape[1] for i in range(1, 6)] == [3, 48, 256, 192, 192]
+    assert [getattr(net, f"conv{i}").groups for i in range(1, 6)] == [1, 2, 1, 2, 2]
+    spec = {"kind": "alexnet", "in_shape": [3, 32, 32], "out_dim": 4, "fc_dim": 8, "groups": 2}
+    assert build_backbone(spec).conv4.groups == 2
+    with pytest.raises(ValueError, match="groups=5 must divide"):
+        AlexNet(16, fc_dim=8, groups=5)
+    with pytest.raises(ValueError, match=r"unknown backbone spec key\(s\) \['groups'\] for kind 'cnnf'"):
+        build_backbone({**spec, "kind": "cnnf"})
+
+
+@pytest.mark.parametrize("kind,size,out_layer", [("tv_alexnet", 63, "classifier.6"),
+                                                 ("tv_resnet50", 32, "fc")])
+def test_torchvision_backbones_are_torchvision_classes_with_an_out_dim_layer(kind, size, out_layer):
+    from cmhash.deep._torchvision import import_torchvision
+    from cmhash.deep.backbones import output_layer_name
+    net = build_backbone({"kind": kind, "in_shape": [3, size, size], "out_dim": 12})
+    cls = {"tv_alexnet": "AlexNet", "tv_resnet50": "ResNet"}[kind]
+    assert isinstance(net, getattr(import_torchvision().models, cls))
+    assert output_layer_name(net) == out_layer
+    assert net.get_submodule(out_layer).out_features == 12
+    assert net.eval()(torch.randn(1, 3, size, size)).shape == (1, 12)
+    with pytest.raises(ValueError, match="3-channel RGB"):
+        build_backbone({"kind": kind, "in_shape": [1, size, size], "out_dim": 4})
+    with pytest.raises(ValueError, match="unknown backbone spec key"):
+        build_backbone({"kind": kind, "in_shape": [3, size, size], "out_dim": 4, "fc_dim": 8})
+
+
+def test_torchvision_backbone_saves_and_rebuilds_from_its_json_spec():
+    """The JSON spec rebuilds the same module (BatchNorm buffers included) through
+    TorchHasher's persistence."""
+    import json
+    torch.manual_seed(0)
+    net = build_backbone({"kind": "tv_resnet50", "in_shape": [3, 32, 32], "out_dim": 12})
+    net.train()(torch.randn(4, 3, 32, 32))           # move the BN running statistics
+    h = TorchHasher(4, device="cpu")
+    h._store_networks(f=net)
+    json.dumps(h.architectures_)
+    rebuilt = h._build_networks(torch.device("cpu"))["f"]
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x), net.eval()(x))
+
+
+def test_torchvision_alexnet_minimum_image_size():
+    with pytest.raises(ValueError, match=r"'tv_alexnet' needs images of at least 63 x 63"):
+        build_backbone({"kind": "tv_alexnet", "in_shape": [3, 62, 62], "out_dim": 4})
+
+
+def test_models_saved_before_the_lrn_was_in_the_spec_rebuild_with_the_old_constants():
+    h = TorchHasher(4, device="cpu")
+    net = build_backbone({"kind": "cnnf", "in_shape": [3, 16, 16], "out_dim": 4, "fc_dim": 8})
+    h._store_networks(f=net)
+    del h.architectures_["f"]["lrn"]                 # as written by the previous version
+    rebuilt = h._build_networks(torch.device("cpu"))["f"]
+    assert rebuilt.lrn == LEGACY_LRN and rebuilt.spec["lrn"] == list(LEGACY_LRN)
 
 
 def test_cnn_runs_on_small_images():
@@ -115,69 +196,6 @@ def test_state_dict_file_round_trip(tmp_path):
         load_state_dict_file(other, path, strict=True)
     with pytest.raises(FileNotFoundError):
         load_state_dict_file(other, tmp_path / "missing.pt")
-
-
-def _fake_vggf(path, fc_dim, rng):
-    """A MatConvNet SimpleNN .mat in the imagenet-vgg-f layout (random weights)."""
-    convs = [("conv1", (11, 11, 3, 64)), ("conv2", (5, 5, 64, 256)), ("conv3", (3, 3, 256, 256)),
-             ("conv4", (3, 3, 256, 256)), ("conv5", (3, 3, 256, 256)),
-             ("fc6", (6, 6, 256, fc_dim)), ("fc7", (1, 1, fc_dim, fc_dim)),
-             ("fc8", (1, 1, fc_dim, 1000))]
-    layers, weights = [], {}
-    for i, (name, shape) in enumerate(convs):
-        W = rng.standard_normal(shape).astype(np.float32)
-        b = rng.standard_normal(shape[-1]).astype(np.float32)
-        weights[name] = (W, b)
-        cell = np.empty((1, 2), dtype=object)
-        cell[0, 0], cell[0, 1] = W, b
-        layers.append({"name": name, "type": "conv", "weights": cell,
-                       "stride": np.array([1, 1]), "pad": np.array([0, 0, 0, 0])})
-        layers.append({"name": f"relu{i}", "type": "relu"})
-        if name in ("conv1", "conv2"):
-            layers.append({"name": f"norm{i}", "type": "lrn",
-                           "param": np.array([5.0, 1.0, 2e-5, 0.75])})
-    cell = np.empty((1, len(layers)), dtype=object)
-    for i, layer in enumerate(layers):
-        cell[0, i] = layer
-    scipy.io.savemat(str(path), {"layers": cell})
-    return weights
-
-
-def test_vggf_mat_weights_land_transposed(tmp_path):
-    rng = np.random.default_rng(0)
-    fc_dim = 8
-    path = tmp_path / "imagenet-vgg-f.mat"
-    weights = _fake_vggf(path, fc_dim, rng)
-    net = CNNF(16, fc_dim=fc_dim)
-    fc8_before = net.fc8.weight.detach().clone()
-    loaded = load_vggf_mat(net, path)
-    assert loaded == ["conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7"]
-    # conv filters: torch (Cout, Cin, H, W)[o, c, h, w] == MatConvNet (H, W, Cin, Cout)[h, w, c, o]
-    W1, b1 = weights["conv1"]
-    for (h, w, c, o) in [(0, 0, 0, 0), (10, 3, 2, 63), (4, 9, 1, 17)]:
-        assert net.conv1.weight[o, c, h, w].item() == W1[h, w, c, o]
-    np.testing.assert_array_equal(net.conv1.weight.detach().numpy(), W1.transpose(3, 2, 0, 1))
-    np.testing.assert_array_equal(net.conv1.bias.detach().numpy(), b1)
-    # a conv with these weights equals the MatConvNet definition y[o] = sum_{h,w,c} x[c,h,w] W[h,w,c,o]
-    x = torch.randn(1, 3, 11, 11)
-    y = torch.nn.functional.conv2d(x, net.conv1.weight, net.conv1.bias)[0, :, 0, 0]
-    ref = np.einsum("chw,hwco->o", x[0].numpy().astype(np.float64), W1.astype(np.float64)) + b1
-    np.testing.assert_allclose(y.detach().numpy(), ref, rtol=1e-4, atol=1e-3)
-    # fc6 (a 6x6x256xfc_dim convolution in MatConvNet) applied to pool5 in torch's flatten order
-    W6, b6 = weights["fc6"]
-    feat = torch.randn(1, 256, 6, 6)
-    y6 = net.fc6(feat.flatten(1))[0].detach().numpy()
-    ref6 = np.einsum("chw,hwco->o", feat[0].numpy().astype(np.float64), W6.astype(np.float64)) + b6
-    np.testing.assert_allclose(y6, ref6, rtol=1e-4, atol=1e-2)
-    np.testing.assert_array_equal(net.fc7.weight.detach().numpy(), weights["fc7"][0][0, 0].T)
-    # fc8 (ImageNet classes) is replaced by the hash layer and left alone
-    assert torch.equal(net.fc8.weight, fc8_before)
-    # LRN parameters [N kappa alpha beta] -> torch (size, k, alpha * N, beta)
-    assert net.norm1.size == 5 and net.norm1.k == 1.0 and net.norm1.beta == 0.75
-    assert net.norm1.alpha == pytest.approx(1e-4)
-    # mismatched widths are refused
-    with pytest.raises(ValueError, match="fc6"):
-        load_vggf_mat(CNNF(16, fc_dim=4), path)
 
 
 def test_resolve_device():
@@ -283,7 +301,7 @@ def test_state_dict_file_refuses_wrong_keys_wrong_shapes_and_unreadable_files(tm
         load_state_dict_file(build_backbone(spec), garbage)
     mat = tmp_path / "vgg.mat"
     scipy.io.savemat(str(mat), {"x": np.zeros(2)})
-    with pytest.raises(ValueError, match="MatConvNet .mat files load only into CNN-F"):
+    with pytest.raises(ValueError, match="a MatConvNet .mat file: use source='matconvnet'"):
         load_state_dict_file(build_backbone(spec), mat)
     lst = tmp_path / "list.pt"
     torch.save([1, 2], lst)

@@ -131,16 +131,23 @@ def test_standardising_images_does_not_copy_them_as_floats():
     src = ArrayImageSource(imgs, transform=ImageTransform(**NORM))
     h._fit_standardization([src, np.zeros((3000, 2))])
     assert h.input_means_[0] is None and h.image_transforms_[0] == src.transform
-    # ... and so does the estimator's own (the weights') normalisation, also for arrays
-    weights = {"mean": (0.1, 0.2, 0.3), "std": (0.5, 0.5, 0.5), "scale": 1.0}
-    h._given_image_normalization = lambda m: weights
-    h._fit_standardization([imgs[:10], np.zeros((10, 2))])
-    assert h.input_means_[0] is None
-    got = h._prepare(imgs[:10], 0)
-    assert got.transform == ImageTransform(random_crop=False, random_flip=False, **weights)
-    (_, xb), = list(iterate_image_batches(got, [np.arange(4)]))
-    ref = (imgs[:4] / 255.0 - np.array(weights["mean"])[:, None, None]) / 0.5
-    np.testing.assert_allclose(xb.numpy(), ref, atol=1e-5)
+    # ... and so does the normalisation of loaded weights (in 0-255 pixel units), also for
+    # arrays; a source keeps its geometry
+    from cmhash.deep.normalization import TORCHVISION_IMAGENET
+    h._weights_normalization = lambda X: TORCHVISION_IMAGENET
+    for X in (imgs[:10], ArrayImageSource(imgs[:10], transform=ImageTransform(size=20))):
+        h._fit_standardization([X, np.zeros((10, 2))])
+        mean, std = TORCHVISION_IMAGENET.pixel_stats(X.shape[1:])
+        np.testing.assert_array_equal(h.input_means_[0], mean)
+        got = h._prepare(X, 0)
+        (_, xb), = list(iterate_image_batches(got, [np.arange(4)]))
+        ref = TORCHVISION_IMAGENET.apply(got.with_transform(ImageTransform(size=got.shape[-1]))
+                                         .items(np.arange(4)))
+        np.testing.assert_allclose(xb.numpy(), ref, atol=1e-4)
+    t = ImageTransform.from_input_normalization(TORCHVISION_IMAGENET)
+    assert (t.size, t.resize, t.resize_mode, t.scale) == (224, 256, "shorter", 1.0)
+    x = imgs[:3, :, :20, :20].astype(np.float32)
+    np.testing.assert_allclose(t.normalize(x), TORCHVISION_IMAGENET.apply(x), atol=1e-5)
 
 
 @pytest.fixture(scope="module")

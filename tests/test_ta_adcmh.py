@@ -518,11 +518,15 @@ def test_image_weights_load_into_the_image_networks_only(tmp_path):
     for f in ("f1", "f2"):
         np.testing.assert_allclose(h.network_states_[f + ".net.0.weight"],
                                    pre.net[0].weight.detach().numpy(), atol=1e-8)
-    # a MatConvNet file only fits CNN-F
+    # a MatConvNet file only fits CNN-F / AlexNet
     mat = tmp_path / "imagenet-vgg-f.mat"
     import scipy.io
-    scipy.io.savemat(str(mat), {"layers": np.zeros(1)})
-    with pytest.raises(ValueError, match="loads only into the cnnf backbone"):
+    conv = {"name": "conv1", "type": "conv", "weights": np.empty((1, 2), dtype=object)}
+    conv["weights"][0, 0], conv["weights"][0, 1] = np.zeros((11, 11, 3, 64)), np.zeros((64, 1))
+    layers = np.empty((1, 1), dtype=object)
+    layers[0, 0] = conv
+    scipy.io.savemat(str(mat), {"layers": layers})
+    with pytest.raises(ValueError, match="load into the 'cnnf' or 'alexnet' backbone, not 'mlp'"):
         TAADCMH(8, **FAST, image_weights=str(mat)).fit(X, T, Y)
     # images in both modalities: the text CNN-F keeps its own initialisation
     rng = np.random.default_rng(0)

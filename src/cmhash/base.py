@@ -19,12 +19,15 @@ from pathlib import Path
 import numpy as np
 
 from ._io import atomic_write
+from ._state_check import check_learned_state
 from ._validation import (check_distinct_label_sets, check_features, check_labels,
                           check_n_anchors, check_n_bits, check_not_constant,
                           check_random_state, class_indices, is_image_source, open_npz,
                           warn_if_degenerate_codes)
 from .data.images import ImageTransform
 from .data.text import TextVocabulary, as_text_list
+from .deep.normalization import InputNormalization
+from .fingerprint import model_fingerprint, training_data_fingerprint
 from .kernel import CenteredFeatures, RBFAnchorFeatures
 from .solvers import ridge_regression, sign
 
@@ -44,7 +47,8 @@ _REGISTRY: dict[str, str] = {
 
 #: classes whose instances can be stored as learned state (get_state/from_state)
 _STATE_CLASSES = {"RBFAnchorFeatures": RBFAnchorFeatures, "CenteredFeatures": CenteredFeatures,
-                  "TextVocabulary": TextVocabulary, "ImageTransform": ImageTransform}
+                  "TextVocabulary": TextVocabulary, "ImageTransform": ImageTransform,
+                  "InputNormalization": InputNormalization}
 
 
 def register(name: str, target: str) -> None:
@@ -94,6 +98,27 @@ def make_hasher(name: str, **params):
     return get_method(name)(**params)
 
 
+def unpaired_label_matrices(labels, sizes, names) -> list:
+    """Unpaired training labels (one per modality, ``sizes[v]`` rows each) as multi-hot
+    matrices; class-index labels are one-hot encoded over the union of all modalities' classes,
+    so that a column means the same class in every modality."""
+    if not isinstance(labels, (list, tuple)) or len(labels) != len(sizes):
+        raise ValueError(f"unpaired training needs one label matrix per modality: got "
+                         f"{len(sizes)} modalities and "
+                         f"{len(labels) if isinstance(labels, (list, tuple)) else 'a single'} "
+                         f"label matrix/matrices")
+    indices = [class_indices(L) for L in labels]
+    classes = None
+    if any(i is not None for i in indices):
+        if any(i is None for i in indices):
+            raise ValueError("unpaired labels must all be class-index vectors or all be "
+                             "multi-hot (n_v, c) matrices, not a mix of both")
+        classes = np.unique(np.concatenate(indices))
+    return [check_labels(L, n, name=f"labels[{v!r}]", require_nonempty_classes=False,
+                         require_labelled_rows=True, classes=classes)
+            for v, n, L in zip(names, sizes, labels)]
+
+
 class CrossModalHasher:
     """Base class of cross-modal hashers (scikit-learn style).
 
@@ -107,6 +132,11 @@ class CrossModalHasher:
     min_views, max_views = 2, 2
     #: feature arrays up to this many dimensions (deep methods take images (n, C, H, W))
     max_feature_ndim = 2
+    #: shapes of the learned arrays, checked when a model file is loaded (and before saving):
+    #: see :mod:`cmhash._state_check` (``codes_`` is checked for every method)
+    state_shapes: dict = {}
+    #: learned diagnostics (loss histories) exempt from the finiteness check of a loaded model
+    diagnostic_state: tuple = ()
 
     def __init__(self, n_bits: int = 32, *, random_state=None, verbose: bool = False):
         self.n_bits = n_bits
@@ -164,6 +194,7 @@ class CrossModalHasher:
         self._fit(views, Y, rng)
         self.train_seconds_ = time.perf_counter() - start
         self.paired_ = True
+        self.training_data_fingerprint_ = training_data_fingerprint(views, Y)
         self._check_learned_codes()
         return self
 
@@ -189,23 +220,7 @@ class CrossModalHasher:
             raise ValueError(f"{type(self).__name__} needs paired training data; it cannot be "
                              f"fitted on unpaired modalities (methods that can: AMSH)")
         views, names = self._check_views(views, names)
-        if not isinstance(labels, (list, tuple)) or len(labels) != len(views):
-            raise ValueError(f"unpaired training needs one label matrix per modality: got "
-                             f"{len(views)} modalities and "
-                             f"{len(labels) if isinstance(labels, (list, tuple)) else 'a single'} "
-                             f"label matrix/matrices")
-        # class-index labels are one-hot encoded over the union of all modalities' classes, so
-        # that a column means the same class in every modality
-        indices = [class_indices(L) for L in labels]
-        classes = None
-        if any(i is not None for i in indices):
-            if any(i is None for i in indices):
-                raise ValueError("unpaired labels must all be class-index vectors or all be "
-                                 "multi-hot (n_v, c) matrices, not a mix of both")
-            classes = np.unique(np.concatenate(indices))
-        Ys = [check_labels(L, X.shape[0], name=f"labels[{v!r}]", require_nonempty_classes=False,
-                           require_labelled_rows=True, classes=classes)
-              for v, X, L in zip(names, views, labels)]
+        Ys = unpaired_label_matrices(labels, [X.shape[0] for X in views], names)
         c = Ys[0].shape[1]
         for v, Y in zip(names, Ys):
             if Y.shape[1] != c:
@@ -222,6 +237,7 @@ class CrossModalHasher:
         self._fit_unpaired(views, Ys, rng)
         self.train_seconds_ = time.perf_counter() - start
         self.paired_ = False
+        self.training_data_fingerprint_ = training_data_fingerprint(views, Ys)
         self._check_learned_codes()
         return self
 
@@ -253,6 +269,11 @@ class CrossModalHasher:
         self.modality_names_ = list(names)
         self.n_features_ = [list(X.shape[1:]) for X in views]
         self.n_classes_ = int(n_classes)
+
+    def _state_shapes(self) -> dict:
+        """Expected shapes of the learned arrays (:mod:`cmhash._state_check`): the class's
+        ``state_shapes``; subclasses add shapes that depend on the fitted model."""
+        return dict(type(self).state_shapes)
 
     def _validate_params(self) -> None:
         """Subclasses check their hyper-parameters here (messages quote the bad value)."""
@@ -388,6 +409,17 @@ class CrossModalHasher:
         raise NotImplementedError
 
     # ------------------------------------------------------------ persistence
+    @property
+    def fingerprint(self) -> str:
+        """Content fingerprint of the fitted model (16 hex digits): its method, parameters
+        and learned state as saved (:func:`cmhash.fingerprint.model_fingerprint`); the same
+        after :meth:`save` / :func:`load`. Computed on each access (one pass over the learned
+        arrays): keep it in a variable where it is used repeatedly."""
+        self._check_fitted()
+        arrays, meta_state = _pack_state(self)
+        params, _ = _jsonable_params(self.get_params())
+        return model_fingerprint(self.name, params, meta_state, arrays)
+
     def save(self, path) -> Path:
         """Write the model to ``path`` (.npz: arrays + a JSON header; loads without pickle).
 
@@ -398,11 +430,16 @@ class CrossModalHasher:
         saved instead).
         """
         self._check_fitted()
+        try:   # what load() would refuse is not written (e.g. n_bits changed after fit)
+            check_learned_state(self)
+        except ValueError as exc:
+            raise ValueError(f"cannot save this {type(self).__name__}: {exc}") from None
         arrays, meta_state = _pack_state(self)
         params, param_types = _jsonable_params(self.get_params())
         header = {"format": FORMAT, "version": FORMAT_VERSION, "method": self.name,
                   "class": f"{type(self).__module__}:{type(self).__name__}",
-                  "params": params, "param_types": param_types, "state": meta_state}
+                  "params": params, "param_types": param_types, "state": meta_state,
+                  "fingerprint": model_fingerprint(self.name, params, meta_state, arrays)}
         arrays["__header__"] = np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8)
         path = Path(path)
         with atomic_write(path) as fh:
@@ -524,32 +561,91 @@ def _json_default(o):
 
 
 def _unpack_value(key, spec, data):
+    """The state value ``key`` described by ``spec`` (from the header) from the arrays ``data``;
+    a ValueError naming the field when the description or an array it names is missing or
+    malformed, or a feature map's arrays do not fit together."""
+    if not isinstance(spec, dict) or "kind" not in spec:
+        raise ValueError(f"the header's description of {key} is malformed: {spec!r}")
     kind = spec["kind"]
-    if kind == "array":
-        return data[key]
-    if kind == "json":
-        return spec["value"]
-    if kind == "object":
-        cls = _STATE_CLASSES[spec["class"]]
-        return cls.from_state(spec["params"], {k: data[f"{key}/{k}"] for k in spec["keys"]})
-    if kind == "array_dict":
-        return {k: data[f"{key}/{k}"] for k in spec["keys"]}
-    if kind == "list":
-        return [_unpack_value(f"{key}/{i}", s, data) for i, s in enumerate(spec["items"])]
-    raise ValueError(f"unknown state kind {kind!r} in model file")
+
+    def array(name):
+        if name not in data.files:
+            raise ValueError(f"the array {name!r} of the learned state {key} is missing")
+        return data[name]
+
+    try:
+        if kind == "array":
+            return array(key)
+        if kind == "json":
+            return spec["value"]
+        if kind == "object":
+            cls = _STATE_CLASSES.get(spec["class"])
+            if cls is None:
+                raise ValueError(f"{key} is of unknown class {spec['class']!r}")
+            state = {k: array(f"{key}/{k}") for k in spec["keys"]}
+            try:
+                return cls.from_state(spec["params"], state)
+            except (ValueError, TypeError) as exc:
+                raise ValueError(f"{key.replace('/', '[', 1) + ']' if '/' in key else key}: "
+                                 f"{exc}") from None
+        if kind == "array_dict":
+            return {k: array(f"{key}/{k}") for k in spec["keys"]}
+        if kind == "list":
+            return [_unpack_value(f"{key}/{i}", s, data) for i, s in enumerate(spec["items"])]
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"the header's description of {key} is malformed ({type(exc).__name__}: "
+                         f"{exc})") from None
+    raise ValueError(f"unknown state kind {kind!r} of {key}")
+
+
+def _read_header(path, data) -> dict:
+    """The JSON header of an open model file, checked: a ValueError naming the problem."""
+    def bad(why):
+        return ValueError(f"{path} is not a valid cmhash model file: {why}")
+
+    if "__header__" not in data.files:
+        raise ValueError(f"{path} is not a cmhash model file (no header)")
+    raw = data["__header__"]
+    if raw.dtype != np.uint8 or raw.ndim != 1:
+        raise bad(f"its '__header__' must be a 1-D uint8 array of JSON text, got dtype "
+                  f"{raw.dtype} and shape {raw.shape}")
+    try:
+        header = json.loads(bytes(raw).decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise bad(f"its header is not JSON text ({exc}); the file is damaged or was edited") \
+            from None
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a cmhash model file (its header is not a "
+                         f"{FORMAT!r} header)")
+    version = header.get("version", 0)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise bad(f"its header's 'version' must be an integer, got {version!r}")
+    if version > FORMAT_VERSION:
+        raise ValueError(f"{path} was written by a newer cmhash (format {version})")
+    for field, typ in (("method", str), ("params", dict), ("state", dict)):
+        if not isinstance(header.get(field), typ):
+            raise bad(f"its header's {field!r} must be a {typ.__name__}, got "
+                      f"{header.get(field)!r}")
+    return header
 
 
 def load(path):
-    """Load a model written by :meth:`CrossModalHasher.save` (no pickle involved)."""
+    """Load a model written by :meth:`CrossModalHasher.save` (no pickle involved).
+
+    The file is checked: a header that is not JSON, a missing or malformed field, a learned
+    array that is missing, whose shape does not fit the parameters and the other arrays
+    (:mod:`cmhash._state_check`: e.g. projections with fewer columns than ``n_bits``) or that
+    holds NaN / infinite values, a kernel width that is not positive, and a content that does
+    not match the fingerprint written in the header, are each a ValueError naming the file and
+    the field.
+    """
     path = Path(path)
+
+    def bad(why):
+        return ValueError(f"{path} is not a valid cmhash model file: {why}")
+
     with open_npz(path, "a cmhash model file") as data:
-        if "__header__" not in data.files:
-            raise ValueError(f"{path} is not a cmhash model file (no header)")
-        header = json.loads(bytes(data["__header__"]).decode("utf-8"))
-        if header.get("format") != FORMAT:
-            raise ValueError(f"{path} is not a cmhash model file")
-        if header.get("version", 0) > FORMAT_VERSION:
-            raise ValueError(f"{path} was written by a newer cmhash (format {header['version']})")
+        header = _read_header(path, data)
         cls = get_method(header["method"])
         types = header.get("param_types")
         if isinstance(types, dict):
@@ -562,9 +658,22 @@ def load(path):
                           else v)
                       for k, v in header["params"].items() if k in cls._param_names()}
         obj = cls(**params)
-        for key, spec in header["state"].items():
-            setattr(obj, key, _unpack_value(key, spec, data))
-    obj._after_load()
+        try:
+            for key, spec in header["state"].items():
+                setattr(obj, key, _unpack_value(key, spec, data))
+            check_learned_state(obj)
+        except ValueError as exc:
+            raise bad(exc) from None
+    try:
+        obj._after_load()
+    except (RuntimeError, ValueError, KeyError) as exc:   # e.g. torch's size mismatch
+        raise bad(f"its saved networks (network_states_) do not load: {exc}") from None
+    saved = header.get("fingerprint")
+    if saved is not None:
+        got = obj.fingerprint
+        if got != saved:
+            raise bad(f"its content does not match the fingerprint in its header (header "
+                      f"{saved}, content {got}): the file was modified after it was saved")
     return obj
 
 
@@ -577,6 +686,8 @@ class TwoStepKernelHasher(CrossModalHasher):
     Subclasses call :meth:`_kernelize` and :meth:`_fit_hash_functions` (or set
     ``projections_`` themselves for non-ridge hash functions, e.g. AMSH's margins).
     """
+
+    state_shapes = {"kernels_[v]": ("d{v}", "q{v}"), "projections_[v]": ("q{v}", "r")}
 
     def _uses_anchors(self) -> bool:
         """Whether this fit maps the inputs through an RBF anchor kernel (``n_anchors`` used)."""

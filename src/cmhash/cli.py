@@ -78,6 +78,9 @@ def _named_params(method: str, attr: str, name: str) -> dict:
     """A method's ``PRESETS[name]`` or ``VARIANTS[name]``, or a ValueError naming the choices."""
     from .base import get_method
 
+    if attr == "PRESETS" and (name.endswith(".json") or Path(name).is_file()):
+        from .tune import load_hparams     # a file written by `cmhash tune`
+        return load_hparams(name, method)
     table = getattr(get_method(method), attr, {})
     if name not in table:
         what = "hyper-parameter preset" if attr == "PRESETS" else "variant"
@@ -157,7 +160,8 @@ def _add_method_params(p):
                    help="constructor parameter (repeatable), e.g. --param omega=0.01")
     p.add_argument("--variant", help="paper variant / ablation (see `cmhash methods`)")
     p.add_argument("--hparams", help="per-dataset hyper-parameters from the paper "
-                                     "(see `cmhash methods`)")
+                                     "(see `cmhash methods`), or a file written by "
+                                     "`cmhash tune`")
 
 
 def _add_protocol(p):
@@ -329,7 +333,8 @@ def cmd_encode(args):
     with atomic_write(args.out) as out:
         np.savez_compressed(out, packed=pack_codes(codes), n_bits=np.array(codes.shape[1]),
                             ids=ds.indices(args.split), labels=ds.labels_of(args.split),
-                            modality=np.array(args.modality))
+                            modality=np.array(args.modality),
+                            model_fingerprint=np.str_(hasher.fingerprint))
     if not args.quiet:
         print(f"encoded {codes.shape[0]} {args.modality} items of split {args.split!r} "
               f"to {codes.shape[1]} bits; wrote {args.out}", file=sys.stderr)
@@ -385,6 +390,8 @@ def cmd_search(args):
     q_packed, q_bits, q_ids, _ = _read_codes(args.queries, allow_index=False)
     if q_bits != n_bits:
         raise ValueError(f"queries have {q_bits} bits but the database has {n_bits}")
+    from .cli_service import check_search_models   # codes of one model only
+    check_search_models(args.database, index if db_packed is None else None, args.queries)
     start = time.perf_counter()
     if args.radius is not None:
         lims, dist, ids = index.range_search(q_packed, args.radius, packed=True)
@@ -398,12 +405,12 @@ def cmd_search(args):
         results = [db_ids[r] for r in results]
     if args.out:
         doc = {"queries": [int(q) for q in (q_ids if q_ids is not None else range(len(results)))],
-               "results": [[int(x) for x in r] for r in results],
+               "results": [[x.item() for x in r] for r in results],
                "distances": [[int(x) for x in d] for d in dists]}
         _write_json(doc, args.out)
     for qi, (r, d) in enumerate(zip(results[:args.show], dists[:args.show])):
         qid = q_ids[qi] if q_ids is not None else qi
-        pairs = " ".join(f"{int(a)}:{int(b)}" for a, b in zip(r[:10], d[:10]))
+        pairs = " ".join(f"{a}:{int(b)}" for a, b in zip(r[:10], d[:10]))
         print(f"query {qid}: {pairs}{' ...' if len(r) > 10 else ''}")
     if not args.quiet:
         print(f"{len(results)} queries in {seconds:.3f} s "
@@ -580,8 +587,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_plot)
 
+    from .cli_research import add_research_parsers
+    add_research_parsers(sub, _add_data, _add_method_params)
+
     p = sub.add_parser("methods", help="list methods, their presets and variants")
     p.set_defaults(func=cmd_methods)
+
+    from .cli_service import add_service_commands   # index build, query, serve
+    add_service_commands(sub)
     return parser
 
 

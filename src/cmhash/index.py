@@ -23,10 +23,15 @@ returned smallest id first, the k-th boundary tie group included (faiss is asked
 than ``k`` neighbours and any query whose boundary tie group might extend past what faiss
 returned is completed exactly by the NumPy counting path, whose memory is bounded).
 
-See ``docs/search.md`` for the measured speeds behind the ``backend="auto"`` rule.
+Top-k search over large databases can go through exact multi-index hashing k-NN
+(:mod:`cmhash.mih`, Norouzi et al.) instead of a scan: the ``knn`` option.
+
+See ``docs/search.md`` for the measured speeds behind the ``backend="auto"`` and
+``knn="auto"`` rules.
 """
 from __future__ import annotations
 
+import json
 import math
 import numbers
 import os
@@ -34,6 +39,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from . import mih
 from ._io import atomic_write
 from ._validation import check_bool, open_npz
 from .codes import (
@@ -45,10 +51,12 @@ from .codes import (
     n_words,
 )
 
-__all__ = ["HammingIndex", "faiss_available"]
+__all__ = ["HammingIndex", "faiss_available", "check_ids"]
 
-#: Version of the ``.npz`` layout written by :meth:`HammingIndex.save`.
-FORMAT_VERSION = 1
+#: Version of the ``.npz`` layout written by :meth:`HammingIndex.save`: 1 for codes only, 2
+#: when the index also holds external ids, a model fingerprint or metadata (a reader of
+#: version 1 would drop them silently).
+FORMAT_VERSION = 2
 #: uint64 XOR scratch per block of the NumPy distance kernel (per worker thread).
 DISTANCE_BLOCK_BYTES = 4 * 2**20
 #: Size of one query batch's ``(batch, ntotal)`` distance block (per worker thread; a batch
@@ -151,13 +159,29 @@ class HammingIndex:
         lazily once enough radius queries have been scanned to pay for it (see
         :data:`MULTIHASH_BUILD_QUERIES_PER_TABLE`); True: build it at the first eligible
         radius search; False: always scan.
+    knn : {"auto", "mih", "scan"}
+        How :meth:`search` finds the k nearest codes (same results whichever): ``"scan"``
+        compares the queries with every code (on ``backend``); ``"mih"`` uses exact
+        multi-index hashing k-NN (:mod:`cmhash.mih`; its tables are built at the first search
+        and dropped by :meth:`add` / :meth:`reset`; a query it cannot answer cheaply is
+        scanned); ``"auto"`` uses MIH when the database, ``k`` and the code length are in the
+        range where it was measured faster (:func:`cmhash.mih.mih_eligible`) and enough such
+        queries have been scanned to pay for building the tables (see ``docs/search.md``).
+    model_fingerprint : str or None
+        Fingerprint of the model whose codes the index holds (``hasher.fingerprint``): saved
+        with the index; :meth:`check_model` compares query codes' model with it.
+    metadata : dict or None
+        JSON-serialisable facts saved with the index (e.g. the database modality).
 
-    Ids are ``0 .. ntotal-1`` in insertion order. All searches are exact; equal distances
-    are ordered by id (smallest first) on every backend.
+    Items are at positions ``0 .. ntotal-1`` in insertion order. ``add(codes, ids=...)`` gives
+    them external ids (int64 or strings, unique); searches then return those ids
+    (``positions=True``: the positions). Without ids the ids are the positions. All searches
+    are exact; equal distances are ordered by position (insertion order) on every backend.
     """
 
     def __init__(self, n_bits, backend: str = "auto", *, n_threads: int | None = None,
-                 multihash: bool | None = None):
+                 multihash: bool | None = None, knn: str = "auto",
+                 model_fingerprint: str | None = None, metadata: dict | None = None):
         if isinstance(n_bits, bool) or not isinstance(n_bits, (numbers.Integral, np.integer)):
             raise TypeError(f"n_bits must be a positive integer, got {n_bits!r}")
         if n_bits <= 0:
@@ -174,11 +198,16 @@ class HammingIndex:
         # (1 == True: an `in (None, True, False)` test let 1 through, and `is True` then never
         # built the tables)
         self.multihash = check_bool(multihash, "multihash", allow_none=True)
+        self.knn = mih.check_knn(knn)
         self.code_size = n_bytes(self.n_bits)          # bytes per packed code
         self._w = n_words(self.n_bits)                 # uint64 words per stored code
         self._buf = np.zeros((0, 8 * self._w), dtype=np.uint8)
         self._n = 0
+        self._ids = None                               # external ids, or None: positions
+        self.model_fingerprint = _check_fingerprint(model_fingerprint)
+        self.metadata = _check_metadata(metadata)
         self._reset_faiss()
+        self._reset_mih()
 
     # ------------------------------------------------------------------ storage
     def _reset_faiss(self):
@@ -187,6 +216,10 @@ class HammingIndex:
         self._faiss_mh_nhash = 0
         self._faiss_mh_b = 0
         self._radius_scans = 0
+
+    def _reset_mih(self):
+        """Drop the multi-index hashing k-NN tables (rebuilt when needed, see ``knn``)."""
+        self._mih = mih.KnnState()
 
     @property
     def ntotal(self) -> int:
@@ -219,15 +252,20 @@ class HammingIndex:
                              f"{self.n_bits}-bit codes")
         return _pack_checked(arr, name)
 
-    def add(self, codes, *, packed: bool = False) -> None:
-        """Append codes; they get ids ``ntotal .. ntotal + n - 1``.
+    def add(self, codes, *, packed: bool = False, ids=None) -> None:
+        """Append codes at positions ``ntotal .. ntotal + n - 1``.
 
         ``codes`` is an ``(n, n_bits)`` array of -1/+1 values, or, with ``packed=True``, an
         ``(n, ceil(n_bits/8))`` uint8 array from :func:`cmhash.codes.pack_codes` (padding
         bits zero). A single 1-D code is accepted as one row.
+
+        ``ids``: the codes' external ids, ``n`` integers (kept as int64) or strings, unique
+        within the index (:func:`check_ids`); None: the ids are the positions. Give ids to
+        every ``add`` of an index or to none.
         """
         p = self._as_packed(codes, packed, "codes")
         n = p.shape[0]
+        new_ids = self._checked_new_ids(ids, n)
         if n == 0:
             return
         need = self._n + n
@@ -240,20 +278,63 @@ class HammingIndex:
         self._buf[self._n:need, self.code_size:] = 0
         old = self._n
         self._n = need
+        if new_ids is not None:
+            self._ids = new_ids if self._ids is None else np.concatenate([self._ids, new_ids])
         # keep already-built faiss indexes in sync (they append in the same order)
         new_rows = self._buf[old:need]
         if self._faiss_flat is not None:
             self._faiss_flat.add(new_rows)
         if self._faiss_mh is not None:
             self._faiss_mh.add(new_rows)
+        self._reset_mih()
 
     def reset(self) -> None:
         """Remove every code (``ntotal`` becomes 0); ``n_bits`` and the backend are kept."""
         self._buf = np.zeros((0, 8 * self._w), dtype=np.uint8)
         self._n = 0
+        self._ids = None
         self._reset_faiss()
+        self._reset_mih()
 
     remove_all = reset
+
+    # ------------------------------------------------------------------ external ids
+    @property
+    def has_ids(self) -> bool:
+        """Whether the codes were added with external ids."""
+        return self._ids is not None
+
+    @property
+    def ids(self) -> np.ndarray:
+        """The ids of the stored codes in position order (a copy): the external ids, or the
+        positions ``0 .. ntotal-1`` (int64) when none were given."""
+        return np.arange(self._n, dtype=np.int64) if self._ids is None else self._ids.copy()
+
+    def _checked_new_ids(self, ids, n: int):
+        if ids is None:
+            if self._ids is not None:
+                raise ValueError(f"this index holds {self._n} codes added with ids: give ids "
+                                 f"to every add() (or to none)")
+            return None
+        if self._n and self._ids is None:
+            raise ValueError(f"this index holds {self._n} codes added without ids: give ids "
+                             f"to every add() (or to none)")
+        return check_ids(ids, n, existing=self._ids)
+
+    def _external(self, positions: np.ndarray, want_positions: bool) -> np.ndarray:
+        """Search results as the user's ids (or the positions when asked or when none)."""
+        if check_bool(want_positions, "positions") or self._ids is None:
+            return positions
+        return self._ids[positions]
+
+    def check_model(self, fingerprint, what: str = "the query codes") -> None:
+        """ValueError naming both fingerprints when ``fingerprint`` (of the model that made
+        the codes to search with) is not the index's ``model_fingerprint``; not checked
+        when either is unknown (None)."""
+        from .fingerprint import check_same_model
+
+        check_same_model(self.model_fingerprint, fingerprint,
+                         expected_what="the index's codes", got_what=what)
 
     def get_codes(self, *, packed: bool = False) -> np.ndarray:
         """A copy of the stored codes: ``(ntotal, n_bits)`` int8 ±1, or packed uint8."""
@@ -270,13 +351,24 @@ class HammingIndex:
         """Write the index to ``path`` as an ``.npz`` archive (no pickled objects).
 
         Stored arrays: ``format_version``, ``n_bits``, ``backend`` (a unicode string) and
-        ``codes`` (the packed ``(ntotal, ceil(n_bits/8))`` uint8 codes). The file is written
-        to exactly ``path`` (no ``.npz`` suffix is appended).
+        ``codes`` (the packed ``(ntotal, ceil(n_bits/8))`` uint8 codes); when present also
+        ``ids`` (int64 or unicode, one per code), ``model_fingerprint`` (a unicode string) and
+        ``metadata`` (JSON text), and then ``format_version`` is 2. The file is written
+        atomically to exactly ``path`` (no ``.npz`` suffix is appended).
         """
+        arrays = dict(format_version=np.int64(1), n_bits=np.int64(self.n_bits),
+                      backend=np.str_(self.backend),
+                      codes=np.ascontiguousarray(self._buf[:self._n, :self.code_size]))
+        if self._ids is not None:
+            arrays["ids"] = self._ids
+        if self.model_fingerprint is not None:
+            arrays["model_fingerprint"] = np.str_(self.model_fingerprint)
+        if self.metadata:
+            arrays["metadata"] = np.str_(json.dumps(self.metadata))
+        if len(arrays) > 4:
+            arrays["format_version"] = np.int64(FORMAT_VERSION)
         with atomic_write(path) as f:
-            np.savez(f, format_version=np.int64(FORMAT_VERSION),
-                     n_bits=np.int64(self.n_bits), backend=np.str_(self.backend),
-                     codes=np.ascontiguousarray(self._buf[:self._n, :self.code_size]))
+            np.savez(f, **arrays)
 
     @classmethod
     def load(cls, path, *, backend: str | None = None, n_threads: int | None = None
@@ -284,7 +376,9 @@ class HammingIndex:
         """Read an index written by :meth:`save` (loaded with ``allow_pickle=False``).
 
         ``backend`` overrides the saved backend (``None``: use the saved one). A malformed
-        file is a ``ValueError`` naming the file and the field.
+        file is a ``ValueError`` naming the file and the field (ids that are not one per code,
+        not unique or neither integers nor strings, a fingerprint or metadata that is not a
+        string, metadata that is not a JSON object).
         """
         def bad(why):
             return ValueError(f"{path} is not a valid saved HammingIndex: {why}")
@@ -319,12 +413,22 @@ class HammingIndex:
                     raise bad(f"saved backend {saved_backend!r} is not one of "
                               f"{list(_BACKENDS)}")
             codes = z["codes"]
+            ids = z["ids"] if "ids" in z.files else None
+            fingerprint = _str_field(z, "model_fingerprint", bad)
+            metadata = _str_field(z, "metadata", bad)
+        if metadata is not None:
+            try:
+                metadata = json.loads(metadata)
+            except json.JSONDecodeError as exc:
+                raise bad(f"'metadata' is not JSON text ({exc})") from None
+            if not isinstance(metadata, dict):
+                raise bad(f"'metadata' must be a JSON object, got {metadata!r}")
         if codes.ndim != 2 or codes.dtype != np.uint8:
             raise bad(f"'codes' must be a 2-D (ntotal, ceil(n_bits/8)) uint8 array, got an "
                       f"array of dtype {codes.dtype} and shape {codes.shape}")
         try:
             index = cls(n_bits, backend=saved_backend if backend is None else backend,
-                        n_threads=n_threads)
+                        n_threads=n_threads, model_fingerprint=fingerprint, metadata=metadata)
         except ImportError as exc:
             if backend is None:
                 raise ImportError(f"{path} was saved with backend={saved_backend!r}: {exc}; "
@@ -334,9 +438,12 @@ class HammingIndex:
             if backend is None or "n_bits" in str(exc):
                 raise bad(exc) from exc
             raise
+        if ids is not None and ids.shape != (codes.shape[0],):
+            raise bad(f"'ids' must have one id per code ({codes.shape[0]} codes), got an "
+                      f"array of shape {ids.shape}")
         try:
-            index.add(codes, packed=True)
-        except ValueError as exc:
+            index.add(codes, packed=True, ids=ids)
+        except (ValueError, TypeError) as exc:
             raise bad(exc) from exc
         return index
 
@@ -365,7 +472,7 @@ class HammingIndex:
         return q
 
     # ------------------------------------------------------------------ top-k
-    def search(self, query_codes, k, *, packed: bool = False):
+    def search(self, query_codes, k, *, packed: bool = False, positions: bool = False):
         """The ``k`` nearest codes of each query by Hamming distance.
 
         Parameters
@@ -374,11 +481,16 @@ class HammingIndex:
             ``packed=True``; a 1-D code is one query).
         k : int >= 1. ``k > ntotal`` is clamped to ``ntotal``.
 
+        positions : bool. Return the positions of the hits (insertion order) instead of the
+            external ids given to :meth:`add`.
+
         Returns
         -------
         distances : (m, min(k, ntotal)) int32, ascending along each row.
-        ids : (m, min(k, ntotal)) int64; equal distances are ordered by id (smallest first),
-            including the tie group at the k-th distance.
+        ids : (m, min(k, ntotal)): the external ids of the hits (int64 or strings), or their
+            positions (int64) when the index has no external ids or ``positions=True``; equal
+            distances are ordered by position (smallest first), including the tie group at the
+            k-th distance.
         """
         k = _check_int(k, "k", 1)
         q = self._prepare_queries(query_codes, packed)
@@ -387,12 +499,19 @@ class HammingIndex:
         D = np.empty((m, k), dtype=np.int32)
         ids = np.empty((m, k), dtype=np.int64)
         if m == 0:
-            return D, ids
-        if self._use_faiss("search", m):
-            self._faiss_search(q, k, D, ids)
+            return D, self._external(ids, positions)
+        if mih.choose_mih(self, m, k):
+            mih.index_search(self, q, k, D, ids)
         else:
-            self._numpy_search(q.view(np.uint64), k, D, ids)
-        return D, ids
+            self._scan_search(q, k, D, ids)
+        return D, self._external(ids, positions)
+
+    def _scan_search(self, q, k, D_out, I_out):
+        """Top-k of padded queries ``q`` by a scan of every code (NumPy or faiss)."""
+        if self._use_faiss("search", q.shape[0]):
+            self._faiss_search(q, k, D_out, I_out)
+        else:
+            self._numpy_search(q.view(np.uint64), k, D_out, I_out)
 
     def _query_batches(self, m: int):
         itemsize = np.dtype(_distance_dtype(self._w)).itemsize
@@ -494,23 +613,27 @@ class HammingIndex:
             I_out[rows] = Ir
 
     # ------------------------------------------------------------------ radius
-    def range_search(self, query_codes, radius, *, packed: bool = False):
+    def range_search(self, query_codes, radius, *, packed: bool = False, positions: bool = False):
         """All codes within Hamming distance ``radius`` (inclusive: ``d <= radius``).
 
         Returns ``(lims, distances, ids)`` in the faiss convention: the results of query
         ``i`` are ``distances[lims[i]:lims[i+1]]`` / ``ids[lims[i]:lims[i+1]]``, sorted by
-        (distance, id). ``lims`` is ``(m + 1,)`` int64, distances int32, ids int64.
+        (distance, id). ``lims`` is ``(m + 1,)`` int64, distances int32, ids the external
+        ids given to :meth:`add` (positions, int64, without them or with ``positions=True``).
         ``radius`` is a number >= 0 (distances are integers, so 2.5 acts as 2).
         """
         R = _check_radius(radius)
         q = self._prepare_queries(query_codes, packed)
         m = q.shape[0]
         if m == 0:
-            return (np.zeros(1, np.int64), np.zeros(0, np.int32), np.zeros(0, np.int64))
-        R = min(R, self.n_bits)
-        if self._use_faiss("range", m):
-            return self._faiss_range(q, R)
-        return self._numpy_range(q.view(np.uint64), R)
+            lims, D, I = np.zeros(1, np.int64), np.zeros(0, np.int32), np.zeros(0, np.int64)
+        else:
+            R = min(R, self.n_bits)
+            if self._use_faiss("range", m):
+                lims, D, I = self._faiss_range(q, R)
+            else:
+                lims, D, I = self._numpy_range(q.view(np.uint64), R)
+        return lims, D, self._external(I, positions)
 
     def _numpy_range(self, qw, R):
         m = qw.shape[0]
@@ -580,6 +703,87 @@ class HammingIndex:
             order = np.lexsort((I, D, rows))
             parts.append((counts, D[order], I[order]))
         return _assemble(parts)
+
+
+def check_ids(ids, n: int, *, existing=None, name: str = "ids") -> np.ndarray:
+    """External ids of ``n`` codes as a 1-D int64 or unicode array: integers (any integer
+    dtype within int64) or strings (not empty), unique, and not among ``existing`` (the ids
+    already in an index, whose kind -- integer or string -- they must share). A TypeError for
+    another dtype, a ValueError naming the first duplicate."""
+    # a list goes through object dtype: np.asarray([1, "a"]) would make both strings
+    a = ids if isinstance(ids, np.ndarray) else np.asarray(list(ids) if not np.isscalar(ids)
+                                                           else ids, dtype=object)
+    if a.dtype == object:
+        values = a.ravel().tolist()
+        if all(isinstance(x, str) for x in values):
+            a = np.array(values, dtype=str).reshape(a.shape)
+        elif all(isinstance(x, (numbers.Integral, np.integer)) and not isinstance(x, bool)
+                 for x in values):
+            try:
+                a = np.array(values, dtype=np.int64).reshape(a.shape)
+            except OverflowError:
+                raise ValueError(f"{name} must fit in int64") from None
+        else:
+            raise TypeError(f"{name} must be integers or strings, got values of type(s) "
+                            f"{sorted({type(x).__name__ for x in values})}")
+    if a.ndim != 1 or a.shape[0] != n:
+        raise ValueError(f"{name} must be a 1-D array with one id per code ({n} codes), got "
+                         f"shape {a.shape}")
+    if n == 0:
+        return np.zeros(0, dtype=np.int64 if existing is None else existing.dtype)
+    kind = a.dtype.kind
+    if kind not in "iuU":
+        raise TypeError(f"{name} must be integers or strings, got dtype {a.dtype}")
+    if kind == "u" and a.max() > np.iinfo(np.int64).max:
+        raise ValueError(f"{name} must fit in int64, got {a.max()}")
+    a = a.astype(np.int64) if kind in "iu" else a.copy()
+    if kind == "U" and (a == "").any():
+        raise ValueError(f"{name} must not be empty strings (position "
+                         f"{int(np.flatnonzero(a == '')[0])})")
+    if existing is not None and (existing.dtype.kind == "U") != (kind == "U"):
+        raise TypeError(f"{name} are {'strings' if kind == 'U' else 'integers'} but the index's "
+                        f"ids are {'strings' if existing.dtype.kind == 'U' else 'integers'}")
+    values, counts = np.unique(a, return_counts=True)
+    if (counts > 1).any():
+        dup = values[counts > 1][0]
+        raise ValueError(f"{name} must be unique: {dup.item()!r} appears "
+                         f"{int(counts[counts > 1][0])} times")
+    if existing is not None and existing.size:
+        clash = np.isin(a, existing)
+        if clash.any():
+            raise ValueError(f"{name} must be unique: {a[clash][0].item()!r} is already in the "
+                             f"index")
+    return a
+
+
+def _check_fingerprint(fingerprint):
+    if fingerprint is not None and not isinstance(fingerprint, str):
+        raise TypeError(f"model_fingerprint must be a string or None, got {fingerprint!r}")
+    if fingerprint == "":
+        raise ValueError("model_fingerprint must not be empty (None: unknown)")
+    return fingerprint
+
+
+def _check_metadata(metadata) -> dict:
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, dict):
+        raise TypeError(f"metadata must be a dict of JSON values, got {type(metadata).__name__}")
+    try:
+        return json.loads(json.dumps(metadata))
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"metadata must be a dict of JSON values: {exc}") from None
+
+
+def _str_field(z, key: str, bad):
+    """An optional 0-d unicode string of an open index file (None when absent)."""
+    if key not in z.files:
+        return None
+    a = z[key]
+    if a.ndim != 0 or a.dtype.kind != "U":
+        raise bad(f"{key!r} must be a string, got an array of dtype {a.dtype} and shape "
+                  f"{a.shape}")
+    return str(a)
 
 
 def _n_probes(nhash: int, b: int, nflip: int) -> int:

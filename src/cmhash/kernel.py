@@ -239,15 +239,40 @@ class RBFAnchorFeatures:
             state["shift"] = self.shift_
         return state
 
+    def feature_dims(self) -> tuple[int, int]:
+        """``(n_features_in, n_features_out)``: input features and kernel features (anchors)."""
+        return (self.n_features_in_, self.anchors_.shape[0])
+
     @classmethod
     def from_state(cls, params: dict, state: dict) -> "RBFAnchorFeatures":
+        """Rebuild from :meth:`get_state`; a state whose arrays do not fit together (anchors not
+        ``(q, d)``, ``mean`` not ``(q,)``, ``shift`` not ``(d,)``, a ``sigma`` that is not a
+        positive finite number) is a ValueError naming the entry."""
         params = dict(params)
         params["dtype"] = np.dtype(params.get("dtype", "float32"))
         obj = cls(**params)
-        obj._set_anchors(np.asarray(state["anchors"], dtype=np.float64), state.get("shift"))
-        obj.sigma_ = float(state["sigma"])
-        obj.mean_ = np.asarray(state["mean"], dtype=np.float64)
-        obj.n_features_in_ = int(state["n_features_in"])
+        d = _state_int(state, "n_features_in")
+        anchors = _state_array(state, "anchors", 2)
+        if anchors.shape[1] != d or anchors.shape[0] < 1:
+            raise ValueError(f"anchors has shape {anchors.shape} but (q >= 1, n_features_in = "
+                             f"{d}) is expected")
+        mean = _state_array(state, "mean", 1)
+        if mean.shape != (anchors.shape[0],):
+            raise ValueError(f"mean has shape {mean.shape} but ({anchors.shape[0]},) (one per "
+                             f"anchor) is expected")
+        shift = state.get("shift")
+        if shift is not None:
+            shift = _state_array(state, "shift", 1)
+            if shift.shape != (d,):
+                raise ValueError(f"shift has shape {shift.shape} but ({d},) is expected")
+        sigma = _state_array(state, "sigma", 0)
+        if not (np.isfinite(sigma) and sigma > 0):
+            raise ValueError(f"sigma must be a positive finite number (the kernel width), got "
+                             f"{float(sigma)}")
+        obj._set_anchors(anchors, shift)
+        obj.sigma_ = float(sigma)
+        obj.mean_ = mean
+        obj.n_features_in_ = d
         return obj
 
 
@@ -313,11 +338,40 @@ class CenteredFeatures:
     def get_state(self) -> dict:
         return {"mean": self.mean_, "n_features_in": np.array(self.n_features_in_)}
 
+    def feature_dims(self) -> tuple[int, int]:
+        """``(n_features_in, n_features_out)``: both the number of input features."""
+        return (self.n_features_in_, self.n_features_in_)
+
     @classmethod
     def from_state(cls, params: dict, state: dict) -> "CenteredFeatures":
         params = dict(params)
         params["dtype"] = np.dtype(params.get("dtype", "float32"))
         obj = cls(**params)
-        obj.mean_ = np.asarray(state["mean"], dtype=np.float64)
-        obj.n_features_in_ = int(state["n_features_in"])
+        d = _state_int(state, "n_features_in")
+        mean = _state_array(state, "mean", 1)
+        if mean.shape != (d,):
+            raise ValueError(f"mean has shape {mean.shape} but ({d},) is expected")
+        obj.mean_ = mean
+        obj.n_features_in_ = d
         return obj
+
+
+def _state_array(state: dict, key: str, ndim: int) -> np.ndarray:
+    """``state[key]`` as a float64 array of ``ndim`` dimensions, or a ValueError naming it."""
+    if key not in state:
+        raise ValueError(f"{key} is missing")
+    a = np.asarray(state[key])
+    if a.ndim != ndim or not (np.issubdtype(a.dtype, np.floating)
+                              or np.issubdtype(a.dtype, np.integer)):
+        raise ValueError(f"{key} must be a {ndim}-D real array, got dtype {a.dtype} and shape "
+                         f"{a.shape}")
+    return a.astype(np.float64)
+
+
+def _state_int(state: dict, key: str) -> int:
+    if key not in state:
+        raise ValueError(f"{key} is missing")
+    a = np.asarray(state[key])
+    if a.ndim != 0 or not np.issubdtype(a.dtype, np.integer) or int(a) < 1:
+        raise ValueError(f"{key} must be a positive integer, got {a!r}")
+    return int(a)

@@ -8,12 +8,13 @@ from __future__ import annotations
 import json
 import platform
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 from . import __version__
-from ._validation import check_choice, check_int, check_n_bits
+from ._validation import check_choice, check_int, check_labels, check_n_bits
 from .base import make_hasher
 from .index import HammingIndex
 from .metrics import (mean_average_precision, pr_curve_radius, pr_curve_ranking,
@@ -71,6 +72,34 @@ def _check_learned_database(database: str, dataset) -> None:
         raise ValueError("database='learned' represents the retrieval set by the learned "
                          "training codes, so the training split must equal the retrieval split "
                          "(as in the wiki preset); use database='hashed' for this dataset")
+
+
+def _check_fitted_on(hasher, dataset, unpaired_labels) -> None:
+    """The learned codes stand for the database only when the model was fitted on this
+    dataset's train split: compare its training-data fingerprint (:mod:`cmhash.fingerprint`)
+    with the split (with ``unpaired_labels``: the labels and sizes, the features having been
+    shuffled per modality). A model saved before fingerprints is not checked (a warning)."""
+    from .base import unpaired_label_matrices
+    from .fingerprint import check_same_training_data
+
+    stored = getattr(hasher, "training_data_fingerprint_", None)
+    what = "evaluate_hasher(database='learned')"
+    if stored is None:
+        warnings.warn(f"{what}: the model has no training-data fingerprint (saved by an older "
+                      f"cmhash), so it cannot be checked that it was fitted on this dataset's "
+                      f"train split; its learned codes are scored as that split's database",
+                      UserWarning, stacklevel=3)
+        return
+    names = list(hasher.modality_names_)
+    if unpaired_labels is None:
+        views = [dataset.get("train", m) for m in names]
+        labels = check_labels(dataset.labels_of("train"), views[0].shape[0],
+                              require_nonempty_classes=False)
+    else:
+        views = None
+        labels = unpaired_label_matrices(unpaired_labels, [L.shape[0] for L in unpaired_labels],
+                                         names)
+    check_same_training_data(stored, views, labels, names, what=what)
 
 
 def seed_list_of(seeds) -> list:
@@ -182,6 +211,8 @@ def evaluate_hasher(hasher, dataset, *, database: str = "learned", ties: str = "
         raise RuntimeError(f"{type(hasher).__name__} is not fitted; call fit(...) before "
                            f"evaluate_hasher")
     _check_learned_database(database, dataset)
+    if database == "learned":
+        _check_fitted_on(hasher, dataset, unpaired_labels)
     names = list(hasher.modality_names_)
     q_labels = dataset.labels_of("query")
     metric_kw = dict(ties=ties, random_state=random_state)

@@ -152,6 +152,24 @@ class ImageTransform:
         kw.setdefault("resize", resize)
         return cls(size=size, **kw)
 
+    @classmethod
+    def from_input_normalization(cls, norm, **kw) -> ImageTransform:
+        """The geometry and normalisation of pretrained weights
+        (:class:`cmhash.deep.normalization.InputNormalization`: ``size`` (H, W), ``resize``,
+        ``mean``, ``std``, ``scale``): shorter side to ``resize`` then the ``size`` crop, or
+        straight to ``size`` x ``size`` when ``resize`` is None. ``kw`` overrides fields."""
+        size = None if norm.size is None else int(norm.size[0])
+        if norm.size is not None and norm.size[0] != norm.size[1]:
+            raise ValueError(f"only square network inputs are supported, got {norm.size}")
+        mean = np.asarray(norm.mean)
+        if mean.ndim == 3 and size is not None and mean.shape[1:] != (size, size):
+            mean = mean.mean(axis=(1, 2))
+        fields = {"size": size, "resize": norm.resize if norm.resize is not None else size,
+                  "resize_mode": "shorter" if norm.resize is not None else "square",
+                  "mean": mean, "std": np.asarray(norm.std), "scale": float(norm.scale)}
+        fields.update(kw)
+        return cls(**fields)
+
     def replace(self, **changes) -> ImageTransform:
         return dataclasses.replace(self, **changes)
 

@@ -21,6 +21,7 @@ cuDNN kernels, which removes most but not all of the variation.
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -28,12 +29,14 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
-from .._validation import check_int, is_image_source
+from .._validation import _caller_stacklevel, check_int, is_image_source
 from ..base import CrossModalHasher
 from ..data.images import ArrayImageSource, ImageTransform
 from ..solvers import sign
 from ._images import iterate_image_batches
-from .backbones import build_backbone
+from .backbones import LEGACY_LRN, build_backbone
+from .weights import SOURCES as WEIGHTS_SOURCES
+from .weights import read_weights
 
 __all__ = ["resolve_device", "seed_everything", "hidden_widths", "TorchHasher"]
 
@@ -103,6 +106,7 @@ class TorchHasher(CrossModalHasher):
     """
 
     max_feature_ndim = 4  # images (n, C, H, W)
+    diagnostic_state = ("loss_terms_",)   # loss histories (not used to encode)
     predict_batch_size = 1024
     #: at most this many input values per prediction batch of images (64 MB as float32)
     predict_image_elements = 1 << 24
@@ -116,31 +120,69 @@ class TorchHasher(CrossModalHasher):
     def _check_num_workers(self) -> None:
         check_int(self.num_workers, "num_workers", minimum=0)
 
+    def _state_shapes(self) -> dict:
+        """Input standardisation per modality: (d,) for vectors; for images (C, H, W) arrays
+        broadcast over the pixels: (C, 1, 1) per channel, or (C, H, W) (a pretrained
+        network's average image, ``input_normalization_``)."""
+        shapes = super()._state_shapes()
+        for v, f in enumerate(self.n_features_):
+            shape = tuple(f) if len(f) == 1 else (f[0],) + tuple((1, s) for s in f[1:])
+            shapes[f"input_means_[{v}]?"] = shapes[f"input_scales_[{v}]?"] = shape
+        return shapes
+
     # ------------------------------------------------------------- tensors
     #: input arrays of these ndims are z-scored when ``standardize`` is set (subclasses)
     standardized_ndims = (2,)
+
+    def fit_views(self, views, labels, names=None):
+        """:meth:`CrossModalHasher.fit_views`; the pretrained weights read for this fit (see
+        :meth:`_image_weights`) are released afterwards."""
+        try:
+            return super().fit_views(views, labels, names)
+        finally:
+            self.__dict__.pop("_pretrained", None)
+
+    def _image_weights(self):
+        """The ``image_weights`` file of this fit as :class:`cmhash.deep.weights.PretrainedWeights`
+        (read once per fit, in the format ``image_weights_format``), or None."""
+        path = getattr(self, "image_weights", None)
+        if path is None:
+            return None
+        cached = self.__dict__.get("_pretrained")
+        if cached is None or cached.path != Path(path):
+            cached = read_weights(path, getattr(self, "image_weights_format", "auto"))
+            self._pretrained = cached
+        return cached
+
+    def _load_image_weights(self, net: nn.Module) -> list[str]:
+        """Load ``image_weights`` into an image network; the names of the loaded tensors."""
+        weights = self._image_weights()
+        return [] if weights is None else weights.load_into(net)
 
     def _fit_standardization(self, views) -> None:
         """Training means / scales of each modality (``input_means_``, ``input_scales_``) and
         the transform of each image-source modality (``image_transforms_``).
 
-        Vectors (n, d): per feature; images (n, C, H, W) (when 4 is in
-        ``standardized_ndims``): per channel, streamed over batches (never a float copy of
-        the images), and not at all when the source's transform gives a normalisation. CSR
-        input and other ndims are left as they are.
+        Images (n, C, H, W) of the image modality (the first) with ``image_weights`` whose
+        source defines an input normalisation (``input_normalization_``): that normalisation,
+        whatever ``standardize`` says (the images must be 0-255 RGB pixels). Otherwise, with
+        ``standardize``: vectors (n, d) per feature; images (when 4 is in
+        ``standardized_ndims``) per channel, streamed over batches (never a float copy of the
+        images), and not at all when an image source's transform gives a normalisation. CSR
+        input and other ndims are left as they are. Every statistic of images is in 0-255
+        pixel units (``x = (pixel - mean) / scale``).
         """
         self.input_means_, self.input_scales_, self.image_transforms_ = [], [], []
+        self.input_normalization_ = self._weights_normalization(views[0])
         for m, X in enumerate(views):
             source = is_image_source(X)
-            transform = X.transform if source else None
-            norm = self._given_image_normalization(m) if X.ndim == 4 else None
-            if norm is not None:   # e.g. the normalisation that belongs to loaded weights
-                base = transform if transform is not None else ImageTransform(
-                    random_crop=False, random_flip=False)
-                transform = base.with_normalization(**norm)
-            self.image_transforms_.append(transform)
-            given = transform is not None and transform.normalization_given
-            if (getattr(self, "standardize", False) and X.ndim in self.standardized_ndims
+            self.image_transforms_.append(X.transform if source else None)
+            given = source and X.transform.normalization_given
+            if m == 0 and self.input_normalization_ is not None:
+                mean, scale = self.input_normalization_.pixel_stats(X.shape[1:])
+                self.input_means_.append(mean)
+                self.input_scales_.append(scale)
+            elif (getattr(self, "standardize", False) and X.ndim in self.standardized_ndims
                     and not sp.issparse(X) and not given):
                 if X.ndim == 4:
                     mean, std = self._channel_statistics(X)
@@ -155,7 +197,7 @@ class TorchHasher(CrossModalHasher):
 
     def _channel_statistics(self, X) -> tuple[np.ndarray, np.ndarray]:
         """Per-channel mean and (population) standard deviation, (C, 1, 1) float64, of the
-        images ``X`` after their geometry and pixel scale (evaluation mode), accumulated batch
+        images ``X`` in 0-255 pixel units after their geometry (evaluation mode), accumulated batch
         by batch (Chan et al.'s pairwise update of mean and sum of squared deviations)."""
         src = self._image_input(X, None)
         n = src.shape[0]
@@ -176,13 +218,17 @@ class TorchHasher(CrossModalHasher):
         std = np.sqrt(m2.numpy() / count).reshape(-1, 1, 1)
         return mean, std
 
-    def _given_image_normalization(self, m: int):
-        """The normalisation of image modality ``m`` that the estimator itself prescribes, as
-        ``{"mean": ..., "std": ..., "scale": ...}`` (per-channel values, pixel scale 255 or 1),
-        or None (the default: the source's own normalisation, else the training
-        standardisation). Where pretrained weights are loaded, their input normalisation
-        belongs here; it replaces the source's and switches the standardisation off."""
-        return None
+    def _weights_normalization(self, X):
+        """The input normalisation of ``image_weights`` when ``X`` holds images (n, C, H, W)
+        and the weights define one (MatConvNet, torchvision, Caffe), else None."""
+        weights = self._image_weights()
+        if weights is None or weights.normalization is None or sp.issparse(X) or X.ndim != 4:
+            return None
+        if not is_image_source(X) and X.dtype.kind == "f" and X.size and float(np.max(X)) <= 1.0:
+            warnings.warn(f"the images look like [0, 1] values (max {float(np.max(X)):.3g}); "
+                          f"the {weights.source} weights' normalisation expects 0-255 RGB "
+                          f"pixels", UserWarning, stacklevel=_caller_stacklevel())
+        return weights.normalization
 
     def _workers(self) -> int:
         return int(getattr(self, "num_workers", 0) or 0)
@@ -205,10 +251,13 @@ class TorchHasher(CrossModalHasher):
             t = base.without_geometry()
         means = getattr(self, "input_means_", None)
         if m is None:
-            t = t.with_normalization(None, None)
+            t = t.with_normalization(None, None, scale=255.0)
         elif means is not None and means[m] is not None:
-            t = t.with_normalization(mean=means[m].reshape(-1),
-                                     std=self.input_scales_[m].reshape(-1))
+            # pixel units: per channel (C, 1, 1) -> (C,), an average image (C, H, W) as it is
+            mean, std = means[m], self.input_scales_[m]
+            t = t.with_normalization(
+                mean=mean.reshape(-1) if mean.shape[1:] == (1, 1) else mean,
+                std=std.reshape(-1), scale=255.0)
         return X.with_transform(t)
 
     def _prepare(self, X, m):
@@ -237,8 +286,12 @@ class TorchHasher(CrossModalHasher):
         return super()._check_query(X, m)
 
     @staticmethod
-    def _check_weights_file(path, name: str = "image_weights") -> None:
-        """``path`` (a pretrained-weights parameter) is None or an existing file."""
+    def _check_weights_file(path, name: str = "image_weights", source: str = "auto") -> None:
+        """``path`` (a pretrained-weights parameter) is None or an existing file, and
+        ``source`` (its ``*_format`` parameter) a known weights source."""
+        if source not in WEIGHTS_SOURCES:
+            raise ValueError(f"{name}_format must be one of {list(WEIGHTS_SOURCES)}, got "
+                             f"{source!r}")
         if path is None:
             return
         if not isinstance(path, (str, Path)):
@@ -385,7 +438,10 @@ class TorchHasher(CrossModalHasher):
         device = resolve_device(self.device) if device is None else device
         nets = {}
         for name, spec in self.architectures_.items():
-            net = build_backbone(dict(spec))
+            spec = dict(spec)
+            if spec.get("kind") in ("cnnf", "alexnet"):   # saved before the spec held the LRN
+                spec.setdefault("lrn", list(LEGACY_LRN))
+            net = build_backbone(spec)
             prefix = name + "."
             state = {k[len(prefix):]: torch.from_numpy(np.array(v))
                      for k, v in self.network_states_.items() if k.startswith(prefix)}

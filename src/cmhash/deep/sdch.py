@@ -47,7 +47,7 @@ from ..progress import progress
 from ..solvers import sign
 from ._torch_base import (TorchHasher, _seed_from_rng, hidden_widths, resolve_device,
                           seed_everything)
-from .backbones import build_backbone, load_state_dict_file
+from .backbones import IMAGE_BACKBONE_KINDS, build_backbone
 
 __all__ = ["SDCH", "label_similarity", "feature_loss", "feature_loss_grad", "hash_loss_terms",
            "hash_loss", "hash_loss_grad", "codes_step"]
@@ -157,8 +157,9 @@ class SDCH(TorchHasher):
         ``||Z||^2 / r`` instead of the consistent ``/N`` and ``||Z^T 1||^2 / r`` forms.
     feature_dim : int
         k, the width of img-fc3 / txt-fc3 (256).
-    image_backbone : {"auto", "mlp", "alexnet"}
-        "auto": AlexNet for image arrays (n, C, H, W), an MLP for feature vectors.
+    image_backbone : {"auto", "mlp", "alexnet", "cnnf", "tv_alexnet", "tv_vgg16", "tv_resnet50"}
+        "auto": AlexNet for image arrays (n, C, H, W), an MLP for feature vectors. The tv_*
+        kinds are torchvision's networks (:mod:`cmhash.deep.backbones`).
     text_backbone : {"auto", "mlp", "text-sdch"}
         "auto": the MLP for feature vectors; "text-sdch" is Table 1's 4096-4096-256 network.
     image_hidden, text_hidden : tuple of int or None
@@ -168,10 +169,16 @@ class SDCH(TorchHasher):
     dropout : float
         Dropout after hidden layers (0: none).
     image_weights : str or None
-        A PyTorch state_dict file for the image network (matching names are loaded; those
-        layers train at ``pretrained_lr_scale`` x ``lr_feature``, Section 4.2). Every layer
-        of the file that the network has must fit, except the output layer (e.g. an ImageNet
-        fc8), and at least one must match (:func:`load_state_dict_file`).
+        A local weights file for the image network (never downloaded; the loaded layers train
+        at ``pretrained_lr_scale`` x ``lr_feature``, Section 4.2): a MatConvNet .mat (SimpleNN
+        or DagNN; AlexNet or CNN-F), a Caffe AlexNet state_dict (grouped conv2/4/5 made dense
+        exactly), a torchvision AlexNet / VGG-16 / ResNet-50 state_dict (tv_* backbones) or a
+        plain state_dict (:mod:`cmhash.deep.weights`). Every layer but the output layer must
+        fit. Image arrays are then normalised as the weights expect (0-255 RGB pixels in,
+        ``input_normalization_``), not standardised.
+    image_weights_format : {"auto", "matconvnet", "torchvision", "caffe", "state_dict"}
+        The layout of ``image_weights`` ("auto": from the file, see
+        :func:`cmhash.deep.weights.read_weights`).
     standardize : bool
         z-score dense vector inputs with training means / standard deviations (stored).
     n_epochs : int
@@ -221,6 +228,8 @@ class SDCH(TorchHasher):
     grad_norm_max_ : float            largest total gradient norm applied (after clipping)
     network_states_, architectures_ : networks "f" (image), "g" (text), "h" (fc4)
     input_means_, input_scales_ : per-modality standardisation (None where not applied)
+    input_normalization_ : InputNormalization or None   the image normalisation of the loaded
+        weights (applied through input_means_ / input_scales_; saved with the model)
     """
 
     name = "sdch"
@@ -248,6 +257,7 @@ class SDCH(TorchHasher):
                  feature_dim: int = 256, image_backbone: str = "auto",
                  text_backbone: str = "auto", image_hidden=None, text_hidden=None,
                  fc_dim: int = 4096, dropout: float = 0.0, image_weights=None,
+                 image_weights_format: str = "auto",
                  standardize: bool = True, n_epochs: int = 50, warmup: bool = True,
                  batch_size: int = 64, lr_feature: float = 1e-3, lr_hash: float = 1e-2,
                  pretrained_lr_scale: float = 0.1, optimizer: str = "adam",
@@ -270,6 +280,7 @@ class SDCH(TorchHasher):
         self.fc_dim = fc_dim
         self.dropout = dropout
         self.image_weights = image_weights
+        self.image_weights_format = image_weights_format
         self.standardize = standardize
         self.n_epochs = n_epochs
         self.warmup = warmup
@@ -293,7 +304,7 @@ class SDCH(TorchHasher):
             check_positive(getattr(self, p), p, allow_zero=True)
         check_positive(self.lr_feature, "lr_feature")
         check_positive(self.lr_hash, "lr_hash")
-        check_choice(self.image_backbone, "image_backbone", {"auto", "mlp", "alexnet"})
+        check_choice(self.image_backbone, "image_backbone", {"auto", "mlp", *IMAGE_BACKBONE_KINDS})
         check_choice(self.text_backbone, "text_backbone", {"auto", "mlp", "text-sdch"})
         check_choice(self.optimizer, "optimizer", {"adam", "sgd"})
         check_int(self.n_epochs, "n_epochs")
@@ -316,7 +327,7 @@ class SDCH(TorchHasher):
             check_bool(getattr(self, p), p)
         if not (isinstance(self.dropout, (int, float)) and 0 <= self.dropout < 1):
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
-        self._check_weights_file(self.image_weights)
+        self._check_weights_file(self.image_weights, source=self.image_weights_format)
         self._check_num_workers()
         resolve_device(self.device)
 
@@ -328,11 +339,12 @@ class SDCH(TorchHasher):
             kind = "alexnet" if len(shape) == 3 else "mlp"
         spec = {"kind": kind, "in_shape": shape, "out_dim": int(self.feature_dim),
                 "dropout": float(self.dropout)}
-        if kind == "alexnet":
+        if kind in IMAGE_BACKBONE_KINDS:
             if len(shape) != 3:
-                raise ValueError(f"the alexnet backbone takes images (n, C, H, W); the {which} "
+                raise ValueError(f"the {kind} backbone takes images (n, C, H, W); the {which} "
                                  f"modality has samples of shape {tuple(shape)}")
-            spec["fc_dim"] = int(self.fc_dim)
+            if kind in ("alexnet", "cnnf"):
+                spec["fc_dim"] = int(self.fc_dim)
             return spec
         pname = "image_hidden" if which == "image" else "text_hidden"
         hidden = getattr(self, pname)
@@ -412,11 +424,9 @@ class SDCH(TorchHasher):
         g = build_backbone(self._spec(Y, "text")).to(device)           # psi_y
         h = build_backbone({"kind": "mlp", "in_shape": [int(self.feature_dim)],
                             "out_dim": int(r), "hidden": []}).to(device)   # fc4 (Theta_h)
-        if f.spec["kind"] == "alexnet" and self.image_weights is None:
+        if f.spec["kind"] in ("alexnet", "cnnf") and self.image_weights is None:
             _he_init(f)
-        pretrained = set()
-        if self.image_weights is not None:
-            pretrained = set(load_state_dict_file(f, self.image_weights, strict=False))
+        pretrained = set(self._load_image_weights(f))
         opt_f = self._optimizer(self._feature_groups(f, g, pretrained))
         opt_h = self._optimizer([{"params": list(h.parameters()), "lr": float(self.lr_hash)}])
         hp = {"beta1": float(self.beta1), "beta2": float(self.beta2), "beta3": float(self.beta3),

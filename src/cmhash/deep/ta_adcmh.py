@@ -40,8 +40,6 @@ TA-ADCMH-III drops the discrete constraint (``discrete=False``: B = (lambda F + 
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import scipy.sparse as sp
 import torch
@@ -53,7 +51,7 @@ from ..progress import progress
 from ..solvers import sign
 from ._torch_base import (TorchHasher, _seed_from_rng, hidden_widths, resolve_device,
                           seed_everything)
-from .backbones import CNNF, build_backbone, load_state_dict_file, load_vggf_mat
+from .backbones import IMAGE_BACKBONE_KINDS, build_backbone
 
 __all__ = ["TAADCMH", "similarity_block", "batch_loss", "objective_terms", "analytic_gradients",
            "codes_step", "projection_step", "class_codes"]
@@ -242,7 +240,7 @@ class TAADCMH(TorchHasher):
         couple shared by both tasks, trained with the I2T weights.
     discrete : bool
         False gives TA-ADCMH-III (relaxed, real-valued B during training).
-    image_backbone : {"auto", "mlp", "cnnf"}
+    image_backbone : {"auto", "mlp", "cnnf", "alexnet", "tv_alexnet", "tv_vgg16", "tv_resnet50"}
     text_backbone : {"auto", "mlp", "text-ta"}
         "auto": CNN-F for arrays of images (n, C, H, W) (either modality), else an MLP (image)
         / the paper's two-layer text network "text-ta" (text). Images must be at least
@@ -256,13 +254,18 @@ class TAADCMH(TorchHasher):
         Dropout after hidden layers (0: none).
     image_weights : str or None
         Pretrained weights for the image networks, loaded into f1 and f2 (f for variants
-        I/II) from this file only: a MatConvNet ``imagenet-vgg-f.mat`` (``.mat``; cnnf backbone
-        only) or a PyTorch state_dict (other suffix; any image backbone, every layer but the
-        output layer must fit, see :func:`load_state_dict_file`). Never loaded into text
-        networks.
+        I/II) from this local file only: a MatConvNet ``imagenet-vgg-f.mat`` (SimpleNN or
+        DagNN; cnnf / alexnet), a Caffe AlexNet state_dict (alexnet), a torchvision
+        AlexNet / VGG-16 / ResNet-50 state_dict (tv_* backbones) or a plain state_dict (any
+        image backbone); every layer but the output layer must fit (:mod:`cmhash.deep.weights`).
+        Never loaded into text networks. Image arrays are then normalised as the weights
+        expect (0-255 RGB pixels in, ``input_normalization_``) instead of z-scored.
+    image_weights_format : {"auto", "matconvnet", "torchvision", "caffe", "state_dict"}
+        The layout of ``image_weights`` ("auto": from the file).
     standardize : bool
         z-score dense inputs with training means / standard deviations (stored): per feature
-        for vectors, per channel for images (n, C, H, W). CSR input is left as is.
+        for vectors, per channel for images (n, C, H, W) (unless ``image_weights`` define the
+        images' normalisation). CSR input is left as is.
     n_epochs : int
         Outer iterations of Algorithm 1 (the paper: 500).
     batch_size : int
@@ -326,10 +329,14 @@ class TAADCMH(TorchHasher):
         (objective_* and loss_terms_ are empty with ``track_objective=False``)
     network_states_, architectures_ : the networks f1, g1, f2, g2 (f, g for variants I/II)
     input_means_, input_scales_ : per-modality standardisation (None where not applied)
+    input_normalization_ : InputNormalization or None   the image normalisation of the loaded
+        weights (applied through input_means_ / input_scales_; saved with the model)
     input_kernels_ : per-modality RBFAnchorFeatures (None where not applied)
     """
 
     name = "ta-adcmh"
+    state_shapes = {"projection_i2t_": ("c", "r"), "projection_t2i_": ("c", "r"),
+                    "input_kernels_[v]?": ("d{v}", "q{v}")}
     standardized_ndims = (2, 4)   # vectors per feature, images per channel
 
     #: the paper's Section 4.3 values (500 iterations, batches of 128); "wiki" was selected on
@@ -366,6 +373,7 @@ class TAADCMH(TorchHasher):
                  discrete: bool = True, image_backbone: str = "auto",
                  text_backbone: str = "auto", image_hidden=(512,), text_hidden=8192,
                  fc_dim: int = 4096, dropout: float = 0.0, image_weights=None,
+                 image_weights_format: str = "auto",
                  standardize: bool = True, n_epochs: int = 40, batch_size: int = 128,
                  lr: float = 1e-3, optimizer: str = "adam", weight_decay: float = 0.0,
                  normalize_likelihood: bool = False, refresh_buffers: bool = False,
@@ -394,6 +402,7 @@ class TAADCMH(TorchHasher):
         self.fc_dim = fc_dim
         self.dropout = dropout
         self.image_weights = image_weights
+        self.image_weights_format = image_weights_format
         self.standardize = standardize
         self.n_epochs = n_epochs
         self.batch_size = batch_size
@@ -414,6 +423,14 @@ class TAADCMH(TorchHasher):
         self.n_anchors = n_anchors
 
     # ------------------------------------------------------------ validation
+    def _state_shapes(self) -> dict:
+        shapes = super()._state_shapes()
+        kernels = getattr(self, "input_kernels_", None)
+        for v, kernel in enumerate(kernels if isinstance(kernels, list) else []):
+            if kernel is not None:   # standardised after the input kernel: q{v} features
+                shapes[f"input_means_[{v}]?"] = shapes[f"input_scales_[{v}]?"] = ("q{v}",)
+        return shapes
+
     def _validate_params(self):
         for p in ("lambda1", "beta1", "mu1", "nu1", "lambda2", "beta2", "mu2", "nu2",
                   "weight_decay"):
@@ -436,7 +453,7 @@ class TAADCMH(TorchHasher):
         check_choice(self.input_kernel, "input_kernel", {"none", "image", "text", "both"})
         check_n_anchors(self.n_anchors, 2)
         check_choice(self.regression, "regression", {"query", "codes", "none"})
-        check_choice(self.image_backbone, "image_backbone", {"auto", "mlp", "cnnf"})
+        check_choice(self.image_backbone, "image_backbone", {"auto", "mlp", *IMAGE_BACKBONE_KINDS})
         check_choice(self.text_backbone, "text_backbone", {"auto", "mlp", "text-ta"})
         check_choice(self.optimizer, "optimizer", {"adam", "adamw", "sgd"})
         check_int(self.n_epochs, "n_epochs")
@@ -452,7 +469,7 @@ class TAADCMH(TorchHasher):
                 if getattr(self, "lambda" + t) + getattr(self, "beta" + t) <= 0:
                     raise ValueError(f"the relaxed variant (discrete=False) needs lambda{t} + "
                                      f"beta{t} > 0")
-        self._check_weights_file(self.image_weights)
+        self._check_weights_file(self.image_weights, source=self.image_weights_format)
         self._check_num_workers()
         resolve_device(self.device)
 
@@ -464,11 +481,12 @@ class TAADCMH(TorchHasher):
             kind = "cnnf" if len(shape) == 3 else ("mlp" if which == "image" else "text-ta")
         spec = {"kind": kind, "in_shape": shape, "out_dim": int(self.n_bits),
                 "dropout": float(self.dropout)}
-        if kind == "cnnf":
+        if kind in IMAGE_BACKBONE_KINDS:
             if len(shape) != 3:
-                raise ValueError(f"the cnnf backbone takes images (n, C, H, W); the {which} "
+                raise ValueError(f"the {kind} backbone takes images (n, C, H, W); the {which} "
                                  f"modality has samples of shape {tuple(shape)}")
-            spec["fc_dim"] = int(self.fc_dim)
+            if kind in ("cnnf", "alexnet"):
+                spec["fc_dim"] = int(self.fc_dim)
         else:
             pname = "image_hidden" if which == "image" else "text_hidden"
             hidden = hidden_widths(getattr(self, pname), pname)
@@ -480,19 +498,10 @@ class TAADCMH(TorchHasher):
 
     def _new_network(self, spec, device, which):
         """A network of modality ``which``; ``image_weights`` go into the IMAGE networks only
-        (a .mat file through :func:`load_vggf_mat`, which needs the cnnf backbone; any other
-        file through :func:`load_state_dict_file`, into whatever image backbone is used)."""
+        (:meth:`TorchHasher._load_image_weights`; every layer but the output layer must fit)."""
         net = build_backbone(spec)
-        if which == "image" and self.image_weights is not None:
-            path = Path(self.image_weights)
-            if path.suffix.lower() == ".mat":
-                if spec["kind"] != "cnnf":
-                    raise ValueError(f"image_weights={str(path)!r} is a MatConvNet .mat file, "
-                                     f"which loads only into the cnnf backbone; the image "
-                                     f"backbone here is {spec['kind']!r}")
-                load_vggf_mat(net, path)
-            else:
-                load_state_dict_file(net, path, strict=False)
+        if which == "image":
+            self._load_image_weights(net)
         return net.to(device)
 
     def _side_lr(self, side):

@@ -99,11 +99,15 @@ class AMSH(TwoStepKernelHasher):
     """
 
     name = "amsh"
+    state_shapes = {**TwoStepKernelHasher.state_shapes, "latent_[v]": ("n{v}", "r")}
     supports_unpaired = True
     min_views, max_views = 2, float("inf")
 
     #: Section IV-B: the same values on every dataset; "wiki" selected on a validation split
     #: of the Wiki training set (benchmarks/amsh_wiki.py --select), see docs/methods/amsh.md.
+    #: ``cmhash tune`` search space (cmhash.tune module doc)
+    SEARCH_SPACE = {"eta": ("log", 1e-3, 10.0), "lam": ("log", 1e-5, 1.0),
+                    "beta": ("log", 1e-5, 1.0), "xi": ("log", 1e-4, 1.0)}
     PRESETS = {
         "wiki": {**_DEFAULTS, "eta": 0.1},
         "mirflickr25k": dict(_DEFAULTS),

@@ -177,9 +177,16 @@ class ASCMH(TwoStepKernelHasher):
     """
 
     name = "ascmh"
+    state_shapes = {**TwoStepKernelHasher.state_shapes, "latent_": ("n", "r"),
+                    "rotation_": ("r", "r"), "label_projection_": ("c", "r"),
+                    "factor_loadings_[v]": ("r", "q{v}")}
 
     #: hyper-parameters the paper gives (Sec. 4.3: MIRFlickr-25K) and the Wiki values selected
     #: on a validation split of the Wiki training set (docs/methods/ascmh.md, "Wiki preset")
+    #: ``cmhash tune`` search space (cmhash.tune module doc); lambda_h = (image, text) ridge
+    SEARCH_SPACE = {"omega": ("log", 1e-4, 1.0), "lambda_image": ("log", 1e-2, 1e4),
+                    "lambda_text": ("log", 1e-2, 1e4),
+                    "lambda_h": [("log", 1e-6, 10.0), ("log", 1e-6, 10.0)]}
     PRESETS = {
         # benchmarks/ascmh_wiki.py select: lambda_h = (image ridge, text ridge)
         "wiki": {"omega": 0.01, "lambda_image": 5000.0, "lambda_text": 5000.0,

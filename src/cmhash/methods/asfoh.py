@@ -248,8 +248,15 @@ class ASFOH(TwoStepKernelHasher):
     """
 
     name = "asfoh"
+    state_shapes = {**TwoStepKernelHasher.state_shapes, "latent_": ("n", "r"),
+                    "rotation_": ("c", "r"), "transforms_[v]": ("r", "q{v}"),
+                    "alpha_": ("V",), "alpha_history_[*]": ("V",)}
     min_views, max_views = 2, 64
 
+    #: ``cmhash tune`` search space (cmhash.tune module doc); xi = (image, text) ridge
+    SEARCH_SPACE = {"gamma": ("float", 1.5, 5.0), "beta": ("log", 1e-3, 10.0),
+                    "eta": ("log", 1e-3, 1e3), "rho": ("log", 1e-4, 1.0),
+                    "omega": ("log", 1e-6, 1.0), "xi": [("log", 1e-6, 10.0), ("log", 1e-6, 10.0)]}
     PRESETS = {
         # Sec. IV-C, "Implementation Details"
         "mirflickr25k": {"gamma": 3, "beta": 1e-1, "eta": 1e-1, "rho": 1e-3, "omega": 1e-5,

@@ -60,7 +60,13 @@ class BATCH(TwoStepKernelHasher):
     objective_ : list of float  objective after each iteration
     """
 
+    #: ``cmhash tune`` search space (cmhash.tune module doc for the syntax)
+    SEARCH_SPACE = {"eta_image": ("log", 1e-3, 1.0), "eta_text": ("log", 1e-3, 1.0),
+                    "eta_label": ("log", 1e-2, 10.0), "omega": ("log", 1e-4, 1.0),
+                    "xi": ("log", 1e-5, 10.0), "rho": ("log", 1e-5, 1.0)}
+
     name = "batch"
+    state_shapes = {**TwoStepKernelHasher.state_shapes, "latent_": ("n", "r")}
 
     def __init__(self, n_bits: int = 32, *, eta_image: float = 0.05, eta_text: float = 0.05,
                  eta_label: float = 0.9, omega: float = 0.01, xi: float = 0.01,

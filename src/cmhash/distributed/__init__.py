@@ -1,0 +1,26 @@
+"""Out-of-core and distributed work on Dask (``pip install cmhash[dask]``).
+
+* :mod:`.cluster` -- a ``distributed.Client`` from ``--cluster local[:N]`` / ``--scheduler``.
+* :mod:`.store` -- encode a chunked database into packed codes stored as zarr, with item ids.
+* :mod:`.search` -- a sharded Hamming index: one :class:`cmhash.HammingIndex` shard per worker,
+  queries broadcast, per-shard results merged with the single-index tie rule.
+
+Importing :mod:`cmhash` never imports dask; this package imports it on use.
+"""
+from __future__ import annotations
+
+__all__ = ["make_client", "parse_cluster", "encode_to_zarr", "open_codes",
+           "ShardedHammingIndex"]
+
+
+def __getattr__(name):
+    if name in ("make_client", "parse_cluster"):
+        from . import cluster
+        return getattr(cluster, name)
+    if name in ("encode_to_zarr", "open_codes"):
+        from . import store
+        return getattr(store, name)
+    if name == "ShardedHammingIndex":
+        from .search import ShardedHammingIndex
+        return ShardedHammingIndex
+    raise AttributeError(name)

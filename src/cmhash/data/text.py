@@ -17,6 +17,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .._io import atomic_write
+from .._validation import check_bool, check_int
 
 __all__ = ["TextVocabulary", "DEFAULT_TOKEN_PATTERN", "as_text_list"]
 
@@ -89,13 +90,10 @@ class TextVocabulary:
             (isinstance(m, (float, np.floating)) and 0 < m <= 1)
         if not ok:
             raise ValueError(f"min_df must be an integer >= 1 or a fraction in (0, 1], got {m!r}")
-        mf = self.max_features
-        if mf is not None and (isinstance(mf, bool) or not isinstance(mf, (int, np.integer))
-                               or mf < 1):
-            raise ValueError(f"max_features must be a positive integer or None, got {mf!r}")
+        if self.max_features is not None:
+            check_int(self.max_features, "max_features")
         for p in ("binary", "lowercase"):
-            if not isinstance(getattr(self, p), (bool, np.bool_)):
-                raise ValueError(f"{p} must be True or False, got {getattr(self, p)!r}")
+            check_bool(getattr(self, p), p, error=ValueError)
         if not isinstance(self.token_pattern, str) or not self.token_pattern:
             raise ValueError(f"token_pattern must be a regular expression, got "
                              f"{self.token_pattern!r}")

@@ -13,12 +13,14 @@
     cmhash plot --json out.json --kind map --out map.png
 
 ``--data`` is a file path (layout and preset auto-detected; .npy arrays are named by their
-file stem), a list of files joined by ``+``, or ``synthetic:<preset or key=value,...>``;
-``--image`` / ``--text`` / ``--labels`` give one file per role and ``--image-key`` /
-``--text-key`` / ``--label-key`` name arrays (:mod:`cmhash.cli_inputs`). Results (tables,
-search hits) go to stdout; status messages, warnings and errors go through ``logging`` to
-stderr (``--quiet``: warnings and errors only; ``--verbose``: debug; ``--log-file``: also to a
-file; :mod:`cmhash.cli_output`). Options a command would ignore are refused.
+file stem), a list of files joined by ``+``, an image-text manifest (``images.csv`` /
+``.jsonl``: image files + captions + labels, docs/data.md), or
+``synthetic:<preset or key=value,...>``; ``--image`` / ``--text`` / ``--labels`` give one file
+per role and ``--image-key`` / ``--text-key`` / ``--label-key`` name arrays
+(:mod:`cmhash.cli_inputs`). Results (tables, search hits) go to stdout; status messages,
+warnings and errors go through ``logging`` to stderr (``--quiet``: warnings and errors only;
+``--verbose``: debug; ``--log-file``: also to a file; :mod:`cmhash.cli_output`). Options a
+command would ignore are refused.
 
 Exit status:
 
@@ -171,9 +173,9 @@ def _method_prefixed(item: str, option: str, what: str) -> tuple[str, str]:
     return method, rest
 
 
-def _load_data(args, command: str = ""):
+def _load_data(args, command: str = "", **extra):
     """The dataset of a command's data options (:func:`cmhash.cli_inputs.load_data`)."""
-    return load_data(args, command)
+    return load_data(args, command, **extra)
 
 
 def _write_json(doc, path):
@@ -185,8 +187,12 @@ def _write_json(doc, path):
 
 
 def _add_data(p, required=True):
-    """The data options (``--data`` or ``--image`` / ``--text`` / ``--labels``, keys, split)."""
+    """The data options (``--data`` or ``--image`` / ``--text`` / ``--labels``, keys, split;
+    ``--image-size`` for image-text manifests)."""
     add_data_options(p)
+    p.add_argument("--image-size", type=int,
+                   help="image-text manifests: the images' crop size (default 224; the shorter "
+                        "side is first resized to size * 256 / 224)")
 
 
 def _add_method_params(p):
@@ -373,6 +379,8 @@ def cmd_fit(args):
         hasher.fit_unpaired(views, labels, names=ds.modality_names)
     else:
         hasher.fit_views(ds.views("train"), ds.labels_of("train"), names=ds.modality_names)
+    if getattr(ds, "text_vocabulary", None) is not None:   # raw text: the model keeps it
+        hasher.set_text_vocabulary(ds.text_vocabulary)
     if os.environ.get("RANK", "0") != "0":   # torchrun: every rank fits, rank 0 writes
         return
     hasher.save(args.out)

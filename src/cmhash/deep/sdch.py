@@ -216,6 +216,9 @@ class SDCH(TorchHasher):
         rewritten after every epoch, a checkpoint to continue from; see
         :class:`cmhash.deep._torch_base.TorchHasher` and docs/deep.md.
     device : "auto", "cpu", "cuda" or "cuda:N"
+    num_workers : int
+        Worker processes decoding image batches of image sources (0: in this process); with
+        a GPU, 4-8 keep it busy. Codes do not depend on it.
     random_state, verbose : see :class:`cmhash.base.CrossModalHasher`.
 
     Attributes
@@ -267,8 +270,10 @@ class SDCH(TorchHasher):
                  weight_decay: float = 0.0, itq_iter: int = 50, feature_bound=None,
                  feature_scale: float = 1.0, grad_clip=None, lr_text=None,
                  lr_decay: float = 1.0, text_steps: int = 1, amp="auto", checkpoint=None,
-                 resume=None, device: str = "auto", random_state=None, verbose: bool = False):
+                 resume=None, device: str = "auto", num_workers: int = 0, random_state=None,
+                 verbose: bool = False):
         super().__init__(n_bits, amp=amp, checkpoint=checkpoint, resume=resume, device=device,
+                         num_workers=num_workers,
                          random_state=random_state, verbose=verbose)
         self.gamma = gamma
         self.beta1 = beta1
@@ -331,6 +336,7 @@ class SDCH(TorchHasher):
         if not (isinstance(self.dropout, (int, float)) and 0 <= self.dropout < 1):
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
         self._check_weights_file(self.image_weights, source=self.image_weights_format)
+        self._check_num_workers()
         resolve_device(self.device)
 
     # ----------------------------------------------------------- networks
@@ -393,7 +399,7 @@ class SDCH(TorchHasher):
 
     def _feature_outputs(self, net, X) -> np.ndarray:
         """Bounded features of every row of X (float32 ndarray)."""
-        F = self._predict(net, X, 1024)
+        F = self._predict(net, X, 1024, num_workers=self._workers())
         return self._bound(torch.from_numpy(F)).numpy()
 
     def _clip(self, params) -> None:
@@ -532,14 +538,13 @@ class SDCH(TorchHasher):
         f.train(), g.train(), h.train()
         perm = rng.permutation(n)
         sums = {k: 0.0 for k in TERMS + ("total",)}
-        for start in range(0, n, self.batch_size):
-            idx = np.sort(perm[start:start + self.batch_size])
-            if idx.size < 2:
-                continue
+        batches = self._batch_indices(perm, self.batch_size, min_size=2)
+        for (idx, xb), (_, yb) in zip(self._batches(Xd, batches, device, train=True, rng=rng),
+                                      self._batches(Yd, batches, device, train=True, rng=rng)):
             it = torch.as_tensor(idx, device=device)
             Bb = torch.cat([B[0][it], B[1][it]]) if B is not None else None
-            lf, th = self._train_step(phase, f, g, h, opt_f, opt_h, self._rows(Xd, idx, device),
-                                      self._rows(Yd, idx, device), L[it], Bb, gamma, hp)
+            lf, th = self._train_step(phase, f, g, h, opt_f, opt_h, xb, yb, L[it], Bb, gamma,
+                                      hp)
             sums["feature"] += lf
             for k in TERMS[1:]:
                 sums[k] += th[k]

@@ -375,6 +375,9 @@ class TAADCMH(TorchHasher):
         rewritten after every epoch, a checkpoint to continue from; see
         :class:`cmhash.deep._torch_base.TorchHasher` and docs/deep.md.
     device : "auto", "cpu", "cuda" or "cuda:N"
+    num_workers : int
+        Worker processes decoding image batches of image sources (0: in this process); with
+        a GPU, 4-8 keep it busy. Codes do not depend on it.
     random_state, verbose : see :class:`cmhash.base.CrossModalHasher`.
 
     Attributes
@@ -442,8 +445,9 @@ class TAADCMH(TorchHasher):
                  image_weight_decay=None, text_weight_decay=None,
                  lr_schedule: str = "constant", input_kernel: str = "none", n_anchors=500,
                  amp="auto", checkpoint=None, resume=None, device: str = "auto",
-                 random_state=None, verbose: bool = False):
+                 num_workers: int = 0, random_state=None, verbose: bool = False):
         super().__init__(n_bits, amp=amp, checkpoint=checkpoint, resume=resume, device=device,
+                         num_workers=num_workers,
                          random_state=random_state, verbose=verbose)
         self.lambda1 = lambda1
         self.beta1 = beta1
@@ -530,6 +534,7 @@ class TAADCMH(TorchHasher):
                     raise ValueError(f"the relaxed variant (discrete=False) needs lambda{t} + "
                                      f"beta{t} > 0")
         self._check_weights_file(self.image_weights, source=self.image_weights_format)
+        self._check_num_workers()
         resolve_device(self.device)
 
     # ----------------------------------------------------------- networks
@@ -636,8 +641,8 @@ class TAADCMH(TorchHasher):
             f = self._new_network(specs["image"], device, "image")
             g = self._new_network(specs["text"], device, "text")
             hp = self._task_params(t, n)
-            F = self._predict(f, Xd, self.batch_size, device)
-            G = self._predict(g, Yd, self.batch_size, device)
+            F = self._predict(f, Xd, self.batch_size, device, self._workers())
+            G = self._predict(g, Yd, self.batch_size, device, self._workers())
             state[t] = {
                 "f": f, "g": g, "opt_f": self._make_optimizer(f, "f"),
                 "opt_g": self._make_optimizer(g, "g"),
@@ -753,12 +758,12 @@ class TAADCMH(TorchHasher):
         n = own.shape[0]
         net.train()
         perm = rng.permutation(n)
-        for start in range(0, n, self.batch_size):
-            idx = np.sort(perm[start:start + self.batch_size])
-            self._train_step(side, s, self._rows(data, idx, device),
-                             torch.as_tensor(idx, device=device), L)
+        batches = self._batch_indices(perm, self.batch_size)
+        for idx, xb in self._batches(data, batches, device, train=True, rng=rng):
+            self._train_step(side, s, xb, torch.as_tensor(idx, device=device), L)
         if self.refresh_buffers:  # exact outputs of the updated network (eval mode) for B / P
-            own.copy_(torch.from_numpy(self._predict(net, data, self.batch_size, device)).to(device))
+            own.copy_(torch.from_numpy(self._predict(net, data, self.batch_size, device,
+                                                     self._workers())).to(device))
 
     def _train_step(self, side, s, xb, it, L):
         """One step of network ``side`` of task state ``s`` on the batch rows ``it`` (inputs
@@ -815,4 +820,5 @@ class TAADCMH(TorchHasher):
         m = self.modality_index(modality)
         t = self._check_task(task)
         X = self._check_query(X, m)
-        return self._predict(self._network(self._net_name(m, t)), self._prepare(X, m))
+        return self._predict(self._network(self._net_name(m, t)), self._prepare(X, m),
+                             num_workers=self._workers())

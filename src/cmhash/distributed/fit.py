@@ -228,7 +228,7 @@ def fit_batch(hasher, image, text, labels, *, client=None, block_rows=None,
     from distributed import default_client
     _, da = _dask()
     client = client or default_client()
-    X, T, L, chunks = _paired_inputs(hasher, image, text, labels, block_rows)
+    X, T, L, chunks = _paired_inputs(hasher, image, text, labels, block_rows, client)
     n = X.shape[0]
     r = hasher.n_bits
     hasher._check_fewer_bits_than_samples(n)
@@ -300,8 +300,9 @@ def fit_batch(hasher, image, text, labels, *, client=None, block_rows=None,
 
 
 # ------------------------------------------------------------------ shared set-up
-def _paired_inputs(hasher, image, text, labels, block_rows):
-    """Row-chunked X, T, float64 labels with the same row chunks; validates and prepares."""
+def _paired_inputs(hasher, image, text, labels, block_rows, client):
+    """Row-chunked X, T, float64 labels with the same row chunks; validates and prepares.
+    Numpy inputs are persisted on the workers (sent once, not inside every graph)."""
     rows = [np.shape(a)[0] for a in (image, text, labels)]
     if len(set(rows)) != 1:
         raise ValueError(f"image, text and labels need the same number of rows, got "
@@ -311,6 +312,9 @@ def _paired_inputs(hasher, image, text, labels, block_rows):
     T = _as_row_chunked(text, chunks, "text")
     L = _as_row_chunked(labels, chunks, "labels").astype(np.float64)
     hasher._prepare_fit([X, T], ["image", "text"], L.shape[1])
+    _, da = _dask()
+    X, T = [client.persist(a) if not isinstance(raw, da.Array) else a
+            for a, raw in ((X, image), (T, text))]
     return X, T, L, chunks
 
 
@@ -353,7 +357,7 @@ def fit_asfoh(hasher, image, text, labels, *, client=None, block_rows=None,
         raise ValueError("the Dask ASFOH fit supports constraints='both' with kernel features "
                          "(the ablations need all of Q at once: fit them in memory)")
     client = client or default_client()
-    X, T, L, chunks = _paired_inputs(hasher, image, text, labels, block_rows)
+    X, T, L, chunks = _paired_inputs(hasher, image, text, labels, block_rows, client)
     n, k, nv = X.shape[0], hasher.n_bits, 2
     if n <= k:
         raise ValueError(f"ASFOH needs more training samples than bits: n={n}, n_bits={k}")

@@ -224,7 +224,7 @@ def fit_batch(hasher, image, text, labels, *, client=None, block_rows=None,
     arrays; the hash functions and kernels are ordinary numpy, so ``encode`` and ``save``
     work as after an in-memory fit.
     """
-    from ..methods.batch import BATCH, _Constants  # noqa: F401  (the method's own pieces)
+    from ..methods.batch import _Constants
     from distributed import default_client
     _, da = _dask()
     client = client or default_client()

@@ -1,4 +1,5 @@
-"""Fitting BATCH and ASFOH out-of-core on Dask (issue 15; cost model and deployment: docs/scale.md).
+"""Fitting BATCH and ASFOH out-of-core on Dask (issue 15; cost model, deployment:
+docs/scale.md).
 
 The in-memory fit (cmhash.methods.batch) touches the n rows only through row-block products
 (``A^T B`` sums, ``phi U^T`` maps) and solves r x r / q x q systems. Here every row-block
@@ -10,8 +11,8 @@ codes B stay on the workers as persisted row-chunked dask arrays.
 
 Same numbers as the in-memory fit: the anchors come from the same seeded draw (row indices,
 then a gather of q rows), the random initialisation is drawn on the client from the same
-Generator stream block by block (numpy's normal stream does not depend on how a draw is split:
-one n x r block never exists on the client) and scattered, sigma and the kernel mean come from
+Generator stream block by block (numpy's normal stream does not depend on how a draw is split;
+the whole n x r matrix never exists on the client) and scattered, sigma and the kernel mean come from
 reductions of the same moments. What differs is only summation order in the reductions, so
 the codes agree up to rounding ties (tests/test_distributed_fit.py).
 

@@ -1,4 +1,5 @@
-"""Fitting BATCH and ASFOH out-of-core on Dask (issue 15; cost model and deployment: docs/scale.md).
+"""Fitting BATCH and ASFOH out-of-core on Dask (issue 15; cost model, deployment:
+docs/scale.md).
 
 The in-memory fit (cmhash.methods.batch) touches the n rows only through row-block products
 (``A^T B`` sums, ``phi U^T`` maps) and solves r x r / q x q systems. Here every row-block
@@ -10,8 +11,8 @@ codes B stay on the workers as persisted row-chunked dask arrays.
 
 Same numbers as the in-memory fit: the anchors come from the same seeded draw (row indices,
 then a gather of q rows), the random initialisation is drawn on the client from the same
-Generator stream block by block (numpy's normal stream does not depend on how a draw is split:
-one n x r block never exists on the client) and scattered, sigma and the kernel mean come from
+Generator stream block by block (numpy's normal stream does not depend on how a draw is split;
+the whole n x r matrix never exists on the client) and scattered, sigma and the kernel mean come from
 reductions of the same moments. What differs is only summation order in the reductions, so
 the codes agree up to rounding ties (tests/test_distributed_fit.py).
 
@@ -224,11 +225,11 @@ def fit_batch(hasher, image, text, labels, *, client=None, block_rows=None,
     arrays; the hash functions and kernels are ordinary numpy, so ``encode`` and ``save``
     work as after an in-memory fit.
     """
-    from ..methods.batch import BATCH, _Constants  # noqa: F401  (the method's own pieces)
+    from ..methods.batch import _Constants
     from distributed import default_client
     _, da = _dask()
     client = client or default_client()
-    X, T, L, chunks = _paired_inputs(hasher, image, text, labels, block_rows)
+    X, T, L, chunks = _paired_inputs(hasher, image, text, labels, block_rows, client)
     n = X.shape[0]
     r = hasher.n_bits
     hasher._check_fewer_bits_than_samples(n)
@@ -300,8 +301,9 @@ def fit_batch(hasher, image, text, labels, *, client=None, block_rows=None,
 
 
 # ------------------------------------------------------------------ shared set-up
-def _paired_inputs(hasher, image, text, labels, block_rows):
-    """Row-chunked X, T, float64 labels with the same row chunks; validates and prepares."""
+def _paired_inputs(hasher, image, text, labels, block_rows, client):
+    """Row-chunked X, T, float64 labels with the same row chunks; validates and prepares.
+    Numpy inputs are persisted on the workers (sent once, not inside every graph)."""
     rows = [np.shape(a)[0] for a in (image, text, labels)]
     if len(set(rows)) != 1:
         raise ValueError(f"image, text and labels need the same number of rows, got "
@@ -311,6 +313,9 @@ def _paired_inputs(hasher, image, text, labels, block_rows):
     T = _as_row_chunked(text, chunks, "text")
     L = _as_row_chunked(labels, chunks, "labels").astype(np.float64)
     hasher._prepare_fit([X, T], ["image", "text"], L.shape[1])
+    _, da = _dask()
+    X, T = [client.persist(a) if not isinstance(raw, da.Array) else a
+            for a, raw in ((X, image), (T, text))]
     return X, T, L, chunks
 
 
@@ -353,7 +358,7 @@ def fit_asfoh(hasher, image, text, labels, *, client=None, block_rows=None,
         raise ValueError("the Dask ASFOH fit supports constraints='both' with kernel features "
                          "(the ablations need all of Q at once: fit them in memory)")
     client = client or default_client()
-    X, T, L, chunks = _paired_inputs(hasher, image, text, labels, block_rows)
+    X, T, L, chunks = _paired_inputs(hasher, image, text, labels, block_rows, client)
     n, k, nv = X.shape[0], hasher.n_bits, 2
     if n <= k:
         raise ValueError(f"ASFOH needs more training samples than bits: n={n}, n_bits={k}")

@@ -191,7 +191,13 @@ class CrossModalHasher:
         return self.fit_views([image, text], labels, names=DEFAULT_NAMES)
 
     def fit_views(self, views, labels, names=None):
-        """Fit on V >= 2 paired modalities: ``views[v]`` of shape (n, d_v), ``labels`` (n, c)."""
+        """Fit on V >= 2 paired modalities: ``views[v]`` of shape (n, d_v), ``labels`` (n, c).
+
+        Dask arrays (under a ``distributed.Client``) fit out-of-core / distributed for the
+        methods that have a Dask fit (:func:`cmhash.distributed.fit.fit_on_dask`)."""
+        if any(type(a).__module__.startswith("dask.") for a in [*views, labels]):
+            from .distributed.fit import fit_on_dask
+            return fit_on_dask(self, views, labels, names)
         views, names = self._check_views(views, names)
         n = views[0].shape[0]
         for v, X in zip(names, views):

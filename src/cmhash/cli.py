@@ -58,7 +58,8 @@ from . import __version__
 from ._io import atomic_write
 from .cli_inputs import (add_data_options, as_query_matrix, check_output_dir, check_output_file,
                          encode_input, load_data, require_queries)
-from .cli_cluster import add_cluster_options, encode_to_store, is_zarr_path, store_index
+from .cli_cluster import (add_cluster_options, cluster_client, encode_to_store, is_zarr_path,
+                          store_index)
 from .cli_output import BROKEN_PIPE_STATUS, configured_logging, silence_closed_stdout
 
 log = logging.getLogger("cmhash")
@@ -375,8 +376,16 @@ def cmd_fit(args):
     hasher = make_hasher(args.method, n_bits=args.bits, random_state=args.seed,
                          verbose=not args.quiet, **params)
     if args.unpaired:
+        if args.cluster or args.scheduler:
+            raise ValueError("--cluster / --scheduler fit paired data (no --unpaired)")
         views, labels = ds.unpaired(random_state=args.seed)
         hasher.fit_unpaired(views, labels, names=ds.modality_names)
+    elif args.cluster or args.scheduler:                   # fitted on a Dask cluster
+        from .distributed.fit import fit_on_dask
+        with cluster_client(args) as client:
+            fit_on_dask(hasher, ds.views("train"),
+                        np.asarray(ds.labels_of("train"), dtype=np.float64),
+                        ds.modality_names, client=client, materialize=True)
     else:
         hasher.fit_views(ds.views("train"), ds.labels_of("train"), names=ds.modality_names)
     if getattr(ds, "text_vocabulary", None) is not None:   # raw text: the model keeps it
@@ -645,6 +654,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     _add_method_params(p)
     _add_deep_options(p)
+    add_cluster_options(p)
     common(p, json=False)
     p.set_defaults(func=cmd_fit)
 

@@ -462,3 +462,37 @@ def _semantic_target(y, etaR, omega, h):
     t = y @ etaR
     t += omega * h
     return t
+
+
+#: the methods with a Dask fit (registry name -> function)
+DASK_FITS = {"batch": fit_batch, "asfoh": fit_asfoh}
+
+
+def fit_on_dask(hasher, views, labels, names=None, *, client=None, block_rows=None,
+                persist_features=None, materialize: bool = False):
+    """``hasher.fit_views`` on Dask arrays (or NumPy arrays sent to the cluster): the method's
+    Dask fit, timed, with the training-data fingerprint of the inputs; with ``materialize``
+    the codes and latents are gathered as NumPy arrays (needed to save the model)."""
+    import time
+
+    from ..fingerprint import training_data_fingerprint
+
+    fit = DASK_FITS.get(getattr(hasher, "name", None))
+    if fit is None:
+        raise ValueError(f"{getattr(hasher, 'name', type(hasher).__name__)} has no Dask fit; "
+                         f"methods with one: {sorted(DASK_FITS)}")
+    if len(views) != 2 or (names is not None and list(names) != ["image", "text"]):
+        raise ValueError("the Dask fits take two modalities, image and text")
+    start = time.perf_counter()
+    fit(hasher, views[0], views[1], labels, client=client, block_rows=block_rows,
+        persist_features=persist_features)
+    hasher.train_seconds_ = time.perf_counter() - start
+    if materialize:
+        hasher.codes_ = np.asarray(hasher.codes_.compute()).astype(np.int8)
+        if hasattr(hasher.latent_, "compute"):
+            hasher.latent_ = np.asarray(hasher.latent_.compute())
+        hasher.training_data_fingerprint_ = training_data_fingerprint(
+            [np.asarray(v.compute() if hasattr(v, "compute") else v) for v in views],
+            np.asarray(labels.compute() if hasattr(labels, "compute") else labels,
+                       dtype=np.float64))
+    return hasher

@@ -106,8 +106,9 @@ def orthogonal_zero_mean(Z, random_state=None) -> np.ndarray:
     Z = _power_of_two_rescaled(Z)              # the mean of |Z| ~ 1e308 would overflow
     Zc = Z - Z.mean(axis=0, keepdims=True)
     Zc = _power_of_two_rescaled(Zc)
-    V = _polar_via_gram(Zc, scale=np.sqrt(n))
+    V = _polar_via_gram(Zc)
     if V is not None:
+        V *= np.sqrt(n)                        # in place: no second n x r array
         return V
     U, s, Wt = np.linalg.svd(Zc, full_matrices=False)
     k = int(np.count_nonzero(s > max(n, r) * np.finfo(np.float64).eps * max(s[0], 1e-300)))
@@ -153,7 +154,7 @@ def _power_of_two_rescaled(Zc):
 CHOLESKY_QR_MAX_DEVIATION = 1e-7
 
 
-def _polar_via_gram(Zc, scale: float = 1.0):
+def _polar_via_gram(Zc):
     """Orthonormal polar factor ``U W^T`` of ``Zc = U S W^T`` through r x r matrices, or None.
 
     CholeskyQR2 -- two passes of ``Q <- Q R_k^{-1}`` with ``R_k = chol(Q^T Q)`` -- gives
@@ -177,9 +178,8 @@ def _polar_via_gram(Zc, scale: float = 1.0):
     except np.linalg.LinAlgError:
         return None
     # second pass folded into the last product: polar = (Q R2^{-1}) U_R W_R^T, R = R2 R1
-    # (times ``scale``, folded into the r x r factor: no extra n x r pass)
     U, _, Wt = np.linalg.svd(R2 @ R1)
-    return Q @ (scale * (sla.solve_triangular(R2, eye, lower=False, check_finite=False) @ (U @ Wt)))
+    return Q @ (sla.solve_triangular(R2, eye, lower=False, check_finite=False) @ (U @ Wt))
 
 
 @timed("small")

@@ -68,13 +68,13 @@ def _solve_flops(G, R, *args, **kwargs) -> float:
     return k ** 3 / 3.0 + 2.0 * k * k * m
 
 
-def sign(X) -> np.ndarray:
-    """Elementwise sign as int8 codes in {-1, +1}; zeros map to -1 (``B(B==0) = -1``).
-    (Built in int8 from the boolean ``X > 0``: no int64 temporary of X's size.)"""
-    codes = (np.asarray(X) > 0).astype(np.int8)
-    codes *= 2
-    codes -= 1
-    return codes
+def sign(X, dtype=np.int8) -> np.ndarray:
+    """Elementwise sign as codes in {-1, +1} (int8, or ``dtype``); zeros (and NaN) map to -1
+    (``B(B==0) = -1``). Two passes over X (the comparison and the selection), no temporary
+    wider than the result: ``sign(Z, np.float64)`` is the float64 code matrix of a B-step."""
+    positive = np.asarray(X) > 0
+    dtype = np.dtype(dtype)
+    return np.where(positive, dtype.type(1), dtype.type(-1))
 
 
 @timed("latent")
@@ -101,13 +101,15 @@ def orthogonal_zero_mean(Z, random_state=None) -> np.ndarray:
     if n <= r:
         raise ValueError(f"orthogonal_zero_mean needs n > r (V^T 1 = 0 leaves n - 1 dimensions), "
                          f"got n={n}, r={r}")
-    if not np.isfinite(_abs_max(Z)):          # NaN propagates through max / min
+    top = _abs_max(Z)
+    if not np.isfinite(top):                   # NaN propagates through max / min
         raise ValueError("orthogonal_zero_mean: Z contains NaN or infinite values")
-    Z = _power_of_two_rescaled(Z)              # the mean of |Z| ~ 1e308 would overflow
+    Z = _power_of_two_rescaled(Z, top)         # the mean of |Z| ~ 1e308 would overflow
     Zc = Z - Z.mean(axis=0, keepdims=True)
     Zc = _power_of_two_rescaled(Zc)
-    V = _polar_via_gram(Zc, scale=np.sqrt(n))
+    V = _polar_via_gram(Zc)
     if V is not None:
+        V *= np.sqrt(n)                        # in place: no second n x r array
         return V
     U, s, Wt = np.linalg.svd(Zc, full_matrices=False)
     k = int(np.count_nonzero(s > max(n, r) * np.finfo(np.float64).eps * max(s[0], 1e-300)))
@@ -141,8 +143,8 @@ def _abs_max(Z) -> float:
     return max(float(Z.max()), -float(Z.min())) if Z.size else 0.0
 
 
-def _power_of_two_rescaled(Zc):
-    top = _abs_max(Zc)
+def _power_of_two_rescaled(Zc, top=None):
+    top = _abs_max(Zc) if top is None else top
     if top == 0.0 or 2.0 ** -RESCALE_EXPONENT <= top <= 2.0 ** RESCALE_EXPONENT:
         return Zc
     return np.ldexp(Zc, -np.frexp(top)[1])   # max |Zc| in [0.5, 1), exactly
@@ -153,7 +155,7 @@ def _power_of_two_rescaled(Zc):
 CHOLESKY_QR_MAX_DEVIATION = 1e-7
 
 
-def _polar_via_gram(Zc, scale: float = 1.0):
+def _polar_via_gram(Zc):
     """Orthonormal polar factor ``U W^T`` of ``Zc = U S W^T`` through r x r matrices, or None.
 
     CholeskyQR2 -- two passes of ``Q <- Q R_k^{-1}`` with ``R_k = chol(Q^T Q)`` -- gives
@@ -177,9 +179,8 @@ def _polar_via_gram(Zc, scale: float = 1.0):
     except np.linalg.LinAlgError:
         return None
     # second pass folded into the last product: polar = (Q R2^{-1}) U_R W_R^T, R = R2 R1
-    # (times ``scale``, folded into the r x r factor: no extra n x r pass)
     U, _, Wt = np.linalg.svd(R2 @ R1)
-    return Q @ (scale * (sla.solve_triangular(R2, eye, lower=False, check_finite=False) @ (U @ Wt)))
+    return Q @ (sla.solve_triangular(R2, eye, lower=False, check_finite=False) @ (U @ Wt))
 
 
 @timed("small")

@@ -292,7 +292,7 @@ class Stage1:
         self.R = [2.0 * L - 1.0 for L in self.L]                  # R_t (Eq. 3)
         self.E = [np.zeros_like(L) for L in self.L]               # E_t >= 0
         self.V = [np.asarray(V, dtype=np.float64) for V in V0]
-        self.B = [sign(V).astype(np.float64) for V in self.V]
+        self.B = [sign(V, np.float64) for V in self.V]
         self.P = [None] * len(self.L)
         self.LhtLh = [Lh.T @ Lh for Lh in self.Lh]                # c x c
         self.m = len(self.L)
@@ -326,7 +326,7 @@ class Stage1:
         """Eq. 18: B_t = sign(eta V_t + lam r Lh_t (Lh_t^T V_t))."""
         for t in (range(self.m) if t is None else [t]):
             V, Lh = self.V[t], self.Lh[t]
-            self.B[t] = sign(self.eta * V + self.lam * self.r * (Lh @ (Lh.T @ V))).astype(np.float64)
+            self.B[t] = sign(self.eta * V + self.lam * self.r * (Lh @ (Lh.T @ V)), np.float64)
 
     def update_E(self, t=None):
         """Eq. 21: E_t = max(R_t o (V_t P_t^T - L_t), 0), elementwise minimiser of Eq. 19/20."""

@@ -271,7 +271,7 @@ class ASCMH(TwoStepKernelHasher):
         # random feasible start (Algorithm 1, line 2)
         V = orthogonal_zero_mean(rng.standard_normal((n, r)), rng)
         R = procrustes(rng.standard_normal((r, r)))
-        B = sign(rng.standard_normal((n, r))).astype(np.float64)
+        B = sign(rng.standard_normal((n, r)), np.float64)
         Vt_phis = [cross_product(V, phi) for phi in phis]              # r x q_t each
         consts = objective_constants(L, G)
         with phase("latent"):
@@ -289,7 +289,7 @@ class ASCMH(TwoStepKernelHasher):
             V = orthogonal_zero_mean(Z, rng)                            # (polar factor of Zc)
             del Z
             with phase("latent"):
-                B = sign(L @ M).astype(np.float64)                      # B-step
+                B = sign(L @ M, np.float64)                      # B-step
                 VtV, GtV, LtB = V.T @ V, G.T @ V, L.T @ B
             Vt_phis = [cross_product(V, phi) for phi in phis]           # reused by next P-step
             with phase("objective"):

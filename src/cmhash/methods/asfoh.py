@@ -366,7 +366,7 @@ class ASFOH(TwoStepKernelHasher):
         Ps = [rng.standard_normal((k, q)) for q in qs]
         Js = [rng.standard_normal((k, q)) for q in qs] if nuclear else None
         Thetas = [rng.standard_normal((k, q)) for q in qs] if nuclear else None
-        B = sign(rng.standard_normal((n, k))).astype(np.float64)  # B in {-1,+1}
+        B = sign(rng.standard_normal((n, k)), np.float64)  # B in {-1,+1}
         H = rng.standard_normal((n, k))
         delta = float(self.delta0)
 
@@ -416,7 +416,7 @@ class ASFOH(TwoStepKernelHasher):
             with phase("latent"):
                 T = lab.Y @ (eta * R)
                 T += self.omega * H
-                B = sign(T).astype(np.float64)
+                B = sign(T, np.float64)
                 del T
                 YtB = lab.Y.T @ B
                 HB = float(np.einsum("ij,ij->", H, B))

@@ -98,7 +98,7 @@ class BATCH(TwoStepKernelHasher):
         etas = (self.eta_image, self.eta_text)
         consts = _Constants(G, L, phis)
 
-        B = sign(rng.standard_normal((n, r))).astype(np.float64)
+        B = sign(rng.standard_normal((n, r)), np.float64)
         V = rng.standard_normal((n, r))
         Vt_phis = [cross_product(V, phi) for phi in phis]                     # V^T phi_m (r x q_m)
         VtV, VtL = _latent_products(V, L)
@@ -119,7 +119,7 @@ class BATCH(TwoStepKernelHasher):
             del Z
             # B-step
             with phase("latent"):
-                B = sign(G @ (r * (G.T @ V)) + self.omega * V).astype(np.float64)
+                B = sign(G @ (r * (G.T @ V)) + self.omega * V, np.float64)
                 VtV, VtL = _latent_products(V, L)
             # V^T phi_m at the new V serves the objective now and the next U-step
             Vt_phis = [cross_product(V, phi) for phi in phis]

@@ -48,6 +48,10 @@ QUICK = {
     "scratch": dict(n_anchors=20, n_iter=1), "dch": dict(kernel=True, n_anchors=20, n_iter=1),
     "cmfh": dict(n_iter=1), "dlfh": dict(n_iter=1), "kdlfh": dict(n_anchors=20, n_iter=1),
     "smfh": dict(n_iter=1), "scm-orth": dict(n_bits=1), "scm-seq": {},
+    "gsph": dict(n_anchors=20, n_iter=1, klr_max_iter=5),
+    "fsh": dict(n_anchor_pairs=20, n_neighbors=3, n_iter=1),
+    "seph-km": dict(n_anchors=20, n_iter=2, klr_max_iter=5),
+    "seph-rnd": dict(n_anchors=20, n_iter=2, klr_max_iter=5),
     "ta-adcmh": dict(n_epochs=1, image_hidden=(16,), text_hidden=16, device="cpu",
                      input_kernel="image", n_anchors=12),
     "sdch": dict(n_epochs=1, batch_size=32, image_hidden=(16,), text_hidden=(16,),
@@ -97,3 +101,16 @@ def peak_fit_bytes(make_model, n, seed=3):
         return tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
+
+
+def held_out_maps(model_factory, n=600, n_train=450, noise=1.0, seed=2):
+    """``(i2t, t2i, chance)``: a model from ``model_factory()`` fitted on the first ``n_train``
+    of ``make_structured(n)`` samples, its held-out mAPs against the learned training codes
+    (the learned-database protocol) and the chance level (the share of relevant pairs)."""
+    from cmhash.metrics import mean_average_precision
+    X, T, Y = make_structured(n, seed=seed, noise=noise)
+    tr, te = np.arange(n_train), np.arange(n_train, n)
+    m = model_factory().fit(X[tr], T[tr], Y[tr])
+    i2t = mean_average_precision(m.encode(X[te], "image"), m.learned_codes("text"), Y[te], Y[tr])
+    t2i = mean_average_precision(m.encode(T[te], "text"), m.learned_codes("image"), Y[te], Y[tr])
+    return i2t, t2i, float(np.mean((Y[te] @ Y[tr].T) > 0))

@@ -50,6 +50,10 @@ _REGISTRY: dict[str, str] = {
     "smfh": "cmhash.methods.smfh:SMFH",
     "scm-orth": "cmhash.methods.scm:SCMOrth",
     "scm-seq": "cmhash.methods.scm:SCMSeq",
+    "gsph": "cmhash.methods.gsph:GSPH",
+    "fsh": "cmhash.methods.fsh:FSH",
+    "seph-km": "cmhash.methods.seph:SePHKM",
+    "seph-rnd": "cmhash.methods.seph:SePHRnd",
     "ta-adcmh": "cmhash.deep.ta_adcmh:TAADCMH",
     "sdch": "cmhash.deep.sdch:SDCH",
     "dcmh": "cmhash.deep.dcmh:DCMH",
@@ -233,11 +237,11 @@ class CrossModalHasher:
         """Fit on unpaired modalities: ``views[v]`` (n_v, d_v) with its own ``labels[v]`` (n_v, c).
 
         No correspondence between the modalities' samples is assumed and n_v may differ.
-        Only methods with ``supports_unpaired = True`` (AMSH) accept it.
+        Only methods with ``supports_unpaired = True`` (AMSH, GSPH) accept it.
         """
         if not self.supports_unpaired:
             raise ValueError(f"{type(self).__name__} needs paired training data; it cannot be "
-                             f"fitted on unpaired modalities (methods that can: AMSH)")
+                             f"fitted on unpaired modalities (methods that can: AMSH, GSPH)")
         views, names = self._check_views(views, names)
         Ys = unpaired_label_matrices(labels, [X.shape[0] for X in views], names)
         c = Ys[0].shape[1]

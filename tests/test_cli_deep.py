@@ -1,5 +1,7 @@
 """The deep-training options of `cmhash fit` / `cmhash evaluate` (--backbone, --weights,
 --device, --amp, --epochs, --checkpoint, --resume) map onto the estimators' parameters."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -85,8 +87,12 @@ def test_torchrun_two_processes_fit_equals_one_process_fit(method, data, tmp_pat
     args = ["fit", "--method", method, "--data", str(data), "--bits", "8", "--quiet", *TINY,
             "--device", "cpu", "--epochs", "3"]
     assert main(args + ["--out", str(tmp_path / "one.npz")]) == 0
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([p for p in sys.path if p])}
+    import cmhash
+    src = str(Path(cmhash.__file__).resolve().parents[1])    # the cmhash under test, first
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    env.update(OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join([src] + [p for p in sys.path if p and p != src]))
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
                            "--nproc_per_node", "2", "-m", "cmhash.cli", *args, "--out",
                            str(tmp_path / "two.npz"), "--checkpoint", str(tmp_path / "ck.pt")],

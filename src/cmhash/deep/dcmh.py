@@ -128,6 +128,7 @@ class DCMH(TorchHasher):
         rewritten after every epoch, a checkpoint to continue from; see
         :class:`cmhash.deep._torch_base.TorchHasher` and docs/deep.md.
     device : "auto", "cpu", "cuda" or "cuda:N"
+    num_workers : worker processes decoding image batches of an image source (0: in-process)
     random_state, verbose : see :class:`cmhash.base.CrossModalHasher`.
 
     Attributes
@@ -163,9 +164,10 @@ class DCMH(TorchHasher):
                  lr_end: float = 1e-3, lr_schedule: str = "log", optimizer: str = "sgd",
                  weight_decay: float = 5e-4, refresh_buffers: bool = False,
                  track_objective: bool = False, amp="auto", checkpoint=None, resume=None,
-                 device: str = "auto", random_state=None, verbose: bool = False):
+                 device: str = "auto", num_workers: int = 0, random_state=None,
+                 verbose: bool = False):
         super().__init__(n_bits, amp=amp, checkpoint=checkpoint, resume=resume, device=device,
-                         random_state=random_state, verbose=verbose)
+                         num_workers=num_workers, random_state=random_state, verbose=verbose)
         self.gamma = gamma
         self.eta = eta
         self.image_backbone = image_backbone

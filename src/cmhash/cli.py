@@ -391,10 +391,20 @@ def cmd_fit(args):
     if getattr(ds, "text_vocabulary", None) is not None:   # raw text: the model keeps it
         hasher.set_text_vocabulary(ds.text_vocabulary)
     if os.environ.get("RANK", "0") != "0":   # torchrun: every rank fits, rank 0 writes
+        _end_process_group()
         return
     hasher.save(args.out)
+    _end_process_group()
     log.info(f"fitted {args.method} ({args.bits} bits) on {ds.indices('train').size} items in "
              f"{hasher.train_seconds_:.2f} s; wrote {args.out}")
+
+
+def _end_process_group() -> None:
+    """Under torchrun: wait for every rank (rank 0 has written the model), then end the
+    process group, so no rank exits with the group's threads running."""
+    if "torch" in sys.modules:
+        from .deep.training import end_process_group
+        end_process_group()
 
 
 def cmd_encode(args):

@@ -270,3 +270,17 @@ class Distributed:
     def barrier(self) -> None:
         if self.active:
             self._dist.barrier()
+
+    def close(self) -> None:
+        """Wait for every rank, then end the process group (a rank that exits with gloo's
+        threads still running is aborted by the C++ runtime)."""
+        end_process_group()
+
+
+def end_process_group() -> None:
+    """Barrier + ``destroy_process_group`` when a torch.distributed group is active (no-op
+    otherwise): the last step of a torchrun process."""
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()

@@ -120,7 +120,9 @@ def test_arrays_and_array_sources_give_the_same_codes_and_streamed_statistics():
 def test_standardising_images_does_not_copy_them_as_floats():
     """TA-ADCMH's per-channel statistics of uint8 images are streamed: no float copy of the
     image array (the former float64 temporaries took 8 times the images' bytes)."""
-    imgs = np.random.default_rng(0).integers(0, 256, size=(3000, 3, 24, 24), dtype=np.uint8)
+    rng = np.random.default_rng(0)
+    imgs = rng.integers(0, 100, size=(3000, 3, 24, 24), dtype=np.uint8)
+    imgs[1500:] += np.uint8(150)            # batches of very different means (12 batches)
     h = TAADCMH(8, device="cpu")
     tracemalloc.start()
     h._fit_standardization([imgs, np.zeros((3000, 2))])
@@ -128,6 +130,9 @@ def test_standardising_images_does_not_copy_them_as_floats():
     tracemalloc.stop()
     assert h.input_means_[0].shape == (3, 1, 1)
     assert peak < imgs.nbytes / 4, (peak, imgs.nbytes)
+    x64 = imgs.astype(np.float64)           # the streamed statistics are the exact ones
+    np.testing.assert_allclose(h.input_means_[0].ravel(), x64.mean(axis=(0, 2, 3)), rtol=1e-6)
+    np.testing.assert_allclose(h.input_scales_[0].ravel(), x64.std(axis=(0, 2, 3)), rtol=1e-6)
     # a given normalisation replaces the standardisation: nothing is computed
     src = ArrayImageSource(imgs, transform=ImageTransform(**NORM))
     h._fit_standardization([src, np.zeros((3000, 2))])

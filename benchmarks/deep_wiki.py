@@ -6,7 +6,7 @@ training codes of the other modality (``learned_codes(d, task=(q, d))``) or the 
 encoded by the database network (``encode(X_train, d, task=(q, d))``, "hashed"); stable ties;
 relevance = share >= 1 label; mAP over the full ranking; mean of ``--seeds`` seeds.
 
-Method-agnostic: any registered deep method (``--method ta-adcmh|sdch``); the class's
+Method-agnostic: any registered deep method (``--method ta-adcmh|sdch|dcmh``); the class's
 ``PRESETS["wiki"]`` is applied unless ``--no-preset``; ``--param key=value`` overrides.
 
     python benchmarks/deep_wiki.py --method ta-adcmh

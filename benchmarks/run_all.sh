@@ -19,6 +19,27 @@ for m in ta-adcmh sdch; do
   cmhash evaluate --method $m --hparams wiki --data "$WIKI" --bits 16 32 64 128 --seeds 3 --json "$OUT/wiki_$m.json" --quiet
   cmhash evaluate --method $m --hparams wiki --database hashed --data "$WIKI" --bits 16 32 64 128 --seeds 3 --json "$OUT/wiki_${m}_hashed.json" --quiet
 done
+# the shallow baselines of issue 17, learned and hashed databases (one BLAS thread: the
+# fastest setting on 2 shared cores)
+for db in learned hashed; do
+  for m in scratch dch cmfh dlfh smfh; do
+    OMP_NUM_THREADS=1 cmhash evaluate --method $m --database $db --data "$WIKI" --bits 16 32 64 128 --seeds 5 --json "$OUT/wiki_${m}_$db.json" --quiet
+  done
+  OMP_NUM_THREADS=1 cmhash evaluate --method kdlfh --database $db --data "$WIKI" --bits 16 32 64 --seeds 5 --json "$OUT/wiki_kdlfh_$db.json" --quiet
+done
+OMP_NUM_THREADS=1 cmhash evaluate --method cmfh --data "$WIKI" --bits 16 32 --seeds 10 --json "$OUT/wiki_cmfh_10seeds.json" --quiet
+# SCM is deterministic (one seed); SCM-orth exists on Wiki only up to 9 bits
+cmhash evaluate --method scm-seq --data "$WIKI" --bits 8 16 32 64 128 --seeds 1 --json "$OUT/wiki_scm_seq.json" --quiet
+cmhash evaluate --method scm-seq --variant SCM-seq-code --data "$WIKI" --bits 8 10 --seeds 1 --json "$OUT/wiki_scm_seq_code.json" --quiet
+cmhash evaluate --method scm-orth --data "$WIKI" --bits 4 8 --seeds 1 --json "$OUT/wiki_scm_orth.json" --quiet
+# GSPH, FSH, SePH-km, SePH-rnd (issue 17, no authors'-code numbers): 3 seeds, hashed database
+# at 64 bits; the released-code variants of GSPH and FSH beside the defaults
+for m in gsph fsh seph-km seph-rnd; do
+  cmhash evaluate --method $m --data "$WIKI" --bits 16 32 64 128 --seeds 3 --json "$OUT/wiki_${m}_learned.json" --quiet
+  cmhash evaluate --method $m --database hashed --data "$WIKI" --bits 64 --seeds 3 --json "$OUT/wiki_${m}_hashed64.json" --quiet
+done
+cmhash evaluate --method gsph --variant GSPH-code --data "$WIKI" --bits 16 32 64 128 --seeds 3 --json "$OUT/wiki_gsph_code.json" --quiet
+cmhash evaluate --method fsh --variant FSH-code --data "$WIKI" --bits 16 32 64 128 --seeds 3 --json "$OUT/wiki_fsh_code.json" --quiet
 # the side-by-side table with the papers' published numbers
 cmhash bench --methods batch ascmh asfoh amsh --data "$WIKI" --bits 16 32 64 128 --seeds 5 \
   --method-hparams ascmh:wiki --method-hparams asfoh:wiki --out-dir "$OUT/wiki_bench" --quiet

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cmhash import NumericalFallbackWarning
 from cmhash.kernel import CenteredFeatures, RBFAnchorFeatures
 from cmhash.methods.amsh import AMSH, HashStage, Stage1, _pca_init
 from cmhash.metrics import mean_average_precision
@@ -269,10 +270,13 @@ def test_F_step_with_an_exactly_singular_gram_is_the_minimum_norm_solution():
     base = rng.standard_normal((40, 5))
     phi = np.hstack([base, base[:, :2]])          # two duplicated columns: rank 5 of 7
     B = sign(rng.standard_normal((40, 3))).astype(float)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         st = HashStage(phi, B, 0.0)
         st.update_F()
+    # the pseudo-inverse fallback is announced (it was silent), and nothing else is raised
+    assert [type(w.message) for w in caught] == [NumericalFallbackWarning], caught
+    assert "AMSH stage 2" in str(caught[0].message) and "xi=0.0" in str(caught[0].message)
     assert np.isfinite(st.W).all()
     assert np.allclose(st.W, np.linalg.pinv(phi) @ B, atol=1e-8)
 
@@ -284,7 +288,8 @@ def test_xi_zero_with_duplicated_rows_and_eta_zero():
     X, T, Y = np.vstack([X, X]), np.vstack([T, T]), np.vstack([Y, Y])
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)   # no SciPy LinAlgWarning
-        h = AMSH(16, xi=0.0, n_anchors=300, beta=1e-2, random_state=0).fit(X, T, Y)
+        with pytest.warns(NumericalFallbackWarning, match="pseudo-inverse"):
+            h = AMSH(16, xi=0.0, n_anchors=300, beta=1e-2, random_state=0).fit(X, T, Y)
     assert all(np.isfinite(W).all() for W in h.projections_)
     assert len(np.unique(h.encode(X, "image"), axis=0)) > 10   # was one code for all
     # eta = 0 without the intra-modal term: B = sign(0) = -1 for every item and bit
@@ -498,3 +503,38 @@ def test_unpaired_class_index_labels_share_their_columns_across_modalities():
         AMSH(8, **kw).fit_unpaired([X, T], [ix, onehot[it]])
     with pytest.raises(TypeError, match="names must be a list of 2 modality names"):
         AMSH(8, **kw).fit_unpaired([X, T], [ix, it], names="ab")
+
+
+@pytest.mark.parametrize("margins", [True, False])
+def test_fused_stage2_pass_equals_the_steps(margins, monkeypatch):
+    """HashStage.run (one pass over phi per iteration: fitted values, objective, margins and
+    the next right-hand side per cache block, chunks on parallel threads) gives the iterates of
+    update_F(); objective(); update_M() in turn, up to the float32 rounding of the right-hand
+    side products (~1e-6 relative: the same W to 1e-5, the same codes, the same objectives to
+    1e-6), with any number of threads and any chunking."""
+    import cmhash.methods.amsh as amsh
+    rng = np.random.default_rng(21)
+    X = rng.standard_normal((700, 12))
+    phi = RBFAnchorFeatures(60, random_state=0).fit_transform(X)
+    B = sign(phi[:, :9] @ rng.standard_normal((9, 9))).astype(np.float64)
+    steps = HashStage(phi, B, 0.01, margins=margins, exact_products=False)
+    objs = []
+    for _ in range(6):
+        steps.update_F()
+        objs.append(steps.objective())
+        steps.update_M()
+    fused = HashStage(phi, B, 0.01, margins=margins, exact_products=False)
+    W, fobjs = fused.run(6)
+    np.testing.assert_allclose(W, steps.W, rtol=1e-5, atol=1e-5 * np.abs(steps.W).max())
+    np.testing.assert_allclose(fobjs, objs, rtol=1e-6)
+    np.testing.assert_array_equal(sign(phi @ W.astype(np.float32)),
+                                  sign(phi @ steps.W.astype(np.float32)))
+    np.testing.assert_allclose(fused.M, steps.M, atol=1e-5)
+    if margins:
+        assert np.count_nonzero(fused.M) > 0 and np.all(np.diff(fobjs) <= 1e-9 * fobjs[0])
+    # threads and chunking do not change the result
+    monkeypatch.setattr(amsh, "HASH_CHUNK_ROWS", 97)
+    W1, o1 = HashStage(phi, B, 0.01, margins=margins, exact_products=False).run(6, workers=1)
+    W2, o2 = HashStage(phi, B, 0.01, margins=margins, exact_products=False).run(6, workers=2)
+    np.testing.assert_array_equal(W1, W2)
+    assert o1 == o2

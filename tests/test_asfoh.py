@@ -170,13 +170,25 @@ def test_p_update_zeroes_the_gradient():
 
 
 # --------------------------------------------------------------------------- H-step
-def test_h_step_constraints_and_optimality_on_ill_conditioned_Q():
-    """Q like ASFOH's: a huge rank-c part plus a tiny full-rank part."""
+def test_h_step_constraints_and_optimality_on_ill_conditioned_Q(monkeypatch):
+    """Q like ASFOH's: a huge rank-c part plus a tiny full-rank part. As docs/methods/asfoh.md
+    (deviation 4) says, it takes the thin-SVD route of the shared solver (the Cholesky-QR
+    route declines it) and no direction is completed at random."""
+    import warnings
+
+    import cmhash.solvers as solvers
+    from cmhash import NumericalFallbackWarning
     rng = np.random.default_rng(7)
     n, k, c = 400, 12, 3
     Q = 1e6 * rng.standard_normal((n, c)) @ rng.standard_normal((c, k)) \
         + 1e-2 * rng.standard_normal((n, k))
-    H = A.update_H(Q, "both", rng=rng)
+    routes = []
+    real = solvers._polar_via_gram
+    monkeypatch.setattr(solvers, "_polar_via_gram", lambda Zc, **kw: routes.append(real(Zc, **kw)) or routes[-1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", NumericalFallbackWarning)
+        H = A.update_H(Q, "both", rng=rng)
+    assert routes == [None]          # Cholesky-QR declined: thin SVD of Qc
     assert np.allclose(H.T @ H, n * np.eye(k), atol=1e-6 * n)
     assert np.abs(H.sum(axis=0)).max() < 1e-6 * n
     # optimality of max tr(Q^T H) on {H^T H = nI, H^T 1 = 0}: H^T Qc symmetric PSD
@@ -187,7 +199,7 @@ def test_h_step_constraints_and_optimality_on_ill_conditioned_Q():
     # the small directions are solved, not filled at random: same value for every seed
     H2 = A.update_H(Q, "both", rng=np.random.default_rng(99))
     assert np.sum(Q * H2) == pytest.approx(np.sum(Q * H), rel=1e-12)
-    # agrees with the shared Gram-based solver on a well-conditioned Q
+    # a well-conditioned Q takes the Cholesky-QR route, to the same maximiser
     Qw = rng.standard_normal((n, k))
     assert np.allclose(A.update_H(Qw, "both"), orthogonal_zero_mean(Qw), atol=1e-8)
 

@@ -5,7 +5,7 @@ import pytest
 import cmhash
 from cmhash.base import available_methods, get_method, load, make_hasher
 from cmhash.methods.batch import BATCH
-from conftest import make_structured
+from conftest import QUICK, make_structured, quick_hasher, quick_methods
 
 
 def _small(**kw):
@@ -128,8 +128,9 @@ def test_encode_works_in_bounded_chunks_with_identical_codes(monkeypatch):
     assert base.encode_chunk_rows(X.shape[1:]) == 5
     assert np.array_equal(h.encode(X, "image"), whole)
 
-    # memory: 20,000 items through 200 anchors make 32 MB of float64 distances at once (55 MB
-    # traced peak measured); in chunks of 1,000 rows one chunk's temporaries (a few MB) remain
+    # memory: 20,000 items through 200 anchors make 16 MB of float32 kernel features at once
+    # (the kernel's float64 distances are computed in cache-sized blocks; 22.6 MB traced peak
+    # measured); in chunks of 1,000 rows one chunk's features (a few MB) remain
     big = np.repeat(X, 67, axis=0)[:20000]
     monkeypatch.setattr(base, "ENCODE_CHUNK_ELEMENTS", 1 << 24)
     monkeypatch.setattr(base, "ENCODE_CHUNK_ROWS", 1000)
@@ -142,7 +143,7 @@ def test_encode_works_in_bounded_chunks_with_identical_codes(monkeypatch):
     assert np.array_equal(h.encode(big, "image"), codes)
     whole_peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
-    assert chunked_peak < 8e6 and whole_peak > 32e6
+    assert chunked_peak < 8e6 and whole_peak > 16e6
 
 
 def test_degenerate_learned_codes_warn_and_healthy_ones_do_not():
@@ -239,31 +240,14 @@ def test_complex_inputs_and_zero_class_labels_are_refused(name):
 
 
 # ----------------------------------------------------------- shared estimator-layer contract
-try:
-    import torch  # noqa: F401
-    _HAS_TORCH = True
-except ImportError:  # pragma: no cover - the deep extra is optional
-    _HAS_TORCH = False
-
-#: quick settings of every registered method (the deep ones only where torch is installed)
-_QUICK = {
-    "batch": dict(n_anchors=20, n_iter=1), "ascmh": dict(n_anchors=20, n_iter=1),
-    "asfoh": dict(n_anchors=20, n_iter=1), "amsh": dict(n_anchors=20, n_iter=1),
-    "ta-adcmh": dict(n_epochs=1, image_hidden=(16,), text_hidden=16, device="cpu"),
-    "sdch": dict(n_epochs=1, batch_size=32, image_hidden=(16,), text_hidden=(16,),
-                 feature_dim=8, device="cpu"),
-}
-_DEEP = {"ta-adcmh", "sdch"}
-_METHODS = [m for m in available_methods() if m not in _DEEP or _HAS_TORCH]
+_METHODS = quick_methods()
 _ANCHOR_METHODS = [m for m in _METHODS if "n_anchors" in get_method(m)._param_names()]
 
 
-def _quick(name, **kw):
-    return make_hasher(name, n_bits=8, random_state=0, **{**_QUICK[name], **kw})
-
-
 def test_every_registered_method_is_covered():
-    assert set(available_methods()) <= set(_QUICK)
+    """Every registered method has fast settings in conftest.QUICK (the table the
+    per-method tests of test_base and test_fingerprint share)."""
+    assert set(available_methods()) <= set(QUICK)
 
 
 @pytest.mark.filterwarnings("ignore::cmhash.DegenerateCodesWarning")
@@ -278,14 +262,14 @@ def test_unlabelled_training_items_are_refused(name):
     with pytest.raises(ValueError, match=r"labels: 7 of 80 training items have no label "
                                          r"\(all-zero rows, e\.g\. rows 3, 7, 11, 20, 30, \.\.\.\); "
                                          r".*remove the unlabelled items"):
-        _quick(name).fit(X, T, Y0)
+        quick_hasher(name).fit(X, T, Y0)
     with pytest.raises(ValueError, match="1 of 80 training items have no label"):
-        _quick(name).fit_views([X, T], sp_rows_zeroed(Y, [5]))
-    m = _quick(name).fit(X, T, Y)
+        quick_hasher(name).fit_views([X, T], sp_rows_zeroed(Y, [5]))
+    m = quick_hasher(name).fit(X, T, Y)
     if m.supports_unpaired:
         with pytest.raises(ValueError, match=r"labels\['text'\]: 1 of 60 training items have no "
                                              r"label \(all-zero rows, e\.g\. rows 5\)"):
-            _quick(name).fit_unpaired([X, T[:60]], [Y, sp_rows_zeroed(Y[:60], [5])])
+            quick_hasher(name).fit_unpaired([X, T[:60]], [Y, sp_rows_zeroed(Y[:60], [5])])
     # query / evaluation labels with unlabelled items are still fine (such a query has AP 0)
     from cmhash.metrics import mean_average_precision
     Bq, Bd = m.encode(X[:10], "image"), m.learned_codes("text")
@@ -319,20 +303,21 @@ def test_encode_zero_rows_and_one_dimensional_input(name):
     number of rows (CSR too). A 1-D input stays a ValueError, now naming the reshape."""
     import scipy.sparse as sp
     X, T, Y = make_structured(80)
-    m = _quick(name).fit(X, T, Y)
+    m = quick_hasher(name).fit(X, T, Y)
     for mod, F in (("image", X), ("text", T)):
         for empty in (F[:0], sp.csr_matrix(F[:0])):
             codes = m.encode(empty, mod)
             full = m.encode(F[:3], mod)
-            assert codes.shape == (0, 8) and codes.dtype == full.dtype == np.int8
+            assert codes.shape == (0, m.n_bits) and codes.dtype == full.dtype == np.int8
         with pytest.raises(ValueError, match=r"must be a 2-D .*array of shape \(n_samples, "
                                              r"n_features\), got a 1-D array of shape "
                                              rf"\({F.shape[1]},\); a single sample .* is "
                                              r"X\.reshape\(1, -1\)"):
             m.encode(F[0], mod)
         assert np.array_equal(m.encode(F[0].reshape(1, -1), mod), m.encode(F[:1], mod))
+    fitted_bits = m.n_bits
     m.set_params(n_bits=16)          # the code length is that of the fitted model
-    assert m.encode(X[:0], "image").shape == (0, 8)
+    assert m.encode(X[:0], "image").shape == (0, fitted_bits)
 
 
 _ROUND_TRIP_PARAMS = {          # list / tuple / nested values that JSON does not tell apart
@@ -341,8 +326,19 @@ _ROUND_TRIP_PARAMS = {          # list / tuple / nested values that JSON does no
     "ascmh": [dict(n_anchors=[30, 40], lambda_h=(0.3, 1e-5)), dict(n_anchors=(500, 1000))],
     "asfoh": [dict(n_anchors=(30, 40)), dict(n_anchors=[30, 40])],
     "amsh": [dict(n_anchors=(30, 40)), dict(n_anchors=[30, 40])],
+    "scratch": [dict(n_anchors=(30, 40)), dict(n_anchors=[30, 40])],
+    "dch": [dict(n_anchors=(30, 40)), dict(n_anchors=[30, 40])],
+    "cmfh": [dict(image_weight=0.25)],
+    "dlfh": [dict(n_samples=20)],
+    "kdlfh": [dict(n_anchors=(30, 40)), dict(n_anchors=[30, 40])],
+    "smfh": [dict(n_neighbors=3)], "scm-orth": [dict(ridge=1e-3)], "scm-seq": [dict(ridge=1e-3)],
+    "gsph": [dict(n_anchors=(30, 40)), dict(n_anchors=[30, 40])],
+    "fsh": [dict(eta=0.25, memory_limit=1e8)],
+    "seph-km": [dict(n_anchors=(30, 40), precision="float64")],
+    "seph-rnd": [dict(n_anchors=[30, 40])],
     "ta-adcmh": [dict(image_hidden=[16], n_anchors=(10, 20)), dict(image_hidden=(16, 8))],
     "sdch": [dict(image_hidden=[16], text_hidden=(16,)), dict(image_hidden=(16,), text_hidden=[16])],
+    "dcmh": [dict(image_hidden=[16]), dict(image_hidden=(16, 8), text_hidden=[16])],
 }
 
 
@@ -354,7 +350,7 @@ def test_save_load_get_params_round_trip_is_exact(name, tmp_path):
     came back (30, 40). get_params() after load now equals get_params() before save."""
     X, T, Y = make_structured(80)
     for extra in [{}] + _ROUND_TRIP_PARAMS[name]:
-        m = _quick(name, **extra).fit(X, T, Y)
+        m = quick_hasher(name, **extra).fit(X, T, Y)
         before = m.get_params()
         after = load(m.save(tmp_path / "m.npz")).get_params()
         assert after == before, extra
@@ -417,13 +413,13 @@ def test_n_anchors_errors_are_the_same_in_every_method(name):
     X, T, Y = make_structured(60)
     for bad in ("a", None, 2.5, True, [10, "a"], np.array([10, 10])):
         with pytest.raises(TypeError, match="n_anchors must be an integer, got"):
-            _quick(name, n_anchors=bad).fit(X, T, Y)
+            quick_hasher(name, n_anchors=bad).fit(X, T, Y)
     for bad, msg in ((0, "n_anchors must be >= 1, got 0"), (-3, "n_anchors must be >= 1, got -3"),
                      ((10, 0), "n_anchors must be >= 1, got 0"),
                      ((10,), r"n_anchors must be an int or one value per modality \(2\)"),
                      ((10, 10, 10), r"n_anchors must be an int or one value per modality \(2\)")):
         with pytest.raises(ValueError, match=msg):
-            _quick(name, n_anchors=bad).fit(X, T, Y)
+            quick_hasher(name, n_anchors=bad).fit(X, T, Y)
 
 
 def test_check_n_anchors():
@@ -464,11 +460,11 @@ def test_labels_with_one_label_set_are_refused(name):
         with pytest.raises(ValueError, match=r"labels: every training item has the same single "
                                              r"class; supervised hashing needs at least two "
                                              r"different label sets"):
-            _quick(name).fit(X, T, labels)
+            quick_hasher(name).fit(X, T, labels)
     with pytest.raises(ValueError, match=r"the same 3 classes \(multi-hot columns \[0, 1, 2\]\)"):
-        _quick(name).fit_views([X, T], np.ones((60, 3)))
-    _quick(name).fit(X, T, np.arange(60) < 1)    # two label sets (59 / 1): accepted
-    m = _quick(name)
+        quick_hasher(name).fit_views([X, T], np.ones((60, 3)))
+    quick_hasher(name).fit(X, T, np.arange(60) < 1)    # two label sets (59 / 1): accepted
+    m = quick_hasher(name)
     if m.supports_unpaired:
         with pytest.raises(ValueError, match="every training item has the same single class"):
             m.fit_unpaired([X, T[:50]], [np.full(60, 2), np.full(50, 2)])
@@ -490,12 +486,13 @@ def test_constant_training_modality_is_refused_naming_it(name):
     msg = r"features of modality 'text' are the same for every training sample"
     for const in (np.full_like(T, 0.3), sp.csr_matrix(T.shape), sp.csr_matrix(np.ones(T.shape))):
         with pytest.raises(ValueError, match=msg):
-            _quick(name).fit(X, const, Y)
-    no_kernel = {"amsh": {"kernel": False}, "asfoh": {"use_kernel": False}}.get(name)
+            quick_hasher(name).fit(X, const, Y)
+    no_kernel = {"amsh": {"kernel": False}, "asfoh": {"use_kernel": False},
+                 "dch": {"kernel": False}}.get(name)
     if no_kernel is not None:
         with pytest.raises(ValueError, match=msg):
-            _quick(name, **no_kernel).fit(X, np.full_like(T, 0.3), Y)
+            quick_hasher(name, **no_kernel).fit(X, np.full_like(T, 0.3), Y)
     # a constant column, duplicated rows or a few all-zero rows are fine
     T2 = T.copy()
     T2[:, 0], T2[:10] = 4.0, 0.0
-    _quick(name).fit(X, np.vstack([T2[:30], T2[:30]]), Y)
+    quick_hasher(name).fit(X, np.vstack([T2[:30], T2[:30]]), Y)

@@ -714,9 +714,15 @@ def test_unreadable_data_files_are_value_errors(tmp_path):
     (tmp_path / "d.npz").write_bytes(b"")
     np.save(tmp_path / "e.npy", np.arange(3))
     (tmp_path / "e.npy").rename(tmp_path / "e.npz")
-    for name in ("a.h5", "b.mat", "c.mat", "d.npz", "e.npz"):
+    for name in ("a.h5", "b.mat", "c.mat", "d.npz"):
         ext = name[1:]
         with pytest.raises(ValueError, match=rf"{name} is not a readable \{ext} data file \(\w+: "):
             load_dataset(tmp_path / name)
         with pytest.raises(ValueError, match=rf"{name} is not a readable \{ext} data file"):
             read_arrays(tmp_path / name)
+    # the .npy renamed .npz was "not a readable .npz data file (TypeError: 'numpy.ndarray'
+    # object does not support the context manager protocol)": now the message names it
+    for read in (load_dataset, read_arrays):
+        with pytest.raises(ValueError, match=r"e.npz is a NumPy .npy file \(a single array\), not "
+                                             r"the .npz file its extension says: rename it to e.npy"):
+            read(tmp_path / "e.npz")

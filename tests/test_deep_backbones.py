@@ -315,7 +315,7 @@ def test_state_dict_file_refuses_wrong_keys_wrong_shapes_and_unreadable_files(tm
 
 @pytest.mark.filterwarnings("ignore::cmhash.DegenerateCodesWarning")  # 1-epoch runs
 @pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")
-@pytest.mark.parametrize("method", ["ta-adcmh", "sdch"])
+@pytest.mark.parametrize("method", ["ta-adcmh", "sdch", "dcmh"])
 def test_queries_with_non_finite_network_outputs_are_refused(method):
     """A finite float64 query beyond float32's range became inf, the network output NaN, and
     sign() silently turned it into an all -1 code; now a ValueError naming the row."""
@@ -323,8 +323,8 @@ def test_queries_with_non_finite_network_outputs_are_refused(method):
     rng = np.random.default_rng(0)
     Y = np.eye(2)[np.arange(30) % 2]
     X, T = rng.standard_normal((30, 6)), rng.standard_normal((30, 4))
-    small = ({"image_hidden": (8,), "text_hidden": 8} if method == "ta-adcmh" else
-             {"image_hidden": (8,), "text_hidden": (8,), "feature_dim": 8})
+    small = ({"image_hidden": (8,), "text_hidden": (8,), "feature_dim": 8} if method == "sdch"
+             else {"image_hidden": (8,), "text_hidden": 8})
     m = cmhash.make_hasher(method, n_bits=8, n_epochs=1, batch_size=10, device="cpu",
                            random_state=0, **small).fit(X, T, Y)
     Q = X[:3].copy()
@@ -335,24 +335,29 @@ def test_queries_with_non_finite_network_outputs_are_refused(method):
 
 
 @pytest.mark.filterwarnings("ignore::cmhash.DegenerateCodesWarning")  # 1-epoch runs
-@pytest.mark.parametrize("method", ["ta-adcmh", "sdch"])
-def test_estimator_contract_quiet_progress_device_params(method, capfd):
-    """verbose=False prints nothing, verbose=True shows progress on stderr only; device="cuda"
+@pytest.mark.parametrize("method", ["ta-adcmh", "sdch", "dcmh"])
+def test_estimator_contract_quiet_progress_device_params(method, capfd, caplog):
+    """verbose=False prints nothing, verbose=True shows progress (a bar on a terminal; here,
+    without one, INFO records of the "cmhash" logger) and nothing on stdout; device="cuda"
     without a GPU is a clear error at fit; get_params / set_params round-trip."""
+    import logging
+
     import cmhash
+    caplog.set_level(logging.INFO, logger="cmhash")
     rng = np.random.default_rng(0)
     Y = np.eye(2)[np.arange(30) % 2]
     X, T = rng.standard_normal((30, 6)), rng.standard_normal((30, 4))
-    small = ({"image_hidden": (8,), "text_hidden": 8} if method == "ta-adcmh" else
-             {"image_hidden": (8,), "text_hidden": (8,), "feature_dim": 8})
+    small = ({"image_hidden": (8,), "text_hidden": (8,), "feature_dim": 8} if method == "sdch"
+             else {"image_hidden": (8,), "text_hidden": 8})
     kw = dict(n_bits=8, n_epochs=2, batch_size=10, device="cpu", random_state=0, **small)
     capfd.readouterr()
     quiet = cmhash.make_hasher(method, verbose=False, **kw).fit(X, T, Y)
     out, err = capfd.readouterr()
-    assert out == "" and err == ""
+    assert out == "" and err == "" and not caplog.records
     loud = cmhash.make_hasher(method, verbose=True, **kw).fit(X, T, Y)
     out, err = capfd.readouterr()
-    assert out == "" and err != ""
+    assert out == "" and err == ""      # stderr is not a terminal: no bar redraws
+    assert [r for r in caplog.records if r.name == "cmhash" and r.levelno == logging.INFO]
     assert np.array_equal(quiet.encode(X, "image"), loud.encode(X, "image"))
     clone = type(quiet)().set_params(**quiet.get_params())
     assert clone.get_params() == quiet.get_params()

@@ -7,34 +7,21 @@ import numpy as np
 import pytest
 
 from cmhash import evaluate_hasher
-from cmhash.base import available_methods, get_method, load, make_hasher
+from cmhash.base import get_method, load, make_hasher
 from cmhash.data import load_dataset
 from cmhash.fingerprint import DATA_VALUES_HASHED, sample_rows, training_data_fingerprint
-from conftest import make_structured
+from conftest import HAS_TORCH, make_structured, quick_hasher, quick_methods
 
-try:
-    import torch  # noqa: F401
-    _HAS_TORCH = True
-except ImportError:  # pragma: no cover
-    _HAS_TORCH = False
-
-QUICK = {
-    "batch": dict(n_anchors=20, n_iter=1), "ascmh": dict(n_anchors=20, n_iter=1),
-    "asfoh": dict(n_anchors=20, n_iter=1), "amsh": dict(n_anchors=20, n_iter=1),
-    "ta-adcmh": dict(n_epochs=1, image_hidden=(16,), text_hidden=16, device="cpu",
-                     input_kernel="image", n_anchors=12),
-    "sdch": dict(n_epochs=1, batch_size=32, image_hidden=(16,), text_hidden=(16,),
-                 feature_dim=8, device="cpu"),
-}
-METHODS = [m for m in available_methods() if m in ("batch", "ascmh", "asfoh", "amsh")
-           or _HAS_TORCH]
+#: every registered method this installation can run, with the fast settings shared with
+#: test_base (conftest.QUICK; a method without an entry fails there and here)
+METHODS = quick_methods()
 
 
 def _fit(name, seed=0, data=None, **kw):
     X, T, Y = data if data is not None else make_structured(80)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return make_hasher(name, n_bits=8, random_state=seed, **{**QUICK[name], **kw}).fit(X, T, Y)
+        return quick_hasher(name, random_state=seed, **kw).fit(X, T, Y)
 
 
 @pytest.mark.parametrize("name", METHODS)
@@ -180,7 +167,7 @@ def test_tampered_model_files_are_clear_errors(tmp_path, edit, message):
 
 
 def test_deep_network_states_that_do_not_fit_are_named(tmp_path):
-    if not _HAS_TORCH:
+    if not HAS_TORCH:
         pytest.skip("needs torch")
     m = _fit("sdch")
     path = m.save(tmp_path / "m.npz")

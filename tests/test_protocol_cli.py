@@ -307,7 +307,7 @@ def test_cli_bench_and_plot_argument_errors(tmp_path, capsys):
     other = tmp_path / "other.json"
     other.write_text("{}")
     assert main(["plot", "--json", str(other), "--out", str(tmp_path / "p.png"), "--quiet"]) == 2
-    assert "is not a results file of `cmhash evaluate` or `cmhash bench`" in capsys.readouterr().err
+    assert "is not a results file of `cmhash evaluate`, `bench`, `sweep` or `scale`" in capsys.readouterr().err
 
 
 def test_scale_sizes_are_checked(monkeypatch, capsys):
@@ -605,8 +605,12 @@ def test_plots_and_tables_never_mix_protocols_silently(tmp_path, dataset):
     labels, common = _labels([learned, hashed])
     assert labels == ["batch (learned database)", "batch (hashed database)"]
     assert common == "structured, paired training"
-    assert _labels([learned, learned]) == (["batch", "batch"],
+    # two runs never share a legend label: identical ones are numbered, runs of different
+    # constructor parameters name them (both were "batch")
+    assert _labels([learned, learned]) == (["batch #1", "batch #2"],
                                            "structured, learned database, paired training")
+    other = {**learned, "params": {"n_anchors": [40, 40], "omega": 0.5}}
+    assert _labels([learned, other])[0] == ["batch (omega=default)", "batch (omega=0.5)"]
     assert plot_map_vs_bits([learned, hashed], tmp_path / "m.png").exists()
     with pytest.raises(ValueError, match="results differ in database"):
         markdown_table([learned, hashed])

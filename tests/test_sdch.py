@@ -443,3 +443,143 @@ def test_save_with_a_torch_device_and_a_path_object(tmp_path):
     assert header["params"]["image_weights"] == str(tmp_path / "w.pt")
     assert m.device == torch.device("cpu")                 # the estimator's own params unchanged
     assert np.array_equal(back.encode(X, "image"), m.encode(X, "image"))
+
+
+# ------------------------------------------------ wiring: real training steps vs. the objective
+def _L_f(Fx, Fy, Lb):
+    """Eq. 4 written out: sum_ij log(1 + e^Theta_ij) - S^f_ij Theta_ij, Theta = Fx Fy^T."""
+    Sf = (Lb @ Lb.T > 0).double()
+    theta = Fx @ Fy.T
+    return (torch.log1p(torch.exp(theta)) - Sf * theta).sum()
+
+
+def _L_h(Z, B, Lb, beta1, beta2, beta3):
+    """Eq. 7 as implemented (docs/methods/sdch.md) for Z = [fc4(Fx); fc4(Fy)] (2b x r)."""
+    L2 = torch.cat([Lb, Lb]).double()
+    Sh = 2.0 * (L2 @ L2.T > 0).double() - 1.0
+    N, r = Z.shape
+    return (((Z @ Z.T / r - Sh) ** 2).sum() + beta1 * ((Z - B) ** 2).sum()
+            + beta2 * ((Z.T @ Z / N - torch.eye(r, dtype=Z.dtype)) ** 2).sum()
+            + beta3 / r * (Z.sum(0) ** 2).sum())
+
+
+#: gamma = 1 and distinct learning rates, so that each term and each network's rate matters
+_WIRING = dict(n_bits=6, batch_size=10, image_hidden=(8,), text_hidden=(8,), feature_dim=5,
+               gamma=1.0, beta1=0.8, beta2=0.6, beta3=0.3, optimizer="sgd", lr_feature=0.01,
+               lr_text=0.004, lr_hash=0.002, standardize=False, device="cpu", random_state=0)
+
+
+def _record_steps(monkeypatch):
+    """Spy on SDCH._train_step: the first call of each phase ("feature", "hash", "all") with
+    float64 copies of f, g, h and their parameters before and after; every call's phase and
+    fc4 parameters before it."""
+    from wiring import float64_copy, snapshot
+    first, calls = {}, []
+    real_step = SDCH._train_step
+
+    def spy(self, phase, f, g, h, opt_f, opt_h, xb, yb, Lb, Bb, gamma, hp):
+        calls.append((phase, snapshot(h)))
+        rec = None
+        if phase not in first:
+            rec = {"xb": xb.clone(), "yb": yb.clone(), "Lb": Lb.clone(),
+                   "Bb": None if Bb is None else Bb.clone(),
+                   "copies": {k: float64_copy(v) for k, v in (("f", f), ("g", g), ("h", h))},
+                   "before": {k: snapshot(v) for k, v in (("f", f), ("g", g), ("h", h))}}
+        out = real_step(self, phase, f, g, h, opt_f, opt_h, xb, yb, Lb, Bb, gamma, hp)
+        if rec is not None:
+            rec["after"] = {k: snapshot(v) for k, v in (("f", f), ("g", g), ("h", h))}
+            first[phase] = rec
+        return out
+
+    monkeypatch.setattr(SDCH, "_train_step", spy)
+    return first, calls
+
+
+def _check_batch_rows(rec, X, T, Y):
+    """The batch holds the same items in both modalities, with their labels."""
+    from wiring import rows_of
+    idx = rows_of(rec["xb"], X)
+    assert rows_of(rec["yb"], T) == idx
+    np.testing.assert_array_equal(rec["Lb"].numpy(), Y[idx])
+
+
+@pytest.mark.filterwarnings("ignore::cmhash.DegenerateCodesWarning")  # 1-2 epoch mechanics runs
+def test_every_network_steps_on_the_objective_and_fc4_waits_in_epoch_1(monkeypatch):
+    """Wiring of Algorithm 1 / Section 4.2 against L = L_f + gamma L_h written out here:
+    epoch 1 ("feature") steps psi_x, psi_y on L_f only and leaves fc4 unchanged through the
+    whole epoch (its learning rate is 0); epoch 2 ("hash") steps fc4 only, on gamma L_h with
+    the features fixed; a full step ("all") first steps fc4 on gamma L_h, then psi_x, psi_y on
+    L_f + gamma L_h through the UPDATED fc4. Each is the first step of a fresh SGD, so plain
+    SGD with the network's own learning rate."""
+    from wiring import sgd_reference, update_error, with_parameters
+    X, T, Y = make_structured(40, seed=9)
+    first, calls = _record_steps(monkeypatch)
+    m = SDCH(n_epochs=2, **_WIRING).fit(X, T, Y)
+    n_batches = 4
+    assert [c[0] for c in calls] == ["feature"] * n_batches + ["hash"] * n_batches
+    h0 = calls[0][1]
+    for phase, h_before in calls[:n_batches + 1]:   # fc4 unchanged until the first hash step
+        for k in h0:
+            assert torch.equal(h_before[k], h0[k]), (phase, k)
+    lrs = {"f": m.lr_feature, "g": m.lr_text, "h": m.lr_hash}
+    hp = dict(beta1=m.beta1, beta2=m.beta2, beta3=m.beta3)
+
+    rec = first["feature"]                 # L_f only; fc4 does not move
+    _check_batch_rows(rec, X, T, Y)
+    c = rec["copies"]
+    want = sgd_reference({"f": c["f"], "g": c["g"]}, lambda nets: _L_f(
+        nets["f"](rec["xb"].double()), nets["g"](rec["yb"].double()), rec["Lb"].double()), lrs)
+    for k in ("f", "g"):
+        assert update_error(rec["before"][k], rec["after"][k], want[k]) < 1e-4, k
+    for k, v in rec["before"]["h"].items():
+        assert torch.equal(rec["after"]["h"][k], v)
+
+    rec = first["hash"]                    # gamma L_h on fc4, features fixed
+    _check_batch_rows(rec, X, T, Y)
+    c = rec["copies"]
+    with torch.no_grad():
+        Fxy = torch.cat([c["f"](rec["xb"].double()), c["g"](rec["yb"].double())])
+    want = sgd_reference({"h": c["h"]}, lambda nets: m.gamma * _L_h(
+        nets["h"](Fxy), rec["Bb"].double(), rec["Lb"], **hp), lrs)
+    assert update_error(rec["before"]["h"], rec["after"]["h"], want["h"]) < 1e-4
+    for k in ("f", "g"):
+        for name, v in rec["before"][k].items():
+            assert torch.equal(rec["after"][k][name], v)
+
+    # a full step (no warm-up: epoch 1 is a full epoch with the ITQ codes)
+    monkeypatch.undo()
+    first, _ = _record_steps(monkeypatch)
+    m = SDCH(n_epochs=1, warmup=False, **_WIRING).fit(X, T, Y)
+    rec = first["all"]
+    _check_batch_rows(rec, X, T, Y)
+    c, B, Lb = rec["copies"], rec["Bb"].double(), rec["Lb"]
+    with torch.no_grad():
+        Fxy = torch.cat([c["f"](rec["xb"].double()), c["g"](rec["yb"].double())])
+    want_h = sgd_reference({"h": c["h"]}, lambda nets: m.gamma * _L_h(nets["h"](Fxy), B, Lb, **hp),
+                           lrs)["h"]
+    assert update_error(rec["before"]["h"], rec["after"]["h"], want_h) < 1e-4
+    h_new = with_parameters(c["h"], want_h)
+
+    def total(nets):
+        Fx, Fy = nets["f"](rec["xb"].double()), nets["g"](rec["yb"].double())
+        return _L_f(Fx, Fy, Lb.double()) + m.gamma * _L_h(h_new(torch.cat([Fx, Fy])), B, Lb, **hp)
+
+    want = sgd_reference({"f": c["f"], "g": c["g"]}, total, lrs)
+    for k in ("f", "g"):
+        assert update_error(rec["before"][k], rec["after"][k], want[k]) < 1e-4, k
+
+
+def test_paper_presets_use_table_1_text_network():
+    """The paper presets built a 512-unit MLP text network; Table 1's is txt-fc1 4096 -
+    txt-fc2 4096 - txt-fc3 256 (AlexNet for images); the Wiki preset keeps its MLPs."""
+    bow, images = np.zeros((2, 1386)), np.zeros((2, 3, 227, 227))
+    for name in ("nuswide", "mirflickr25k", "iapr-tc12"):
+        m = SDCH(**SDCH.PRESETS[name])
+        text = m._spec(bow, "text")
+        assert text == {"kind": "text-sdch", "in_shape": [1386], "out_dim": 256,
+                        "dropout": 0.0, "hidden": [4096, 4096]}, name
+        net = build_backbone(text)
+        assert [tuple(lin.weight.shape) for lin in (net.fc1, net.fc2, net.fc3)] == \
+            [(4096, 1386), (4096, 4096), (256, 4096)]
+        assert m._spec(images, "image")["kind"] == "alexnet"
+    assert SDCH(**SDCH.PRESETS["wiki"])._spec(np.zeros((2, 10)), "text")["kind"] == "mlp"

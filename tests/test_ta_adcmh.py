@@ -159,7 +159,7 @@ FAST = dict(n_epochs=6, image_hidden=(32,), text_hidden=32, batch_size=64, lr=1e
 @pytest.fixture(scope="module")
 def fitted():
     X, T, Y = _vector_data()
-    h = TAADCMH(8, random_state=0, **FAST).fit(X[:200], T[:200], Y[:200])
+    h = TAADCMH(8, random_state=0, track_objective=True, **FAST).fit(X[:200], T[:200], Y[:200])
     return h, (X, T, Y)
 
 
@@ -217,7 +217,7 @@ def test_seeded_runs_are_reproducible_and_save_load_round_trips(fitted, tmp_path
 @pytest.mark.parametrize("variant", ["TA-ADCMH-I", "TA-ADCMH-II", "TA-ADCMH-III"])
 def test_variants(variant):
     X, T, Y = _vector_data(n=160, seed=1)
-    params = {**FAST, "n_epochs": 3, **TAADCMH.VARIANTS[variant]}
+    params = {**FAST, "n_epochs": 3, "track_objective": True, **TAADCMH.VARIANTS[variant]}
     h = TAADCMH(8, random_state=0, **params).fit(X, T, Y)
     B2, B1 = h.codes_
     assert set(np.unique(B1)) <= {-1, 1} and B1.dtype == np.int8
@@ -247,7 +247,7 @@ def test_normalized_weights_and_refreshed_buffers_give_the_exact_closed_form_ste
     n = X.shape[0]
     hp = dict(lambda1=0.2, beta1=0.5, mu1=0.3, nu1=0.7, lambda2=0.4, beta2=0.1, mu2=0.6, nu2=0.9)
     h = TAADCMH(8, random_state=0, **{**FAST, "n_epochs": 3}, **hp,
-                normalize_likelihood=True, refresh_buffers=True).fit(X, T, Y)
+                normalize_likelihood=True, refresh_buffers=True, track_objective=True).fit(X, T, Y)
     it, ti = ("image", "text"), ("text", "image")
     F1 = h.network_outputs(X, "image", task=it).astype(np.float64)
     G1 = h.network_outputs(T, "text", task=it).astype(np.float64)
@@ -324,7 +324,8 @@ def test_projection_warmup_holds_the_class_codes_then_takes_the_closed_form_step
     n, c, r, w = X.shape[0], Y.shape[1], 8, 3
     hp = dict(lambda1=0.2, beta1=0.5, mu1=0.3, nu1=0.7, lambda2=0.4, beta2=0.1, mu2=0.6, nu2=0.9)
     h = TAADCMH(r, random_state=0, **{**FAST, "n_epochs": w + 2}, **hp, projection_init=init,
-                projection_warmup=w, normalize_likelihood=True, refresh_buffers=True).fit(X, T, Y)
+                projection_warmup=w, normalize_likelihood=True, refresh_buffers=True,
+                track_objective=True).fit(X, T, Y)
     for t, nu in (("i2t", 0.7), ("t2i", 0.9)):
         ridge = h.loss_terms_[f"{t}/ridge"]
         np.testing.assert_allclose(ridge[:w], nu * c * r, rtol=1e-6)
@@ -338,7 +339,7 @@ def test_projection_warmup_holds_the_class_codes_then_takes_the_closed_form_step
     np.testing.assert_allclose(h.projection_t2i_, W, rtol=1e-4, atol=1e-5)
     # warm-up 0 (Algorithm 1) takes the closed form from the first epoch
     h0 = TAADCMH(r, random_state=0, **{**FAST, "n_epochs": 2}, **hp, projection_init=init,
-                 normalize_likelihood=True).fit(X, T, Y)
+                 normalize_likelihood=True, track_objective=True).fit(X, T, Y)
     assert abs(h0.loss_terms_["i2t/ridge"][0] - 0.7 * c * r) > 1e-3
 
 
@@ -416,6 +417,8 @@ def _image_data():
 CNN_FAST = dict(n_epochs=2, fc_dim=32, text_hidden=32, batch_size=45, device="cpu")
 
 
+# two epochs: the image network may give every query one code (said by encode's warning)
+@pytest.mark.filterwarnings("ignore::cmhash.OutOfDistributionWarning")
 def test_cnn_backbone_end_to_end_and_save_load(tmp_path):
     img, txt, Y, tr, q = _image_data()
     h = TAADCMH(8, random_state=0, **CNN_FAST).fit(img[tr], txt[tr], Y[tr])
@@ -577,3 +580,112 @@ def test_similarity_block_is_shared_label_and_objective_uses_it():
     terms = objective_terms(F, G, B, L, torch.zeros(3, 5, dtype=torch.float64), lam=0.0,
                             beta=0.0, mu=0.0, nu=0.0, block=3)
     torch.testing.assert_close(terms["nll"], nll, rtol=1e-12, atol=0)
+
+
+# ------------------------------------------------ wiring: real training steps vs. the objective
+def _J_written_out(F, G, B, L, Q, *, lam, beta, mu, nu, query):
+    """J_1 (``query="image"``: Eq. 1 + 3) or J_2 (``"text"``: Eq. 4 + 5) with n x n matrices."""
+    S = (L @ L.T > 0).double()
+    Phi = F @ G.T / 2
+    J = (torch.log1p(torch.exp(Phi)) - S * Phi).sum()
+    J = J + lam * ((B - F) ** 2).sum() + beta * ((B - G) ** 2).sum()
+    T = F if query == "image" else G
+    J = J + mu * ((T - L @ Q) ** 2).sum()
+    return J + nu * ((F.sum(0) ** 2).sum() + (G.sum(0) ** 2).sum() + (Q ** 2).sum())
+
+
+#: distinct weights for every term and network, so that a term on the wrong network, a weight
+#: swapped between networks or a learning rate of the other network changes the update
+WIRING = dict(n_epochs=1, image_hidden=(8,), text_hidden=8, batch_size=10, optimizer="sgd",
+              image_lr=0.1, text_lr=0.05, lambda1=0.7, beta1=1.6, mu1=0.9, nu1=0.4,
+              lambda2=1.5, beta2=0.5, mu2=1.2, nu2=0.3, standardize=False, device="cpu")
+
+
+def test_every_network_steps_on_its_tasks_objective(monkeypatch):
+    """Wiring of Algorithm 1: the first real step of each of f1, g1, f2, g2 (a fresh SGD, so
+    plain SGD) equals SGD on J_t / (|I| n) written out here, as a function of the network's
+    batch outputs (rows I of F or G; the other rows and the other modality from the buffers):
+    f1 carries lambda1 and mu1 (I2T regresses the image output), g1 beta1, g2 beta2 and mu2
+    (T2I regresses the text output), f2 lambda2; the batch is the rows I of its own modality."""
+    from conftest import make_structured
+    from wiring import float64_copy, sgd_reference, snapshot, update_error
+    X, T, Y = make_structured(24, n_classes=3, d_image=6, d_text=5, seed=5)
+    records = {}
+    real_step = TAADCMH._train_step
+
+    def spy(self, side, s, xb, it, L):
+        net = s[side]
+        rec = None
+        if id(net) not in records:
+            rec = {"xb": xb.clone(), "it": it.clone(), "L": L.clone(), "net": float64_copy(net),
+                   "before": snapshot(net), **{k: s[k].clone() for k in ("F", "G", "B", "Q")}}
+        real_step(self, side, s, xb, it, L)
+        if rec is not None:
+            rec["after"] = snapshot(net)
+            records[id(net)] = rec
+
+    monkeypatch.setattr(TAADCMH, "_train_step", spy)
+    h = TAADCMH(4, random_state=0, **WIRING).fit(X, T, Y)
+    names = {id(net): name for name, net in h._nets.items()}
+    assert sorted(names[k] for k in records) == ["f1", "f2", "g1", "g2"]
+    n = X.shape[0]
+    for key, rec in records.items():
+        name = names[key]
+        side, t = name[0], name[1]
+        it = rec["it"]
+        data = X if side == "f" else T
+        np.testing.assert_array_equal(rec["xb"].numpy(), data[it.numpy()].astype(np.float32))
+        weights = {"lam": getattr(h, "lambda" + t), "beta": getattr(h, "beta" + t),
+                   "mu": getattr(h, "mu" + t), "nu": getattr(h, "nu" + t),
+                   "query": "image" if t == "1" else "text"}
+
+        def loss(nets, rec=rec, side=side, weights=weights, it=it):
+            F, G = rec["F"].double(), rec["G"].double()
+            out = nets["net"](rec["xb"].double())
+            if side == "f":
+                F = F.index_put((it,), out)
+            else:
+                G = G.index_put((it,), out)
+            J = _J_written_out(F, G, rec["B"].double(), rec["L"].double(), rec["Q"].double(),
+                               **weights)
+            return J / (len(it) * n)
+
+        lr = h.image_lr if side == "f" else h.text_lr
+        expected = sgd_reference({"net": rec["net"]}, loss, {"net": lr})["net"]
+        err = update_error(rec["before"], rec["after"], expected)
+        assert err < 1e-4, (name, err)
+
+
+def test_objective_trace_is_opt_in_and_computed_in_row_blocks(monkeypatch):
+    """The O(n^2 r) float64 trace used to run every epoch by default. Now it runs only with
+    track_objective=True, and then over row blocks of at most OBJECTIVE_BLOCK_ELEMENTS / n
+    rows (here 5 of n = 40): its value equals J written out with the n x n matrices."""
+    import cmhash.deep.ta_adcmh as ta
+    X, T, Y = _vector_data(n=40, seed=2)
+    calls = []
+    real_terms = ta.objective_terms
+
+    def counting(F, G, B, L, Q, **kw):
+        out = real_terms(F, G, B, L, Q, **kw)
+        calls.append(((F, G, B, L, Q), kw, out))
+        return out
+
+    monkeypatch.setattr(ta, "objective_terms", counting)
+    h = TAADCMH(8, random_state=0, **{**FAST, "n_epochs": 2}).fit(X, T, Y)
+    assert h.track_objective is False
+    assert calls == [] and h.objective_ == [] and h.loss_terms_ == {}
+    # 1,024 rows for small n, fewer when 1,024 x n would exceed 2^22 entries (32 MB float64)
+    assert ta.objective_block_rows(10) == 10 and ta.objective_block_rows(2000) == 1024
+    assert ta.objective_block_rows(10 ** 6) == 4 and ta.objective_block_rows(10 ** 8) == 1
+
+    monkeypatch.setattr(ta, "OBJECTIVE_BLOCK_ELEMENTS", 5 * 40)
+    h = TAADCMH(8, random_state=0, track_objective=True, **{**FAST, "n_epochs": 2}).fit(X, T, Y)
+    assert len(calls) == 4 and len(h.objective_) == 2                # 2 epochs x 2 tasks
+    for (F, G, B, L, Q), kw, out in calls:
+        assert kw["block"] == 5 and F.dtype == torch.float64
+        hp = {k: kw[k] for k in ("lam", "beta", "mu", "nu", "query")}
+        direct = _J_written_out(F, G, B, L, Q, **hp)
+        assert float(out["total"]) == pytest.approx(float(direct), rel=1e-12)
+    # J_1 + J_2 of the last epoch is the recorded objective
+    assert h.objective_[-1] == pytest.approx(float(calls[-2][2]["total"] + calls[-1][2]["total"]),
+                                             rel=1e-12)

@@ -9,6 +9,8 @@ _LAZY = {
     "make_hasher": "cmhash.base", "get_method": "cmhash.base", "load": "cmhash.base",
     "available_methods": "cmhash.base", "CrossModalHasher": "cmhash.base",
     "DegenerateCodesWarning": "cmhash._validation",
+    "NumericalFallbackWarning": "cmhash._validation",
+    "OutOfDistributionWarning": "cmhash._validation",
     "load_dataset": "cmhash.data", "CrossModalDataset": "cmhash.data",
     "load_image_text_dataset": "cmhash.data",
     "make_synthetic": "cmhash.data",

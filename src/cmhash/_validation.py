@@ -12,6 +12,27 @@ class DegenerateCodesWarning(UserWarning):
     every training item, so retrieval against them is at chance level."""
 
 
+class NumericalFallbackWarning(RuntimeWarning):
+    """A closed-form step could not be solved the usual way and a fallback was used (a least-
+    squares or pseudo-inverse solve of a singular system, a random completion of a rank-
+    deficient latent matrix): the result is valid but not unique, and the input is probably
+    degenerate (duplicated or constant features, too few classes for the code length)."""
+
+
+class OutOfDistributionWarning(UserWarning):
+    """Inputs to ``encode`` lie far outside the training distribution: their kernel features
+    underflow to 0 or they all get the same code, so their codes carry no information."""
+
+
+def warn_numerical_fallback(message: str) -> None:
+    """Warn (:class:`NumericalFallbackWarning`) from the user's call site. Python shows one
+    warning per message and call site (the default filter), so a fallback taken at every
+    iteration of a fit is reported once."""
+    import warnings
+
+    warnings.warn(message, NumericalFallbackWarning, stacklevel=_caller_stacklevel())
+
+
 #: share of constant bits from which the learned codes count as degenerate
 DEGENERATE_CONSTANT_BITS = 0.5
 
@@ -48,6 +69,47 @@ def warn_if_degenerate_codes(codes, name: str) -> None:
                       f"{codes.shape[0]} training items ({what}). Check the inputs' scaling, "
                       f"the number of epochs / iterations and the method's weights.",
                       DegenerateCodesWarning, stacklevel=_caller_stacklevel())
+
+
+#: encode flags a call whose codes are all the same only from this many (distinct) inputs on
+SAME_CODE_MIN_ROWS = 16
+
+
+def warn_if_far_from_training(codes, far, X, name: str) -> None:
+    """Warn once (:class:`OutOfDistributionWarning`) when inputs of ``encode`` are far outside
+    the training distribution: the rows flagged in ``far`` (kernel features that underflow;
+    None: not tested), or -- whatever the method -- at least ``SAME_CODE_MIN_ROWS`` inputs, not
+    all identical, that all got one code. The message gives the fraction of rows affected."""
+    import warnings
+
+    m = int(codes.shape[0])
+    n_far = int(np.count_nonzero(far)) if far is not None else 0
+    one_code = m >= 2 and bool(np.all(codes == codes[:1]))
+    if n_far:
+        first = int(np.flatnonzero(far)[0])
+        also = (f" All {m} rows got one and the same code." if one_code and n_far < m else "")
+        warnings.warn(
+            f"{name}: {n_far} of {m} input rows ({n_far / m:.1%}; first: row {first}) are far "
+            f"outside the training distribution: their kernel features underflow (the distance "
+            f"to every anchor is many times the training distances), so they all get the same "
+            f"code and their search results are arbitrary.{also} Check that the inputs are "
+            f"scaled / preprocessed like the training features.",
+            OutOfDistributionWarning, stacklevel=_caller_stacklevel())
+        return
+    if m < SAME_CODE_MIN_ROWS or not one_code:
+        return
+    if sp.issparse(X):
+        diff = X - sp.csr_matrix(np.ones((m, 1), dtype=X.dtype)) @ X[:1]
+        same_inputs = diff.count_nonzero() == 0
+    else:
+        same_inputs = bool(np.all(X == X[:1]))
+    if not same_inputs:
+        warnings.warn(
+            f"{name}: all {m} input rows (100%) got the same code although the inputs differ: "
+            f"they are far outside the training distribution (e.g. scaled or preprocessed "
+            f"differently from the training features), or the hash functions collapsed (too "
+            f"little training); their search results are arbitrary.",
+            OutOfDistributionWarning, stacklevel=_caller_stacklevel())
 
 
 def check_random_state(seed) -> np.random.Generator:
@@ -386,3 +448,14 @@ def open_npz(path, what: str):
         raise ValueError(f"{path} is not {what}: it holds a single .npy array, not an .npz "
                          f"archive")
     return data
+
+
+def check_modality_weight(value, name: str, *, open_interval: bool = False) -> float:
+    """A weight a of the image terms whose text terms get ``1 - a`` (SCRATCH, CMFH, SMFH):
+    a real number in [0, 1] (in (0, 1) with ``open_interval``, where a weight divides)."""
+    a = check_positive(value, name, allow_zero=not open_interval)
+    if a > 1 or (open_interval and a == 1):
+        interval = "(0, 1)" if open_interval else "[0, 1]"
+        raise ValueError(f"{name} must be in {interval} (the text weight is 1 - {name}), "
+                         f"got {value}")
+    return a

@@ -19,11 +19,12 @@ from pathlib import Path
 import numpy as np
 
 from ._io import atomic_write
+from ._phases import phase
 from ._state_check import check_learned_state
 from ._validation import (check_distinct_label_sets, check_features, check_labels,
                           check_n_anchors, check_n_bits, check_not_constant,
                           check_random_state, class_indices, is_image_source, open_npz,
-                          warn_if_degenerate_codes)
+                          warn_if_degenerate_codes, warn_if_far_from_training)
 from .data.images import ImageTransform
 from .data.text import TextVocabulary, as_text_list
 from .deep.normalization import InputNormalization
@@ -41,8 +42,21 @@ _REGISTRY: dict[str, str] = {
     "ascmh": "cmhash.methods.ascmh:ASCMH",
     "asfoh": "cmhash.methods.asfoh:ASFOH",
     "amsh": "cmhash.methods.amsh:AMSH",
+    "scratch": "cmhash.methods.scratch:SCRATCH",
+    "dch": "cmhash.methods.dch:DCH",
+    "cmfh": "cmhash.methods.cmfh:CMFH",
+    "dlfh": "cmhash.methods.dlfh:DLFH",
+    "kdlfh": "cmhash.methods.dlfh:KDLFH",
+    "smfh": "cmhash.methods.smfh:SMFH",
+    "scm-orth": "cmhash.methods.scm:SCMOrth",
+    "scm-seq": "cmhash.methods.scm:SCMSeq",
+    "gsph": "cmhash.methods.gsph:GSPH",
+    "fsh": "cmhash.methods.fsh:FSH",
+    "seph-km": "cmhash.methods.seph:SePHKM",
+    "seph-rnd": "cmhash.methods.seph:SePHRnd",
     "ta-adcmh": "cmhash.deep.ta_adcmh:TAADCMH",
     "sdch": "cmhash.deep.sdch:SDCH",
+    "dcmh": "cmhash.deep.dcmh:DCMH",
 }
 
 #: classes whose instances can be stored as learned state (get_state/from_state)
@@ -128,6 +142,9 @@ class CrossModalHasher:
 
     name = ""
     supports_unpaired = False
+    #: whether ``encode(..., task=...)`` selects task-specific hash functions (TA-ADCMH);
+    #: other methods ignore ``task``
+    task_specific = False
     #: modality count the method accepts
     min_views, max_views = 2, 2
     #: feature arrays up to this many dimensions (deep methods take images (n, C, H, W))
@@ -178,7 +195,13 @@ class CrossModalHasher:
         return self.fit_views([image, text], labels, names=DEFAULT_NAMES)
 
     def fit_views(self, views, labels, names=None):
-        """Fit on V >= 2 paired modalities: ``views[v]`` of shape (n, d_v), ``labels`` (n, c)."""
+        """Fit on V >= 2 paired modalities: ``views[v]`` of shape (n, d_v), ``labels`` (n, c).
+
+        Dask arrays (under a ``distributed.Client``) fit out-of-core / distributed for the
+        methods that have a Dask fit (:func:`cmhash.distributed.fit.fit_on_dask`)."""
+        if any(type(a).__module__.startswith("dask.") for a in [*views, labels]):
+            from .distributed.fit import fit_on_dask
+            return fit_on_dask(self, views, labels, names)
         views, names = self._check_views(views, names)
         n = views[0].shape[0]
         for v, X in zip(names, views):
@@ -214,11 +237,11 @@ class CrossModalHasher:
         """Fit on unpaired modalities: ``views[v]`` (n_v, d_v) with its own ``labels[v]`` (n_v, c).
 
         No correspondence between the modalities' samples is assumed and n_v may differ.
-        Only methods with ``supports_unpaired = True`` (AMSH) accept it.
+        Only methods with ``supports_unpaired = True`` (AMSH, GSPH) accept it.
         """
         if not self.supports_unpaired:
             raise ValueError(f"{type(self).__name__} needs paired training data; it cannot be "
-                             f"fitted on unpaired modalities (methods that can: AMSH)")
+                             f"fitted on unpaired modalities (methods that can: AMSH, GSPH)")
         views, names = self._check_views(views, names)
         Ys = unpaired_label_matrices(labels, [X.shape[0] for X in views], names)
         c = Ys[0].shape[1]
@@ -331,14 +354,27 @@ class CrossModalHasher:
             return np.zeros((0, self._code_length(m, t)), dtype=np.int8)
         # a lazy image source is read batch by batch anyway: chunks only bound the outputs
         rows = ENCODE_CHUNK_ROWS if is_image_source(X) else encode_chunk_rows(X.shape[1:])
+        first, far = self._encode_and_flag(X[:rows], m, t)
         if X.shape[0] <= rows:
-            return self._encode(X, m, t)
-        first = self._encode(X[:rows], m, t)
-        codes = np.empty((X.shape[0],) + first.shape[1:], dtype=first.dtype)
-        codes[:rows] = first
-        for start in range(rows, X.shape[0], rows):
-            codes[start:start + rows] = self._encode(X[start:start + rows], m, t)
+            codes = first
+        else:
+            codes = np.empty((X.shape[0],) + first.shape[1:], dtype=first.dtype)
+            codes[:rows] = first
+            far = None if far is None else [far]
+            for start in range(rows, X.shape[0], rows):
+                codes[start:start + rows], f = self._encode_and_flag(X[start:start + rows], m, t)
+                if far is not None:
+                    far.append(f)
+            far = None if far is None else np.concatenate(far)
+        warn_if_far_from_training(codes, far, X, f"{type(self).__name__}.encode "
+                                                 f"({self.modality_names_[m]!r})")
         return codes
+
+    def _encode_and_flag(self, X, m, task):
+        """``(codes, far)`` of one chunk: ``far`` is a boolean mask of the rows whose features
+        are far outside the training distribution (kernel features that underflow), or None
+        when the method has no such test (then only codes that are all the same are flagged)."""
+        return self._encode(X, m, task), None
 
     def _check_query(self, X, m: int):
         """Validate samples ``X`` of modality ``m`` for :meth:`encode` and the other methods that
@@ -711,6 +747,10 @@ class TwoStepKernelHasher(CrossModalHasher):
 
     def _kernelize(self, views, rng, *, use_kernel: bool = True):
         """Fit one feature map per modality; returns the list of training features phi_v."""
+        with phase("kernel"):
+            return self._fit_feature_maps(views, rng, use_kernel)
+
+    def _fit_feature_maps(self, views, rng, use_kernel: bool):
         self.kernels_ = []
         phis = []
         for v, X in enumerate(views):
@@ -732,5 +772,12 @@ class TwoStepKernelHasher(CrossModalHasher):
                              for phi, B in zip(phis, codes)]
 
     def _encode(self, X, m, task):
-        phi = self.kernels_[m].transform(X)
-        return sign(phi @ self.projections_[m].astype(phi.dtype))
+        return self._encode_and_flag(X, m, task)[0]
+
+    def _encode_and_flag(self, X, m, task):
+        fmap = self.kernels_[m]
+        if isinstance(fmap, RBFAnchorFeatures):
+            phi, far = fmap.transform(X, return_far=True)
+        else:   # centred raw features (the no-kernel ablations) do not underflow
+            phi, far = fmap.transform(X), None
+        return sign(phi @ self.projections_[m].astype(phi.dtype)), far

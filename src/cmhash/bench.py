@@ -14,7 +14,6 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from .published import published_map
 from .protocol import (BENCH_FORMAT, BENCH_VERSION, _jsonable, bit_list_of, check_method_setup,
                        check_param_names, check_protocol_options, protocol_key, run_evaluation,
                        seed_list_of)
@@ -22,7 +21,7 @@ from .progress import log, progress
 
 #: names as they appear in the papers' tables
 DISPLAY = {"batch": "BATCH", "ascmh": "ASCMH", "asfoh": "ASFOH", "amsh": "AMSH",
-           "ta-adcmh": "TA-ADCMH", "sdch": "SDCH"}
+           "ta-adcmh": "TA-ADCMH", "sdch": "SDCH", "dcmh": "DCMH"}
 
 
 def _check_protocol_setup(methods, dataset, bits, seeds, params, protocol) -> None:
@@ -79,14 +78,39 @@ def _dataset_key(name: str) -> str:
     return name
 
 
-def markdown_table(results: list[dict], *, with_published: bool = True) -> str:
+#: what ``markdown_table`` prints of the papers' numbers: nothing, the rows measured under
+#: the run's protocol on the same features (the default), or every row with its differences
+PUBLISHED_CHOICES = ("none", "comparable", "all")
+
+
+def format_mean_std(summary: dict, digits: int = 4) -> str:
+    """``"0.7312 ± 0.0040"`` over several seeds, ``"0.7312"`` for one (the std of one seed is
+    not a spread: "± 0.0000" was printed)."""
+    if summary.get("n", 2) > 1:
+        return f"{summary['mean']:.{digits}f} ± {summary['std']:.{digits}f}"
+    return f"{summary['mean']:.{digits}f}"
+
+
+def _seeds_note(n: int) -> str:
+    return f"seeds: {n} (mean ± std)" if n > 1 else "seeds: 1 (no spread: one run per cell)"
+
+
+def markdown_table(results: list[dict], *, published: str = "comparable") -> str:
     """One Markdown table per task: our mean +- std per bit length, then the papers' rows.
 
     The results must share the dataset, the protocol (database encoding, training, ties,
     zero-relevant policy) and the bit lengths (a ValueError otherwise: the header states one
-    protocol for the whole table). A published row names its paper and table, and the
-    table's setting when it is not the paired one (e.g. ``amsh Table III, unpaired``).
+    protocol for the whole table). ``published``: ``"none"``, ``"comparable"`` (the papers'
+    rows whose stated protocol -- training setting, database encoding, split sizes, classes,
+    feature dimensions -- does not differ from this run's; facts a paper does not state are
+    named in the row) or ``"all"`` (every row, with its differences named). Each published
+    row names its paper and table (and a non-paired setting: ``amsh Table III, unpaired``);
+    rows left out are counted below the table. With one seed a cell is the mean alone.
     """
+    from .published import published_rows
+
+    if published not in PUBLISHED_CHOICES:
+        raise ValueError(f"published must be one of {list(PUBLISHED_CHOICES)}, got {published!r}")
     if not results:
         return ""
     bits = results[0]["bits"]
@@ -104,29 +128,87 @@ def markdown_table(results: list[dict], *, with_published: bool = True) -> str:
     proto = results[0]["protocol"]
     lines = [f"Dataset: **{ds}** - database: {proto['database']}, ties: {proto['ties']}, "
              f"zero-relevant queries: {proto['zero_relevant']}, training: {proto['training']}, "
-             f"seeds: {len(results[0]['seeds'])}", ""]
+             f"{_seeds_note(max(len(r['seeds']) for r in results))}", ""]
     for task in tasks:
         lines += [f"### {task.upper()} mAP", "",
                   "| method | " + " | ".join(f"{b} bits" for b in bits) + " | train s (max bits) |",
                   "|---|" + "---|" * (len(bits) + 1)]
         for res in results:
-            cells = []
-            for b in bits:
-                s = res["summary"][str(b)][f"map_{task}"]
-                cells.append(f"{s['mean']:.4f} ± {s['std']:.4f}")
+            cells = [format_mean_std(res["summary"][str(b)][f"map_{task}"]) for b in bits]
             t = res["summary"][str(bits[-1])]["train_seconds"]["mean"]
             lines.append(f"| cmhash {DISPLAY.get(res['method'], res['method'])} | "
                          + " | ".join(cells) + f" | {t:.2f} |")
-        if with_published:
-            pub_rows: dict[tuple[str, str], dict[int, float]] = {}
-            for b in bits:
-                for method, value, where in published_map(_dataset_key(ds), task, b):
-                    pub_rows.setdefault((method, where), {})[b] = value
-            for (method, where), vals in sorted(pub_rows.items()):
-                cells = [f"{vals[b]:.4f}" if b in vals else "-" for b in bits]
-                lines.append(f"| {method} (published, {where}) | " + " | ".join(cells) + " | |")
+        if published != "none":
+            lines += _published_lines(published_rows, _dataset_key(ds), task, bits, results[0],
+                                      published, len(bits))
         lines.append("")
     return "\n".join(lines)
+
+
+def _published_lines(published_rows, dataset, task, bits, result, mode, n_bits) -> list[str]:
+    """The published rows of one task (and a line counting those left out)."""
+    rows: dict[tuple, dict[int, float]] = {}
+    left_out: set[tuple] = set()
+    for b in bits:
+        for row in published_rows(dataset, task, b, result):
+            key = (row.method, row.where, row.differences, row.unstated)
+            if mode == "comparable" and not row.comparable:
+                left_out.add(key)
+                continue
+            rows.setdefault(key, {})[b] = row.value
+    lines = []
+    for (method, where, diff, unstated), vals in sorted(rows.items()):
+        label = f"{method} (published, {where}"
+        if diff:
+            label += "; differs: " + ", ".join(diff)
+        if unstated:
+            label += "; not stated: " + ", ".join(unstated)
+        cells = [f"{vals[b]:.4f}" if b in vals else "-" for b in bits]
+        lines.append(f"| {label}) | " + " | ".join(cells) + " | |")
+    if left_out:
+        lines += ["", f"_{len(left_out)} published rows measured under another protocol, split "
+                      f"or features (or not stating them) are not shown (`--published all` "
+                      f"lists them with their differences)._"]
+    return lines
+
+
+def sweep_markdown(doc: dict) -> str:
+    """The Markdown table of a ``cmhash sweep`` document, with a note naming the values that
+    gave identical results (the parameter had no effect between them)."""
+    bits = doc["bits"]
+    tasks = [k for k in doc["points"][0]["summary"][str(bits[0])] if k.startswith("map_")]
+    seeds = len(doc["seeds"])
+    lines = [f"{DISPLAY.get(doc['method'], doc['method'])} on {doc['dataset']}: {doc['param']} "
+             f"sweep - database: {doc['protocol']['database']}, ties: {doc['protocol']['ties']}, "
+             f"{_seeds_note(seeds)}", "",
+             f"| {doc['param']} | bits | " + " | ".join(tasks) + " |",
+             "|---|---|" + "---|" * len(tasks)]
+    for pt in doc["points"]:
+        for b in bits:
+            s = pt["summary"][str(b)]
+            lines.append(f"| {pt['value']} | {b} | "
+                         + " | ".join(format_mean_std(s[t]) for t in tasks) + " |")
+    note = _identical_values_note(doc, tasks)
+    return "\n".join(lines + (["", note] if note else []))
+
+
+def _identical_values_note(doc: dict, tasks) -> str:
+    """A sentence naming the swept values whose results are identical at every bit length and
+    task (all of them: the parameter had no effect with these settings), else ''."""
+    groups: dict[tuple, list] = {}
+    for pt in doc["points"]:
+        key = tuple((pt["summary"][str(b)][t]["mean"], pt["summary"][str(b)][t]["std"])
+                    for b in doc["bits"] for t in tasks)
+        groups.setdefault(key, []).append(pt["value"])
+    same = [vals for vals in groups.values() if len(vals) > 1]
+    if not same:
+        return ""
+    if len(same) == 1 and len(same[0]) == len(doc["points"]):
+        return (f"Note: every value of {doc['param']} gave identical results: {doc['param']} "
+                f"has no effect on {doc['method']} with these settings.")
+    listed = "; ".join(", ".join(str(v) for v in vals) for vals in same)
+    return (f"Note: identical results for {doc['param']} = {listed}: the parameter had no "
+            f"effect between these values.")
 
 
 # --------------------------------------------------------------------------- sweeps
@@ -229,6 +311,10 @@ def _worker_error(stdout: str) -> dict | None:
     return doc if isinstance(doc, dict) and "error" in doc else None
 
 
+#: scale_table reports the R^2 of its linear fit from this many training sizes on
+MIN_POINTS_R2 = 3
+
+
 def scale_table(method, data, ns, bits=(32,), *, params=None, seed=0, verbose=True) -> dict:
     """Training time and peak memory versus training size n, one subprocess per point.
 
@@ -259,17 +345,20 @@ def scale_table(method, data, ns, bits=(32,), *, params=None, seed=0, verbose=Tr
             log(f"  n={row['n']:>7} bits={b:>3}: {row['train_seconds']:.2f} s "
                 f"({row['cpu_seconds']:.2f} s CPU), peak RSS "
                 f"{row['peak_rss_bytes'] / 2**30:.2f} GiB", verbose)
-    # least-squares fit t = a + b n per bit length: linear growth check
+    # least-squares fit t = a + b n per bit length: linear growth check. A line through two
+    # points fits them exactly, so R^2 is given from three training sizes on (else None)
     fits = {}
     for b in bits:
         pts = [(r["n"], r["train_seconds"]) for r in rows if r["bits"] == b]
-        if len(pts) >= 2:
+        if len({n for n, _ in pts}) >= 2:
             x, y = np.array(pts, dtype=float).T
             slope, intercept = np.polyfit(x, y, 1)
             pred = slope * x + intercept
-            r2 = 1 - np.sum((y - pred) ** 2) / max(np.sum((y - y.mean()) ** 2), 1e-12)
+            r2 = (1 - np.sum((y - pred) ** 2) / max(np.sum((y - y.mean()) ** 2), 1e-12)
+                  if len(set(x)) >= MIN_POINTS_R2 else None)
             fits[str(b)] = {"seconds_per_1k": float(slope * 1000), "intercept": float(intercept),
-                            "r2_linear": float(r2)}
+                            "r2_linear": None if r2 is None else float(r2),
+                            "n_sizes": len(set(x))}
     return {"format": "cmhash-scale", "method": method, "data": data, "rows": rows,
             "linear_fit": fits}
 
@@ -283,8 +372,10 @@ def scale_markdown(doc: dict) -> str:
         lines.append(f"| {r['n']} | {r['bits']} | {r['train_seconds']:.2f} | "
                      f"{r['cpu_seconds']:.2f} | {r['peak_rss_bytes'] / 2**30:.2f} |")
     for b, f in doc["linear_fit"].items():
-        lines.append(f"\n{b} bits: {f['seconds_per_1k']:.3f} s per 1,000 samples, "
-                     f"R² of a linear fit {f['r2_linear']:.3f}")
+        r2 = (f"R² of a linear fit {f['r2_linear']:.3f}" if f.get("r2_linear") is not None
+              else f"no R² (a line through {f.get('n_sizes', 2)} training sizes fits them "
+                   f"exactly; it needs {MIN_POINTS_R2} or more)")
+        lines.append(f"\n{b} bits: {f['seconds_per_1k']:.3f} s per 1,000 samples, {r2}")
     return "\n".join(lines)
 
 

@@ -4,16 +4,23 @@
     cmhash evaluate --method batch --data PATH --bits 16 32 64 128 --seeds 5 --json out.json --quiet
     cmhash bench --methods batch asfoh amsh --data PATH --out-dir results/
     cmhash fit --method batch --data PATH --bits 64 --out model.npz
+    cmhash fit --method batch --image img.npy --text txt.npy --labels y.npy --n-query 0 --out m.npz
     cmhash encode --model model.npz --data PATH --split query --modality image --out q.npz
+    cmhash encode --model model.npz --text db.npy --out db.npz          # no labels needed
     cmhash search --database db.npz --queries q.npz -k 10
     cmhash sweep --method ascmh --data PATH --param-name omega --values 0 0.001 0.01 0.1 1
     cmhash scale --method batch --data synthetic:nuswide-like --ns 25000 50000 100000 184577
     cmhash plot --json out.json --kind map --out map.png
 
-``--data`` is a file path (layout and preset auto-detected), a list of files, an image-text
-manifest (``images.csv`` / ``.jsonl``: image files + captions + labels, docs/data.md), or
-``synthetic:<preset or key=value,...>``. Results (tables, search hits) go to stdout; progress
-and status messages go to stderr, and ``--quiet`` silences those only.
+``--data`` is a file path (layout and preset auto-detected; .npy arrays are named by their
+file stem), a list of files joined by ``+``, an image-text manifest (``images.csv`` /
+``.jsonl``: image files + captions + labels, docs/data.md), or
+``synthetic:<preset or key=value,...>``; ``--image`` / ``--text`` / ``--labels`` give one file
+per role and ``--image-key`` / ``--text-key`` / ``--label-key`` name arrays
+(:mod:`cmhash.cli_inputs`). Results (tables, search hits) go to stdout; status messages,
+warnings and errors go through ``logging`` to stderr (``--quiet``: warnings and errors only;
+``--verbose``: debug; ``--log-file``: also to a file; :mod:`cmhash.cli_output`). Options a
+command would ignore are refused.
 
 Exit status:
 
@@ -22,12 +29,14 @@ Exit status:
   line plus ``cmhash <command>: error: ...``) and bad input found once the arguments are
   parsed -- a ValueError, TypeError or FileNotFoundError from checking options, parameters,
   dataset specs and files (e.g. ``--n-train`` above the data's size, an unknown method or
-  parameter, a missing or unreadable data / model file, an ``--out`` in a directory that
-  does not exist);
+  parameter, a missing or unreadable data / model file, an ``--out`` that is a directory or
+  in a directory that does not exist: all checked before any fit);
 * 1 -- runtime failure of a well-formed command: RuntimeError (e.g. a crashed scale
   worker), ImportError (an optional dependency missing), another OSError (e.g. permission
   denied or a full disk while writing an output), ArithmeticError (e.g. a diverged fit's
-  FloatingPointError), MemoryError.
+  FloatingPointError), MemoryError;
+* 141 -- stdout was closed by its reader (``cmhash search ... | head``): the command stops
+  quietly, as a program killed by SIGPIPE (no "Broken pipe" traceback).
 
 Errors with status 1 or 2 print ``cmhash <command>: error: <message>`` on stderr, without a
 traceback; any other exception is a bug and keeps its traceback.
@@ -35,7 +44,10 @@ traceback; any other exception is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -44,6 +56,13 @@ import numpy as np
 
 from . import __version__
 from ._io import atomic_write
+from .cli_inputs import (add_data_options, as_query_matrix, check_output_dir, check_output_file,
+                         encode_input, load_data, require_queries)
+from .cli_cluster import (add_cluster_options, cluster_client, encode_to_store, is_zarr_path,
+                          store_index)
+from .cli_output import BROKEN_PIPE_STATUS, configured_logging, silence_closed_stdout
+
+log = logging.getLogger("cmhash")
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -97,6 +116,46 @@ def _method_params(method: str, args) -> dict:
         params.update(_named_params(method, "VARIANTS", args.variant))
     params.update(_parse_params(getattr(args, "param", None)))
     _check_param_names(method, params)
+    params.update(_deep_params(method, args, params))
+    return params
+
+
+#: the deep-training options (:func:`_add_deep_options`) -> the estimators' parameters
+DEEP_OPTIONS = {"backbone": "image_backbone", "weights": "image_weights", "device": "device",
+                "amp": "amp", "epochs": "n_epochs", "checkpoint": "checkpoint",
+                "resume": "resume"}
+
+
+def _add_deep_options(p):
+    """Options of the deep methods (ta-adcmh, sdch, dcmh); refused for the other methods."""
+    g = p.add_argument_group("deep methods (ta-adcmh, sdch, dcmh)")
+    g.add_argument("--backbone", choices=("auto", "mlp", "cnnf", "alexnet", "tv_alexnet",
+                                          "tv_vgg16", "tv_resnet50"), help="image network")
+    g.add_argument("--weights", metavar="PATH", help="pretrained image-network weights file")
+    g.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    g.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), help="mixed precision (auto: on CUDA only)")
+    g.add_argument("--epochs", type=int, help="training epochs (n_epochs)")
+    g.add_argument("--checkpoint", metavar="FILE", help="rewrite this checkpoint every epoch")
+    g.add_argument("--resume", metavar="CKPT", help="continue the fit of this checkpoint")
+
+
+def _deep_params(method: str, args, given: dict) -> dict:
+    """The estimator parameters of the deep-training options set in ``args``; a ValueError for
+    a method without such a parameter or one also given through --param."""
+    from .base import get_method
+
+    names = set(get_method(method)._param_names())
+    params = {}
+    for option, param in DEEP_OPTIONS.items():
+        value = getattr(args, option, None)
+        if value is None:
+            continue
+        if param not in names:
+            raise ValueError(f"--{option} is an option of the deep methods (ta-adcmh, sdch, "
+                             f"dcmh): {method} has no parameter {param!r}")
+        if param in given:
+            raise ValueError(f"--{option} and --param {param}=... both given; use one")
+        params[param] = value
     return params
 
 
@@ -115,21 +174,9 @@ def _method_prefixed(item: str, option: str, what: str) -> tuple[str, str]:
     return method, rest
 
 
-def _load_data(args, **extra):
-    from .data import load_dataset
-
-    spec = args.data
-    low = spec.strip().lower()
-    path = spec if low == "synthetic" or low.startswith("synthetic:") else (
-        [p for p in spec.split("+")] if "+" in spec else spec)
-    kwargs = {}
-    if getattr(args, "preset", None):
-        kwargs["preset"] = args.preset
-    if getattr(args, "n_train", None) is not None:   # 0 is refused by load_dataset, not dropped
-        kwargs["n_train"] = args.n_train
-    if getattr(args, "image_size", None) is not None:
-        kwargs["image_size"] = args.image_size
-    return load_dataset(path, random_state=args.split_seed, **kwargs, **extra)
+def _load_data(args, command: str = "", **extra):
+    """The dataset of a command's data options (:func:`cmhash.cli_inputs.load_data`)."""
+    return load_data(args, command, **extra)
 
 
 def _write_json(doc, path):
@@ -141,18 +188,12 @@ def _write_json(doc, path):
 
 
 def _add_data(p, required=True):
-    p.add_argument("--data", required=required,
-                   help="dataset file (.mat/.npz/.h5; several joined by '+'), an image-text "
-                        "manifest (.csv/.tsv/.jsonl) or synthetic:<preset|key=value,...>")
-    p.add_argument("--preset", help="split protocol, a data preset such as wiki, mirflickr25k, "
-                                    "nuswide, iapr-tc12 (all in docs/data.md; default: "
-                                    "auto-detected; ignored with a warning for synthetic data "
-                                    "and cmhash native files)")
-    p.add_argument("--split-seed", type=int, default=0, help="seed of random splits (default 0)")
+    """The data options (``--data`` or ``--image`` / ``--text`` / ``--labels``, keys, split;
+    ``--image-size`` for image-text manifests)."""
+    add_data_options(p)
     p.add_argument("--image-size", type=int,
                    help="image-text manifests: the images' crop size (default 224; the shorter "
                         "side is first resized to size * 256 / 224)")
-    p.add_argument("--n-train", type=int, help="train on a random subset of this size")
 
 
 def _add_method_params(p):
@@ -183,25 +224,35 @@ def _protocol_kwargs(args) -> dict:
                 top_r=args.top_r, unpaired=args.unpaired, curves=args.curves)
 
 
+def _add_published(p, default="comparable"):
+    from .bench import PUBLISHED_CHOICES
+
+    p.add_argument("--published", choices=PUBLISHED_CHOICES, default=default,
+                   help="papers' numbers in the table: none, comparable (default: same "
+                        "protocol, split and features as this run, each labelled) or all "
+                        "(every row with its differences)")
+
+
 # ---------------------------------------------------------------------------- commands
 def cmd_demo(args):
     from .bench import markdown_table, run_bench
     from .data import load_dataset
+    from .protocol import relevant_fraction
 
+    check_output_file(args.json, "--json", make_parents=True)
     start = time.perf_counter()
     # --synthetic small and --synthetic synthetic:small alike
     spec = (args.synthetic if args.synthetic.strip().lower().startswith("synthetic")
             else f"synthetic:{args.synthetic}")
     ds = load_dataset(spec, random_state=0)
-    if not args.quiet:
-        print(f"cmhash {__version__} demo: fit + evaluate on synthetic data "
-              f"'{args.synthetic}' ({ds.indices('train').size} train / "
-              f"{ds.indices('query').size} query, {ds.n_classes} classes)", file=sys.stderr)
+    log.info(f"cmhash {__version__} demo: fit + evaluate on synthetic data "
+             f"'{args.synthetic}' ({ds.indices('train').size} train / "
+             f"{ds.indices('query').size} query, {ds.n_classes} classes)")
     doc = run_bench(args.methods, ds, bits=args.bits, seeds=args.seeds, verbose=not args.quiet,
                     dataset_source=spec)
-    print(markdown_table(doc["results"], with_published=False))
+    print(markdown_table(doc["results"], published="none"))
+    chance = relevant_fraction(ds.labels_of("query"), ds.labels_of("train"))
     for res in doc["results"]:
-        chance = float(np.mean((ds.labels_of("query") @ ds.labels_of("train").T) > 0))
         print(f"{res['method']}: chance-level mAP ≈ {chance:.3f} (fraction of relevant pairs)")
     print(f"total {time.perf_counter() - start:.1f} s")
     _write_json(doc, args.json)
@@ -211,11 +262,17 @@ def cmd_evaluate(args):
     from .bench import markdown_table
     from .protocol import run_evaluation
 
-    ds = _load_data(args)
+    check_output_file(args.json, "--json", make_parents=True)
+    check_output_file(args.markdown, "--markdown")
     params = _method_params(args.method, args)
+    if (args.checkpoint or args.resume) and len(args.bits) * args.seeds > 1:
+        raise ValueError("--checkpoint / --resume belong to one fit: give one --bits value and "
+                         "--seeds 1 (or use `cmhash fit`)")
+    ds = _load_data(args, "evaluate")
+    require_queries(ds, "evaluate")
     try:
         doc = run_evaluation(args.method, ds, bits=args.bits, seeds=args.seeds, params=params,
-                             verbose=not args.quiet, dataset_source=args.data,
+                             verbose=not args.quiet, dataset_source=_data_source(args),
                              **_protocol_kwargs(args))
     except (Exception, KeyboardInterrupt) as exc:
         partial = getattr(exc, "partial_result", None)
@@ -223,18 +280,29 @@ def cmd_evaluate(args):
             try:
                 _write_json(partial, args.json)
             except Exception as write_exc:  # the original error is the one to report
-                print(f"cmhash evaluate: could not write the {len(partial['runs'])} runs "
-                      f"completed before the failure: {write_exc}", file=sys.stderr)
+                log.error(f"cmhash evaluate: could not write the {len(partial['runs'])} runs "
+                          f"completed before the failure: {write_exc}")
             else:
-                print(f"cmhash evaluate: the {len(partial['runs'])} runs completed before the "
-                      f"failure are in {args.json} (its 'incomplete' field says what failed)",
-                      file=sys.stderr)
+                log.error(f"cmhash evaluate: the {len(partial['runs'])} runs completed before "
+                          f"the failure are in {args.json} (its 'incomplete' field says what "
+                          f"failed)")
         raise
     _write_json(doc, args.json)
-    table = markdown_table([doc])
+    table = markdown_table([doc], published=args.published)
     if args.markdown:
-        Path(args.markdown).write_text(table + "\n")
+        with atomic_write(args.markdown, "w") as fh:
+            fh.write(table + "\n")
     print(table)
+
+
+def _data_source(args) -> str:
+    """The data options as recorded in result documents (``dataset.source``)."""
+    if getattr(args, "data", None) and not any(getattr(args, r, None)
+                                               for r in ("image", "text", "labels")):
+        return args.data
+    parts = [f"--{r} {getattr(args, r)}" for r in ("data", "image", "text", "labels")
+             if getattr(args, r, None)]
+    return " ".join(parts)
 
 
 def cmd_bench(args):
@@ -243,7 +311,8 @@ def cmd_bench(args):
     if getattr(args, "param", None) and len(args.methods) > 1:
         raise ValueError("--param is for a single method (it was ignored with several); "
                          "use --method-param METHOD:KEY=VALUE")
-    ds = _load_data(args)
+    check_output_dir(args.out_dir, "--out-dir")
+    check_output_file(args.json, "--json", make_parents=True)
     params = {m: _parse_params(getattr(args, "param", None)) if len(args.methods) == 1 else {}
               for m in args.methods}
     for item in args.method_hparams or []:
@@ -254,10 +323,12 @@ def cmd_bench(args):
         params.setdefault(method, {}).update(_parse_params([kv]))
     for method, p in params.items():
         _check_param_names(method, p)
+    ds = _load_data(args, "bench")
+    require_queries(ds, "bench")
     out = Path(args.out_dir)
     try:
         doc = run_bench(args.methods, ds, bits=args.bits, seeds=args.seeds, params=params,
-                        verbose=not args.quiet, dataset_source=args.data,
+                        verbose=not args.quiet, dataset_source=_data_source(args),
                         **_protocol_kwargs(args))
     except (Exception, KeyboardInterrupt) as exc:
         partial = getattr(exc, "partial_result", None)
@@ -267,12 +338,12 @@ def cmd_bench(args):
             try:
                 _write_bench(partial, out, args, quiet=True)
             except Exception as write_exc:  # the original error is the one to report
-                print(f"cmhash bench: could not write the results of {done} (completed before "
-                      f"the failure): {write_exc}", file=sys.stderr)
+                log.error(f"cmhash bench: could not write the results of {done} (completed "
+                          f"before the failure): {write_exc}")
             else:
-                print(f"cmhash bench: the results of {done} (completed before the failure) "
-                      f"are in {out / 'bench.json'} (its 'incomplete' field says what failed) "
-                      f"and {out / 'bench.md'}", file=sys.stderr)
+                log.error(f"cmhash bench: the results of {done} (completed before the failure) "
+                          f"are in {out / 'bench.json'} (its 'incomplete' field says what "
+                          f"failed) and {out / 'bench.md'}")
         raise
     _write_bench(doc, out, args, quiet=args.quiet)
 
@@ -281,63 +352,91 @@ def _write_bench(doc, out: Path, args, *, quiet: bool) -> None:
     """bench.md and bench.json in ``out`` (and ``--json``); the table to stdout."""
     from .bench import markdown_table
 
-    table = markdown_table(doc["results"])
+    table = markdown_table(doc["results"], published=args.published)
     inc = doc.get("incomplete")
     if inc:
         table += (f"\n\n**Incomplete:** {inc['method']} failed ({inc['error']}); not run: "
                   f"{', '.join(inc['not_run']) or 'none'}.")
     out.mkdir(parents=True, exist_ok=True)
-    (out / "bench.md").write_text(table + "\n")
+    with atomic_write(out / "bench.md", "w") as fh:
+        fh.write(table + "\n")
     _write_json(doc, out / "bench.json")
     _write_json(doc, args.json)
     print(table)
     if not quiet:
-        print(f"wrote {out / 'bench.md'} and {out / 'bench.json'}", file=sys.stderr)
+        log.info(f"wrote {out / 'bench.md'} and {out / 'bench.json'}")
 
 
 def cmd_fit(args):
     from .base import make_hasher
 
-    ds = _load_data(args)
+    check_output_file(args.out, "--out")
     params = _method_params(args.method, args)
+    ds = _load_data(args, "fit")
     hasher = make_hasher(args.method, n_bits=args.bits, random_state=args.seed,
                          verbose=not args.quiet, **params)
     if args.unpaired:
+        if args.cluster or args.scheduler:
+            raise ValueError("--cluster / --scheduler fit paired data (no --unpaired)")
         views, labels = ds.unpaired(random_state=args.seed)
         hasher.fit_unpaired(views, labels, names=ds.modality_names)
+    elif args.cluster or args.scheduler:                   # fitted on a Dask cluster
+        from .distributed.fit import fit_on_dask
+        with cluster_client(args) as client:
+            fit_on_dask(hasher, ds.views("train"),
+                        np.asarray(ds.labels_of("train"), dtype=np.float64),
+                        ds.modality_names, client=client, materialize=True)
     else:
         hasher.fit_views(ds.views("train"), ds.labels_of("train"), names=ds.modality_names)
     if getattr(ds, "text_vocabulary", None) is not None:   # raw text: the model keeps it
         hasher.set_text_vocabulary(ds.text_vocabulary)
+    if os.environ.get("RANK", "0") != "0":   # torchrun: every rank fits, rank 0 writes
+        return
     hasher.save(args.out)
-    if not args.quiet:
-        print(f"fitted {args.method} ({args.bits} bits) in {hasher.train_seconds_:.2f} s; "
-              f"wrote {args.out}", file=sys.stderr)
+    log.info(f"fitted {args.method} ({args.bits} bits) on {ds.indices('train').size} items in "
+             f"{hasher.train_seconds_:.2f} s; wrote {args.out}")
 
 
 def cmd_encode(args):
     from .base import load
-    from .data.manifest import is_manifest_path
     from .codes import pack_codes
 
+    check_output_file(args.out, "--out")
     hasher = load(args.model)
-    vocab = getattr(hasher, "text_vocabulary_", None)
-    # an image-text manifest's captions go through the model's own vocabulary
-    ds = _load_data(args, **({"text_vocabulary": vocab} if vocab is not None
-                             and is_manifest_path(args.data) else {}))
-    X = ds.get(args.split, args.modality)
-    task = tuple(args.task.split(",")) if args.task else None
-    codes = hasher.encode(X, args.modality, task=task)
+    task = _encode_task(args, hasher)
+    X, ids, labels, modality, what = encode_input(args, hasher)
+    X = as_query_matrix(X, hasher, modality)
+    if is_zarr_path(args.out):                        # a chunked store, on a cluster if asked
+        return encode_to_store(args, hasher, X, ids, modality, task)
+    if args.cluster or args.scheduler:
+        raise ValueError("--cluster / --scheduler encode into a chunked store: give --out "
+                         "DB.zarr")
+    codes = hasher.encode(X, modality, task=task)
+    arrays = dict(packed=pack_codes(codes), n_bits=np.array(codes.shape[1]), ids=ids,
+                  modality=np.array(modality), model_fingerprint=np.str_(hasher.fingerprint))
+    if labels is not None:
+        arrays["labels"] = labels
     # a file object: np.savez_compressed(path) would append ".npz" to a path without it,
     # and the file written would not be the one named here and by `cmhash search`
     with atomic_write(args.out) as out:
-        np.savez_compressed(out, packed=pack_codes(codes), n_bits=np.array(codes.shape[1]),
-                            ids=ds.indices(args.split), labels=ds.labels_of(args.split),
-                            modality=np.array(args.modality),
-                            model_fingerprint=np.str_(hasher.fingerprint))
-    if not args.quiet:
-        print(f"encoded {codes.shape[0]} {args.modality} items of split {args.split!r} "
-              f"to {codes.shape[1]} bits; wrote {args.out}", file=sys.stderr)
+        np.savez_compressed(out, **arrays)
+    log.info(f"encoded {codes.shape[0]} {modality} items ({what}) to {codes.shape[1]} bits; "
+             f"wrote {args.out}")
+
+
+def _encode_task(args, hasher):
+    """``--task query,database`` for task-specific models; refused for the others (it was
+    accepted and ignored)."""
+    if not args.task:
+        return None
+    if not getattr(hasher, "task_specific", False):
+        raise ValueError(f"--task selects the hash functions of one retrieval task of a "
+                         f"task-specific model (ta-adcmh); this {hasher.name} model has one "
+                         f"hash function per modality: leave --task out")
+    task = tuple(t.strip() for t in args.task.split(","))
+    if len(task) != 2:
+        raise ValueError(f"--task expects QUERY,DATABASE modalities, got {args.task!r}")
+    return task
 
 
 def _codes_file_arrays(path, f):
@@ -383,7 +482,22 @@ def cmd_search(args):
 
     if args.show < 0:
         raise ValueError(f"--show must be >= 0 (queries to print), got {args.show}")
-    db_packed, n_bits, db_ids, index = _read_codes(args.database, backend=args.backend)
+    check_output_file(args.out, "--out", make_parents=True)
+    with contextlib.ExitStack() as stack:
+        _search(args, stack)
+
+
+def _search(args, stack):
+    from .index import HammingIndex
+
+    if is_zarr_path(args.database):      # a chunked store: sharded over a cluster if asked
+        index, n_bits, db_ids = store_index(args, stack)
+        db_packed = None
+    else:
+        if args.cluster or args.scheduler:
+            raise ValueError("--cluster / --scheduler search a chunked store: give "
+                             "--database DB.zarr (written by cmhash encode --out DB.zarr)")
+        db_packed, n_bits, db_ids, index = _read_codes(args.database, backend=args.backend)
     if index is None:
         index = HammingIndex(n_bits, backend=args.backend or "auto")
         index.add(db_packed, packed=True)
@@ -412,36 +526,32 @@ def cmd_search(args):
         qid = q_ids[qi] if q_ids is not None else qi
         pairs = " ".join(f"{a}:{int(b)}" for a, b in zip(r[:10], d[:10]))
         print(f"query {qid}: {pairs}{' ...' if len(r) > 10 else ''}")
-    if not args.quiet:
-        print(f"{len(results)} queries in {seconds:.3f} s "
-              f"({len(results) / max(seconds, 1e-9):.0f} queries/s, backend {index.backend})",
-              file=sys.stderr)
+    log.info(f"{len(results)} queries in {seconds:.3f} s "
+             f"({len(results) / max(seconds, 1e-9):.0f} queries/s, "
+             f"backend {getattr(index, 'backend', 'sharded')})")
 
 
 def cmd_sweep(args):
-    from .bench import param_sweep
+    from .bench import param_sweep, sweep_markdown
 
     if args.param_name in _parse_params(getattr(args, "param", None)):
         raise ValueError(f"--param sets {args.param_name!r}, the swept parameter: its values "
                          f"come from --values (a preset's value, --hparams, is overridden)")
-    ds = _load_data(args)
+    check_output_file(args.json, "--json", make_parents=True)
+    params = _method_params(args.method, args)
+    ds = _load_data(args, "sweep")
+    require_queries(ds, "sweep")
     doc = param_sweep(args.method, ds, args.param_name, [_parse_value(v) for v in args.values],
-                      bits=args.bits, seeds=args.seeds, params=_method_params(args.method, args),
+                      bits=args.bits, seeds=args.seeds, params=params,
                       verbose=not args.quiet, database=args.database, ties=args.ties)
     _write_json(doc, args.json)
-    tasks = [k for k in doc["points"][0]["summary"][str(args.bits[0])] if k.startswith("map_")]
-    print(f"| {args.param_name} | bits | " + " | ".join(tasks) + " |")
-    print("|---|---|" + "---|" * len(tasks))
-    for pt in doc["points"]:
-        for b in args.bits:
-            s = pt["summary"][str(b)]
-            print(f"| {pt['value']} | {b} | "
-                  + " | ".join(f"{s[t]['mean']:.4f} ± {s[t]['std']:.4f}" for t in tasks) + " |")
+    print(sweep_markdown(doc))
 
 
 def cmd_scale(args):
     from .bench import scale_markdown, scale_table
 
+    check_output_file(args.json, "--json", make_parents=True)
     doc = scale_table(args.method, args.data, args.ns, bits=args.bits,
                       params=_method_params(args.method, args), verbose=not args.quiet)
     _write_json(doc, args.json)
@@ -450,16 +560,15 @@ def cmd_scale(args):
 
 def cmd_plot(args):
     from . import plots
-    from .protocol import read_results
 
-    results = []
-    for path in args.json:
-        results.extend(read_results(path))
-    fn = {"map": plots.plot_map_vs_bits, "curves": plots.plot_curves,
-          "convergence": plots.plot_convergence}[args.kind]
-    out = fn(results, args.out)
-    if not args.quiet:
-        print(f"wrote {out}", file=sys.stderr)
+    check_output_file(args.out, "--out")
+    if args.published is not None and args.kind != "map":
+        raise ValueError(f"--published marks the papers' numbers on mAP-vs-bits plots "
+                         f"(--kind map); --kind {args.kind} has none")
+    docs = [plots.read_plot_file(path) for path in args.json]
+    out = plots.plot_documents(docs, args.out, kind=args.kind, bits=args.bits,
+                               labels=args.label, published=args.published or "comparable")
+    log.info(f"wrote {out}")
 
 
 def cmd_methods(args):
@@ -485,10 +594,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"cmhash {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def common(p):
-        p.add_argument("--quiet", action="store_true",
-                       help="no progress or status output on stderr (results still go to stdout)")
-        p.add_argument("--json", help="write the result document to this path")
+    def common(p, json=True):
+        """Output options of every command: logging, and --json where a command writes a
+        result document (``json=False``: the option is refused instead of ignored)."""
+        g = p.add_argument_group("output")
+        g.add_argument("--quiet", action="store_true",
+                       help="no progress or status messages on stderr, only warnings and errors "
+                            "(results still go to stdout)")
+        g.add_argument("--verbose", action="store_true", help="debug messages too")
+        g.add_argument("--log-file", metavar="PATH",
+                       help="also write the status messages, warnings and errors to this file")
+        if json:
+            g.add_argument("--json", help="write the result document to this path")
 
     p = sub.add_parser("demo", help="fit + evaluate on built-in synthetic data (< 1 minute)")
     p.add_argument("--methods", nargs="+", default=["batch"])
@@ -504,7 +621,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bits", type=int, nargs="+", default=[16, 32, 64, 128])
     p.add_argument("--seeds", type=int, default=5, help="number of seeds (0..N-1)")
     _add_method_params(p)
+    _add_deep_options(p)
     _add_protocol(p)
+    _add_published(p)
     p.add_argument("--markdown", help="also write the Markdown table here")
     common(p)
     p.set_defaults(func=cmd_evaluate)
@@ -522,6 +641,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a method's per-dataset hyper-parameters, e.g. asfoh:wiki")
     p.add_argument("--out-dir", default="results")
     _add_protocol(p)
+    _add_published(p)
     common(p)
     p.set_defaults(func=cmd_bench)
 
@@ -533,17 +653,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--unpaired", action="store_true")
     p.add_argument("--out", required=True)
     _add_method_params(p)
-    common(p)
+    _add_deep_options(p)
+    add_cluster_options(p)
+    common(p, json=False)
     p.set_defaults(func=cmd_fit)
 
-    p = sub.add_parser("encode", help="encode a split of a dataset with a fitted model")
+    p = sub.add_parser("encode", help="encode features (a file, or a split of a dataset) with a "
+                                      "fitted model; labels are not needed")
     p.add_argument("--model", required=True)
-    _add_data(p)
-    p.add_argument("--split", default="query")
-    p.add_argument("--modality", required=True)
-    p.add_argument("--task", help="query,database modalities for task-specific models")
-    p.add_argument("--out", required=True)
-    common(p)
+    add_data_options(p, encode=True)
+    p.add_argument("--split", help="split of --data to encode (default: query; a file without "
+                                   "labels: its only array of the modality)")
+    p.add_argument("--modality", help="modality to encode (implied by --image / --text)")
+    p.add_argument("--task", help="query,database modalities, for task-specific models "
+                                  "(ta-adcmh) only")
+    p.add_argument("--out", required=True, help="codes file (.npz), or a chunked store "
+                                                "(.zarr directory) for large databases")
+    p.add_argument("--chunk-rows", type=int, default=65536,
+                   help="rows per block of a .zarr store (default 65536)")
+    add_cluster_options(p)
+    common(p, json=False)
     p.set_defaults(func=cmd_encode)
 
     p = sub.add_parser("search", help="Hamming search: database codes + query codes -> top-k ids")
@@ -555,7 +684,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="search backend (default: a saved index's own backend, else auto)")
     p.add_argument("--show", type=int, default=5, help="queries to print")
     p.add_argument("--out", help="write ids and distances as JSON")
-    p.add_argument("--quiet", action="store_true")
+    add_cluster_options(p)
+    common(p, json=False)
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("sweep", help="mAP as one hyper-parameter varies (e.g. ASCMH omega)")
@@ -580,11 +710,19 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
     p.set_defaults(func=cmd_scale)
 
-    p = sub.add_parser("plot", help="plot results JSON: mAP vs bits, PR/P@K curves, convergence")
-    p.add_argument("--json", nargs="+", required=True, dest="json")
-    p.add_argument("--kind", choices=["map", "curves", "convergence"], default="map")
+    p = sub.add_parser("plot", help="plot result files: mAP vs bits, PR/P@K curves, convergence, "
+                                    "a sweep, a scale table")
+    p.add_argument("--json", nargs="+", required=True, dest="json",
+                   help="files of `evaluate`, `bench`, `sweep` or `scale`")
+    p.add_argument("--kind", choices=["map", "curves", "convergence", "sweep", "scale"],
+                   default="map")
+    p.add_argument("--bits", type=int, nargs="+",
+                   help="bit lengths to draw (curves: one; default: all, curves the largest)")
+    p.add_argument("--label", action="append",
+                   help="legend label of each result, in order (repeat once per result)")
+    _add_published(p, default=None)
     p.add_argument("--out", required=True)
-    p.add_argument("--quiet", action="store_true")
+    common(p, json=False)
     p.set_defaults(func=cmd_plot)
 
     from .cli_research import add_research_parsers
@@ -604,14 +742,32 @@ USAGE_ERRORS = (ValueError, TypeError, FileNotFoundError)
 RUNTIME_ERRORS = (RuntimeError, ImportError, OSError, ArithmeticError, MemoryError)
 
 
+def _error_status(args, exc) -> int:
+    log.error(f"cmhash {args.command}: error: {str(exc) or type(exc).__name__}")
+    return 2 if isinstance(exc, USAGE_ERRORS) else 1
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)  # argparse's usage errors exit with status 2 here
+    log_file = getattr(args, "log_file", None)
     try:
-        args.func(args)
+        if getattr(args, "quiet", False) and getattr(args, "verbose", False):
+            raise ValueError("--quiet and --verbose exclude each other")
+        check_output_file(log_file, "--log-file")
     except USAGE_ERRORS + RUNTIME_ERRORS as exc:
-        print(f"cmhash {args.command}: error: {str(exc) or type(exc).__name__}", file=sys.stderr)
-        return 2 if isinstance(exc, USAGE_ERRORS) else 1
+        with configured_logging():
+            return _error_status(args, exc)
+    with configured_logging(quiet=getattr(args, "quiet", False),
+                            verbose=getattr(args, "verbose", False), log_file=log_file):
+        try:
+            args.func(args)
+            sys.stdout.flush()   # a closed pipe is met here, not at the interpreter's exit
+        except BrokenPipeError:
+            silence_closed_stdout()
+            return BROKEN_PIPE_STATUS
+        except USAGE_ERRORS + RUNTIME_ERRORS as exc:
+            return _error_status(args, exc)
     return 0
 
 

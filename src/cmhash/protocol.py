@@ -60,6 +60,25 @@ def _time_queries(db_codes, query_codes, n_bits) -> dict:
     return out
 
 
+def relevant_fraction(query_labels, db_labels, chunk: int = 1024) -> float:
+    """Mean over queries of the fraction of database items relevant to the query (sharing a
+    label): the mAP a random ranking approaches on a large database, i.e. chance level.
+
+    Computed through the distinct label sets of the database (O(m u c) for u distinct sets,
+    in query chunks): never an m x n matrix."""
+    Q = np.asarray(query_labels) > 0
+    D = np.asarray(db_labels) > 0
+    if Q.shape[0] == 0 or D.shape[0] == 0:
+        return float("nan")
+    sets, counts = np.unique(D, axis=0, return_counts=True)
+    sets = sets.astype(np.float32)
+    total = 0.0
+    for start in range(0, Q.shape[0], chunk):
+        rel = (Q[start:start + chunk].astype(np.float32) @ sets.T) > 0     # (chunk, u)
+        total += float((rel @ counts.astype(np.float64)).sum())
+    return total / (Q.shape[0] * D.shape[0])
+
+
 def _ms_per_item(seconds: float, n: int) -> float | None:
     """Milliseconds per item (None for an empty set)."""
     return 1000.0 * seconds / n if n else None
@@ -237,7 +256,8 @@ def evaluate_hasher(hasher, dataset, *, database: str = "learned", ties: str = "
         res = {"map": mean_average_precision(q_codes, db_codes, q_labels, db_labels,
                                              zero_relevant=zero_relevant, **metric_kw),
                "encode_seconds": encode_seconds, "n_query": n_q, "n_database": n_db,
-               "encode_ms_per_item": _ms_per_item(encode_seconds, n_q)}
+               "encode_ms_per_item": _ms_per_item(encode_seconds, n_q),
+               "relevant_fraction": relevant_fraction(q_labels, db_labels)}
         if database == "hashed":
             res["database_encode_seconds"] = db_encode_seconds
             res["database_encode_ms_per_item"] = _ms_per_item(db_encode_seconds, n_db)
@@ -377,7 +397,8 @@ def _result_document(method, params, dataset, dataset_source, database, ties, ze
                     "n_train": int(dataset.indices("train").size),
                     "n_query": int(dataset.indices("query").size),
                     "n_retrieval": int(dataset.indices("retrieval").size),
-                    "modalities": list(dataset.modality_names), "n_classes": dataset.n_classes},
+                    "modalities": list(dataset.modality_names), "n_classes": dataset.n_classes,
+                    "dims": {m: list(dataset.dims(m)) for m in dataset.modality_names}},
         "protocol": {"database": database, "ties": ties, "zero_relevant": zero_relevant,
                      "relevance": "shares at least one label",
                      "training": "unpaired" if unpaired else "paired",
@@ -461,16 +482,22 @@ def check_result(doc, where: str = "result") -> dict:
     return doc
 
 
-def read_results(path) -> list[dict]:
-    """The evaluation documents of a JSON file written by ``cmhash evaluate`` (one) or
-    ``cmhash bench`` (one per method; a partial bench file gives the methods it completed),
-    each checked by :func:`check_result`. Errors are ValueErrors naming ``path``."""
+def read_json(path):
+    """The JSON document of a result file (a ValueError naming ``path`` if it is not JSON)."""
     try:
-        doc = json.loads(Path(path).read_text())
+        return json.loads(Path(path).read_text())
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path} is not a JSON file: {exc}") from None
     except UnicodeDecodeError as exc:
         raise ValueError(f"{path} is not a JSON text file: {exc}") from None
+
+
+def read_results(path, doc=None) -> list[dict]:
+    """The evaluation documents of a JSON file written by ``cmhash evaluate`` (one) or
+    ``cmhash bench`` (one per method; a partial bench file gives the methods it completed),
+    each checked by :func:`check_result`. Errors are ValueErrors naming ``path``. ``doc``: the
+    file's document when already read (:func:`read_json`)."""
+    doc = read_json(path) if doc is None else doc
     fmt = doc.get("format") if isinstance(doc, dict) else None
     if fmt == BENCH_FORMAT:
         _check_version(doc, str(path), BENCH_VERSION)

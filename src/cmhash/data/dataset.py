@@ -33,6 +33,7 @@ __all__ = [
     "STANDARD_SPLITS",
     "labels_from_indices",
     "as_label_matrix",
+    "label_class_names",
 ]
 
 #: The split names every dataset has (``"query"`` may be empty).
@@ -63,6 +64,33 @@ def _check_count(value: Any, name: str, *, minimum: int = 1) -> int:
     return int(value)
 
 
+def _class_name_vector(labels: Any) -> np.ndarray | None:
+    """String / bytes labels as a 1-D array of class names (one per item), None for numeric
+    labels. Strings in any other shape (e.g. a 2-D array of characters) are a ValueError."""
+    if sp.issparse(labels):
+        return None
+    y = np.asarray(labels)
+    if y.dtype.kind not in "US":
+        return None
+    if y.dtype.kind == "S":
+        y = np.char.decode(y, "utf-8", "replace")
+    if y.ndim == 2 and 1 in y.shape:
+        y = y.reshape(-1)
+    if y.ndim != 1:
+        raise ValueError(f"labels are a {y.ndim}-D array of strings (shape {y.shape}, dtype "
+                         f"{y.dtype}); give one class name per item (a 1-D array of strings), "
+                         f"class indices (n,) or a numeric (n, c) multi-hot matrix")
+    return np.char.strip(y)
+
+
+def label_class_names(labels: Any) -> list[str] | None:
+    """The class names of labels given as one class name (string) per item -- the sorted
+    unique names, the order of :func:`as_label_matrix`'s columns -- or None for numeric
+    labels."""
+    names = _class_name_vector(labels)
+    return None if names is None else [str(c) for c in np.unique(names)]
+
+
 def _is_int_valued(a: np.ndarray) -> bool:
     if a.dtype.kind in "iub":
         return True
@@ -89,7 +117,9 @@ def labels_from_indices(indices: Any, classes: Iterable | None = None) -> np.nda
         idx = idx.reshape(-1)
     if idx.ndim != 1:
         raise ValueError(f"labels: class indices must be a vector, got shape {idx.shape}")
-    if idx.size and not _is_int_valued(idx):
+    if idx.dtype.kind in "US":   # class names: the classes are the sorted names
+        idx = _class_name_vector(idx)
+    elif idx.size and not _is_int_valued(idx):
         raise ValueError("labels: class indices must be integer-valued (no NaN, no fractions)")
     if classes is None:
         cls = np.unique(idx)
@@ -111,6 +141,8 @@ def as_label_matrix(labels: Any, n_classes: int | None = None) -> np.ndarray:
 
     * 2-D with more than one column: taken as multi-hot; values must be 0/1 (bool ok).
       A sparse matrix is densified (labels are small: ``c`` columns).
+    * 1-D strings: one class name per item; the columns are the sorted names
+      (:func:`label_class_names`). Strings in another shape are a ValueError.
     * 1-D, or 2-D with a single column / single row: class indices, converted by
       :func:`labels_from_indices` (sorted unique values -> columns). When ``n_classes`` is
       given and the values are a subset of ``1..n_classes`` with a 1 present (MATLAB) or of
@@ -121,6 +153,9 @@ def as_label_matrix(labels: Any, n_classes: int | None = None) -> np.ndarray:
     y = np.asarray(labels)
     if y.dtype == object:
         raise TypeError("labels must be a numeric array, got dtype=object")
+    names = _class_name_vector(y)
+    if names is not None:
+        return labels_from_indices(names)
     if y.ndim == 1 or (y.ndim == 2 and (y.shape[1] == 1 or (y.shape[0] == 1 and y.shape[1] > 1))):
         flat = y.reshape(-1)
         classes = None
@@ -365,6 +400,8 @@ class CrossModalDataset:
                     f"modalities have different row counts: '{names_[0]}' has {n} rows, "
                     f"'{key}' has {_n_rows(mods[key])} (row-sample convention: (n, d))"
                 )
+        if class_names is None and not _validated:
+            class_names = label_class_names(labels)   # labels given as class names
         Y = labels if _validated else as_label_matrix(labels)
         if Y.flags.writeable:
             Y = Y.view()

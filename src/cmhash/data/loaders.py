@@ -7,7 +7,10 @@ the sample count with the labels, and returns a :class:`~cmhash.data.CrossModalD
 The exact key grammar is documented in ``docs/data.md``.
 
 ``load_dataset("synthetic:...")`` builds a synthetic dataset instead (see
-:mod:`cmhash.data.synthetic`).
+:mod:`cmhash.data.synthetic`). Arrays can also be named explicitly -- ``keys={"image": "emb"}``
+or one file per role, ``load_dataset({"image": "img.npy", "text": "txt.npy", "labels":
+"y.npy"})`` -- and :func:`load_features` reads one modality's features without labels (for
+encoding an unlabelled database).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import os
 import re
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,14 +27,18 @@ import scipy.sparse as sp
 
 from .._io import atomic_write
 from .._validation import check_random_state
-from .dataset import CrossModalDataset, DataWarning, _check_count, as_label_matrix
+from .dataset import (CrossModalDataset, DataWarning, _check_count, as_label_matrix,
+                      label_class_names)
 from .images import ArrayImageSource, H5ImageSource, detect_image_layout, is_image_source
 from .presets import DatasetPreset, detect_preset, get_preset
 
 __all__ = [
     "load_dataset",
+    "load_features",
+    "load_labels",
     "save_dataset",
     "read_arrays",
+    "MissingLabelsError",
     "default_shared_dir",
     "shared_path",
     "SPARSE_DENSITY_THRESHOLD",
@@ -39,7 +47,12 @@ __all__ = [
 #: dense 2-D modalities with a fraction of non-zeros below this are stored as CSR
 SPARSE_DENSITY_THRESHOLD = 0.1
 
-_EXTS = (".mat", ".npz", ".h5", ".hdf5")
+_EXTS = (".mat", ".npz", ".npy", ".h5", ".hdf5")
+
+
+class MissingLabelsError(ValueError):
+    """The data has no label array (training and evaluation need one; encoding does not:
+    :func:`load_features`)."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -82,7 +95,7 @@ def _is_matlab_h5(path: Path) -> bool:
     return head.startswith(b"MATLAB")
 
 
-def _read_mat_v5(path: Path) -> dict[str, Any]:
+def _read_mat_v5(path: Path, skipped: list[str]) -> dict[str, Any]:
     import scipy.io
 
     raw = scipy.io.loadmat(str(path))
@@ -92,7 +105,22 @@ def _read_mat_v5(path: Path) -> dict[str, Any]:
             continue
         if sp.issparse(v) or (isinstance(v, np.ndarray) and v.dtype.kind in "biuf"):
             out[k] = v
+        elif isinstance(v, np.ndarray) and v.dtype.kind == "U":
+            out[k] = np.char.rstrip(v)   # a char matrix: one (space-padded) string per row
+        else:
+            skipped.append(f"{k} ({_kind_name(v)})")
     return out
+
+
+def _kind_name(v: Any) -> str:
+    """What a value that is not a numeric or string array is, for error messages."""
+    if isinstance(v, np.ndarray):
+        if v.dtype == object:
+            return "cell array" if v.dtype.names is None else "struct"
+        if v.dtype.names is not None:
+            return "struct"
+        return f"{v.dtype} array"
+    return type(v).__name__
 
 
 def _h5_sparse_from_matlab(g: Any) -> sp.csr_matrix:
@@ -105,7 +133,7 @@ def _h5_sparse_from_matlab(g: Any) -> sp.csr_matrix:
     return sp.csc_matrix((data, ir, jc), shape=(nrows, jc.size - 1)).tocsr()
 
 
-def _read_h5(path: Path, matlab: bool) -> dict[str, Any]:
+def _read_h5(path: Path, matlab: bool, skipped: list[str] | None = None) -> dict[str, Any]:
     """Flatten an HDF5 file into ``{"a/b": array}``. MATLAB v7.3 arrays are transposed back
     to MATLAB's orientation (h5py sees column-major data with reversed axes)."""
     import h5py
@@ -128,8 +156,12 @@ def _read_h5(path: Path, matlab: bool) -> dict[str, Any]:
             if isinstance(mcls, bytes):
                 mcls = mcls.decode("ascii", "replace")
             if mcls in ("char", "cell", "struct", "function_handle"):
+                if skipped is not None:
+                    skipped.append(f"{name} (MATLAB {mcls})")
                 continue
             if obj.dtype.kind not in "biuf" or obj.ndim == 0:
+                if skipped is not None:
+                    skipped.append(f"{name} ({'scalar' if obj.ndim == 0 else obj.dtype})")
                 continue
             if obj.ndim == 4:   # an image array: read lazily, in row batches, never as floats
                 logical = obj.shape[::-1] if matlab else obj.shape
@@ -193,10 +225,52 @@ def _read_errors() -> tuple[type[BaseException], ...]:
             MatReadError)
 
 
-def read_arrays(path: str | os.PathLike) -> dict[str, Any]:
-    """All numeric arrays of one file as ``{key: ndarray or CSR}``, in MATLAB/row orientation
-    as stored (v7.3 .mat files are transposed back; nested HDF5 groups give ``"a/b"`` keys).
-    A file its reader cannot parse is a ValueError naming it."""
+#: what each kind of file content is, and the extension it should have
+_CONTENT = {"npy": ("a NumPy .npy file (a single array)", ".npy"),
+            "npz": ("a NumPy .npz archive", ".npz"),
+            "hdf5": ("an HDF5 file", ".h5"),
+            "mat": ("a MATLAB .mat file", ".mat")}
+#: the contents each extension may hold (.mat v7.3 files are HDF5 with a MATLAB header)
+_EXT_CONTENT = {".npy": {"npy"}, ".npz": {"npz"}, ".mat": {"mat", "hdf5"},
+                ".h5": {"hdf5", "mat"}, ".hdf5": {"hdf5", "mat"}}
+
+
+def _content_kind(path: Path) -> str | None:
+    """The file's format from its first bytes (None: not recognised; its reader says why)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError:
+        return None
+    if head.startswith(b"\x93NUMPY"):
+        return "npy"
+    if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
+        return "npz"
+    if head.startswith(b"\x89HDF\r\n\x1a\n"):
+        return "hdf5"
+    if head.startswith(b"MATLAB"):
+        return "mat"
+    return None
+
+
+def _check_content(p: Path, ext: str) -> None:
+    """A file whose content is another format than its extension says (e.g. an .npy array
+    renamed .npz) is a ValueError saying what it is and how to name it."""
+    kind = _content_kind(p)
+    if kind is not None and kind not in _EXT_CONTENT[ext]:
+        what, right = _CONTENT[kind]
+        raise ValueError(f"{p} is {what}, not the {ext} file its extension says: rename it to "
+                         f"{p.with_suffix(right).name}")
+
+
+def read_arrays(path: str | os.PathLike, *, skipped: list[str] | None = None) -> dict[str, Any]:
+    """All numeric arrays (and string arrays, which can be class labels) of one file as
+    ``{key: ndarray or CSR}``, in MATLAB/row orientation as stored (v7.3 .mat files are
+    transposed back; nested HDF5 groups give ``"a/b"`` keys; an ``.npy`` file is one array
+    named by the file's stem). A file its reader cannot parse, or whose content is another
+    format than its extension says, is a ValueError naming it. Entries that are not arrays
+    (MATLAB cells and structs, scalars) are left out and, when ``skipped`` is a list,
+    appended to it as ``"key (what)"``."""
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"data file not found: {p}")
@@ -205,16 +279,20 @@ def read_arrays(path: str | os.PathLike) -> dict[str, Any]:
 
     if ext not in _EXTS:
         raise ValueError(f"unsupported data file extension {ext!r} ({p}); supported: {list(_EXTS)}")
+    _check_content(p, ext)
+    skipped = [] if skipped is None else skipped
     try:
         if ext == ".npz":
             raw = _read_npz(p)
+        elif ext == ".npy":
+            raw = {p.stem: np.load(p, allow_pickle=False)}
         elif ext == ".mat":
             if h5py.is_hdf5(str(p)):
-                raw = _read_h5(p, matlab=True)
+                raw = _read_h5(p, matlab=True, skipped=skipped)
             else:
-                raw = _read_mat_v5(p)
+                raw = _read_mat_v5(p, skipped)
         else:
-            raw = _read_h5(p, matlab=_is_matlab_h5(p))
+            raw = _read_h5(p, matlab=_is_matlab_h5(p), skipped=skipped)
     except _read_errors() as exc:
         raise _unreadable(p, exc) from exc
     return _rebuild_sparse(raw)
@@ -290,9 +368,10 @@ def _orient(split: str, mods: dict[str, Any], labels: Any) -> tuple[dict[str, An
         common &= _sample_dims(m)
     if not common:
         shapes = {k: tuple(v.shape) for k, v in mods.items()}
+        where = "the whole pool" if split == "all" else f"split '{split}'"
         raise ValueError(
-            f"split '{split}': cannot match the sample count of labels {lab.shape} with "
-            f"modalities {shapes} (no common dimension)"
+            f"{where}: cannot match the sample count of labels {lab.shape} with "
+            f"modalities {shapes} (no common dimension: every array needs one row per item)"
         )
     n = int(lab.shape[0]) if lab.ndim == 2 and lab.shape[0] in common else max(common)
     if lab.ndim == 2 and lab.shape[0] != n and not (1 in lab.shape):
@@ -429,6 +508,8 @@ def _str_array(a: Any) -> list[str]:
 
 def _read_native(path: Path) -> dict[str, Any] | None:
     """Raw keys (incl. string arrays) when the file is in the native layout, else None."""
+    if path.suffix.lower() in _EXT_CONTENT:
+        _check_content(path, path.suffix.lower())
     try:
         return _read_native_raw(path)
     except _read_errors() as exc:
@@ -471,20 +552,64 @@ def _from_native(raw: dict[str, Any], *, sparse: str | bool = "auto", dtype: Any
 # --------------------------------------------------------------------------------------------
 # layout assembly
 # --------------------------------------------------------------------------------------------
+def _key_role(k: str) -> tuple[str, str] | None:
+    """(role, split) of a key by the grammar (a nested HDF5 key by its last component too)."""
+    c = _classify(k)
+    if c is None and "/" in k:
+        c = _classify(k.rsplit("/", 1)[1])
+    return c
+
+
+def _is_text(a: Any) -> bool:
+    return isinstance(a, np.ndarray) and a.dtype.kind in "US"
+
+
 def _group(raw: dict[str, Any]) -> tuple[dict[str, dict[str, list[tuple[str, Any]]]], list[str]]:
-    """{split: {role: [(key, array), ...]}} and the list of unrecognised keys."""
+    """{split: {role: [(key, array), ...]}} and the list of unrecognised keys. String arrays
+    can only be labels (class names); as features they are left out."""
     groups: dict[str, dict[str, list[tuple[str, Any]]]] = {}
     unknown = []
     for k, v in raw.items():
-        c = _classify(k)
-        if c is None and "/" in k:  # nested HDF5 key: try the last component alone
-            c = _classify(k.rsplit("/", 1)[1])
-        if c is None:
+        c = _key_role(k)
+        if c is None or (_is_text(v) and c[0] != "labels"):
             unknown.append(k)
             continue
         role, split = c
         groups.setdefault(split, {}).setdefault(role, []).append((k, v))
     return groups, unknown
+
+
+#: how many keys an error message lists
+KEYS_LISTED = 20
+
+
+def _describe_array(k: str, v: Any) -> str:
+    shape = " x ".join(str(int(d)) for d in v.shape) or "scalar"
+    kind = "sparse " if sp.issparse(v) else ""
+    c = _key_role(k)
+    if c is None or (_is_text(v) and c[0] != "labels"):
+        use = "not used: not a recognised name" if c is None else "not used: text, not numeric"
+    else:
+        use = f"{c[0]}, " + ("whole pool" if c[1] == "all" else f"split {c[1]}")
+    return f"{k} ({shape} {kind}{v.dtype}; {use})"
+
+
+def describe_keys(raw: dict[str, Any], skipped=()) -> str:
+    """``"keys found: ...; skipped: ..."`` -- every array with its shape, dtype and what the
+    key grammar reads it as, and the entries left out -- for error messages."""
+    found = [_describe_array(k, v) for k, v in sorted(raw.items())]
+    more = f", ... ({len(found) - KEYS_LISTED} more)" if len(found) > KEYS_LISTED else ""
+    text = "keys found: " + (", ".join(found[:KEYS_LISTED]) + more if found else "none")
+    skipped = list(skipped)
+    if skipped:
+        text += "; skipped (not numeric arrays): " + ", ".join(skipped[:KEYS_LISTED])
+        if len(skipped) > KEYS_LISTED:
+            text += f", ... ({len(skipped) - KEYS_LISTED} more)"
+    return text
+
+
+#: how the CLI names the arrays of each role (error messages suggest it)
+_KEY_OPTIONS = "name them with --image-key / --text-key / --label-key (load_dataset(keys=...))"
 
 
 def _pick(split: str, role: str, cands: list[tuple[str, Any]]) -> tuple[str, Any]:
@@ -502,25 +627,43 @@ def _pick(split: str, role: str, cands: list[tuple[str, Any]]) -> tuple[str, Any
     )
 
 
-def _split_entry(split: str, g: dict[str, list[tuple[str, Any]]]) -> tuple[dict[str, Any], Any, list[str]]:
+def _split_entry(split: str, g: dict[str, list[tuple[str, Any]]], listing: str = ""
+                 ) -> tuple[dict[str, Any], Any, dict[str, str]]:
+    """(modalities, labels, {role: key}) of one split; ``listing`` (:func:`describe_keys`)
+    ends the error messages."""
+    where = "the whole pool" if split == "all" else f"split '{split}'"
     if "labels" not in g:
-        raise ValueError(
-            f"no label array for split '{split}' (found {sorted(k for r in g.values() for k, _ in r)}); "
-            "expected e.g. L_tr / LTrain / LAll"
-        )
-    keys = []
+        raise MissingLabelsError(
+            f"no label array for {where} (expected e.g. L_tr / LTrain / LAll / labels); "
+            f"{listing}; {_KEY_OPTIONS}")
+    keys = {}
     lk, lab = _pick(split, "labels", g["labels"])
-    keys.append(lk)
+    keys["labels"] = lk
     mods = {}
     for role in ("image", "text"):
         if role in g:
             k, arr = _pick(split, role, g[role])
             mods[role] = arr
-            keys.append(k)
+            keys[role] = k
     if not mods:
-        raise ValueError(f"split '{split}' has labels ({lk}) but no feature array")
+        raise ValueError(f"{where} has labels ({lk}) but no image or text feature array; "
+                         f"{listing}; {_KEY_OPTIONS}")
     mods, lab = _orient(split, mods, lab)
     return mods, lab, keys
+
+
+def _check_split_dims(entries: dict[str, tuple], source: str) -> None:
+    """Every split of a modality must have the same per-item shape (I_tr 20-d with I_te 10-d
+    failed in the concatenation with a message naming no array)."""
+    first = next(iter(entries))
+    for role in entries[first][0]:
+        dims = {s: tuple(e[0][role].shape[1:]) for s, e in entries.items()}
+        if len(set(dims.values())) > 1:
+            desc = ", ".join(f"{entries[s][2][role]} {'x'.join(map(str, d)) or 'scalar'}-d "
+                             f"({s})" for s, d in dims.items())
+            raise ValueError(f"{source}: the {role} features of the splits have different "
+                             f"dimensions: {desc}; every split of a modality needs the same "
+                             f"features")
 
 
 def _same_rows(a: Any, b: Any) -> bool:
@@ -616,22 +759,28 @@ def _match_subset(tr: tuple[dict, np.ndarray], db: tuple[dict, np.ndarray]) -> n
     return pos.astype(np.int64)
 
 
-def _assemble(raw: dict[str, Any], source: str) -> tuple[str, dict[str, Any], np.ndarray, dict[str, np.ndarray] | None]:
+def _assemble(raw: dict[str, Any], source: str, skipped=()
+              ) -> tuple[str, dict[str, Any], np.ndarray, dict[str, np.ndarray] | None]:
     """-> (layout, pooled modalities, pooled labels, splits or None for the 'all' layout)."""
     groups, _unknown = _group(raw)
+    listing = describe_keys(raw, skipped)
     has_split = any(s in groups for s in ("train", "query", "retrieval"))
     if not has_split and "all" not in groups:
-        raise ValueError(
-            f"{source}: no known layout; keys found: {sorted(raw)}. Expected e.g. "
-            "I_tr/T_tr/L_tr + I_te/T_te/L_te, XTrain/YTrain/LTrain + XTest/..., or IAll/YAll/LAll"
-        )
+        labelled = any(_key_role(k) is not None and _key_role(k)[0] == "labels" for k in raw)
+        error = ValueError if labelled else MissingLabelsError
+        raise error(
+            f"{source}: no known layout; {listing}. Expected e.g. I_tr/T_tr/L_tr + "
+            f"I_te/T_te/L_te, XTrain/YTrain/LTrain + XTest/..., or IAll/YAll/LAll; or "
+            f"{_KEY_OPTIONS}")
     if has_split:
-        entries = {s: _split_entry(s, groups[s]) for s in ("train", "query", "retrieval") if s in groups}
+        entries = {s: _split_entry(s, groups[s], listing)
+                   for s in ("train", "query", "retrieval") if s in groups}
         names = {s: list(e[0]) for s, e in entries.items()}
         first = next(iter(names.values()))
         for s, nm in names.items():
             if nm != first:
                 raise ValueError(f"{source}: splits have different modalities: {names}")
+        _check_split_dims(entries, source)
         tr = entries.get("train")
         q = entries.get("query")
         db = entries.get("retrieval")
@@ -663,7 +812,7 @@ def _assemble(raw: dict[str, Any], source: str) -> tuple[str, dict[str, Any], np
             if e is not None:
                 parts.append((s, (e[0], e[1])))
         return _pool(parts, splits, layout)
-    mods, lab, _ = _split_entry("all", groups["all"])
+    mods, lab, _ = _split_entry("all", groups["all"], listing)
     return "single pool (random split)", mods, lab, None
 
 
@@ -796,6 +945,7 @@ def load_dataset(
     name: str | None = None,
     allow_empty_classes: bool = False,
     allow_overlap: bool = False,
+    keys: Mapping[str, str] | None = None,
     image_size: int | None = None,
     text_vocabulary: Any = None,
 ) -> CrossModalDataset:
@@ -804,8 +954,13 @@ def load_dataset(
     Parameters
     ----------
     path : str | Path | list of paths | directory | ``"synthetic:<spec>"`` | CrossModalDataset
-        A list (or a directory: all its .mat/.npz/.h5 files) is merged into one key space,
-        e.g. ``[".../mirflickr25k-yall.mat", ".../mirflickr25k-lall.mat"]``.
+           | mapping role -> file
+        A list (or a directory: all its .mat/.npz/.npy/.h5 files) is merged into one key
+        space, e.g. ``[".../mirflickr25k-yall.mat", ".../mirflickr25k-lall.mat"]``; an
+        ``.npy`` file is one array named by its stem. A mapping gives one file per role
+        (``{"image": "img.npy", "text": "txt.npy", "labels": "y.npy"}``; a value may be a
+        ``(file, key)`` pair for a file of several arrays): the arrays form one pool, split
+        at random.
     preset : "auto" (default), None / "none", a preset name or a DatasetPreset
         Split protocol (see :mod:`cmhash.data.presets`). "auto" detects it from the pool size
         and class count, then from the file name. It sets ``n_query`` / ``n_train`` for
@@ -821,6 +976,17 @@ def load_dataset(
     dtype : cast features (default: floats kept, integer/bool -> float32)
     name : dataset name (default: the preset name, else the file stem)
     allow_empty_classes, allow_overlap : passed to :class:`CrossModalDataset`
+    keys : mapping role -> array key, optional
+        Names the arrays of some roles (``"image"``, ``"text"``, ``"labels"``) instead of the
+        key grammar, e.g. ``{"image": "clip_img", "text": "clip_txt", "labels": "y"}``. The
+        named arrays form one pool, split at random; a role not named is the one pool-style
+        key of that role (``IAll``, ``labels``, ...), if any. A missing key, or no label
+        array, is a ValueError listing the keys found (:func:`describe_keys`).
+
+    Labels may be multi-hot, class indices, or one class name per item (strings; the
+    dataset's ``class_names`` are then the sorted names). No label array is a
+    :class:`MissingLabelsError` (a ValueError) listing every key, its shape and role.
+
     image_size, text_vocabulary : for an image-text manifest (a ``.csv``, ``.tsv``,
         ``.jsonl`` or ``.ndjson`` path), passed to
         :func:`cmhash.data.manifest.load_image_text_dataset` (which takes more options);
@@ -861,7 +1027,7 @@ def load_dataset(
         return from_spec(path, random_state=random_state, n_query=n_query, n_train=n_train)
     from .manifest import is_manifest_path, load_image_text_dataset
 
-    if is_manifest_path(path):
+    if not isinstance(path, Mapping) and is_manifest_path(path):
         given = {"preset": pname if explicit else None,
                  "sparse": None if sparse == "auto" else sparse, "dtype": dtype}
         ignored = [f"{k}={v!r}" for k, v in given.items() if v is not None]
@@ -877,10 +1043,13 @@ def load_dataset(
     if image_size is not None or text_vocabulary is not None:
         warnings.warn("image_size / text_vocabulary apply to image-text manifests only; "
                       "ignored", DataWarning, stacklevel=2)
-    files = _expand_paths(path)
     ds_kwargs = dict(allow_empty_classes=allow_empty_classes, allow_overlap=allow_overlap)
-
-    if len(files) == 1:
+    if isinstance(path, Mapping) or keys:
+        raw, files, skipped, used = _role_arrays(path, keys)
+    else:
+        files = _expand_paths(path)
+        raw, skipped, used = None, [], None
+    if raw is None and len(files) == 1:
         native = _read_native(files[0])
         if native is not None:
             if n_query is not None:
@@ -896,15 +1065,12 @@ def load_dataset(
             ds.meta.update(layout="cmhash native", preset=None, source=str(files[0]))
             return ds
 
-    raw: dict[str, Any] = {}
-    for f in files:
-        for k, v in read_arrays(f).items():
-            if k in raw:
-                raise ValueError(f"key {k!r} appears in more than one file ({[str(x) for x in files]})")
-            raw[k] = v
+    if raw is None:
+        raw = _merged_arrays(files, skipped)
     source = ", ".join(str(f) for f in files)
-    layout, mods, labels, splits = _assemble(raw, source)
+    layout, mods, labels, splits = _assemble(raw, source, skipped)
     mods = {k: _finish_features(v, sparse, dtype) for k, v in mods.items()}
+    class_names = label_class_names(labels)
     Y = as_label_matrix(labels)
     n = Y.shape[0]
 
@@ -951,12 +1117,151 @@ def load_dataset(
         if nt is not None and nt < splits["retrieval"].size:
             splits["train"] = np.sort(rng.choice(splits["retrieval"], size=int(nt), replace=False))
     dname = name if name is not None else (pre.name if pre is not None else files[0].stem)
-    ds = CrossModalDataset(mods, Y, splits, name=dname, **ds_kwargs)
+    ds = CrossModalDataset(mods, Y, splits, name=dname, class_names=class_names, **ds_kwargs)
     ds.meta.update(
-        layout=layout,
+        layout=layout if used is None else "named arrays (random split)",
         preset=pre.name if pre is not None else None,
         source=source,
         random_state=random_state if isinstance(random_state, (int, type(None))) else "generator",
-        keys=sorted(raw),
+        keys=sorted(raw) if used is None else used,
     )
     return ds
+
+
+def _merged_arrays(files: list[Path], skipped: list[str]) -> dict[str, Any]:
+    """The arrays of several files in one key space (a key in two files is a ValueError)."""
+    raw: dict[str, Any] = {}
+    for f in files:
+        for k, v in read_arrays(f, skipped=skipped).items():
+            if k in raw:
+                raise ValueError(f"key {k!r} appears in more than one file ({[str(x) for x in files]})")
+            raw[k] = v
+    return raw
+
+
+#: the pool-style keys under which explicitly named arrays are assembled
+_POOL_KEYS = {"image": "IAll", "text": "TAll", "labels": "LAll"}
+_ROLE_OPTION = {"image": "--image-key", "text": "--text-key", "labels": "--label-key"}
+
+
+def _role_arrays(path: Any, keys: Mapping[str, str] | None):
+    """``(raw, files, skipped, used)`` for explicitly named arrays: ``raw`` holds them under
+    pool-style keys (``IAll``, ``TAll``, ``LAll``), ``used`` maps each role to
+    ``"file:key"``. ``path`` is a file spec (one or several files: every role read from
+    them) or a mapping role -> file / (file, key)."""
+    keys = dict(keys or {})
+    unknown = set(keys) - set(_POOL_KEYS)
+    if isinstance(path, Mapping):
+        unknown |= set(path) - set(_POOL_KEYS)
+    if unknown:
+        raise ValueError(f"unknown role(s) {sorted(unknown)}; roles: {sorted(_POOL_KEYS)}")
+    sources = {}
+    if isinstance(path, Mapping):
+        for role, spec in path.items():
+            if spec is None:
+                continue
+            file, key = spec if isinstance(spec, (tuple, list)) else (spec, None)
+            sources[role] = (_expand_paths(file), key if key is not None else keys.get(role))
+        for role in set(keys) - set(sources):
+            raise ValueError(f"keys[{role!r}] names an array but no file is given for the {role}")
+    else:
+        files = _expand_paths(path)
+        sources = {role: (files, keys.get(role)) for role in _POOL_KEYS}
+    read: dict[tuple, tuple[dict, list]] = {}
+    raw, used, taken, skipped_all = {}, {}, set(), []
+    for role in ("image", "text", "labels"):
+        if role not in sources:
+            continue
+        files, key = sources[role]
+        ident = tuple(files)
+        if ident not in read:
+            skipped: list[str] = []
+            read[ident] = (_merged_arrays(files, skipped), skipped)
+            skipped_all += skipped
+        arrays, skipped = read[ident]
+        where = ", ".join(str(f) for f in files)
+        k = _pick_role_key(arrays, skipped, role, key, where,
+                           exclude={k for (i, k) in taken if i == ident},
+                           required=role == "labels" or isinstance(path, Mapping))
+        if k is None:
+            continue
+        taken.add((ident, k))
+        raw[_POOL_KEYS[role]] = arrays[k]
+        used[role] = f"{where}:{k}"
+    all_files = list(dict.fromkeys(f for files, _ in sources.values() for f in files))
+    return raw, all_files, skipped_all, used
+
+
+def _pick_role_key(arrays: dict, skipped, role: str, key: str | None, where: str, *,
+                   exclude=(), required: bool = True, split: str | None = None) -> str | None:
+    """The key of ``role``'s array in ``arrays``: ``key`` if given, else the only array, else
+    the one key of that role by the grammar (of ``split``, or of the whole pool). None when
+    the role has no array and is not ``required``; otherwise a ValueError listing the keys."""
+    what = "label" if role == "labels" else role
+    if key is not None:
+        if key not in arrays:
+            raise ValueError(f"{where} has no array {key!r} for the {what}s; "
+                             f"{describe_keys(arrays, skipped)}")
+        return key
+    free = {k: v for k, v in arrays.items() if k not in exclude}
+    if len(arrays) == 1 and free:
+        return next(iter(free))
+    want = {split} if split is not None else {"all"}
+    cands = [k for k, v in free.items()
+             if (c := _key_role(k)) is not None and c[0] == role and c[1] in want
+             and (role == "labels" or not _is_text(v))]
+    if split is None and not cands:   # features to encode: any split's array, if only one
+        cands = [k for k, v in free.items()
+                 if (c := _key_role(k)) is not None and c[0] == role and not _is_text(v)]
+        cands = cands if role != "labels" and len(cands) == 1 else []
+    if len(cands) == 1:
+        return cands[0]
+    if not cands and not required:
+        return None
+    problem = (f"several {what} arrays ({', '.join(cands)})" if cands
+               else f"no {what} array")
+    error = MissingLabelsError if role == "labels" and not cands else ValueError
+    raise error(f"{where}: {problem}; {describe_keys(arrays, skipped)}; name the array with "
+                f"{_ROLE_OPTION[role]}")
+
+
+def load_labels(path: Any, *, key: str | None = None) -> Any:
+    """The label array of a file, as stored (multi-hot rows, class indices or class names):
+    ``key`` if given, else the file's only array, else its one label array by the key grammar
+    (whole pool). A :class:`MissingLabelsError` / ValueError lists the keys otherwise."""
+    files = _expand_paths(path)
+    skipped: list[str] = []
+    arrays = _merged_arrays(files, skipped)
+    where = ", ".join(str(f) for f in files)
+    return arrays[_pick_role_key(arrays, skipped, "labels", key, where)]
+
+
+def load_features(path: Any, modality: str = "image", *, key: str | None = None,
+                  split: str | None = None, dtype: Any = None) -> np.ndarray:
+    """One modality's feature array from a file, without labels (to encode an unlabelled
+    database or queries).
+
+    ``path``: a file (.npy, .npz, .mat, .h5) or a list of files. The array is ``key`` if given,
+    else the file's only array, else the one array of ``modality`` (``"image"`` / ``"text"``)
+    by the key grammar -- of ``split`` (``"train"``, ``"query"``, ``"retrieval"``, ``"all"``)
+    when given. Returned as stored (dense or CSR; a 1-D array stays 1-D; integer / bool
+    features as float32). Anything ambiguous or missing is a ValueError listing the keys."""
+    files = _expand_paths(path)
+    skipped: list[str] = []
+    arrays = _merged_arrays(files, skipped)
+    role = modality if modality in ("image", "text") else "image"
+    where = ", ".join(str(f) for f in files)
+    if split is not None and split not in _SPLIT_TOKENS:
+        raise ValueError(f"unknown split {split!r}; splits: {sorted(_SPLIT_TOKENS)}")
+    if key is None and modality not in ("image", "text") and len(arrays) != 1:
+        raise ValueError(f"{where}: name the array of modality {modality!r} with a key; "
+                         f"{describe_keys(arrays, skipped)}")
+    k = _pick_role_key(arrays, skipped, role, key, where, split=split)
+    X = arrays[k]
+    if _is_text(X) or (isinstance(X, np.ndarray) and X.dtype.kind not in "biuf"):
+        raise ValueError(f"{where}: array {k!r} is not numeric (dtype {X.dtype}); features must be "
+                         f"numbers")
+    X = X.tocsr() if sp.issparse(X) else np.ascontiguousarray(X)
+    if dtype is not None:
+        return X.astype(dtype, copy=False)
+    return X.astype(np.float32) if X.dtype.kind in "biu" else X

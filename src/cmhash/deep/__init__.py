@@ -9,6 +9,7 @@
 * :mod:`cmhash.deep._torch_base` -- ``TorchHasher`` base class, devices, seeding.
 * :mod:`cmhash.deep.ta_adcmh` -- TA-ADCMH (task-adaptive asymmetric deep cross-modal hashing).
 * :mod:`cmhash.deep.sdch` -- SDCH.
+* :mod:`cmhash.deep.dcmh` -- DCMH (Jiang & Li, CVPR 2017), the deep baseline.
 
 Importing this package does not import torch; its submodules do.
 """

@@ -1,4 +1,4 @@
-"""Shared PyTorch machinery of the deep methods (TA-ADCMH, SDCH).
+"""Shared PyTorch machinery of the deep methods (TA-ADCMH, SDCH, DCMH).
 
 Only the deep methods import this module, so ``import cmhash`` never imports torch.
 
@@ -21,6 +21,9 @@ cuDNN kernels, which removes most but not all of the variation.
 """
 from __future__ import annotations
 
+import functools
+import logging
+import os
 import warnings
 from pathlib import Path
 
@@ -32,29 +35,36 @@ from torch import nn
 from .._validation import _caller_stacklevel, check_int, is_image_source
 from ..base import CrossModalHasher
 from ..data.images import ArrayImageSource, ImageTransform
+from ..progress import progress
 from ..solvers import sign
+from . import training
 from ._images import iterate_image_batches
 from .backbones import LEGACY_LRN, build_backbone
 from .weights import SOURCES as WEIGHTS_SOURCES
 from .weights import read_weights
 
+logger = logging.getLogger(__name__)
+
 __all__ = ["resolve_device", "seed_everything", "hidden_widths", "TorchHasher"]
 
 
 def resolve_device(device: str) -> torch.device:
-    """``"auto"`` -> cuda if available else cpu; ``"cpu"``; ``"cuda"`` / ``"cuda:N"`` (must exist)."""
+    """``"auto"`` -> cuda if available else cpu; ``"cpu"``; ``"cuda"`` / ``"cuda:N"`` (must exist).
+    Under torchrun (``LOCAL_RANK`` set) "cuda" / "auto" are the process's GPU ``cuda:LOCAL_RANK``."""
     if isinstance(device, torch.device):
         device = str(device)
     if not isinstance(device, str):
         raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {device!r}")
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cpu":
         return torch.device("cpu")
     if device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit()):
         if not torch.cuda.is_available():
             raise ValueError(f"device={device!r} requested but CUDA is not available "
                              f"(use device='auto' or 'cpu')")
+        if device == "cuda" and "LOCAL_RANK" in os.environ:   # torchrun: this process's GPU
+            device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
         if ":" in device and int(device[5:]) >= torch.cuda.device_count():
             raise ValueError(f"device={device!r}: only {torch.cuda.device_count()} CUDA device(s)")
         return torch.device(device)
@@ -91,12 +101,28 @@ def _seed_from_rng(rng: np.random.Generator) -> int:
     return int(rng.integers(0, 2 ** 62))
 
 
+class _class_or_instance_method:
+    """A method that receives the instance when called on one and the class when called on the
+    class (``TorchHasher._predict``: the estimator's ``amp`` when there is an estimator)."""
+
+    def __init__(self, func):
+        self.func = func
+        self.__doc__ = func.__doc__
+
+    def __get__(self, obj, cls=None):
+        return functools.partial(self.func, cls if obj is None else obj)
+
+
 class TorchHasher(CrossModalHasher):
     """Base class of the deep hashers.
 
     Parameters (in addition to ``n_bits``, ``random_state``, ``verbose``): ``device``
-    (``"auto"``: the GPU when present, never required) and ``num_workers`` (worker processes
-    that decode image batches; 0: in this process). Live networks are kept in the private
+    (``"auto"``: the GPU when present, never required); ``num_workers`` (worker processes
+    that decode image batches; 0: in this process); ``amp`` (mixed precision,
+    :class:`cmhash.deep.training.Precision`: ``"auto"`` / ``"bf16"`` / ``"fp16"`` / ``"off"``;
+    ``"auto"`` is off on the CPU); ``checkpoint`` (a file rewritten atomically after every
+    epoch) and ``resume`` (a checkpoint written by a fit with the same parameters: training
+    continues after its epoch; see :meth:`_epochs`). Live networks are kept in the private
     dict ``self._nets`` (not saved); their weights and architectures are saved through
     ``network_states_`` and ``architectures_`` (see :meth:`_store_networks`).
 
@@ -108,17 +134,98 @@ class TorchHasher(CrossModalHasher):
     max_feature_ndim = 4  # images (n, C, H, W)
     diagnostic_state = ("loss_terms_",)   # loss histories (not used to encode)
     predict_batch_size = 1024
+    #: the training step splits each batch across torchrun ranks (:meth:`_distributed`)
+    data_parallel = True
     #: at most this many input values per prediction batch of images (64 MB as float32)
     predict_image_elements = 1 << 24
 
-    def __init__(self, n_bits: int = 32, *, device: str = "auto", num_workers: int = 0,
-                 random_state=None, verbose: bool = False):
+    def __init__(self, n_bits: int = 32, *, amp="auto", checkpoint=None, resume=None,
+                 device: str = "auto", num_workers: int = 0, random_state=None,
+                 verbose: bool = False):
         super().__init__(n_bits, random_state=random_state, verbose=verbose)
+        self.amp = amp
+        self.checkpoint = checkpoint
+        self.resume = resume
         self.device = device
         self.num_workers = num_workers
 
     def _check_num_workers(self) -> None:
         check_int(self.num_workers, "num_workers", minimum=0)
+
+    def _prepare_fit(self, views, names, n_classes):
+        """:meth:`CrossModalHasher._prepare_fit`, then the training parameters shared by the
+        deep methods (``amp``, ``checkpoint``, ``resume``)."""
+        super()._prepare_fit(views, names, n_classes)
+        if not (self.amp in training.AMP_CHOICES or isinstance(self.amp, bool)):
+            raise ValueError(f"amp must be one of {training.AMP_CHOICES} (or True / False), "
+                             f"got {self.amp!r}")
+        for name in ("checkpoint", "resume"):
+            path = getattr(self, name)
+            if path is not None and not isinstance(path, (str, Path)):
+                raise TypeError(f"{name} must be a file path (str or pathlib.Path) or None, "
+                                f"got {type(path).__name__}")
+        if self.resume is not None and not Path(self.resume).is_file():
+            raise ValueError(f"resume: checkpoint not found: {str(self.resume)!r}")
+
+    # ------------------------------------------------------- mixed precision
+    def _precision(self, device) -> training.Precision:
+        """The :class:`~cmhash.deep.training.Precision` of this fit (``amp`` on ``device``; one
+        per fit, so that the fp16 gradient scale carries over from step to step)."""
+        current = self.__dict__.get("_train_precision")
+        if current is None or current.device != torch.device(device):
+            current = self._train_precision = training.Precision(self.amp, device)
+        return current
+
+    def _distributed(self, device) -> training.Distributed:
+        """Data parallelism of this fit under torchrun (:class:`~cmhash.deep.training.
+        Distributed`; world size 1 otherwise)."""
+        current = self.__dict__.get("_dist")
+        if current is None:
+            current = self._dist = training.Distributed(device)
+        return current
+
+    def _inference_precision(self, device) -> training.Precision:
+        """``amp`` for prediction on ``device`` (fp16 of a model trained on CUDA is float32
+        on the CPU)."""
+        amp = getattr(self, "amp", "off")
+        if amp == "fp16" and torch.device(device).type != "cuda":
+            amp = "off"
+        return training.Precision(amp, device)
+
+    # ------------------------------------------------- epochs, checkpoint / resume
+    def _epochs(self, desc, networks, optimizers, rng, get_state, set_state):
+        """The epoch loop shared by the deep methods: yields ``(epoch, bar)`` for the epochs
+        still to train, with checkpoint / resume around them.
+
+        ``networks`` / ``optimizers``: name -> module / optimiser; ``get_state()``: the method's
+        training state that is not in them (codes, output buffers, loss histories, ...) as a
+        dict of tensors, arrays and plain values; ``set_state(state)`` puts such a dict back.
+        With ``resume``, the checkpoint is loaded first (networks, optimisers, the state, the
+        NumPy generator ``rng`` and torch's CPU generator; refused when written with other
+        parameters) and the loop starts after its epoch; with ``checkpoint``, the file is
+        rewritten atomically after every epoch (by rank 0 under torchrun). All randomness of an
+        epoch comes from ``rng`` and torch's generator, so a resumed CPU fit gives the codes and
+        weights of an uninterrupted one.
+        """
+        start = 0
+        device = next(next(iter(networks.values())).parameters()).device
+        for net in networks.values():     # channels_last for CNNs on CUDA
+            self._precision(device).prepare(net)
+        if self.resume is not None:
+            got = training.load_checkpoint(self.resume, params=self.get_params(),
+                                           networks=networks, optimizers=optimizers, rng=rng)
+            set_state(got["state"])
+            start = got["epoch"] + 1
+        if self._distributed(device).active and not self.data_parallel:
+            logger.warning(f"{desc} does not split its batches across the {self._dist.world} "
+                           f"torchrun processes: every process trains on the whole batch")
+        bar = progress(range(start, self.n_epochs), desc=desc, verbose=self.verbose)
+        for epoch in bar:
+            yield epoch, bar
+            if self.checkpoint is not None and self._distributed(device).is_main:
+                training.save_checkpoint(self.checkpoint, epoch=epoch, params=self.get_params(),
+                                         networks=networks, optimizers=optimizers,
+                                         state=get_state(), rng=rng)
 
     def _state_shapes(self) -> dict:
         """Input standardisation per modality: (d,) for vectors; for images (C, H, W) arrays
@@ -136,11 +243,14 @@ class TorchHasher(CrossModalHasher):
 
     def fit_views(self, views, labels, names=None):
         """:meth:`CrossModalHasher.fit_views`; the pretrained weights read for this fit (see
-        :meth:`_image_weights`) are released afterwards."""
+        :meth:`_image_weights`) and its precision state (:meth:`_precision`) are released
+        afterwards."""
         try:
             return super().fit_views(views, labels, names)
         finally:
             self.__dict__.pop("_pretrained", None)
+            self.__dict__.pop("_train_precision", None)
+            self.__dict__.pop("_dist", None)
 
     def _image_weights(self):
         """The ``image_weights`` file of this fit as :class:`cmhash.deep.weights.PretrainedWeights`
@@ -363,16 +473,21 @@ class TorchHasher(CrossModalHasher):
         chunks = [np.sort(order[s:s + batch_size]) for s in range(0, len(order), batch_size)]
         return [c for c in chunks if c.size >= min_size]
 
-    @classmethod
-    def _predict(cls, net: nn.Module, X, batch_size: int | None = None,
+    @_class_or_instance_method
+    def _predict(owner, net: nn.Module, X, batch_size: int | None = None,
                  device=None, num_workers: int = 0) -> np.ndarray:
         """Network outputs for every row of ``X`` as float32 ndarray (eval mode, no_grad, batched;
         an ``X`` with no rows gives the network's (0, ...) output). Image sources are read
         through a DataLoader (``num_workers``) in batches of at most
-        ``predict_image_elements`` input values."""
-        batch_size = int(batch_size or cls.predict_batch_size)
+        ``predict_image_elements`` input values. Called on an estimator, the forward passes
+        run under its ``amp`` (:meth:`_inference_precision`); called on the class, in
+        float32."""
+        cls = owner
+        batch_size = int(batch_size or owner.predict_batch_size)
         if device is None:
             device = next(net.parameters()).device
+        precision = (owner._inference_precision(device) if not isinstance(owner, type)
+                     else training.Precision("off", device))
         n = X.shape[0]
         if is_image_source(X):
             per_item = max(int(np.prod(X.shape[1:])), 1)
@@ -390,7 +505,9 @@ class TorchHasher(CrossModalHasher):
                     outs.append(net(xb).float().cpu().numpy())
                 else:
                     for _, xb in cls._iter_rows(X, batches, device, num_workers=num_workers):
-                        outs.append(net(xb).float().cpu().numpy())
+                        with precision.autocast():
+                            out = net(precision.inputs(xb))
+                        outs.append(out.float().cpu().numpy())
         finally:
             net.train(was_training)
         return np.concatenate(outs, axis=0)

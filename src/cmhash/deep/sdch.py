@@ -43,7 +43,6 @@ from torch.nn import functional as Fnn
 
 from .._validation import check_bool, check_choice, check_int, check_positive
 from ..itq import ITQ
-from ..progress import progress
 from ..solvers import sign
 from ._torch_base import (TorchHasher, _seed_from_rng, hidden_widths, resolve_device,
                           seed_everything)
@@ -213,6 +212,9 @@ class SDCH(TorchHasher):
     text_steps : int
         Updates of the text network per mini-batch (1: the paper); the extra ones take the same
         closed-form gradient of ``L_f + gamma L_h`` with the image network and fc4 fixed.
+    amp, checkpoint, resume : mixed precision ("auto": off on the CPU), a checkpoint file
+        rewritten after every epoch, a checkpoint to continue from; see
+        :class:`cmhash.deep._torch_base.TorchHasher` and docs/deep.md.
     device : "auto", "cpu", "cuda" or "cuda:N"
     num_workers : int
         Worker processes decoding image batches of image sources (0: in this process); with
@@ -234,23 +236,27 @@ class SDCH(TorchHasher):
 
     name = "sdch"
 
-    #: the paper's Section 4.2 values; "wiki" (MLP backbones) keeps every loss weight and adds
+    #: the paper's Section 4.2 values with Table 1's text network txt-fc1 4096 - txt-fc2 4096 -
+    #: txt-fc3 256 ("text-sdch"; the image network is AlexNet for image arrays); "wiki" (MLP
+    #: backbones for Wiki's feature vectors) keeps every loss weight and adds
     #: the stabilising options chosen on validation_split(0.2, random_state=0) at 32 and 128
     #: bits, seeds 0 and 1 (docs/methods/sdch.md, "Validation search"): tanh-bounded features,
     #: gradient-norm clipping at 10, 100 epochs with the learning rates decayed by 0.97 per epoch
     PRESETS = {
         "nuswide": {"gamma": 0.01, "beta1": 1.0, "beta2": 1.0, "beta3": 0.1,
-                    "batch_size": 64, "n_epochs": 50},
+                    "batch_size": 64, "n_epochs": 50, "text_backbone": "text-sdch"},
         "mirflickr25k": {"gamma": 0.01, "beta1": 1.0, "beta2": 1.0, "beta3": 0.1,
-                         "batch_size": 64, "n_epochs": 50},
+                         "batch_size": 64, "n_epochs": 50, "text_backbone": "text-sdch"},
         "iapr-tc12": {"gamma": 0.01, "beta1": 1.0, "beta2": 1.0, "beta3": 0.1,
-                      "batch_size": 64, "n_epochs": 50},
+                      "batch_size": 64, "n_epochs": 50, "text_backbone": "text-sdch"},
         "wiki": {"gamma": 0.01, "beta1": 1.0, "beta2": 1.0, "beta3": 0.1,
                  "batch_size": 64, "n_epochs": 100, "feature_bound": "tanh",
                  "feature_scale": 1.0, "grad_clip": 10.0, "lr_decay": 0.97},
     }
     #: the paper has no named ablation variants; "SDCH-literal" is its printed Eq. 7
     VARIANTS = {"SDCH": {"paper_literal": False}, "SDCH-literal": {"paper_literal": True}}
+    #: under torchrun every process trains on the whole batch (no split yet; docs/deep.md)
+    data_parallel = False
 
     def __init__(self, n_bits: int = 32, *, gamma: float = 0.01, beta1: float = 1.0,
                  beta2: float = 1.0, beta3: float = 0.1, paper_literal: bool = False,
@@ -263,9 +269,11 @@ class SDCH(TorchHasher):
                  pretrained_lr_scale: float = 0.1, optimizer: str = "adam",
                  weight_decay: float = 0.0, itq_iter: int = 50, feature_bound=None,
                  feature_scale: float = 1.0, grad_clip=None, lr_text=None,
-                 lr_decay: float = 1.0, text_steps: int = 1, device: str = "auto",
-                 num_workers: int = 0, random_state=None, verbose: bool = False):
-        super().__init__(n_bits, device=device, num_workers=num_workers,
+                 lr_decay: float = 1.0, text_steps: int = 1, amp="auto", checkpoint=None,
+                 resume=None, device: str = "auto", num_workers: int = 0, random_state=None,
+                 verbose: bool = False):
+        super().__init__(n_bits, amp=amp, checkpoint=checkpoint, resume=resume, device=device,
+                         num_workers=num_workers,
                          random_state=random_state, verbose=verbose)
         self.gamma = gamma
         self.beta1 = beta1
@@ -440,8 +448,21 @@ class SDCH(TorchHasher):
             B = self._itq_codes(f, g, h, Xd, Yd, rng, device)
         self.objective_ = []
         terms_log = {k: [] for k in TERMS}
-        bar = progress(range(self.n_epochs), desc="SDCH", verbose=self.verbose)
-        for epoch in bar:
+
+        def get_state():
+            return {"B": B, "itq_loss": self.itq_loss_, "objective": self.objective_,
+                    "terms": terms_log, "grad_norm_max": self._grad_norm_max}
+
+        def set_state(saved):
+            nonlocal B
+            B = None if saved["B"] is None else saved["B"].to(device)
+            self.itq_loss_ = list(saved["itq_loss"])
+            self.objective_[:] = saved["objective"]
+            terms_log.update(saved["terms"])
+            self._grad_norm_max = saved["grad_norm_max"]
+
+        for epoch, bar in self._epochs("SDCH", {"f": f, "g": g, "h": h},
+                                       {"f": opt_f, "h": opt_h}, rng, get_state, set_state):
             phase = "all"
             if self.warmup and epoch == 0:
                 phase = "feature"     # lr of Theta_h = 0, B not yet initialised: L_f only
@@ -511,13 +532,8 @@ class SDCH(TorchHasher):
         return torch.from_numpy(np.stack([Bz[:n], Bz[n:]]).astype(np.float32)).to(device)
 
     def _train_epoch(self, phase, f, g, h, opt_f, opt_h, Xd, Yd, L, B, gamma, hp, rng, device):
-        """One epoch of Algorithm 1; returns the per-term sums over the mini-batches.
-
-        Per batch: (i) Theta_h takes a step on gamma L_h with the features fixed (the
-        gradient of ``hash_loss_grad`` through fc4); (ii) Theta_f takes a step on
-        ``L_f + gamma L_h`` evaluated through the UPDATED fc4 (``feature_loss_grad`` on the
-        feature outputs plus ``hash_loss_grad`` back-propagated through fc4).
-        """
+        """One epoch of Algorithm 1 (one :meth:`_train_step` per mini-batch of a random
+        permutation); returns the per-term sums over the mini-batches."""
         n = L.shape[0]
         f.train(), g.train(), h.train()
         perm = rng.permutation(n)
@@ -526,41 +542,9 @@ class SDCH(TorchHasher):
         for (idx, xb), (_, yb) in zip(self._batches(Xd, batches, device, train=True, rng=rng),
                                       self._batches(Yd, batches, device, train=True, rng=rng)):
             it = torch.as_tensor(idx, device=device)
-            Lb = L[it]
-            Sf = label_similarity(Lb, Lb)                                   # b x b
-            L2 = torch.cat([Lb, Lb])
-            Sh = 2.0 * label_similarity(L2, L2) - 1.0                      # 2b x 2b, +-1
             Bb = torch.cat([B[0][it], B[1][it]]) if B is not None else None
-            Fx = self._bound(f(xb))
-            Fy = self._bound(g(yb))
-            Fxy = torch.cat([Fx, Fy])
-            if phase in ("hash", "all"):                                    # (i) Theta_h
-                Z1 = h(Fxy.detach())
-                gZ = gamma * hash_loss_grad(Z1.detach(), Bb, Sh, **hp)
-                opt_h.zero_grad(set_to_none=True)
-                Z1.backward(gZ)
-                self._clip(h.parameters())
-                opt_h.step()
-            with torch.no_grad():
-                Z = h(Fxy)
-                lf = float(feature_loss(Fx, Fy, Sf))
-                th = ({k: float(v) for k, v in hash_loss_terms(Z, Bb, Sh,
-                                                               paper_literal=hp["paper_literal"]).items()}
-                      if Bb is not None else {k: 0.0 for k in TERMS[1:]})
-            if phase in ("feature", "all"):                                 # (ii) Theta_f
-                gFx, gFy = feature_loss_grad(Fx.detach(), Fy.detach(), Sf)
-                outs, grads = [Fx, Fy], [gFx, gFy]
-                if Bb is not None:
-                    Z2 = h(Fxy)
-                    outs.append(Z2)
-                    grads.append(gamma * hash_loss_grad(Z2.detach(), Bb, Sh, **hp))
-                opt_f.zero_grad(set_to_none=True)
-                torch.autograd.backward(outs, grads)
-                self._clip(list(f.parameters()) + list(g.parameters()))
-                opt_f.step()
-                h.zero_grad(set_to_none=True)       # fc4 gradients of (ii) are not used
-                for _ in range(int(self.text_steps) - 1):   # extra steps of psi_y, psi_x fixed
-                    self._text_step(f, g, h, opt_f, xb, yb, Sf, Sh, Bb, gamma, hp)
+            lf, th = self._train_step(phase, f, g, h, opt_f, opt_h, xb, yb, L[it], Bb, gamma,
+                                      hp)
             sums["feature"] += lf
             for k in TERMS[1:]:
                 sums[k] += th[k]
@@ -569,26 +553,81 @@ class SDCH(TorchHasher):
             sums["total"] += lf + gamma * lh
         return sums
 
+    def _train_step(self, phase, f, g, h, opt_f, opt_h, xb, yb, Lb, Bb, gamma, hp):
+        """One mini-batch of Algorithm 1: images ``xb``, texts ``yb`` (b pairs), labels ``Lb``,
+        codes ``Bb`` of the 2b items (None before B exists); returns (L_f, the L_h terms) of
+        the batch before the Theta_f step.
+
+        (i) Theta_h takes a step on gamma L_h with the features fixed (the gradient of
+        ``hash_loss_grad`` through fc4; phases "hash" and "all"); (ii) Theta_f takes a step on
+        ``L_f + gamma L_h`` evaluated through the UPDATED fc4 (``feature_loss_grad`` on the
+        feature outputs plus ``hash_loss_grad`` back-propagated through fc4; phases "feature"
+        and "all", L_f alone while B does not exist).
+        """
+        Sf = label_similarity(Lb, Lb)                                       # b x b
+        L2 = torch.cat([Lb, Lb])
+        Sh = 2.0 * label_similarity(L2, L2) - 1.0                          # 2b x 2b, +-1
+        amp = self._precision(xb.device)        # forward passes under autocast, float32 math
+        with amp.autocast():
+            Fx = self._bound(f(amp.inputs(xb)).float())
+            Fy = self._bound(g(yb).float())
+        Fxy = torch.cat([Fx, Fy])
+        if phase in ("hash", "all"):                                        # (i) Theta_h
+            with amp.autocast():
+                Z1 = h(Fxy.detach()).float()
+            gZ = gamma * hash_loss_grad(Z1.detach(), Bb, Sh, **hp)
+            opt_h.zero_grad(set_to_none=True)
+            amp.backward(Z1, gZ)
+            amp.unscale(opt_h)
+            self._clip(h.parameters())
+            amp.step(opt_h)
+        with torch.no_grad():
+            Z = h(Fxy)
+            lf = float(feature_loss(Fx, Fy, Sf))
+            th = ({k: float(v) for k, v in hash_loss_terms(Z, Bb, Sh,
+                                                           paper_literal=hp["paper_literal"]).items()}
+                  if Bb is not None else {k: 0.0 for k in TERMS[1:]})
+        if phase in ("feature", "all"):                                     # (ii) Theta_f
+            gFx, gFy = feature_loss_grad(Fx.detach(), Fy.detach(), Sf)
+            outs, grads = [Fx, Fy], [gFx, gFy]
+            if Bb is not None:
+                with amp.autocast():
+                    Z2 = h(Fxy).float()
+                outs.append(Z2)
+                grads.append(gamma * hash_loss_grad(Z2.detach(), Bb, Sh, **hp))
+            opt_f.zero_grad(set_to_none=True)
+            amp.backward(outs, grads)
+            amp.unscale(opt_f)
+            self._clip(list(f.parameters()) + list(g.parameters()))
+            amp.step(opt_f)
+            h.zero_grad(set_to_none=True)       # fc4 gradients of (ii) are not used
+            for _ in range(int(self.text_steps) - 1):   # extra steps of psi_y, psi_x fixed
+                self._text_step(f, g, h, opt_f, xb, yb, Sf, Sh, Bb, gamma, hp)
+        return lf, th
+
     def _text_step(self, f, g, h, opt_f, xb, yb, Sf, Sh, Bb, gamma, hp):
-        """One more step of the text network on the same batch's ``L_f + gamma L_h``
-        (``xb``, ``yb``: the batch's image and text inputs).
+        """One more step of the text network on the same batch's ``L_f + gamma L_h``.
 
         The image features and fc4 are fixed; the gradient is the same closed form as in
         step (ii), restricted to the text outputs (``text_steps`` > 1).
         """
-        with torch.no_grad():
-            Fx = self._bound(f(xb))
-        Fy = self._bound(g(yb))
+        amp = self._precision(xb.device)
+        with torch.no_grad(), amp.autocast():
+            Fx = self._bound(f(amp.inputs(xb)).float())
+        with amp.autocast():
+            Fy = self._bound(g(yb).float())
         _, gFy = feature_loss_grad(Fx, Fy.detach(), Sf)
         outs, grads = [Fy], [gFy]
         if Bb is not None:
-            Z2 = h(torch.cat([Fx, Fy]))
+            with amp.autocast():
+                Z2 = h(torch.cat([Fx, Fy])).float()
             outs.append(Z2)
             grads.append(gamma * hash_loss_grad(Z2.detach(), Bb, Sh, **hp))
         opt_f.zero_grad(set_to_none=True)
-        torch.autograd.backward(outs, grads)
+        amp.backward(outs, grads)
+        amp.unscale(opt_f)
         self._clip(g.parameters())
-        opt_f.step()
+        amp.step(opt_f)
         h.zero_grad(set_to_none=True)
 
     # -------------------------------------------------------------- encoding

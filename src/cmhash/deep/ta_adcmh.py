@@ -47,16 +47,20 @@ from torch.nn import functional as Fnn
 
 from .._validation import check_bool, check_choice, check_int, check_n_anchors, check_positive
 from ..kernel import RBFAnchorFeatures
-from ..progress import progress
 from ..solvers import sign
 from ._torch_base import (TorchHasher, _seed_from_rng, hidden_widths, resolve_device,
                           seed_everything)
 from .backbones import IMAGE_BACKBONE_KINDS, build_backbone
+from .training import Precision
 
-__all__ = ["TAADCMH", "similarity_block", "batch_loss", "objective_terms", "analytic_gradients",
-           "codes_step", "projection_step", "class_codes"]
+__all__ = ["TAADCMH", "similarity_block", "nll_block", "batch_loss", "network_step",
+           "objective_terms", "objective_block_rows", "analytic_gradients", "codes_step",
+           "projection_step", "class_codes"]
 
 OBJECTIVE_BLOCK = 1024  # rows of the S / Phi blocks when evaluating the whole objective
+#: at most this many entries in one block x n piece of S / Phi of the objective trace (32 MB in
+#: float64), so the trace of a large n uses blocks of fewer rows instead of 1,024 x n
+OBJECTIVE_BLOCK_ELEMENTS = 1 << 22
 
 
 # ---------------------------------------------------------------- the paper's formulas
@@ -89,6 +93,59 @@ def batch_loss(out, idx, own, other, B, L, Q, *, w_quant, mu, nu):
         loss = loss + mu * ((out - Lb @ Q) ** 2).sum()
     rest = own.sum(0) - own[idx].sum(0)                               # other rows of F^T 1
     return loss + nu * ((rest + out.sum(0)) ** 2).sum()
+
+
+def network_step(net, opt, xb, it, own, other, B, L, Q, *, w_quant, mu, nu,
+                 precision=None, dist=None) -> None:
+    """One optimiser step of ``net`` on the mini-batch rows ``it`` (inputs ``xb``).
+
+    The loss is :func:`batch_loss` of the batch outputs ``net(xb)`` divided by |I| n (a
+    constant rescaling that keeps the step size independent of n, as in DCMH's released code);
+    afterwards the rows ``it`` of the buffer ``own`` hold the batch outputs (computed before
+    the step, as the released code does). ``precision``
+    (:class:`cmhash.deep.training.Precision`): the forward pass under its autocast, the loss
+    in float32, its backward pass loss-scaled and the step through its gradient scaler.
+    ``dist`` (:class:`cmhash.deep.training.Distributed`, under torchrun): each rank passes its
+    share of the batch through the DDP-wrapped network, the batch outputs are gathered, every
+    rank computes the gradient of the whole batch loss and back-propagates its own rows
+    (times the world size: DDP averages), which is the single-process step.
+    """
+    precision = precision or Precision("off", xb.device)
+    if dist is not None and dist.active:
+        _network_step_distributed(net, opt, xb, it, own, other, B, L, Q, w_quant=w_quant,
+                                  mu=mu, nu=nu, precision=precision, dist=dist)
+        return
+    with precision.autocast():
+        out = net(precision.inputs(xb))
+    out = out.float()
+    loss = batch_loss(out, it, own, other, B, L, Q, w_quant=w_quant, mu=mu, nu=nu)
+    opt.zero_grad(set_to_none=True)
+    loss = loss / (len(it) * own.shape[0])
+    precision.backward(loss, torch.ones_like(loss))
+    precision.step(opt)
+    own[it] = out.detach()
+
+
+def _network_step_distributed(net, opt, xb, it, own, other, B, L, Q, *, w_quant, mu, nu,
+                              precision, dist) -> None:
+    """:func:`network_step` with the batch split across the torchrun ranks."""
+    _, part = dist.shard(np.arange(len(it)))
+    with precision.autocast():
+        local = dist.wrapped(net)(precision.inputs(xb[part]))
+    out = dist.gather_rows(local.float()).requires_grad_()
+    loss = batch_loss(out, it, own, other, B, L, Q, w_quant=w_quant, mu=mu, nu=nu)
+    (grad,) = torch.autograd.grad(loss / (len(it) * own.shape[0]), out)
+    opt.zero_grad(set_to_none=True)
+    precision.backward(local, grad[part] * dist.grad_scale)
+    precision.step(opt)
+    own[it] = out.detach()
+
+
+def objective_block_rows(n: int) -> int:
+    """Rows of the blocks in which the objective trace evaluates the likelihood: at most n,
+    ``OBJECTIVE_BLOCK`` and ``OBJECTIVE_BLOCK_ELEMENTS / n`` (entries per block x n piece)."""
+    n = max(int(n), 1)
+    return int(max(1, min(n, OBJECTIVE_BLOCK, OBJECTIVE_BLOCK_ELEMENTS // n)))
 
 
 def objective_terms(F, G, B, L, Q, *, lam, beta, mu, nu, query="image",
@@ -288,7 +345,9 @@ class TAADCMH(TorchHasher):
         so that the B / P / W steps and the next network's epoch see the current F and G
         instead of the per-batch stale buffer (one extra forward pass per epoch).
     track_objective : bool
-        Evaluate J_1 and J_2 exactly after each epoch (O(n^2 r) time in n x batch blocks).
+        Evaluate J_1 and J_2 exactly after each epoch (off by default: O(n^2 r) time per epoch,
+        in float64, the likelihood summed over row blocks of at most ``OBJECTIVE_BLOCK`` rows
+        and ``OBJECTIVE_BLOCK_ELEMENTS`` entries, never an n x n matrix).
     projection_init : {"random", "gaussian", "balanced", "hadamard"}
         Initial P and W (V): "random" Gaussian (Algorithm 1), "gaussian" its sign (a random
         +-1 code per class), "balanced" +-1 class codes with every bit splitting the classes
@@ -312,6 +371,9 @@ class TAADCMH(TorchHasher):
         the kernel features. Dense 2-D inputs only.
     n_anchors : int or (int, int)
         Anchors of the input kernel (one value or one per modality, image first).
+    amp, checkpoint, resume : mixed precision ("auto": off on the CPU), a checkpoint file
+        rewritten after every epoch, a checkpoint to continue from; see
+        :class:`cmhash.deep._torch_base.TorchHasher` and docs/deep.md.
     device : "auto", "cpu", "cuda" or "cuda:N"
     num_workers : int
         Worker processes decoding image batches of image sources (0: in this process); with
@@ -337,6 +399,7 @@ class TAADCMH(TorchHasher):
     name = "ta-adcmh"
     state_shapes = {"projection_i2t_": ("c", "r"), "projection_t2i_": ("c", "r"),
                     "input_kernels_[v]?": ("d{v}", "q{v}")}
+    task_specific = True   # encode(..., task=...) selects the task's hash functions
     standardized_ndims = (2, 4)   # vectors per feature, images per channel
 
     #: the paper's Section 4.3 values (500 iterations, batches of 128); "wiki" was selected on
@@ -377,13 +440,14 @@ class TAADCMH(TorchHasher):
                  standardize: bool = True, n_epochs: int = 40, batch_size: int = 128,
                  lr: float = 1e-3, optimizer: str = "adam", weight_decay: float = 0.0,
                  normalize_likelihood: bool = False, refresh_buffers: bool = False,
-                 track_objective: bool = True, projection_init: str = "random",
+                 track_objective: bool = False, projection_init: str = "random",
                  projection_warmup: int = 0, image_lr=None, text_lr=None,
                  image_weight_decay=None, text_weight_decay=None,
                  lr_schedule: str = "constant", input_kernel: str = "none", n_anchors=500,
-                 device: str = "auto", num_workers: int = 0, random_state=None,
-                 verbose: bool = False):
-        super().__init__(n_bits, device=device, num_workers=num_workers,
+                 amp="auto", checkpoint=None, resume=None, device: str = "auto",
+                 num_workers: int = 0, random_state=None, verbose: bool = False):
+        super().__init__(n_bits, amp=amp, checkpoint=checkpoint, resume=resume, device=device,
+                         num_workers=num_workers,
                          random_state=random_state, verbose=verbose)
         self.lambda1 = lambda1
         self.beta1 = beta1
@@ -592,8 +656,22 @@ class TAADCMH(TorchHasher):
 
         self.objective_, self.objective_i2t_, self.objective_t2i_ = [], [], []
         terms_log: dict[str, list] = {}
-        bar = progress(range(self.n_epochs), desc="TA-ADCMH", verbose=self.verbose)
-        for epoch in bar:
+        traces = (self.objective_, self.objective_i2t_, self.objective_t2i_)
+
+        def get_state():
+            return {"tasks": {t: {k: state[t][k] for k in ("F", "G", "B", "Q")} for t in tasks},
+                    "traces": traces, "terms": terms_log}
+
+        def set_state(saved):
+            for t in tasks:
+                state[t].update({k: v.to(device) for k, v in saved["tasks"][t].items()})
+            for trace, values in zip(traces, saved["traces"]):
+                trace[:] = values
+            terms_log.update(saved["terms"])
+
+        nets = {f"{side}_{t}": state[t][side] for t in tasks for side in ("f", "g")}
+        opts = {f"{side}_{t}": state[t]["opt_" + side] for t in tasks for side in ("f", "g")}
+        for epoch, bar in self._epochs("TA-ADCMH", nets, opts, rng, get_state, set_state):
             postfix = {}
             for t in tasks:
                 s = state[t]
@@ -672,42 +750,46 @@ class TAADCMH(TorchHasher):
                 "nu": float(getattr(self, "nu" + k)), "query": query}
 
     def _train_side(self, side, s, Xd, Yd, L, rng, device):
-        """One epoch of the image (``side="f"``) or text (``"g"``) network of one task.
-
-        The mini-batch loss is the part of J that depends on the batch outputs; its gradient
-        with respect to the batch rows is exactly Eq. 6/7 (I2T) or Eq. 14/13 (T2I) for those
-        rows (the other rows enter through the buffers). It is divided by |I| n to keep the
-        step size independent of n (a constant rescaling of the gradient).
-        """
-        net, opt = s[side], s["opt_" + side]
+        """One epoch of the image (``side="f"``) or text (``"g"``) network of one task: one
+        :meth:`_train_step` per mini-batch of a random permutation of the n items."""
+        net = s[side]
         data = Xd if side == "f" else Yd
-        own, other = (s["F"], s["G"]) if side == "f" else (s["G"], s["F"])
-        hp = s["hp"]
-        w_quant = hp["lam"] if side == "f" else hp["beta"]
-        regress = (hp["query"] == "image" and side == "f") or (hp["query"] == "text" and side == "g")
+        own = s["F"] if side == "f" else s["G"]
         n = own.shape[0]
         net.train()
         perm = rng.permutation(n)
         batches = self._batch_indices(perm, self.batch_size)
         for idx, xb in self._batches(data, batches, device, train=True, rng=rng):
-            it = torch.as_tensor(idx, device=device)
-            out = net(xb)                                             # F_I (or G_I)
-            loss = batch_loss(out, it, own, other, s["B"], L, s["Q"], w_quant=w_quant,
-                              mu=hp["mu"] if regress else 0.0, nu=hp["nu"])
-            opt.zero_grad(set_to_none=True)
-            (loss / (len(idx) * n)).backward()
-            opt.step()
-            own[it] = out.detach()
+            self._train_step(side, s, xb, torch.as_tensor(idx, device=device), L)
         if self.refresh_buffers:  # exact outputs of the updated network (eval mode) for B / P
             own.copy_(torch.from_numpy(self._predict(net, data, self.batch_size, device,
                                                      self._workers())).to(device))
+
+    def _train_step(self, side, s, xb, it, L):
+        """One step of network ``side`` of task state ``s`` on the batch rows ``it`` (inputs
+        ``xb``).
+
+        The mini-batch loss is the part of J_t that depends on the batch outputs; its gradient
+        with respect to the batch rows is exactly Eq. 6 / 7 (I2T) or Eq. 14 / 13 (T2I) for those
+        rows (the other rows enter through the buffers): the image network carries lambda, the
+        text network beta, and only the QUERY network of the task (f1 / g2) the label
+        regression mu (:func:`network_step`).
+        """
+        hp = s["hp"]
+        own, other = (s["F"], s["G"]) if side == "f" else (s["G"], s["F"])
+        w_quant = hp["lam"] if side == "f" else hp["beta"]
+        regress = (hp["query"] == "image" and side == "f") or (hp["query"] == "text" and side == "g")
+        network_step(s[side], s["opt_" + side], xb, it, own, other, s["B"], L, s["Q"],
+                     w_quant=w_quant, mu=hp["mu"] if regress else 0.0, nu=hp["nu"],
+                     precision=self._precision(xb.device), dist=self._distributed(xb.device))
 
     def _objective(self, s, L) -> dict:
         hp = s["hp"]
         with torch.no_grad():
             terms = objective_terms(s["F"].double(), s["G"].double(), s["B"].double(),
                                     L.double(), s["Q"].double(), lam=hp["lam"], beta=hp["beta"],
-                                    mu=hp["mu"], nu=hp["nu"], query=hp["query"])
+                                    mu=hp["mu"], nu=hp["nu"], query=hp["query"],
+                                    block=objective_block_rows(L.shape[0]))
         return {k: float(v) for k, v in terms.items()}
 
     # -------------------------------------------------------------- encoding

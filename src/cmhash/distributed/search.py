@@ -107,6 +107,11 @@ class ShardedHammingIndex:
     def __len__(self) -> int:
         return self.ntotal
 
+    @property
+    def model_fingerprint(self):
+        """The fingerprint of the model that encoded the store (None for arrays)."""
+        return self.model
+
     def _queries(self, query_codes, packed: bool):
         q = np.asarray(query_codes)
         if q.ndim == 1:

@@ -119,7 +119,7 @@ def encode_to_zarr(hasher, X, modality, path, *, ids=None, task=None,
         group.attrs.update({"format": STORE_FORMAT, "version": 1, "n_bits": int(r), "n": n,
                             "modality": str(modality),
                             "task": list(task) if task is not None else None,
-                            "model": getattr(hasher, "fingerprint_", None)})
+                            "model": getattr(hasher, "fingerprint", None)})
         if path.exists():                       # overwrite: swap in, then drop the old store
             old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
             os.replace(path, old)

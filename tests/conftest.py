@@ -13,6 +13,16 @@ SHARED = Path(os.environ.get("CMHASH_SHARED") or REPO.parent / "shared")  # "" =
 WIKI = SHARED / "datasets" / "wiki" / "wiki_data.mat"
 
 
+def local_dask_client():
+    """A 2-worker LocalCluster client (generator for module-scoped fixtures); closed after."""
+    from cmhash.distributed import make_client
+    c = make_client("local:2", dashboard=False)
+    yield c
+    cluster = c.cluster
+    c.close()
+    cluster.close()
+
+
 def make_structured(n=400, n_classes=5, d_image=20, d_text=15, noise=0.5, seed=0,
                     multilabel=0.2):
     """Paired two-modality data whose features depend on multi-hot labels."""

@@ -503,3 +503,38 @@ def test_unpaired_class_index_labels_share_their_columns_across_modalities():
         AMSH(8, **kw).fit_unpaired([X, T], [ix, onehot[it]])
     with pytest.raises(TypeError, match="names must be a list of 2 modality names"):
         AMSH(8, **kw).fit_unpaired([X, T], [ix, it], names="ab")
+
+
+@pytest.mark.parametrize("margins", [True, False])
+def test_fused_stage2_pass_equals_the_steps(margins, monkeypatch):
+    """HashStage.run (one pass over phi per iteration: fitted values, objective, margins and
+    the next right-hand side per cache block, chunks on parallel threads) gives the iterates of
+    update_F(); objective(); update_M() in turn, up to the float32 rounding of the right-hand
+    side products (~1e-6 relative: the same W to 1e-5, the same codes, the same objectives to
+    1e-6), with any number of threads and any chunking."""
+    import cmhash.methods.amsh as amsh
+    rng = np.random.default_rng(21)
+    X = rng.standard_normal((700, 12))
+    phi = RBFAnchorFeatures(60, random_state=0).fit_transform(X)
+    B = sign(phi[:, :9] @ rng.standard_normal((9, 9))).astype(np.float64)
+    steps = HashStage(phi, B, 0.01, margins=margins, exact_products=False)
+    objs = []
+    for _ in range(6):
+        steps.update_F()
+        objs.append(steps.objective())
+        steps.update_M()
+    fused = HashStage(phi, B, 0.01, margins=margins, exact_products=False)
+    W, fobjs = fused.run(6)
+    np.testing.assert_allclose(W, steps.W, rtol=1e-5, atol=1e-5 * np.abs(steps.W).max())
+    np.testing.assert_allclose(fobjs, objs, rtol=1e-6)
+    np.testing.assert_array_equal(sign(phi @ W.astype(np.float32)),
+                                  sign(phi @ steps.W.astype(np.float32)))
+    np.testing.assert_allclose(fused.M, steps.M, atol=1e-5)
+    if margins:
+        assert np.count_nonzero(fused.M) > 0 and np.all(np.diff(fobjs) <= 1e-9 * fobjs[0])
+    # threads and chunking do not change the result
+    monkeypatch.setattr(amsh, "HASH_CHUNK_ROWS", 97)
+    W1, o1 = HashStage(phi, B, 0.01, margins=margins, exact_products=False).run(6, workers=1)
+    W2, o2 = HashStage(phi, B, 0.01, margins=margins, exact_products=False).run(6, workers=2)
+    np.testing.assert_array_equal(W1, W2)
+    assert o1 == o2

@@ -328,3 +328,25 @@ def test_wiki_beats_chance_by_far():
         random_queries = mean_average_precision(sign(rng.standard_normal((L_te.shape[0], 32))),
                                                 h.learned_codes(db), L_te, L_tr)
         assert m > 2.5 * prevalence and m > random_queries + 0.1, (m, prevalence, random_queries)
+
+
+def test_steps_from_shared_products_equal_the_steps_from_the_matrices(problem):
+    """The fit passes V^T V, G^T V, L^T B (computed once per V / B) to the steps and the
+    objective; each then equals its value computed from the n-sized matrices."""
+    from cmhash.methods.ascmh import objective_constants
+    st = problem
+    V, R, L, G, B = st["V"], st["R"], st["L"], st["G"], st["B"]
+    VtV, GtV, LtB = V.T @ V, G.T @ V, L.T @ B
+    Vp = V.T @ st["phis"][0]
+    np.testing.assert_allclose(update_P(V, Vp, VtV=VtV), update_P(V, Vp), rtol=1e-12)
+    M = update_M(V @ R, L, G, B, st["omega"], st["r"])
+    M2 = update_M(None, L, G, B, st["omega"], st["r"], GtA=GtV @ R, AtA=R.T @ VtV @ R, LtB=LtB)
+    np.testing.assert_allclose(M2, M, rtol=1e-10, atol=1e-12)
+    LMc = G.T @ L @ M
+    np.testing.assert_allclose(update_R(V, G, LMc, st["r"], GtV=GtV),
+                               update_R(V, G, LMc, st["r"]), atol=1e-12)
+    args = (V, R, M, B, st["Ps"], L, G, st["phis"], st["lambdas"], st["omega"], st["r"])
+    shared = ascmh_objective(*args, VtV=VtV, GtV=GtV, LtB=LtB,
+                             constants=objective_constants(L, G),
+                             Vt_phis=[V.T @ phi for phi in st["phis"]])
+    assert shared == pytest.approx(ascmh_objective(*args), rel=1e-12)

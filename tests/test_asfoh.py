@@ -184,7 +184,7 @@ def test_h_step_constraints_and_optimality_on_ill_conditioned_Q(monkeypatch):
         + 1e-2 * rng.standard_normal((n, k))
     routes = []
     real = solvers._polar_via_gram
-    monkeypatch.setattr(solvers, "_polar_via_gram", lambda Zc: routes.append(real(Zc)) or routes[-1])
+    monkeypatch.setattr(solvers, "_polar_via_gram", lambda Zc, **kw: routes.append(real(Zc, **kw)) or routes[-1])
     with warnings.catch_warnings():
         warnings.simplefilter("error", NumericalFallbackWarning)
         H = A.update_H(Q, "both", rng=rng)

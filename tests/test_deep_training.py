@@ -117,6 +117,7 @@ DDP_SCRIPT = textwrap.dedent('''
                                                           ref.state_dict().values()))
     if dist.rank == 0:
         open(sys.argv[1], "w").write(repr(diff))
+    dist.close()
 ''')
 
 

@@ -9,16 +9,12 @@ from cmhash import HammingIndex, make_hasher  # noqa: E402
 from cmhash.codes import pack_codes  # noqa: E402
 from cmhash.distributed import (ShardedHammingIndex, encode_to_zarr, make_client,  # noqa: E402
                                 open_codes, parse_cluster)
-from conftest import make_structured  # noqa: E402
+from conftest import local_dask_client, make_structured  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def client():
-    c = make_client("local:2", dashboard=False)
-    yield c
-    cluster = c.cluster
-    c.close()
-    cluster.close()
+    yield from local_dask_client()
 
 
 def _codes(kind, n, r, seed):
@@ -133,3 +129,39 @@ def test_cli_encode_to_zarr_and_search_on_a_cluster(tmp_path):
     # the options need a store
     assert main(["encode", "--model", str(model), "--image", str(tmp_path / "img.npy"),
                  "--out", str(tmp_path / "x.npz"), "--cluster", "local:2", "--quiet"]) == 2
+
+
+def test_cli_fit_on_a_cluster_equals_the_in_memory_fit(tmp_path):
+    """cmhash fit --cluster local:2 (BATCH): the saved model gives the same codes as the
+    in-process fit; a method without a Dask fit is refused by name."""
+    from cmhash import load
+    from cmhash.cli import main
+    X, T, L = make_structured(n=300, seed=7)
+    for name, a in (("img", X), ("txt", T), ("y", L)):
+        np.save(tmp_path / f"{name}.npy", a)
+    common = ["--image", str(tmp_path / "img.npy"), "--text", str(tmp_path / "txt.npy"),
+              "--labels", str(tmp_path / "y.npy"), "--n-query", "0", "--bits", "16",
+              "--param", "n_anchors=30", "--quiet"]
+    assert main(["fit", "--method", "batch", *common, "--out", str(tmp_path / "a.npz")]) == 0
+    assert main(["fit", "--method", "batch", *common, "--out", str(tmp_path / "b.npz"),
+                 "--cluster", "local:2"]) == 0
+    a, b = load(tmp_path / "a.npz"), load(tmp_path / "b.npz")
+    np.testing.assert_array_equal(b.codes_, a.codes_)
+    np.testing.assert_array_equal(b.encode(T, "text"), a.encode(T, "text"))
+    assert b.training_data_fingerprint_ == a.training_data_fingerprint_
+    assert main(["fit", "--method", "ascmh", *common, "--out", str(tmp_path / "c.npz"),
+                 "--cluster", "local:2"]) == 2
+
+
+def test_hasher_fit_takes_dask_arrays_under_a_client(client):
+    """hasher.fit(dask_X, dask_T, dask_L) under a distributed.Client fits on the cluster and
+    gives the in-memory codes; a method without a Dask fit says so."""
+    import dask.array as da
+    X, T, L = make_structured(n=300, seed=8)
+    ref = make_hasher("asfoh", n_bits=16, random_state=0, n_anchors=30).fit(X, T, L)
+    dX, dT, dL = (da.from_array(a, chunks=(100, a.shape[1])) for a in (X, T, L.astype(float)))
+    got = make_hasher("asfoh", n_bits=16, random_state=0, n_anchors=30).fit(dX, dT, dL)
+    np.testing.assert_array_equal(np.asarray(got.codes_.compute()), ref.codes_)
+    np.testing.assert_array_equal(got.encode(T, "text"), ref.encode(T, "text"))
+    with pytest.raises(ValueError, match="has no Dask fit"):
+        make_hasher("amsh", n_bits=16, random_state=0).fit(dX, dT, dL)

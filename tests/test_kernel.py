@@ -75,11 +75,11 @@ def test_state_round_trip():
     assert np.allclose(c2.transform(X).mean(0), 0, atol=1e-6)
 
 
-@pytest.mark.parametrize("cache_bytes", [None, 0])  # distances reused / three passes
+@pytest.mark.parametrize("block_elements", [None, 100])  # default cache blocks / 4-row blocks
 @pytest.mark.parametrize("sparse_input", [False, True])
-def test_fit_transform_equals_fit_then_transform(sparse_input, cache_bytes, monkeypatch):
-    if cache_bytes is not None:
-        monkeypatch.setattr(kernel_module, "CACHE_BYTES", cache_bytes)
+def test_fit_transform_equals_fit_then_transform(sparse_input, block_elements, monkeypatch):
+    if block_elements is not None:
+        monkeypatch.setattr(kernel_module, "CACHE_BLOCK_ELEMENTS", block_elements)
     rng = np.random.default_rng(7)
     X = (rng.random((400, 30)) < 0.2) * rng.random((400, 30))
     X = sp.csr_matrix(X) if sparse_input else X
@@ -151,16 +151,84 @@ def test_large_offset_fit_gives_the_same_codes():
         assert np.array_equal(b2.encode(T + 1e8, "text"), b.encode(T + 1e8, "text"))
 
 
-def test_in_place_distances_round_exactly_like_the_expression():
-    # _sq_dist / _raw_phi work in place to save chunk-sized temporaries; the features must
-    # stay bit-identical to the plain expression (published codes depend on the last bits)
+@pytest.mark.parametrize("block_elements", [None, 31 * 5])   # default / 5-row cache blocks
+def test_in_place_distances_round_exactly_like_the_expression(block_elements, monkeypatch):
+    # _sq_dist / _phi_in_place work in place on cache-sized blocks to save temporaries; the
+    # features must stay bit-identical to the plain expression on the same rows (the blocks
+    # change which rows share a product, not the operations), and the stored features are
+    # fl32(fl32(raw) - fl32(mean)) (kernel module docstring)
+    if block_elements is not None:
+        monkeypatch.setattr(kernel_module, "CACHE_BLOCK_ELEMENTS", block_elements)
     rng = np.random.default_rng(4)
     X = rng.standard_normal((257, 9)) * 3.0 + 1.0
-    k = RBFAnchorFeatures(31, dtype=np.float64, chunk_size=64, random_state=0).fit(X)
+    k = RBFAnchorFeatures(31, dtype=np.float32, chunk_size=64, random_state=0).fit(X)
     A, sq = k.anchors_, kernel_module._squared_norms
-    raw = []
-    for start in range(0, X.shape[0], 64):   # the same chunks, products and norms as the code
-        Xc = X[start:start + 64]
-        D = np.maximum(sq(Xc)[:, None] + sq(A)[None, :] - 2.0 * (Xc @ A.T), 0.0)
-        raw.append(np.exp(-D / (2.0 * k.sigma_)))
-    np.testing.assert_array_equal(k.transform(X), np.vstack(raw) - k.mean_)
+    D = np.maximum(sq(X)[:, None] + sq(A)[None, :] - 2.0 * (X @ A.T), 0.0)
+    raw = np.exp(-D / (2.0 * k.sigma_))
+    expected = raw.astype(np.float32) - k.mean_.astype(np.float32)
+    np.testing.assert_array_equal(k.transform(X), expected)
+    np.testing.assert_allclose(k.mean_, raw.mean(axis=0), rtol=1e-13)
+
+
+def test_features_equal_the_float64_definition_to_the_stated_rounding():
+    """sigma in closed form and fl32(fl32(raw) - fl32(mean)) against the float64 definition
+    (sigma = mean of the explicit distance matrix, phi = raw - mean rounded once): sigma to
+    ~1e-15 relative, every feature within 3 u32 (raw, mean and phi are all in [-1, 1])."""
+    u32 = np.finfo(np.float32).eps / 2
+    rng = np.random.default_rng(9)
+    for X in (rng.standard_normal((400, 12)) + 2.0,
+              sp.csr_matrix((rng.random((400, 60)) < 0.1) * rng.random((400, 60)))):
+        k = RBFAnchorFeatures(37, random_state=3)
+        phi = k.fit_transform(X)
+        Xd = X.toarray() if sp.issparse(X) else X
+        ref, sigma = _reference(Xd, k.anchors_)
+        assert abs(k.sigma_ - sigma) <= 1e-14 * sigma
+        exact = ref - ref.mean(axis=0)
+        assert np.abs(phi - exact).max() <= 3 * u32 + 1e-12
+
+
+@pytest.mark.parametrize("sparse_input", [False, True])
+def test_threaded_pass_equals_the_serial_loop(sparse_input, monkeypatch):
+    """The chunks run on all cores (_threads.parallel_map); features, mean and sigma are
+    bit-identical to a serial loop over the same chunks (the chunks' sums are added in order)."""
+    rng = np.random.default_rng(10)
+    X = (rng.random((700, 40)) < 0.2) * rng.random((700, 40))
+    X = sp.csr_matrix(X) if sparse_input else X
+    threaded = RBFAnchorFeatures(33, chunk_size=64, random_state=1)
+    phi_t = threaded.fit_transform(X)
+    monkeypatch.setattr(kernel_module, "parallel_map", lambda f, items: [f(x) for x in items])
+    serial = RBFAnchorFeatures(33, chunk_size=64, random_state=1)
+    phi_s = serial.fit_transform(X)
+    np.testing.assert_array_equal(phi_t, phi_s)
+    np.testing.assert_array_equal(threaded.mean_, serial.mean_)
+    assert threaded.sigma_ == serial.sigma_
+
+
+@pytest.mark.parametrize("sparse_input", [False, True])
+def test_kmeans_in_blocks_equals_lloyd_on_the_full_distance_matrix(sparse_input):
+    """The blockwise k-means (no (samples, q) matrix, member sums by one sparse product) equals
+    Lloyd's algorithm written with the full distance matrix and np.add.at: the same centres bit
+    for bit on dense input (same products, same elementwise expression, sums in sample order);
+    on sparse input the product's summation order may differ in the last bits."""
+    rng = np.random.default_rng(3)
+    X = (rng.random((900, 25)) < 0.3) * rng.standard_normal((900, 25)) + 0.1
+    Xin = sp.csr_matrix(X) if sparse_input else X
+    q = 40
+    got = kernel_module._kmeans_anchors(Xin, q, np.random.default_rng(5), max_samples=600)
+    # reference: the previous implementation
+    r = np.random.default_rng(5)
+    sub = np.sort(r.choice(900, size=600, replace=False))
+    S = X[sub]
+    C = S[r.choice(600, size=q, replace=False)].copy()
+    s_norm = np.einsum("ij,ij->i", S, S)
+    for _ in range(10):
+        D = s_norm[:, None] + np.einsum("ij,ij->i", C, C)[None, :] - 2.0 * S @ C.T
+        assign = np.argmin(D, axis=1)
+        counts = np.bincount(assign, minlength=q)
+        sums = np.zeros_like(C)
+        np.add.at(sums, assign, S)
+        C[counts > 0] = sums[counts > 0] / counts[counts > 0, None]
+    if sparse_input:
+        np.testing.assert_allclose(got, C, rtol=0, atol=1e-12)
+    else:
+        np.testing.assert_array_equal(got, C)

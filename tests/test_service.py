@@ -38,9 +38,9 @@ def clip_like(rng, centres, classes, noise=1.0):
 
 @pytest.fixture(scope="module")
 def embeddings(tmp_path_factory):
-    """Training pairs (an .npz with the I_tr/T_tr/L_tr layout `cmhash fit --data` reads: the
-    fit step uses the existing --data option), a database of image embeddings with string ids
-    (ids.txt) and text queries, all as .npy files."""
+    """Training pairs as .npy files (read by `cmhash fit --image/--text/--labels`; also as an
+    .npz with the I_tr/T_tr/L_tr layout `--data` reads), a database of image embeddings with
+    string ids (ids.txt) and text queries, all as .npy files."""
     root = tmp_path_factory.mktemp("clip")
     rng = np.random.default_rng(0)
     c_img = rng.standard_normal((N_CLASSES, DIM))
@@ -48,6 +48,9 @@ def embeddings(tmp_path_factory):
     y_tr = rng.integers(0, N_CLASSES, 300)
     np.savez(root / "train.npz", I_tr=clip_like(rng, c_img, y_tr),
              T_tr=clip_like(rng, c_txt, y_tr), L_tr=np.eye(N_CLASSES)[y_tr])
+    with np.load(root / "train.npz") as f:
+        for key, name in (("I_tr", "train_img"), ("T_tr", "train_txt"), ("L_tr", "train_y")):
+            np.save(root / f"{name}.npy", f[key])
     y_db = rng.integers(0, N_CLASSES, 800)
     np.save(root / "db.npy", clip_like(rng, c_img, y_db))
     ids = [f"photo-{i:04d}.jpg" for i in rng.permutation(10000)[:800]]
@@ -60,8 +63,11 @@ def embeddings(tmp_path_factory):
 @pytest.fixture(scope="module")
 def fitted(embeddings):
     root = embeddings["root"]
-    assert main(["fit", "--method", "batch", "--data", str(root / "train.npz"), "--bits", "32",
-                 "--param", "n_anchors=100", "--out", str(root / "model.npz"), "--quiet"]) == 0
+    # the user's own .npy embeddings, every row a training item
+    assert main(["fit", "--method", "batch", "--image", str(root / "train_img.npy"),
+                 "--text", str(root / "train_txt.npy"), "--labels", str(root / "train_y.npy"),
+                 "--n-query", "0", "--bits", "32", "--param", "n_anchors=100",
+                 "--out", str(root / "model.npz"), "--quiet"]) == 0
     assert main(["index", "build", "--model", str(root / "model.npz"), "--modality", "image",
                  "--features", str(root / "db.npy"), "--ids", str(root / "ids.txt"),
                  "--out", str(root / "db.idx"), "--quiet"]) == 0

@@ -238,3 +238,123 @@ def test_orthogonal_zero_mean_is_scale_invariant_to_the_ends_of_float64():
     Z[3, 2] = np.nan
     with pytest.raises(ValueError, match="NaN or infinite"):
         orthogonal_zero_mean(Z)
+
+
+# ------------------------------------------------- tall products: float64 Gram, float32 blocks
+U32 = np.finfo(np.float32).eps / 2      # unit roundoff of float32 (6e-8)
+U64 = np.finfo(np.float64).eps / 2
+
+
+def _gamma(k, u):
+    """Higham's gamma_k = k u / (1 - k u): a sum of k products computed in any order with unit
+    roundoff u is within gamma_k (sum of |products|) of the exact sum."""
+    return k * u / (1 - k * u)
+
+
+@pytest.mark.parametrize("chunk", [4096, 97, 1])
+def test_gram_is_the_float64_product_within_its_rounding_bound(chunk):
+    """gram(A) for float32 / float64 / sparse A equals A^T A computed exactly (from float64
+    copies, sums in float128 where available) within 2 gamma_n(u64) |A|^T |A| entrywise --
+    the float64 bound, ~1e-16 n relative, 8 decades below what float32 accumulation gives."""
+    import scipy.sparse as sp
+    from cmhash.solvers import gram_and_cross
+    rng = np.random.default_rng(11)
+    n, q = 1500, 23
+    A = (rng.standard_normal((n, q)) + 3.0).astype(np.float32)   # large mean: large entries
+    exact = A.astype(np.longdouble).T @ A.astype(np.longdouble)
+    bound = 2 * _gamma(n, U64) * (np.abs(A).astype(np.float64).T @ np.abs(A).astype(np.float64))
+    for M in (A, A.astype(np.float64), sp.csr_matrix(A)):
+        G = gram(M, chunk=chunk)
+        assert G.dtype == np.float64 and np.array_equal(G, G.T)
+        assert np.all(np.abs(G - exact) <= bound)
+    Y = rng.standard_normal((n, 4))
+    G2, C = gram_and_cross(A, Y, chunk=chunk)
+    assert np.array_equal(G2, gram(A, chunk=chunk))
+    exact_c = A.astype(np.longdouble).T @ Y.astype(np.longdouble)
+    bound_c = 2 * _gamma(n, U64) * (np.abs(A).astype(np.float64).T @ np.abs(Y))
+    assert np.all(np.abs(C - exact_c) <= bound_c)
+    assert np.array_equal(gram(A, Y, chunk=chunk), C)
+
+
+def test_gram_keeps_the_small_ridge_definite():
+    """The conditioning that made gram float64: at n = 184,577 rows, entries ~1e5 and a Gram
+    matrix whose smallest eigenvalue (1.8e-3) is far below the 0.01 ridge, float32 products of
+    4,096-row blocks (even accumulated in float64) leave ||E||_2 ~ 0.02 and make
+    A^T A + 0.01 I indefinite; gram's float64 blocks keep its smallest eigenvalue at
+    lambda_min(A^T A) + 0.01 to ~1e-9."""
+    import scipy.linalg as sla
+    rng = np.random.default_rng(0)
+    n, q = 184577, 48
+    base = (rng.random(n, dtype=np.float32) * 0.5 + 0.5)[:, None]
+    A = base + np.float32(1e-4) * rng.standard_normal((n, q), dtype=np.float32)
+    ridge = 0.01 * np.eye(q)
+    G = gram(A)
+    lam = np.linalg.eigvalsh(G + ridge)[0]
+    sla.cholesky(G + ridge)                                  # definite
+    A64 = A.astype(np.float64)
+    exact_min = np.linalg.eigvalsh(A64.T @ A64 + ridge)[0]   # another float64 evaluation
+    assert 0.011 < exact_min and abs(lam - exact_min) < 1e-7
+    # the test has teeth: the float32 block products that gram does not use fail here
+    G32 = np.zeros((q, q))
+    for s in range(0, n, 4096):
+        a = A[s:s + 4096]
+        G32 += (a.T @ a).astype(np.float64)
+    assert np.linalg.eigvalsh(G32 + ridge)[0] < 0
+    with pytest.raises(np.linalg.LinAlgError):
+        sla.cholesky(G32 + ridge)
+
+
+@pytest.mark.parametrize("block_rows", [8192, 333, 1])
+def test_cross_product_is_within_the_float32_block_bound(block_rows):
+    """cross_product(A, B) with a float32 operand: A rounded to float32 (u32 relative per
+    entry), float32 sums inside blocks of ``block_rows`` rows (gamma_b(u32)), float64 across
+    blocks (gamma_{n/b}(u64)): |C - A^T B| <= (u32 + gamma_b(u32) + gamma_{n/b}(u64) +
+    u32 gamma_b(u32)) |A|^T |B| entrywise. The same bound with b = n is what one float32 BLAS
+    call over all rows would need; the blocks make it b / n times smaller."""
+    from cmhash.solvers import cross_product
+    rng = np.random.default_rng(12)
+    n, r, q = 20000, 7, 30
+    A = rng.standard_normal((n, r)) * 10.0                 # float64 latent (V, H)
+    B = (rng.random((n, q)) - 0.3).astype(np.float32)      # float32 features
+    C = cross_product(A, B, block_rows=block_rows)
+    exact = A.astype(np.longdouble).T @ B.astype(np.longdouble)
+    b = min(block_rows, n)
+    rel = U32 + _gamma(b, U32) + _gamma(-(-n // b), U64) + U32 * _gamma(b, U32)
+    assert C.dtype == np.float64
+    assert np.all(np.abs(C - exact) <= rel * (np.abs(A).T @ np.abs(B).astype(np.float64)))
+    # both operands float64: a float64 product (the float64 bound)
+    C64 = cross_product(A, B.astype(np.float64), block_rows=block_rows)
+    bound64 = 2 * _gamma(n, U64) * (np.abs(A).T @ np.abs(B).astype(np.float64))
+    assert np.all(np.abs(C64 - exact) <= bound64)
+
+
+def test_cross_product_accumulates_blocks_in_float64():
+    """Many blocks of a sum that float32 cannot hold: 2^20 rows of 1 + 2^-20 in float32 each
+    sum to 2^20 + 1 (exactly representable in float64, not in float32's 24 bits at that
+    magnitude: float32 partial sums drop the 2^-20 parts). Blocks of 1,024 rows sum to
+    1,024 + 2^-10 exactly in float32; their float64 sum is exact."""
+    from cmhash.solvers import cross_product
+    n = 2 ** 20
+    A = np.ones((n, 1))
+    B = np.full((n, 1), 1 + 2.0 ** -20, dtype=np.float32)
+    assert cross_product(A, B, block_rows=1024)[0, 0] == n + 1
+    whole = float((A.astype(np.float32).T @ B)[0, 0])
+    assert whole != n + 1                                   # what float32 accumulation gives
+
+
+def test_block_functions_sum_to_the_tall_products():
+    """gram / cross_product are sums of gram_block / cross_block over row_blocks (the pieces a
+    chunked caller maps over its own blocks)."""
+    from cmhash.solvers import cross_block, cross_product, gram_block, row_blocks
+    rng = np.random.default_rng(13)
+    A = rng.standard_normal((1000, 9)).astype(np.float32)
+    V = rng.standard_normal((1000, 3))
+    blocks = row_blocks(1000, 300)
+    assert [(s.start, s.stop) for s in blocks] == [(0, 300), (300, 600), (600, 900), (900, 1000)]
+    assert np.allclose(sum(gram_block(A[s]) for s in blocks), gram(A), rtol=1e-13)
+    np.testing.assert_array_equal(sum(cross_block(V[s], A[s]) for s in blocks),
+                                  cross_product(V, A, block_rows=300))
+    with pytest.raises(ValueError, match="rows"):
+        cross_product(V, A[:10])
+    with pytest.raises(ValueError, match="rows"):
+        gram(A, V[:10])

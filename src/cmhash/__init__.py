@@ -12,6 +12,7 @@ _LAZY = {
     "NumericalFallbackWarning": "cmhash._validation",
     "OutOfDistributionWarning": "cmhash._validation",
     "load_dataset": "cmhash.data", "CrossModalDataset": "cmhash.data",
+    "load_image_text_dataset": "cmhash.data",
     "make_synthetic": "cmhash.data",
     "evaluate_hasher": "cmhash.protocol", "run_evaluation": "cmhash.protocol",
     "HammingIndex": "cmhash.index", "pack_codes": "cmhash.codes", "unpack_codes": "cmhash.codes",

@@ -47,3 +47,31 @@ def single_threaded_blas_if_small(flops: float):
         return
     with single_threaded_blas():
         yield
+
+
+def cpu_workers() -> int:
+    """CPU cores this process may run on (its affinity mask; ``os.cpu_count()`` elsewhere)."""
+    import os
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):   # pragma: no cover - non-Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def parallel_map(func, items, *, workers=None) -> list:
+    """``[func(x) for x in items]``, in order, on up to ``workers`` threads (default: the
+    cores, :func:`cpu_workers`) with one BLAS thread each.
+
+    For loops over independent row blocks whose work is single-threaded code that releases the
+    GIL (scipy's sparse products, numpy's elementwise ufuncs) or small BLAS calls: the blocks
+    run on all cores instead of one. The results are the same as the serial loop's (each item
+    is computed by the same single-threaded code; callers combine the results in order).
+    """
+    items = list(items)
+    workers = cpu_workers() if workers is None else int(workers)
+    workers = min(workers, len(items))
+    if workers <= 1:
+        return [func(x) for x in items]
+    from concurrent.futures import ThreadPoolExecutor
+    with single_threaded_blas(), ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(func, items))

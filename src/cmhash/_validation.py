@@ -133,6 +133,11 @@ def check_random_state(seed) -> np.random.Generator:
 FINITE_CHECK_ELEMENTS = 1 << 24
 
 
+def is_image_source(X) -> bool:
+    """A lazy image source of :mod:`cmhash.data.images` (duck-typed: no import cycle)."""
+    return bool(getattr(type(X), "_cmhash_image_source", False))
+
+
 def check_features(X, name: str, *, allow_sparse: bool = True, dtype=None, min_ndim: int = 2,
                    max_ndim: int = 2, allow_empty: bool = False):
     """Validate a feature matrix: 2-D (or up to ``max_ndim``), numeric, finite, non-empty.
@@ -141,7 +146,17 @@ def check_features(X, name: str, *, allow_sparse: bool = True, dtype=None, min_n
     ``dtype`` (float64 if None and the input is not already floating point). With
     ``allow_empty`` an input with no rows (shape (0, d)) is accepted (queries to encode); a
     sample with no features never is. A 1-D input is refused with a hint to reshape it.
+    A lazy image source (:mod:`cmhash.data.images`) is returned as it is -- nothing is read
+    -- where 4-D input is accepted (``max_ndim >= 4``: the deep methods).
     """
+    if is_image_source(X):
+        if max_ndim < 4:
+            raise ValueError(f"{name}: a lazy image source {X.shape} is an image modality; "
+                             f"this method takes feature vectors (n, d) (the deep methods take "
+                             f"images)")
+        if (X.shape[0] == 0 and not allow_empty) or int(np.prod(X.shape[1:])) == 0:
+            raise ValueError(f"{name} is empty: shape {X.shape}")
+        return X
     if X is None:
         raise ValueError(f"{name} is None; expected an array of shape (n_samples, n_features)")
     if sp.issparse(X):
@@ -176,8 +191,13 @@ def check_features(X, name: str, *, allow_sparse: bool = True, dtype=None, min_n
     if (arr.shape[0] == 0 and not allow_empty) or int(np.prod(arr.shape[1:])) == 0:
         raise ValueError(f"{name} is empty: shape {arr.shape}")
     if dtype is None:
-        dtype = arr.dtype if np.issubdtype(arr.dtype, np.floating) else np.float64
+        # integer images (uint8 pixels, (n, C, H, W)) are kept as they are: the deep methods
+        # convert them batch by batch; a float64 copy would take 8 times their memory
+        keep = np.issubdtype(arr.dtype, np.floating) or (arr.ndim == 4 and arr.dtype.kind in "iu")
+        dtype = arr.dtype if keep else np.float64
     arr = np.ascontiguousarray(arr, dtype=dtype)
+    if arr.dtype.kind in "iub":
+        return arr   # finite by construction
     # checked in row blocks: the boolean mask of a multi-GB feature matrix is not materialised
     rows = max(1, FINITE_CHECK_ELEMENTS // max(int(np.prod(arr.shape[1:])), 1))
     if not all(np.isfinite(arr[s:s + rows]).all() for s in range(0, arr.shape[0], rows)):
@@ -194,7 +214,13 @@ def check_not_constant(X, name: str) -> None:
     ``X`` is a validated dense array or CSR matrix with at least one row."""
     if X.shape[0] < 2:
         return
-    if sp.issparse(X):
+    if is_image_source(X):
+        # decoded (as stored) one at a time until one differs from the first: almost always
+        # the second, so this reads two images
+        first = X.read(0)
+        if any(not np.array_equal(X.read(i), first) for i in range(1, X.shape[0])):
+            return
+    elif sp.issparse(X):
         if bool((X.max(axis=0) != X.min(axis=0)).nnz):
             return
     else:

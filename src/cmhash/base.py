@@ -19,11 +19,14 @@ from pathlib import Path
 import numpy as np
 
 from ._io import atomic_write
+from ._phases import phase
 from ._state_check import check_learned_state
 from ._validation import (check_distinct_label_sets, check_features, check_labels,
                           check_n_anchors, check_n_bits, check_not_constant,
-                          check_random_state, class_indices, open_npz,
+                          check_random_state, class_indices, is_image_source, open_npz,
                           warn_if_degenerate_codes, warn_if_far_from_training)
+from .data.images import ImageTransform
+from .data.text import TextVocabulary, as_text_list
 from .deep.normalization import InputNormalization
 from .fingerprint import model_fingerprint, training_data_fingerprint
 from .kernel import CenteredFeatures, RBFAnchorFeatures
@@ -58,6 +61,7 @@ _REGISTRY: dict[str, str] = {
 
 #: classes whose instances can be stored as learned state (get_state/from_state)
 _STATE_CLASSES = {"RBFAnchorFeatures": RBFAnchorFeatures, "CenteredFeatures": CenteredFeatures,
+                  "TextVocabulary": TextVocabulary, "ImageTransform": ImageTransform,
                   "InputNormalization": InputNormalization}
 
 
@@ -191,7 +195,13 @@ class CrossModalHasher:
         return self.fit_views([image, text], labels, names=DEFAULT_NAMES)
 
     def fit_views(self, views, labels, names=None):
-        """Fit on V >= 2 paired modalities: ``views[v]`` of shape (n, d_v), ``labels`` (n, c)."""
+        """Fit on V >= 2 paired modalities: ``views[v]`` of shape (n, d_v), ``labels`` (n, c).
+
+        Dask arrays (under a ``distributed.Client``) fit out-of-core / distributed for the
+        methods that have a Dask fit (:func:`cmhash.distributed.fit.fit_on_dask`)."""
+        if any(type(a).__module__.startswith("dask.") for a in [*views, labels]):
+            from .distributed.fit import fit_on_dask
+            return fit_on_dask(self, views, labels, names)
         views, names = self._check_views(views, names)
         n = views[0].shape[0]
         for v, X in zip(names, views):
@@ -342,7 +352,8 @@ class CrossModalHasher:
         X = self._check_query(X, m)
         if X.shape[0] == 0:
             return np.zeros((0, self._code_length(m, t)), dtype=np.int8)
-        rows = encode_chunk_rows(X.shape[1:])
+        # a lazy image source is read batch by batch anyway: chunks only bound the outputs
+        rows = ENCODE_CHUNK_ROWS if is_image_source(X) else encode_chunk_rows(X.shape[1:])
         first, far = self._encode_and_flag(X[:rows], m, t)
         if X.shape[0] <= rows:
             codes = first
@@ -368,8 +379,15 @@ class CrossModalHasher:
     def _check_query(self, X, m: int):
         """Validate samples ``X`` of modality ``m`` for :meth:`encode` and the other methods that
         take raw query inputs (the deep methods' ``network_outputs``, ``features``): numeric,
-        finite, (n, ...) with the training per-sample shape; n = 0 rows is allowed."""
+        finite, (n, ...) with the training per-sample shape; n = 0 rows is allowed. Raw
+        strings are turned into bag-of-words vectors by the model's ``text_vocabulary_``
+        (:meth:`set_text_vocabulary`) when it applies to modality ``m``."""
         name = f"features of modality {self.modality_names_[m]!r}"
+        texts = None
+        if isinstance(X, (list, tuple)) or (isinstance(X, np.ndarray) and X.dtype.kind in "USO"):
+            texts = as_text_list(X, name)   # None for numbers
+        if texts is not None:
+            X = self._vectorize_text(texts, m, name)
         X = check_features(X, name, max_ndim=self.max_feature_ndim, allow_empty=True)
         fitted = tuple(self.n_features_[m])
         if tuple(X.shape[1:]) != fitted:
@@ -378,6 +396,32 @@ class CrossModalHasher:
             raise ValueError(f"{name} have shape {X.shape[1:]} per sample but the model was "
                              f"fitted on {fitted}{hint}")
         return X
+
+    def set_text_vocabulary(self, vocabulary, modality="text"):
+        """Keep the fitted :class:`~cmhash.data.text.TextVocabulary` that made ``modality``'s
+        bag-of-words from raw text (e.g. ``dataset.text_vocabulary`` of an image-text
+        manifest): it is saved with the model (plain arrays, no pickle), and :meth:`encode`
+        then also takes raw strings for that modality. Returns self."""
+        if not isinstance(vocabulary, TextVocabulary):
+            raise TypeError(f"vocabulary must be a fitted TextVocabulary, got "
+                            f"{type(vocabulary).__name__}")
+        m = self.modality_index(modality)
+        vocabulary.get_state()   # fitted, else a RuntimeError
+        if self.n_features_[m] != [len(vocabulary)]:
+            raise ValueError(f"the vocabulary has {len(vocabulary)} words but modality "
+                             f"{self.modality_names_[m]!r} was fitted on features of shape "
+                             f"{tuple(self.n_features_[m])}")
+        self.text_vocabulary_ = vocabulary
+        self.text_vocabulary_modality_ = m
+        return self
+
+    def _vectorize_text(self, texts, m: int, name: str):
+        vocab = getattr(self, "text_vocabulary_", None)
+        if vocab is None or getattr(self, "text_vocabulary_modality_", None) != m:
+            raise TypeError(f"{name}: got raw strings, but this model has no text vocabulary "
+                            f"for this modality: pass bag-of-words vectors, or attach the "
+                            f"vocabulary with set_text_vocabulary(...) before saving")
+        return vocab.transform(texts)
 
     def _code_length(self, m: int, task) -> int:
         """Bits of the codes :meth:`encode` gives for modality ``m`` (those of the learned codes,
@@ -703,6 +747,10 @@ class TwoStepKernelHasher(CrossModalHasher):
 
     def _kernelize(self, views, rng, *, use_kernel: bool = True):
         """Fit one feature map per modality; returns the list of training features phi_v."""
+        with phase("kernel"):
+            return self._fit_feature_maps(views, rng, use_kernel)
+
+    def _fit_feature_maps(self, views, rng, use_kernel: bool):
         self.kernels_ = []
         phis = []
         for v, X in enumerate(views):

@@ -13,12 +13,14 @@
     cmhash plot --json out.json --kind map --out map.png
 
 ``--data`` is a file path (layout and preset auto-detected; .npy arrays are named by their
-file stem), a list of files joined by ``+``, or ``synthetic:<preset or key=value,...>``;
-``--image`` / ``--text`` / ``--labels`` give one file per role and ``--image-key`` /
-``--text-key`` / ``--label-key`` name arrays (:mod:`cmhash.cli_inputs`). Results (tables,
-search hits) go to stdout; status messages, warnings and errors go through ``logging`` to
-stderr (``--quiet``: warnings and errors only; ``--verbose``: debug; ``--log-file``: also to a
-file; :mod:`cmhash.cli_output`). Options a command would ignore are refused.
+file stem), a list of files joined by ``+``, an image-text manifest (``images.csv`` /
+``.jsonl``: image files + captions + labels, docs/data.md), or
+``synthetic:<preset or key=value,...>``; ``--image`` / ``--text`` / ``--labels`` give one file
+per role and ``--image-key`` / ``--text-key`` / ``--label-key`` name arrays
+(:mod:`cmhash.cli_inputs`). Results (tables, search hits) go to stdout; status messages,
+warnings and errors go through ``logging`` to stderr (``--quiet``: warnings and errors only;
+``--verbose``: debug; ``--log-file``: also to a file; :mod:`cmhash.cli_output`). Options a
+command would ignore are refused.
 
 Exit status:
 
@@ -45,6 +47,7 @@ import argparse
 import contextlib
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -55,7 +58,8 @@ from . import __version__
 from ._io import atomic_write
 from .cli_inputs import (add_data_options, as_query_matrix, check_output_dir, check_output_file,
                          encode_input, load_data, require_queries)
-from .cli_cluster import add_cluster_options, encode_to_store, is_zarr_path, store_index
+from .cli_cluster import (add_cluster_options, cluster_client, encode_to_store, is_zarr_path,
+                          store_index)
 from .cli_output import BROKEN_PIPE_STATUS, configured_logging, silence_closed_stdout
 
 log = logging.getLogger("cmhash")
@@ -112,6 +116,46 @@ def _method_params(method: str, args) -> dict:
         params.update(_named_params(method, "VARIANTS", args.variant))
     params.update(_parse_params(getattr(args, "param", None)))
     _check_param_names(method, params)
+    params.update(_deep_params(method, args, params))
+    return params
+
+
+#: the deep-training options (:func:`_add_deep_options`) -> the estimators' parameters
+DEEP_OPTIONS = {"backbone": "image_backbone", "weights": "image_weights", "device": "device",
+                "amp": "amp", "epochs": "n_epochs", "checkpoint": "checkpoint",
+                "resume": "resume"}
+
+
+def _add_deep_options(p):
+    """Options of the deep methods (ta-adcmh, sdch, dcmh); refused for the other methods."""
+    g = p.add_argument_group("deep methods (ta-adcmh, sdch, dcmh)")
+    g.add_argument("--backbone", choices=("auto", "mlp", "cnnf", "alexnet", "tv_alexnet",
+                                          "tv_vgg16", "tv_resnet50"), help="image network")
+    g.add_argument("--weights", metavar="PATH", help="pretrained image-network weights file")
+    g.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    g.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), help="mixed precision (auto: on CUDA only)")
+    g.add_argument("--epochs", type=int, help="training epochs (n_epochs)")
+    g.add_argument("--checkpoint", metavar="FILE", help="rewrite this checkpoint every epoch")
+    g.add_argument("--resume", metavar="CKPT", help="continue the fit of this checkpoint")
+
+
+def _deep_params(method: str, args, given: dict) -> dict:
+    """The estimator parameters of the deep-training options set in ``args``; a ValueError for
+    a method without such a parameter or one also given through --param."""
+    from .base import get_method
+
+    names = set(get_method(method)._param_names())
+    params = {}
+    for option, param in DEEP_OPTIONS.items():
+        value = getattr(args, option, None)
+        if value is None:
+            continue
+        if param not in names:
+            raise ValueError(f"--{option} is an option of the deep methods (ta-adcmh, sdch, "
+                             f"dcmh): {method} has no parameter {param!r}")
+        if param in given:
+            raise ValueError(f"--{option} and --param {param}=... both given; use one")
+        params[param] = value
     return params
 
 
@@ -130,9 +174,9 @@ def _method_prefixed(item: str, option: str, what: str) -> tuple[str, str]:
     return method, rest
 
 
-def _load_data(args, command: str = ""):
+def _load_data(args, command: str = "", **extra):
     """The dataset of a command's data options (:func:`cmhash.cli_inputs.load_data`)."""
-    return load_data(args, command)
+    return load_data(args, command, **extra)
 
 
 def _write_json(doc, path):
@@ -144,8 +188,12 @@ def _write_json(doc, path):
 
 
 def _add_data(p, required=True):
-    """The data options (``--data`` or ``--image`` / ``--text`` / ``--labels``, keys, split)."""
+    """The data options (``--data`` or ``--image`` / ``--text`` / ``--labels``, keys, split;
+    ``--image-size`` for image-text manifests)."""
     add_data_options(p)
+    p.add_argument("--image-size", type=int,
+                   help="image-text manifests: the images' crop size (default 224; the shorter "
+                        "side is first resized to size * 256 / 224)")
 
 
 def _add_method_params(p):
@@ -217,6 +265,9 @@ def cmd_evaluate(args):
     check_output_file(args.json, "--json", make_parents=True)
     check_output_file(args.markdown, "--markdown")
     params = _method_params(args.method, args)
+    if (args.checkpoint or args.resume) and len(args.bits) * args.seeds > 1:
+        raise ValueError("--checkpoint / --resume belong to one fit: give one --bits value and "
+                         "--seeds 1 (or use `cmhash fit`)")
     ds = _load_data(args, "evaluate")
     require_queries(ds, "evaluate")
     try:
@@ -325,13 +376,35 @@ def cmd_fit(args):
     hasher = make_hasher(args.method, n_bits=args.bits, random_state=args.seed,
                          verbose=not args.quiet, **params)
     if args.unpaired:
+        if args.cluster or args.scheduler:
+            raise ValueError("--cluster / --scheduler fit paired data (no --unpaired)")
         views, labels = ds.unpaired(random_state=args.seed)
         hasher.fit_unpaired(views, labels, names=ds.modality_names)
+    elif args.cluster or args.scheduler:                   # fitted on a Dask cluster
+        from .distributed.fit import fit_on_dask
+        with cluster_client(args) as client:
+            fit_on_dask(hasher, ds.views("train"),
+                        np.asarray(ds.labels_of("train"), dtype=np.float64),
+                        ds.modality_names, client=client, materialize=True)
     else:
         hasher.fit_views(ds.views("train"), ds.labels_of("train"), names=ds.modality_names)
+    if getattr(ds, "text_vocabulary", None) is not None:   # raw text: the model keeps it
+        hasher.set_text_vocabulary(ds.text_vocabulary)
+    if os.environ.get("RANK", "0") != "0":   # torchrun: every rank fits, rank 0 writes
+        _end_process_group()
+        return
     hasher.save(args.out)
+    _end_process_group()
     log.info(f"fitted {args.method} ({args.bits} bits) on {ds.indices('train').size} items in "
              f"{hasher.train_seconds_:.2f} s; wrote {args.out}")
+
+
+def _end_process_group() -> None:
+    """Under torchrun: wait for every rank (rank 0 has written the model), then end the
+    process group, so no rank exits with the group's threads running."""
+    if "torch" in sys.modules:
+        from .deep.training import end_process_group
+        end_process_group()
 
 
 def cmd_encode(args):
@@ -558,6 +631,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bits", type=int, nargs="+", default=[16, 32, 64, 128])
     p.add_argument("--seeds", type=int, default=5, help="number of seeds (0..N-1)")
     _add_method_params(p)
+    _add_deep_options(p)
     _add_protocol(p)
     _add_published(p)
     p.add_argument("--markdown", help="also write the Markdown table here")
@@ -589,6 +663,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--unpaired", action="store_true")
     p.add_argument("--out", required=True)
     _add_method_params(p)
+    _add_deep_options(p)
+    add_cluster_options(p)
     common(p, json=False)
     p.set_defaults(func=cmd_fit)
 

@@ -90,11 +90,19 @@ def _role_files(args) -> dict:
 
 
 # ---------------------------------------------------------------------------- datasets
-def load_data(args, command: str = ""):
+def load_data(args, command: str = "", **extra):
     """The dataset of a command from ``--data`` / ``--image`` / ``--text`` / ``--labels`` and
     the key and split options; the random held-out split, if any, is announced
-    (:func:`announce_split`)."""
+    (:func:`announce_split`). ``extra``: more :func:`cmhash.data.load_dataset` options for a
+    data file (an image-text manifest's ``text_vocabulary``); ``--image-size`` is passed for
+    manifests."""
     from .data import load_dataset
+    from .data.manifest import is_manifest_path
+
+    if getattr(args, "image_size", None) is not None:
+        if not (getattr(args, "data", None) and is_manifest_path(args.data)):
+            raise ValueError("--image-size applies to image-text manifests (--data images.csv)")
+        extra["image_size"] = args.image_size
 
     files, keys = _role_files(args), _role_keys(args)
     if not files and not getattr(args, "data", None):
@@ -126,7 +134,7 @@ def load_data(args, command: str = ""):
         with warnings.catch_warnings():   # refused below instead of ignored with a warning
             warnings.filterwarnings("ignore", message=r"n_query=\d+ ignored", category=DataWarning)
             ds = load_dataset(_data_path(args.data), random_state=args.split_seed,
-                              keys=keys or None, **kwargs)
+                              keys=keys or None, **kwargs, **extra)
         if getattr(args, "n_query", None) is not None and not _is_synthetic(args.data) \
                 and "random split" not in (ds.meta.get("layout") or ""):
             raise ValueError(f"--n-query applies to a single pool split at random; {args.data} "
@@ -205,8 +213,13 @@ def encode_input(args, hasher):
     if args.labels:
         raise ValueError("--labels is for a features file (--features / --image / --text); "
                          "--data brings its own labels")
+    from .data.manifest import is_manifest_path
+    vocab = getattr(hasher, "text_vocabulary_", None)
+    # an image-text manifest's captions go through the model's own vocabulary
+    extra = ({"text_vocabulary": vocab} if vocab is not None and is_manifest_path(args.data)
+             else {})
     try:
-        ds = load_data(args, "encode")
+        ds = load_data(args, "encode", **extra)
     except MissingLabelsError:
         if _is_synthetic(args.data):
             raise
@@ -239,7 +252,8 @@ def _read_labels(args, n: int) -> np.ndarray:
 def as_query_matrix(X, hasher, modality: str):
     """A 1-D array of the model's feature length is one query: ``(1, d)`` (said on stderr);
     anything else is passed to ``encode`` unchanged (it checks the shape)."""
-    if np.ndim(X) != 1:
+    from .data.images import is_image_source
+    if is_image_source(X) or np.ndim(X) != 1:
         return X
     m = hasher.modality_index(modality)
     fitted = tuple(hasher.n_features_[m])

@@ -15,7 +15,8 @@ Two short hexadecimal digests (SHA-256, first :data:`DIGEST_HEX` hex digits):
   features -- all of them when the modality has at most :data:`DATA_VALUES_HASHED` values,
   else :func:`sample_rows` (evenly spaced rows, first and last included, as many as fit in
   that many values, at least :data:`MIN_SAMPLE_ROWS`), converted to float64 (so float32 and
-  float64 copies of the same data agree; sparse rows are densified) -- and *all* the labels
+  float64 copies of the same data agree; sparse rows are densified, lazy image sources decoded
+  with their evaluation geometry) -- and *all* the labels
   (the checked multi-hot matrix as packed bits, ``n x c / 8`` bytes). Cost: one pass over the
   labels and at most 2^20 feature values per modality, whatever ``n`` is.
   ``evaluate_hasher(database="learned")``, which scores the learned training codes as the
@@ -28,6 +29,8 @@ import json
 
 import numpy as np
 import scipy.sparse as sp
+
+from ._validation import is_image_source
 
 __all__ = ["model_fingerprint", "training_data_fingerprint", "check_same_training_data",
            "check_same_model", "DIGEST_HEX"]
@@ -92,6 +95,8 @@ def _view_digest(X) -> str:
     rows = sample_rows(n, per_row)
     _update_json(h, {"shape": list(X.shape), "rows": "all" if rows is None else rows.size})
     part = X if rows is None else X[rows]
+    if is_image_source(part):   # lazy images: the sampled rows decoded (evaluation geometry)
+        part = part.to_array()
     part = part.toarray() if sp.issparse(part) else np.asarray(part)
     _update_array(h, "values", np.asarray(part, dtype=np.float64))
     return h.hexdigest()[:DIGEST_HEX]

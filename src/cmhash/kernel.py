@@ -14,6 +14,17 @@ relative to their spread, e.g. 1e8 + N(0, 1)) gave distances of pure rounding no
 training mean's squared norm exceeds ``SHIFT_RATIO`` times the features' spread, the features
 and anchors are shifted by that mean (``shift_``) before the distances (the same distances in
 exact arithmetic); below that ratio nothing is shifted and the features are as before.
+
+Work per fit (docs/architecture.md, "Kernel features"): ``sigma`` (the mean squared
+train-to-anchor distance) is computed in closed form from the norms and means of the samples
+and anchors (``mean ||x||^2 + mean ||a||^2 - 2 mean(x).mean(a)``, no distance pass); one pass
+over row blocks then computes the distances (one sparse-dense product or one GEMM per block),
+``exp`` and the column sums, writing the uncentred features straight into the output; a last
+in-place pass subtracts the mean. The blocks are small enough (``CACHE_BLOCK_ELEMENTS``) for
+the float64 (rows, q) working array to stay in cache, so the elementwise work does not run at
+memory speed. Stored features are ``fl(fl(raw) - fl(mean))`` in the output dtype (float32:
+absolute error <= 3 u32 ~ 1.8e-7 for raw, mean in [0, 1]; ``transform`` does the same
+operations, so training features equal the encoded ones bit for bit).
 """
 from __future__ import annotations
 
@@ -21,15 +32,18 @@ import numpy as np
 import scipy.sparse as sp
 
 from ._validation import check_choice, check_features, check_int, check_random_state
+from ._threads import parallel_map
+from .solvers import row_blocks as _row_blocks
 
 DEFAULT_CHUNK = 8192
+#: the distance / exp work runs on blocks of at most this many (row, anchor) pairs (1 MiB of
+#: float64, in cache) and never more rows than ``chunk_size``
+CACHE_BLOCK_ELEMENTS = 1 << 17
 #: dense features are shifted by their training mean when its squared norm exceeds this times
 #: their spread (mean squared distance to the mean, estimated on the first ``SHIFT_SAMPLE``
 #: rows): the distances then keep at least ~8 of float64's 16 digits without the shift
 SHIFT_RATIO = 1e8
 SHIFT_SAMPLE = 1000
-#: fit_transform reuses the train-to-anchor distances when they take at most this many bytes
-CACHE_BYTES = 256 * 2 ** 20
 
 
 _OVERFLOW = ("X: squared distances to the kernel anchors overflow float64 (feature values "
@@ -94,37 +108,89 @@ class RBFAnchorFeatures:
 
     # ------------------------------------------------------------------ fitting
     def fit(self, X, y=None):
-        return self._fit_stats(self._fit_anchors(X))
-
-    def _fit_stats(self, X):
-        """sigma and the training mean for already chosen anchors (validated ``X``)."""
-        self._stats_from_distances(lambda: self._distance_chunks(X), X.shape[0])
+        X = self._fit_anchors(X)
+        self._set_sigma(self._mean_sq_distance(X))
+        n, q = X.shape[0], self.anchors_.shape[0]
+        self.mean_ = self._raw_pass(X) / n if self.center else np.zeros(q)
         return self
 
-    def _distance_chunks(self, X):
-        """``(start, D)`` for each row chunk of ``X``, D its squared distances to the anchors."""
-        for start in range(0, X.shape[0], self.chunk_size):
-            yield start, self._sq_dist(X[start:start + self.chunk_size])
+    def _mean_sq_distance(self, X) -> float:
+        """``sigma``: the mean of ``||x_i - a_j||^2`` over training rows and anchors, in closed
+        form: ``mean_i ||x_i||^2 + mean_j ||a_j||^2 - 2 mean_i(x_i) . mean_j(a_j)`` (shifted
+        coordinates when ``shift_`` is set; float64). Equal to the mean of the distance matrix
+        up to rounding (relative ~1e-16 times ``||mean||^2 / spread`` <= 1e8, ``SHIFT_RATIO``)."""
+        n = X.shape[0]
+        x_sq, x_mean = 0.0, np.zeros(X.shape[1])
+        with np.errstate(over="ignore", invalid="ignore"):
+            for rows in _row_blocks(n, self.chunk_size):   # float64 blocks, no n x d copy
+                Xc = X[rows]
+                if sp.issparse(Xc):                        # never shifted
+                    Xc = sp.csr_matrix(Xc, dtype=np.float64)
+                    x_sq += float(Xc.multiply(Xc).sum())
+                    x_mean += np.asarray(Xc.sum(axis=0)).ravel()
+                else:
+                    Xc = (self._shifted(Xc) if self.shift_ is not None
+                          else np.asarray(Xc, dtype=np.float64))
+                    x_sq += float(np.einsum("ij,ij->", Xc, Xc))
+                    x_mean += Xc.sum(axis=0)
+        return self._sigma_from_moments(x_sq / n, x_mean / n)
 
-    def _stats_from_distances(self, distance_chunks, n: int, *, keep_raw: bool = False):
-        """Set ``sigma_`` (mean squared distance) and ``mean_`` from two passes over
-        ``distance_chunks()``; with ``keep_raw`` also return the ``(start, exp(-D / 2 sigma))``
-        chunks (the uncentred features) so that ``fit_transform`` need not recompute them."""
+    def _sigma_from_moments(self, x_sq: float, x_mean) -> float:
+        """``sigma`` from the training rows' mean squared norm and mean (shifted coordinates
+        when ``shift_`` is set): the closed form of :meth:`_mean_sq_distance`, shared with the
+        Dask fit (cmhash.distributed.fit), which gets the two moments by a reduction."""
+        A = self._anchors_eff
+        with np.errstate(over="ignore", invalid="ignore"):
+            sigma = x_sq + float(self._anchor_sqnorm.mean()) - 2.0 * float(x_mean @ A.mean(axis=0))
+        if np.isnan(sigma):
+            raise ValueError(_OVERFLOW)
+        return max(sigma, 0.0)
+
+    def _chunk_raw(self, Xc, out=None, far=None) -> np.ndarray:
+        """Uncentred features ``exp(-D / 2 sigma)`` of the rows ``Xc`` (one chunk), written into
+        ``out`` (the chunk's rows of the output, its dtype) when given; returns their float64
+        column sums. Works on cache blocks of at most ``CACHE_BLOCK_ELEMENTS`` (row, anchor)
+        pairs; the sums add the blocks' sums in row order. ``far`` (the chunk's rows of a
+        boolean mask): set where every raw value is at most :meth:`far_tolerance`."""
+        tol = None if far is None else self.far_tolerance()
         q = self.anchors_.shape[0]
-        total = 0.0
-        for _, D in distance_chunks():
-            total += float(D.sum())
-        self._set_sigma(total / (n * q))
-        raws, acc = [], np.zeros(q)
-        if self.center or keep_raw:
-            for start, D in distance_chunks():   # D is not used again: exp in place
-                raw = self._phi_in_place(D)
-                if self.center:
-                    acc += raw.sum(axis=0, dtype=np.float64)
-                if keep_raw:
-                    raws.append((start, raw))
-        self.mean_ = acc / n if self.center else np.zeros(q)
-        return raws
+        sqn = None
+        if sp.issparse(Xc):
+            Xc = sp.csr_matrix(Xc, dtype=np.float64)   # once per chunk, not per product
+            if self.shift_ is None:
+                sqn = _squared_norms(Xc)
+        block = max(1, min(self.chunk_size, CACHE_BLOCK_ELEMENTS // max(q, 1)))
+        acc = np.zeros(q)
+        for rows in _row_blocks(Xc.shape[0], block):
+            raw = self._phi_in_place(self._sq_dist(Xc[rows], None if sqn is None else sqn[rows]))
+            if out is not None:
+                out[rows] = raw
+            if far is not None:
+                far[rows] = raw.max(axis=1) <= tol if q else True
+            if self.center:
+                acc += raw.sum(axis=0)
+        return acc
+
+    def _raw_pass(self, X, out=None, far=None) -> np.ndarray:
+        """:meth:`_chunk_raw` over the chunks of ``chunk_size`` rows of ``X``, on all cores
+        (:func:`cmhash._threads.parallel_map`: scipy's sparse product and numpy's ufuncs
+        release the GIL); returns the float64 column sums (the chunks' sums added in order,
+        so the result does not depend on the number of threads)."""
+        chunks = _row_blocks(X.shape[0], self.chunk_size)
+        sums = parallel_map(lambda rows: self._chunk_raw(
+            X[rows], None if out is None else out[rows], None if far is None else far[rows]),
+            chunks)
+        acc = np.zeros(self.anchors_.shape[0])
+        for part in sums:
+            acc += part
+        return acc
+
+    def _center_in_place(self, out) -> None:
+        """``out -= mean_`` in the output dtype (one pass over row chunks, no temporary)."""
+        if self.center:
+            mean = self.mean_.astype(out.dtype)
+            parallel_map(lambda rows: np.subtract(out[rows], mean, out=out[rows]),
+                         _row_blocks(out.shape[0], self.chunk_size))
 
     def _fit_anchors(self, X):
         """Validate, pick the anchors; returns the validated X."""
@@ -147,10 +213,12 @@ class RBFAnchorFeatures:
         return X
 
     def _set_anchors(self, anchors, shift) -> None:
-        """``anchors_``, ``shift_`` and the anchors as the distances use them (shifted)."""
+        """``anchors_``, ``shift_`` and the anchors as the distances use them (shifted; also
+        transposed, C-contiguous: the right operand of the per-block products)."""
         self.anchors_ = anchors
         self.shift_ = None if shift is None else np.asarray(shift, dtype=np.float64)
         self._anchors_eff = anchors if shift is None else anchors - self.shift_
+        self._anchors_t = np.ascontiguousarray(self._anchors_eff.T)
         self._anchor_sqnorm = _squared_norms(self._anchors_eff)
 
     def _set_sigma(self, sigma):
@@ -163,16 +231,25 @@ class RBFAnchorFeatures:
                              "rescale the features)")
         self.sigma_ = float(sigma)
 
-    def _sq_dist(self, Xc) -> np.ndarray:
-        if self.shift_ is not None:   # a chunk of rows, densified if a query is sparse
-            Xc = (Xc.toarray() if sp.issparse(Xc) else np.asarray(Xc, dtype=np.float64)) \
-                - self.shift_
+    def _shifted(self, Xc) -> np.ndarray:
+        """A block of rows minus ``shift_`` (float64; densified if a query is sparse)."""
+        return (Xc.toarray() if sp.issparse(Xc) else np.asarray(Xc, dtype=np.float64)) \
+            - self.shift_
+
+    def _sq_dist(self, Xc, sqn=None) -> np.ndarray:
+        """Squared distances of a block of rows to the anchors, (rows, q) float64: one
+        sparse-dense product (CSR input) or one float64 GEMM (dense input) per block.
+        ``sqn``: the rows' squared norms when already known."""
+        if self.shift_ is not None:
+            Xc = self._shifted(Xc)
+        elif not sp.issparse(Xc):
+            Xc = np.asarray(Xc, dtype=np.float64)
         with np.errstate(over="ignore", invalid="ignore"):
-            cross = Xc @ self._anchors_eff.T
+            cross = Xc @ self._anchors_t
             cross = np.asarray(cross, dtype=np.float64)
             # ||x||^2 + ||a||^2 - 2 x.a, in place (the same operations and rounding as the
             # expression, without two more chunk-sized temporaries)
-            D = np.add.outer(_squared_norms(Xc), self._anchor_sqnorm)
+            D = np.add.outer(_squared_norms(Xc) if sqn is None else sqn, self._anchor_sqnorm)
             cross *= 2.0                     # a fresh product: safe to overwrite
             D -= cross
             np.maximum(D, 0.0, out=D)        # NaN (inf - inf) propagates through maximum
@@ -185,9 +262,6 @@ class RBFAnchorFeatures:
         np.negative(D, out=D)
         np.divide(D, 2.0 * self.sigma_, out=D)
         return np.exp(D, out=D)
-
-    def _raw_phi(self, Xc) -> np.ndarray:
-        return self._phi_in_place(self._sq_dist(Xc))
 
     # ---------------------------------------------------------------- transform
     def transform(self, X, *, return_far: bool = False):
@@ -202,13 +276,8 @@ class RBFAnchorFeatures:
                              f"{self.n_features_in_}")
         out = np.empty((X.shape[0], self.anchors_.shape[0]), dtype=self.dtype)
         far = np.zeros(X.shape[0], dtype=bool) if return_far else None
-        tol = self.far_tolerance()
-        for start in range(0, X.shape[0], self.chunk_size):
-            stop = start + self.chunk_size
-            raw = self._raw_phi(X[start:stop])
-            if far is not None:
-                far[start:stop] = raw.max(axis=1) <= tol
-            out[start:stop] = raw - self.mean_
+        self._raw_pass(X, out, far=far)
+        self._center_in_place(out)
         return (out, far) if return_far else out
 
     def far_tolerance(self) -> float:
@@ -224,23 +293,17 @@ class RBFAnchorFeatures:
         return max(float(info.eps) * top, float(info.tiny))
 
     def fit_transform(self, X, y=None) -> np.ndarray:
-        """``fit(X).transform(X)``, bit-identical to it.
-
-        When the n x q float64 distance matrix fits in ``CACHE_BYTES`` the distances are
-        computed once and reused for sigma, the training mean and the features (the same
-        chunks and the same operations as the three passes of ``fit`` + ``transform``, so the
-        result is bit-identical); otherwise it runs the three chunked passes.
-        """
+        """``fit(X).transform(X)``, bit-identical to it, with one pass over the distances:
+        sigma in closed form, then the uncentred features written into the output while their
+        column sums accumulate (the same blocks and operations as ``fit`` and ``transform``),
+        then the mean subtracted in place."""
         X = self._fit_anchors(X)
+        self._set_sigma(self._mean_sq_distance(X))
         n, q = X.shape[0], self.anchors_.shape[0]
-        if n * q * 8 > CACHE_BYTES:
-            return self._fit_stats(X).transform(X)
-        chunks = list(self._distance_chunks(X))
-        raws = self._stats_from_distances(lambda: chunks, n, keep_raw=True)
-        del chunks
         out = np.empty((n, q), dtype=self.dtype)
-        for start, raw in raws:
-            out[start:start + self.chunk_size] = raw - self.mean_
+        acc = self._raw_pass(X, out)
+        self.mean_ = acc / n if self.center else np.zeros(q)
+        self._center_in_place(out)
         return out
 
     def _check_fitted(self):
@@ -300,21 +363,38 @@ class RBFAnchorFeatures:
 def _kmeans_anchors(X, q: int, rng: np.random.Generator, n_iter: int = 10,
                     max_samples: int = 20000, shift=None) -> np.ndarray:
     """Lloyd's k-means on a random subsample; initial centres are random samples. ``shift``
-    (see :func:`_offset_shift`) is subtracted for the distances and added back to the centres."""
+    (see :func:`_offset_shift`) is subtracted for the distances and added back to the centres.
+
+    The subsample stays sparse when ``X`` is; each iteration assigns blocks of
+    ``CACHE_BLOCK_ELEMENTS`` (sample, centre) pairs (one product per block, the same
+    elementwise expression as the full distance matrix), so no (samples, q) matrix is formed,
+    and sums the members of each cluster by one sparse (q, samples) x (samples, d) product (in
+    sample order, as ``np.add.at`` did)."""
     n = X.shape[0]
     sub = np.sort(rng.choice(n, size=min(n, max_samples), replace=False))
     S = X[sub]
-    S = S.toarray() if sp.issparse(S) else np.asarray(S, dtype=np.float64)
-    if shift is not None:
-        S = S - shift
-    C = S[rng.choice(S.shape[0], size=q, replace=False)].copy()
-    s_norm = np.einsum("ij,ij->i", S, S)
+    if sp.issparse(S) and shift is None:
+        S = sp.csr_matrix(S, dtype=np.float64)
+    else:
+        S = S.toarray() if sp.issparse(S) else np.asarray(S, dtype=np.float64)
+        if shift is not None:
+            S = S - shift
+    m = S.shape[0]
+    first = rng.choice(m, size=q, replace=False)
+    C = S[first].toarray() if sp.issparse(S) else S[first].copy()
+    s_norm = _squared_norms(S)
+    block = max(1, CACHE_BLOCK_ELEMENTS // q)
+    assign = np.empty(m, dtype=np.intp)
     for _ in range(n_iter):
-        D = s_norm[:, None] + np.einsum("ij,ij->i", C, C)[None, :] - 2.0 * S @ C.T
-        assign = np.argmin(D, axis=1)
+        c_norm = np.einsum("ij,ij->i", C, C)
+        Ct = np.ascontiguousarray(C.T)
+        for rows in _row_blocks(m, block):
+            D = s_norm[rows, None] + c_norm[None, :] - 2.0 * np.asarray(S[rows] @ Ct)
+            assign[rows] = np.argmin(D, axis=1)
         counts = np.bincount(assign, minlength=q)
-        sums = np.zeros_like(C)
-        np.add.at(sums, assign, S)
+        members = sp.csr_matrix((np.ones(m), (assign, np.arange(m))), shape=(q, m))
+        sums = members @ S
+        sums = sums.toarray() if sp.issparse(sums) else np.asarray(sums)
         nonempty = counts > 0
         C[nonempty] = sums[nonempty] / counts[nonempty, None]
         # empty clusters keep their previous centre

@@ -6,9 +6,15 @@ Each solver is written once here and reused by BATCH, ASCMH, ASFOH and AMSH:
   (SCRATCH/BATCH Eq. "V-step"; ASCMH Eq. 18-20; ASFOH Eq. 20-21; AMSH's V-steps).
 * :func:`procrustes` -- ``max tr(R^T M) s.t. R^T R = I`` (ASCMH Eq. 14-16).
 * :func:`svt` -- singular value thresholding, the proximal operator of ``tau ||.||_*``
-  (ASFOH Eq. 28).
+  (ASFOH Eq. 28); :func:`nuclear_norm`.
 * :func:`ridge_regression` / :func:`gram` -- ``(A^T A + alpha I)^{-1} A^T Y`` with a chunked,
   float64-accumulated Gram matrix (every two-step hash function).
+* :func:`cross_product` -- ``A^T B`` of tall matrices as float32 block products accumulated
+  in float64 (``V^T phi`` and the like, solved against well-conditioned matrices).
+
+The tall products are sums over row blocks (:func:`row_blocks`, :func:`gram_block`,
+:func:`cross_block`), so chunked or distributed callers can reuse the block functions and
+add the results.
 * :func:`sign` -- sign with 0 mapped to -1, as the reference codes do.
 """
 from __future__ import annotations
@@ -18,12 +24,18 @@ import functools
 import numpy as np
 import scipy.linalg as sla
 import scipy.sparse as sp
+from scipy.linalg.blas import dsyrk as _dsyrk
 
+from ._phases import timed
 from ._threads import single_threaded_blas_if_small
 from ._validation import warn_numerical_fallback
 
-#: rows per chunk when accumulating Gram matrices of tall matrices
+#: rows per float64 block when accumulating Gram matrices of tall matrices (:func:`gram`)
 GRAM_CHUNK = 4096
+#: rows per float32 block of :func:`cross_product` (float64 accumulation across blocks): large
+#: enough for BLAS to run at its GEMM rate on (rows, q) x (rows, r) blocks, small enough that
+#: the float32 rounding inside a block stays ~u32 sqrt(rows) (see cross_product)
+BLOCK_ROWS = 8192
 
 
 def _latency_bound(flops):
@@ -44,17 +56,28 @@ def _tall_flops(M, *args, **kwargs) -> float:
     return float(a) * b * b
 
 
+def _svd_flops(M, *args, **kwargs) -> float:
+    """~4 a b^2 for the singular values / thin SVD of an (a, b) matrix (a >= b or transposed)."""
+    a, b = (np.shape(M) + (1,))[:2]
+    return 4.0 * max(a, b) * min(a, b) ** 2
+
+
 def _solve_flops(G, R, *args, **kwargs) -> float:
     """Cholesky of the k x k ``G`` plus two triangular solves with the columns of ``R``."""
     k, m = np.shape(G)[0], (np.shape(R) + (1,))[1]
     return k ** 3 / 3.0 + 2.0 * k * k * m
 
 
-def sign(X) -> np.ndarray:
-    """Elementwise sign as int8 codes in {-1, +1}; zeros map to -1 (``B(B==0) = -1``)."""
-    return np.where(np.asarray(X) > 0, 1, -1).astype(np.int8)
+def sign(X, dtype=np.int8) -> np.ndarray:
+    """Elementwise sign as codes in {-1, +1} (int8, or ``dtype``); zeros (and NaN) map to -1
+    (``B(B==0) = -1``). Two passes over X (the comparison and the selection), no temporary
+    wider than the result: ``sign(Z, np.float64)`` is the float64 code matrix of a B-step."""
+    positive = np.asarray(X) > 0
+    dtype = np.dtype(dtype)
+    return np.where(positive, dtype.type(1), dtype.type(-1))
 
 
+@timed("latent")
 @_latency_bound(_tall_flops)
 def orthogonal_zero_mean(Z, random_state=None) -> np.ndarray:
     """Solve ``max_V tr(Z^T V)  s.t.  V^T V = n I_r,  V^T 1 = 0`` for ``V`` of shape (n, r).
@@ -78,13 +101,16 @@ def orthogonal_zero_mean(Z, random_state=None) -> np.ndarray:
     if n <= r:
         raise ValueError(f"orthogonal_zero_mean needs n > r (V^T 1 = 0 leaves n - 1 dimensions), "
                          f"got n={n}, r={r}")
-    if not np.all(np.isfinite(Z)):
+    top = _abs_max(Z)
+    if not np.isfinite(top):                   # NaN propagates through max / min
         raise ValueError("orthogonal_zero_mean: Z contains NaN or infinite values")
-    Z = _power_of_two_rescaled(Z)              # the mean of |Z| ~ 1e308 would overflow
-    Zc = _power_of_two_rescaled(Z - Z.mean(axis=0, keepdims=True))
+    Z = _power_of_two_rescaled(Z, top)         # the mean of |Z| ~ 1e308 would overflow
+    Zc = Z - Z.mean(axis=0, keepdims=True)
+    Zc = _power_of_two_rescaled(Zc)
     V = _polar_via_gram(Zc)
     if V is not None:
-        return np.sqrt(n) * V
+        V *= np.sqrt(n)                        # in place: no second n x r array
+        return V
     U, s, Wt = np.linalg.svd(Zc, full_matrices=False)
     k = int(np.count_nonzero(s > max(n, r) * np.finfo(np.float64).eps * max(s[0], 1e-300)))
     U = U[:, :k]
@@ -112,8 +138,13 @@ def orthogonal_zero_mean(Z, random_state=None) -> np.ndarray:
 RESCALE_EXPONENT = 300
 
 
-def _power_of_two_rescaled(Zc):
-    top = float(np.abs(Zc).max()) if Zc.size else 0.0
+def _abs_max(Z) -> float:
+    """``max |Z|`` without an n x r temporary (NaN if Z has one)."""
+    return max(float(Z.max()), -float(Z.min())) if Z.size else 0.0
+
+
+def _power_of_two_rescaled(Zc, top=None):
+    top = _abs_max(Zc) if top is None else top
     if top == 0.0 or 2.0 ** -RESCALE_EXPONENT <= top <= 2.0 ** RESCALE_EXPONENT:
         return Zc
     return np.ldexp(Zc, -np.frexp(top)[1])   # max |Zc| in [0.5, 1), exactly
@@ -152,6 +183,7 @@ def _polar_via_gram(Zc):
     return Q @ (sla.solve_triangular(R2, eye, lower=False, check_finite=False) @ (U @ Wt))
 
 
+@timed("small")
 @_latency_bound(_tall_flops)
 def procrustes(M) -> np.ndarray:
     """Solve ``max_R tr(R^T M)  s.t.  R^T R = I`` for ``M`` of shape (a, b), a >= b.
@@ -170,6 +202,8 @@ def procrustes(M) -> np.ndarray:
     return U @ Wt
 
 
+@timed("small")
+@_latency_bound(_svd_flops)
 def svt(M, tau: float):
     """Singular value thresholding: ``argmin_X tau ||X||_* + 1/2 ||X - M||_F^2``.
 
@@ -184,50 +218,162 @@ def svt(M, tau: float):
     return (U[:, :k] * s[:k]) @ Wt[:k]
 
 
-def gram(A, B=None, chunk: int = GRAM_CHUNK) -> np.ndarray:
-    """``A^T B`` (``B`` defaults to ``A``) in float64, accumulated over row chunks.
+def row_blocks(n: int, rows: int):
+    """``slice`` objects covering ``range(n)`` in consecutive blocks of at most ``rows`` rows
+    (the row blocks of every tall product here; a chunked / Dask caller maps the ``*_block``
+    functions over its own blocks and sums the results)."""
+    rows = max(int(rows), 1)
+    return [slice(start, min(start + rows, n)) for start in range(0, n, rows)]
 
-    Inputs may be float32 (kernel features are stored that way) or sparse; each chunk is
-    promoted to float64 before its product, so memory stays O(chunk x q) and the result is
-    as accurate as a float64 product. Float32 chunk products were not: at n = 184,577 their
-    rounding (~1e-3 relative to entries ~1e4) exceeded the 0.01 ridge of the hash functions
-    and made ``phi^T phi + 0.01 I`` numerically indefinite.
-    """
-    same = B is None
-    B = A if same else B
-    n = A.shape[0]
-    if B.shape[0] != n:
-        raise ValueError(f"gram: A has {n} rows but B has {B.shape[0]}")
-    out = np.zeros((A.shape[1], B.shape[1]), dtype=np.float64)
-    for start in range(0, n, chunk):
-        a = _as_float64(A[start:start + chunk])
-        b = a if same else _as_float64(B[start:start + chunk])
-        prod = a.T @ b
-        out += prod.toarray() if sp.issparse(prod) else prod
+
+def _check_rows(A, B, what: str) -> None:
+    if B.shape[0] != A.shape[0]:
+        raise ValueError(f"{what}: A has {A.shape[0]} rows but B has {B.shape[0]}")
+
+
+def _syrk_update(out, block64) -> None:
+    """``out += block64^T block64`` on the upper triangle of the Fortran-ordered float64 ``out``,
+    in place (one BLAS dsyrk: n q^2 flops for a (n, q) block, no q x q temporary)."""
+    _dsyrk(1.0, block64.T, beta=1.0, c=out, trans=0, lower=0, overwrite_c=1)
+
+
+def _symmetrized(upper) -> np.ndarray:
+    """The symmetric matrix whose upper triangle is ``upper``'s (C order, float64)."""
+    out = np.triu(upper)
+    out += np.triu(upper, 1).T
     return out
 
 
-def cross_product(A, B) -> np.ndarray:
-    """``A^T B`` for a tall float32 ``A`` or ``B`` (e.g. ``phi^T T``, ``V^T phi``), in one
-    float32 BLAS call, returned as float64.
+def gram_block(a) -> np.ndarray:
+    """``a^T a`` of one row block, float64-exact (the block is promoted to float64; dsyrk)."""
+    if sp.issparse(a):
+        prod = _as_float64(a).T @ _as_float64(a)
+        return np.asarray(prod.toarray() if sp.issparse(prod) else prod, dtype=np.float64)
+    upper = np.zeros((a.shape[1],) * 2, order="F")
+    _syrk_update(upper, np.asarray(a, dtype=np.float64))
+    return _symmetrized(upper)
 
-    Only for well-conditioned uses (e.g. BATCH's ``V^T phi``, solved against ``V^T V = n I``):
-    float32 accumulation is about twice as fast as :func:`gram` but its ~1e-6 relative error is
-    amplified by an ill-conditioned solve, so Gram matrices that get a small ridge, and
-    right-hand sides of ridge regressions on unbounded (raw) features, use :func:`gram`. The
-    one ridge use is AMSH's stage 2 on bounded RBF kernel features, where the error reaches the
-    fitted values only through ``||phi (phi^T phi + xi I)^{-1}|| <= 1 / (2 sqrt(xi))``
-    (see :class:`cmhash.methods.amsh.HashStage`).
+
+@timed("small")
+@_latency_bound(_svd_flops)
+def nuclear_norm(M) -> float:
+    """``||M||_*``, the sum of the singular values (one LAPACK call; one BLAS thread when small,
+    where a multi-threaded BLAS only adds latency: 0.2 s instead of 0.6 ms for 32 x 1,200 on a
+    loaded 2-core machine)."""
+    return float(np.linalg.svd(np.asarray(M, dtype=np.float64), compute_uv=False).sum())
+
+
+@timed("gram")
+def gram(A, B=None, chunk: int = GRAM_CHUNK) -> np.ndarray:
+    """``A^T B`` (``B`` defaults to ``A``) in float64, accumulated over row blocks.
+
+    Inputs may be float32 (kernel features are stored that way) or sparse; each block of
+    ``chunk`` rows is promoted to float64 (one reused buffer) before its product, so memory is
+    O(chunk x q) beyond the q x q result and the result is as accurate as a float64 product.
+    ``A^T A`` is one in-place BLAS dsyrk per block (n q^2 flops, half those of a general
+    product); the float64 work runs at the float64 GEMM rate of the machine.
+
+    Why float64 (docs/architecture.md, "dtypes"): float32 block products are not accurate
+    enough for a Gram matrix that gets a small ridge. At n = 184,577 their rounding (~1e-3
+    relative to entries ~1e4) exceeded the 0.01 ridge of the hash functions and made
+    ``phi^T phi + 0.01 I`` numerically indefinite; float32 products over blocks of 4,096 rows
+    accumulated in float64 still leave ``||E||_2`` ~ 0.1 there (tests/test_solvers.py,
+    ``test_gram_keeps_the_small_ridge_definite``). Cross products that are *not* solved
+    against a small ridge use :func:`cross_product` (float32 blocks, float64 accumulation).
     """
-    dtype = np.float32 if np.float32 in (getattr(A, "dtype", None), getattr(B, "dtype", None)) \
-        else np.float64
-    return np.asarray(np.asarray(A, dtype=dtype).T @ np.asarray(B, dtype=dtype), dtype=np.float64)
+    if B is not None and B is not A:
+        return gram_and_cross(A, B, chunk=chunk, gram_matrix=False)[1]
+    n, q = A.shape
+    if sp.issparse(A):
+        out = np.zeros((q, q))
+        for rows in row_blocks(n, chunk):
+            out += gram_block(A[rows])
+        return out
+    upper = np.zeros((q, q), order="F")
+    for block in _float64_blocks(A, n, chunk):
+        _syrk_update(upper, block)
+    return _symmetrized(upper)
+
+
+@timed("gram")
+def gram_and_cross(A, Y, chunk: int = GRAM_CHUNK, *, gram_matrix: bool = True):
+    """``(A^T A, A^T Y)`` in float64 from one pass over the row blocks of ``A``.
+
+    Each block of ``A`` is promoted to float64 once and serves both products (the Gram by
+    dsyrk, the cross product by dgemm), so the right-hand side of a ridge regression costs no
+    second pass over the n x q features. ``gram_matrix=False`` skips the Gram (returns None).
+    """
+    _check_rows(A, Y, "gram")
+    n, q = A.shape
+    Y = Y if sp.issparse(Y) else np.asarray(Y)
+    cross = np.zeros((q, Y.shape[1]))
+    upper = np.zeros((q, q), order="F") if gram_matrix else None
+    if sp.issparse(A):
+        for rows in row_blocks(n, chunk):
+            a = _as_float64(A[rows])
+            if gram_matrix:
+                upper += gram_block(a)
+            prod = a.T @ _as_float64(Y[rows])
+            cross += prod.toarray() if sp.issparse(prod) else prod
+        return upper, cross
+    for rows, block in zip(row_blocks(n, chunk), _float64_blocks(A, n, chunk)):
+        if gram_matrix:
+            _syrk_update(upper, block)
+        y = _as_float64(Y[rows])
+        prod = block.T @ y
+        cross += prod.toarray() if sp.issparse(prod) else prod
+    return (_symmetrized(upper) if gram_matrix else None), cross
+
+
+def _float64_blocks(A, n: int, chunk: int):
+    """The row blocks of dense ``A`` as float64: views when ``A`` is float64, else copies
+    into one reused (chunk, q) buffer (valid until the next block)."""
+    if A.dtype == np.float64:
+        for rows in row_blocks(n, chunk):
+            yield A[rows]
+        return
+    buf = np.empty((min(chunk, n), A.shape[1]))
+    for rows in row_blocks(n, chunk):
+        block = buf[:rows.stop - rows.start]
+        np.copyto(block, A[rows])
+        yield block
+
+
+def cross_block(a, b) -> np.ndarray:
+    """``a^T b`` of one row block as float64; a float32 product when either is float32 (the
+    other is rounded to float32: a thin (rows, r) block, a cheap copy)."""
+    dtype = np.float32 if np.float32 in (a.dtype, b.dtype) else np.float64
+    a = np.asarray(a, dtype=dtype)
+    b = np.asarray(b, dtype=dtype)
+    return np.asarray(a.T @ b, dtype=np.float64)
+
+
+@timed("products")
+def cross_product(A, B, *, block_rows: int = BLOCK_ROWS) -> np.ndarray:
+    """``A^T B`` for tall ``A`` (n, a) and ``B`` (n, b), e.g. ``V^T phi``, ``phi^T T``: float32
+    products on blocks of ``block_rows`` rows when either input is float32, accumulated in
+    float64 across blocks. Returns float64 (a, b).
+
+    Accuracy (docs/architecture.md, "dtypes"): the float64 input (V, H, codes) is rounded to
+    float32 (relative 6e-8 per entry) and each block's sum of ``block_rows`` products
+    accumulates float32 rounding, ~``u32 sqrt(block_rows)`` relative to the sum of the
+    products' magnitudes (u32 = 6e-8; ~5e-6 for 8,192 rows); the float64 sum over blocks adds
+    nothing measurable. That is ample for products solved against a well-conditioned matrix
+    (``V^T V = n I``: BATCH's U-step, ASCMH's P-step, ASFOH's P-step) and for AMSH's stage 2
+    on bounded kernel features; Gram matrices that get a small ridge use :func:`gram`.
+    """
+    _check_rows(A, B, "cross_product")
+    out = np.zeros((A.shape[1], B.shape[1]))
+    for rows in row_blocks(A.shape[0], block_rows):
+        out += cross_block(A[rows], B[rows])
+    return out
 
 
 def _as_float64(X):
     return X.astype(np.float64) if sp.issparse(X) else np.asarray(X, dtype=np.float64)
 
 
+@timed("small")
 @_latency_bound(_solve_flops)
 def solve_psd(G, R) -> np.ndarray:
     """Solve ``G X = R`` for symmetric positive (semi)definite ``G`` (Cholesky, lstsq fallback)."""
@@ -248,12 +394,14 @@ def ridge_regression(A, Y, alpha: float, *, gram_matrix=None) -> np.ndarray:
     """``W = (A^T A + alpha I)^{-1} A^T Y``: the minimiser of ``||A W - Y||^2 + alpha ||W||^2``.
 
     ``A`` (n, q) may be float32 or sparse; ``Y`` (n, r). ``gram_matrix`` lets callers reuse a
-    precomputed ``A^T A``. Cost O(n q^2 + n q r + q^3), memory O(q^2 + chunk q).
+    precomputed ``A^T A``. Both products are float64 (:func:`gram_and_cross`: one pass over
+    the row blocks of ``A``). Cost O(n q^2 + n q r + q^3), memory O(q^2 + chunk q).
     """
     if not 0 <= alpha < np.inf:   # also NaN
         raise ValueError(f"alpha must be finite and >= 0, got {alpha}")
-    G = gram(A) if gram_matrix is None else np.array(gram_matrix, dtype=np.float64)
+    if gram_matrix is None:
+        G, rhs = gram_and_cross(A, Y)
+    else:
+        G, rhs = np.array(gram_matrix, dtype=np.float64), gram(A, Y)
     G[np.diag_indices_from(G)] += alpha
-    Y = np.asarray(Y)
-    rhs = gram(A, Y.astype(A.dtype if A.dtype in (np.float32, np.float64) else np.float64, copy=False))
     return solve_psd(G, rhs)

@@ -12,6 +12,14 @@ from .dataset import (
     as_label_matrix,
     labels_from_indices,
 )
+from .images import (
+    ArrayImageSource,
+    H5ImageSource,
+    ImageFileSource,
+    ImageSource,
+    ImageTransform,
+    is_image_source,
+)
 from .loaders import (
     SPARSE_DENSITY_THRESHOLD,
     default_shared_dir,
@@ -20,6 +28,7 @@ from .loaders import (
     save_dataset,
     shared_path,
 )
+from .manifest import load_image_text_dataset
 from .presets import PRESETS, DatasetPreset, detect_preset, get_preset, preset_names
 from .synthetic import (
     SYNTHETIC_PRESETS,
@@ -27,6 +36,7 @@ from .synthetic import (
     make_synthetic_image_text,
     parse_synthetic_spec,
 )
+from .text import TextVocabulary
 
 __all__ = [
     "CrossModalDataset",
@@ -50,4 +60,12 @@ __all__ = [
     "make_synthetic",
     "make_synthetic_image_text",
     "parse_synthetic_spec",
+    "ImageSource",
+    "ImageFileSource",
+    "H5ImageSource",
+    "ArrayImageSource",
+    "ImageTransform",
+    "is_image_source",
+    "load_image_text_dataset",
+    "TextVocabulary",
 ]

@@ -24,6 +24,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .._validation import check_random_state
+from .images import concat_image_sources, is_image_source
 
 __all__ = [
     "CrossModalDataset",
@@ -184,7 +185,10 @@ def as_label_matrix(labels: Any, n_classes: int | None = None) -> np.ndarray:
 
 
 def _check_features(name: str, X: Any) -> Any:
-    """Validate / normalise one modality array. Returns ndarray (ndim >= 2) or CSR."""
+    """Validate / normalise one modality array. Returns ndarray (ndim >= 2), CSR, or a lazy
+    image source (:mod:`cmhash.data.images`, kept as it is: nothing is read)."""
+    if is_image_source(X):
+        return X
     if sp.issparse(X):
         X = sp.csr_matrix(X) if not isinstance(X, sp.csr_matrix) else X
         if X.dtype.kind not in "f":
@@ -266,6 +270,8 @@ def _take(X: Any, idx: np.ndarray) -> Any:
 
 
 def _vstack(parts: list) -> Any:
+    if any(is_image_source(p) for p in parts):
+        return concat_image_sources(parts)
     if any(sp.issparse(p) for p in parts):
         return sp.vstack([sp.csr_matrix(p) for p in parts], format="csr")
     return np.concatenate([np.asarray(p) for p in parts], axis=0)
@@ -419,6 +425,9 @@ class CrossModalDataset:
                     f"class_names has {len(class_names)} entries but labels have {Y.shape[1]} columns"
                 )
         self.class_names = class_names
+        #: the TextVocabulary that made the text modality from raw text (image-text manifests),
+        #: else None; kept by derived datasets
+        self.text_vocabulary = None
         #: free-form provenance (loader layout, preset, source path, generator parameters)
         self.meta: dict[str, Any] = {}
 
@@ -544,6 +553,7 @@ class CrossModalDataset:
             **opts,
         )
         ds.meta = dict(self.meta)
+        ds.text_vocabulary = self.text_vocabulary
         return ds
 
     def with_splits(self, **splits: Any) -> CrossModalDataset:
@@ -575,6 +585,7 @@ class CrossModalDataset:
         )
         ds.allow_overlap = self.allow_overlap
         ds.meta = dict(self.meta)
+        ds.text_vocabulary = self.text_vocabulary
         return ds
 
     # ------------------------------------------------------------------ basic attributes
@@ -748,6 +759,11 @@ class CrossModalDataset:
         """Sizes, dims, sparsity and label statistics as a JSON-friendly dict."""
         mods = {}
         for k, X in self._modalities.items():
+            if is_image_source(X):   # lazy images: nothing is decoded for a summary
+                mods[k] = {"dims": list(int(s) for s in X.shape[1:]), "dtype": str(X.dtype),
+                           "sparse": False, "density": None,
+                           "source": type(X).__name__}
+                continue
             total = X.shape[0] * int(np.prod(X.shape[1:]))
             if sp.issparse(X):
                 nnz = int(X.nnz)
@@ -786,6 +802,9 @@ class CrossModalDataset:
         for k, m in s["modalities"].items():
             kind = "CSR" if m["sparse"] else "dense"
             dims = "x".join(map(str, m["dims"]))
+            if m["density"] is None:
+                lines.append(f"  {k:<10s} {dims:>10s}  lazy  {m['dtype']:<8s} {m['source']}")
+                continue
             lines.append(f"  {k:<10s} {dims:>10s}  {kind:<5s} {m['dtype']:<8s} density {m['density']:.4f}")
         lines.append("  splits: " + ", ".join(f"{k}={v}" for k, v in s["splits"].items())
                      + f"  (train is retrieval: {s['train_is_retrieval']})")

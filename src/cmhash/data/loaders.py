@@ -29,6 +29,7 @@ from .._io import atomic_write
 from .._validation import check_random_state
 from .dataset import (CrossModalDataset, DataWarning, _check_count, as_label_matrix,
                       label_class_names)
+from .images import ArrayImageSource, H5ImageSource, detect_image_layout, is_image_source
 from .presets import DatasetPreset, detect_preset, get_preset
 
 __all__ = [
@@ -162,6 +163,15 @@ def _read_h5(path: Path, matlab: bool, skipped: list[str] | None = None) -> dict
                 if skipped is not None:
                     skipped.append(f"{name} ({'scalar' if obj.ndim == 0 else obj.dtype})")
                 continue
+            if obj.ndim == 4:   # an image array: read lazily, in row batches, never as floats
+                logical = obj.shape[::-1] if matlab else obj.shape
+                try:
+                    detect_image_layout(tuple(int(s) for s in logical))
+                except ValueError:
+                    pass
+                else:
+                    out[name] = H5ImageSource(path, obj.name, matlab=matlab)
+                    continue
             arr = obj[()]
             if isinstance(arr, np.ndarray) and matlab:
                 arr = arr.T
@@ -377,7 +387,7 @@ def _orient(split: str, mods: dict[str, Any], labels: Any) -> tuple[dict[str, An
         elif np.ndim(m) == 2:
             out[k] = np.ascontiguousarray(m.T)
         else:
-            out[k] = np.ascontiguousarray(np.moveaxis(m, -1, 0))
+            out[k] = np.moveaxis(m, -1, 0)   # a view: _finish_features copies if needed
     return out, lab
 
 
@@ -410,6 +420,13 @@ def _dense_to_csr(X: np.ndarray, chunk_elems: int = 1 << 24) -> sp.csr_matrix:
 
 
 def _finish_features(X: Any, sparse: str | bool, dtype: Any) -> Any:
+    if is_image_source(X):
+        return X
+    if np.ndim(X) == 4 and np.asarray(X).dtype.kind in "biu" and dtype is None:
+        try:   # integer images (uint8 pixels) stay as they are: no float copy
+            return ArrayImageSource(X)
+        except ValueError:   # no 3-channel axis: a plain 4-D array
+            pass
     if sp.issparse(X):
         X = X.tocsr()
         if sparse is False:
@@ -444,7 +461,13 @@ def save_dataset(dataset: CrossModalDataset, path: str | os.PathLike) -> Path:
     ext = p.suffix.lower()
     arrays: dict[str, np.ndarray] = {}
     for k, X in dataset.modalities.items():
-        if sp.issparse(X):
+        if is_image_source(X):
+            if not isinstance(X, ArrayImageSource):
+                raise ValueError(f"save_dataset: modality {k!r} is a lazy {type(X).__name__} "
+                                 f"(image files or an HDF5 array); keep its manifest / file "
+                                 f"instead of copying every image into one array")
+            arrays[f"modality/{k}"] = X.with_transform(X.transform.without_geometry()).to_array()
+        elif sp.issparse(X):
             arrays[f"modality/{k}/data"] = X.data
             arrays[f"modality/{k}/indices"] = X.indices
             arrays[f"modality/{k}/indptr"] = X.indptr
@@ -644,6 +667,9 @@ def _check_split_dims(entries: dict[str, tuple], source: str) -> None:
 
 
 def _same_rows(a: Any, b: Any) -> bool:
+    if is_image_source(a) or is_image_source(b):   # lazy images: the same stored array only
+        return (isinstance(a, H5ImageSource) and isinstance(b, H5ImageSource)
+                and (a.path, a.key) == (b.path, b.key))
     return a.shape == b.shape and _rows_equal(a, b)
 
 
@@ -702,6 +728,8 @@ def _match_subset(tr: tuple[dict, np.ndarray], db: tuple[dict, np.ndarray]) -> n
     names = list(tr[0])
     if tr[0][names[0]].shape[0] > db[0][names[0]].shape[0]:
         return None
+    if any(is_image_source(tr[0][m]) or is_image_source(db[0][m]) for m in names):
+        return None   # lazy images are not compared row by row (that would read them all)
     m0 = names[0]
     h_db = _row_hash(db[0][m0], db[1])
     h_tr = _row_hash(tr[0][m0], tr[1])
@@ -793,7 +821,11 @@ def _pool(parts: list, extra: dict[str, np.ndarray], layout: str):
     pooled = {}
     for m in names:
         arrs = [p[1][0][m] for p in parts]
-        if any(sp.issparse(a) for a in arrs):
+        if any(is_image_source(a) for a in arrs):
+            from .images import concat_image_sources
+
+            pooled[m] = concat_image_sources(arrs)
+        elif any(sp.issparse(a) for a in arrs):
             pooled[m] = sp.vstack([sp.csr_matrix(a) for a in arrs], format="csr")
         else:
             pooled[m] = np.concatenate([np.asarray(a) for a in arrs], axis=0)
@@ -914,6 +946,8 @@ def load_dataset(
     allow_empty_classes: bool = False,
     allow_overlap: bool = False,
     keys: Mapping[str, str] | None = None,
+    image_size: int | None = None,
+    text_vocabulary: Any = None,
 ) -> CrossModalDataset:
     """Load a dataset from file(s), or build a synthetic one.
 
@@ -953,6 +987,17 @@ def load_dataset(
     dataset's ``class_names`` are then the sorted names). No label array is a
     :class:`MissingLabelsError` (a ValueError) listing every key, its shape and role.
 
+    image_size, text_vocabulary : for an image-text manifest (a ``.csv``, ``.tsv``,
+        ``.jsonl`` or ``.ndjson`` path), passed to
+        :func:`cmhash.data.manifest.load_image_text_dataset` (which takes more options);
+        ``preset``, ``sparse`` and ``dtype`` do not apply to manifests (ignored with a
+        :class:`DataWarning` when given)
+
+    Image arrays (4-D) are read lazily from ``.h5`` / v7.3 ``.mat`` files
+    (:class:`~cmhash.data.images.H5ImageSource`, any of the layouts N x 3 x H x W,
+    N x H x W x 3 and MATLAB's H x W x 3 x N), and integer image arrays of other files are kept
+    as they are (:class:`~cmhash.data.images.ArrayImageSource`, no float copy).
+
     A CrossModalDataset ``path`` is returned unchanged (``preset``, ``n_query``, ``n_train``,
     ``sparse``, ``dtype`` and ``name`` are then ignored with a :class:`DataWarning`).
     """
@@ -980,6 +1025,24 @@ def load_dataset(
                           "comes from the spec (set n_query / n_train there or as arguments)",
                           DataWarning, stacklevel=2)
         return from_spec(path, random_state=random_state, n_query=n_query, n_train=n_train)
+    from .manifest import is_manifest_path, load_image_text_dataset
+
+    if not isinstance(path, Mapping) and is_manifest_path(path):
+        given = {"preset": pname if explicit else None,
+                 "sparse": None if sparse == "auto" else sparse, "dtype": dtype}
+        ignored = [f"{k}={v!r}" for k, v in given.items() if v is not None]
+        if ignored:
+            warnings.warn(f"{', '.join(ignored)} ignored: {Path(path).name} is an image-text "
+                          f"manifest", DataWarning, stacklevel=2)
+        return load_image_text_dataset(path, image_size=image_size,
+                                       text_vocabulary=text_vocabulary,
+                                       random_state=random_state, n_query=n_query,
+                                       n_train=n_train, name=name,
+                                       allow_empty_classes=allow_empty_classes,
+                                       allow_overlap=allow_overlap)
+    if image_size is not None or text_vocabulary is not None:
+        warnings.warn("image_size / text_vocabulary apply to image-text manifests only; "
+                      "ignored", DataWarning, stacklevel=2)
     ds_kwargs = dict(allow_empty_classes=allow_empty_classes, allow_overlap=allow_overlap)
     if isinstance(path, Mapping) or keys:
         raw, files, skipped, used = _role_arrays(path, keys)

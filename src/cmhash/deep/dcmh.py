@@ -33,7 +33,6 @@ import scipy.sparse as sp
 import torch
 
 from .._validation import check_bool, check_choice, check_int, check_positive
-from ..progress import progress
 from ..solvers import sign
 from ._torch_base import TorchHasher, _seed_from_rng, resolve_device, seed_everything
 from .backbones import IMAGE_BACKBONE_KINDS
@@ -125,7 +124,11 @@ class DCMH(TorchHasher):
         official code).
     track_objective : bool
         Evaluate J after each epoch (O(n^2 r) time in float64, in row blocks; off by default).
+    amp, checkpoint, resume : mixed precision ("auto": off on the CPU), a checkpoint file
+        rewritten after every epoch, a checkpoint to continue from; see
+        :class:`cmhash.deep._torch_base.TorchHasher` and docs/deep.md.
     device : "auto", "cpu", "cuda" or "cuda:N"
+    num_workers : worker processes decoding image batches of an image source (0: in-process)
     random_state, verbose : see :class:`cmhash.base.CrossModalHasher`.
 
     Attributes
@@ -160,9 +163,11 @@ class DCMH(TorchHasher):
                  n_epochs: int = 500, batch_size: int = 128, lr: float = 10 ** -1.5,
                  lr_end: float = 1e-3, lr_schedule: str = "log", optimizer: str = "sgd",
                  weight_decay: float = 5e-4, refresh_buffers: bool = False,
-                 track_objective: bool = False, device: str = "auto", random_state=None,
+                 track_objective: bool = False, amp="auto", checkpoint=None, resume=None,
+                 device: str = "auto", num_workers: int = 0, random_state=None,
                  verbose: bool = False):
-        super().__init__(n_bits, device=device, random_state=random_state, verbose=verbose)
+        super().__init__(n_bits, amp=amp, checkpoint=checkpoint, resume=resume, device=device,
+                         num_workers=num_workers, random_state=random_state, verbose=verbose)
         self.gamma = gamma
         self.eta = eta
         self.image_backbone = image_backbone
@@ -248,8 +253,19 @@ class DCMH(TorchHasher):
 
         self.objective_ = []
         terms_log: dict[str, list] = {}
-        bar = progress(range(self.n_epochs), desc="DCMH", verbose=self.verbose)
-        for epoch in bar:
+
+        def get_state():
+            return {k: s[k] for k in ("F", "G", "B")} | {"objective": self.objective_,
+                                                          "terms": terms_log}
+
+        def set_state(state):
+            s.update({k: state[k].to(device) for k in ("F", "G", "B")})
+            self.objective_[:] = state["objective"]
+            terms_log.update(state["terms"])
+
+        for epoch, bar in self._epochs("DCMH", {"f": f, "g": g},
+                                       {"f": s["opt_f"], "g": s["opt_g"]}, rng,
+                                       get_state, set_state):
             for side in ("f", "g"):   # Algorithm 1: an epoch of the image net, then the text net
                 for group in s["opt_" + side].param_groups:
                     group["lr"] = float(self.learning_rates_[epoch])
@@ -288,7 +304,8 @@ class DCMH(TorchHasher):
         back-propagates (docs/methods/dcmh.md)."""
         own, other = (s["F"], s["G"]) if side == "f" else (s["G"], s["F"])
         network_step(s[side], s["opt_" + side], xb, it, own, other, s["B"], L, None,
-                     w_quant=float(self.gamma), mu=0.0, nu=float(self.eta))
+                     w_quant=float(self.gamma), mu=0.0, nu=float(self.eta),
+                     precision=self._precision(xb.device), dist=self._distributed(xb.device))
 
     def _objective(self, s, L) -> dict:
         """Every term of J (weighted) and their sum "total", in float64 row blocks."""

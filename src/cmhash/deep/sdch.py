@@ -43,7 +43,6 @@ from torch.nn import functional as Fnn
 
 from .._validation import check_bool, check_choice, check_int, check_positive
 from ..itq import ITQ
-from ..progress import progress
 from ..solvers import sign
 from ._torch_base import (TorchHasher, _seed_from_rng, hidden_widths, resolve_device,
                           seed_everything)
@@ -213,7 +212,13 @@ class SDCH(TorchHasher):
     text_steps : int
         Updates of the text network per mini-batch (1: the paper); the extra ones take the same
         closed-form gradient of ``L_f + gamma L_h`` with the image network and fc4 fixed.
+    amp, checkpoint, resume : mixed precision ("auto": off on the CPU), a checkpoint file
+        rewritten after every epoch, a checkpoint to continue from; see
+        :class:`cmhash.deep._torch_base.TorchHasher` and docs/deep.md.
     device : "auto", "cpu", "cuda" or "cuda:N"
+    num_workers : int
+        Worker processes decoding image batches of image sources (0: in this process); with
+        a GPU, 4-8 keep it busy. Codes do not depend on it.
     random_state, verbose : see :class:`cmhash.base.CrossModalHasher`.
 
     Attributes
@@ -250,6 +255,8 @@ class SDCH(TorchHasher):
     }
     #: the paper has no named ablation variants; "SDCH-literal" is its printed Eq. 7
     VARIANTS = {"SDCH": {"paper_literal": False}, "SDCH-literal": {"paper_literal": True}}
+    #: under torchrun every process trains on the whole batch (no split yet; docs/deep.md)
+    data_parallel = False
 
     def __init__(self, n_bits: int = 32, *, gamma: float = 0.01, beta1: float = 1.0,
                  beta2: float = 1.0, beta3: float = 0.1, paper_literal: bool = False,
@@ -262,9 +269,12 @@ class SDCH(TorchHasher):
                  pretrained_lr_scale: float = 0.1, optimizer: str = "adam",
                  weight_decay: float = 0.0, itq_iter: int = 50, feature_bound=None,
                  feature_scale: float = 1.0, grad_clip=None, lr_text=None,
-                 lr_decay: float = 1.0, text_steps: int = 1, device: str = "auto",
-                 random_state=None, verbose: bool = False):
-        super().__init__(n_bits, device=device, random_state=random_state, verbose=verbose)
+                 lr_decay: float = 1.0, text_steps: int = 1, amp="auto", checkpoint=None,
+                 resume=None, device: str = "auto", num_workers: int = 0, random_state=None,
+                 verbose: bool = False):
+        super().__init__(n_bits, amp=amp, checkpoint=checkpoint, resume=resume, device=device,
+                         num_workers=num_workers,
+                         random_state=random_state, verbose=verbose)
         self.gamma = gamma
         self.beta1 = beta1
         self.beta2 = beta2
@@ -326,6 +336,7 @@ class SDCH(TorchHasher):
         if not (isinstance(self.dropout, (int, float)) and 0 <= self.dropout < 1):
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
         self._check_weights_file(self.image_weights, source=self.image_weights_format)
+        self._check_num_workers()
         resolve_device(self.device)
 
     # ----------------------------------------------------------- networks
@@ -388,7 +399,7 @@ class SDCH(TorchHasher):
 
     def _feature_outputs(self, net, X) -> np.ndarray:
         """Bounded features of every row of X (float32 ndarray)."""
-        F = self._predict(net, X, 1024)
+        F = self._predict(net, X, 1024, num_workers=self._workers())
         return self._bound(torch.from_numpy(F)).numpy()
 
     def _clip(self, params) -> None:
@@ -437,8 +448,21 @@ class SDCH(TorchHasher):
             B = self._itq_codes(f, g, h, Xd, Yd, rng, device)
         self.objective_ = []
         terms_log = {k: [] for k in TERMS}
-        bar = progress(range(self.n_epochs), desc="SDCH", verbose=self.verbose)
-        for epoch in bar:
+
+        def get_state():
+            return {"B": B, "itq_loss": self.itq_loss_, "objective": self.objective_,
+                    "terms": terms_log, "grad_norm_max": self._grad_norm_max}
+
+        def set_state(saved):
+            nonlocal B
+            B = None if saved["B"] is None else saved["B"].to(device)
+            self.itq_loss_ = list(saved["itq_loss"])
+            self.objective_[:] = saved["objective"]
+            terms_log.update(saved["terms"])
+            self._grad_norm_max = saved["grad_norm_max"]
+
+        for epoch, bar in self._epochs("SDCH", {"f": f, "g": g, "h": h},
+                                       {"f": opt_f, "h": opt_h}, rng, get_state, set_state):
             phase = "all"
             if self.warmup and epoch == 0:
                 phase = "feature"     # lr of Theta_h = 0, B not yet initialised: L_f only
@@ -514,14 +538,13 @@ class SDCH(TorchHasher):
         f.train(), g.train(), h.train()
         perm = rng.permutation(n)
         sums = {k: 0.0 for k in TERMS + ("total",)}
-        for start in range(0, n, self.batch_size):
-            idx = np.sort(perm[start:start + self.batch_size])
-            if idx.size < 2:
-                continue
+        batches = self._batch_indices(perm, self.batch_size, min_size=2)
+        for (idx, xb), (_, yb) in zip(self._batches(Xd, batches, device, train=True, rng=rng),
+                                      self._batches(Yd, batches, device, train=True, rng=rng)):
             it = torch.as_tensor(idx, device=device)
             Bb = torch.cat([B[0][it], B[1][it]]) if B is not None else None
-            lf, th = self._train_step(phase, f, g, h, opt_f, opt_h, self._rows(Xd, idx, device),
-                                      self._rows(Yd, idx, device), L[it], Bb, gamma, hp)
+            lf, th = self._train_step(phase, f, g, h, opt_f, opt_h, xb, yb, L[it], Bb, gamma,
+                                      hp)
             sums["feature"] += lf
             for k in TERMS[1:]:
                 sums[k] += th[k]
@@ -544,16 +567,20 @@ class SDCH(TorchHasher):
         Sf = label_similarity(Lb, Lb)                                       # b x b
         L2 = torch.cat([Lb, Lb])
         Sh = 2.0 * label_similarity(L2, L2) - 1.0                          # 2b x 2b, +-1
-        Fx = self._bound(f(xb))
-        Fy = self._bound(g(yb))
+        amp = self._precision(xb.device)        # forward passes under autocast, float32 math
+        with amp.autocast():
+            Fx = self._bound(f(amp.inputs(xb)).float())
+            Fy = self._bound(g(yb).float())
         Fxy = torch.cat([Fx, Fy])
         if phase in ("hash", "all"):                                        # (i) Theta_h
-            Z1 = h(Fxy.detach())
+            with amp.autocast():
+                Z1 = h(Fxy.detach()).float()
             gZ = gamma * hash_loss_grad(Z1.detach(), Bb, Sh, **hp)
             opt_h.zero_grad(set_to_none=True)
-            Z1.backward(gZ)
+            amp.backward(Z1, gZ)
+            amp.unscale(opt_h)
             self._clip(h.parameters())
-            opt_h.step()
+            amp.step(opt_h)
         with torch.no_grad():
             Z = h(Fxy)
             lf = float(feature_loss(Fx, Fy, Sf))
@@ -564,13 +591,15 @@ class SDCH(TorchHasher):
             gFx, gFy = feature_loss_grad(Fx.detach(), Fy.detach(), Sf)
             outs, grads = [Fx, Fy], [gFx, gFy]
             if Bb is not None:
-                Z2 = h(Fxy)
+                with amp.autocast():
+                    Z2 = h(Fxy).float()
                 outs.append(Z2)
                 grads.append(gamma * hash_loss_grad(Z2.detach(), Bb, Sh, **hp))
             opt_f.zero_grad(set_to_none=True)
-            torch.autograd.backward(outs, grads)
+            amp.backward(outs, grads)
+            amp.unscale(opt_f)
             self._clip(list(f.parameters()) + list(g.parameters()))
-            opt_f.step()
+            amp.step(opt_f)
             h.zero_grad(set_to_none=True)       # fc4 gradients of (ii) are not used
             for _ in range(int(self.text_steps) - 1):   # extra steps of psi_y, psi_x fixed
                 self._text_step(f, g, h, opt_f, xb, yb, Sf, Sh, Bb, gamma, hp)
@@ -582,19 +611,23 @@ class SDCH(TorchHasher):
         The image features and fc4 are fixed; the gradient is the same closed form as in
         step (ii), restricted to the text outputs (``text_steps`` > 1).
         """
-        with torch.no_grad():
-            Fx = self._bound(f(xb))
-        Fy = self._bound(g(yb))
+        amp = self._precision(xb.device)
+        with torch.no_grad(), amp.autocast():
+            Fx = self._bound(f(amp.inputs(xb)).float())
+        with amp.autocast():
+            Fy = self._bound(g(yb).float())
         _, gFy = feature_loss_grad(Fx, Fy.detach(), Sf)
         outs, grads = [Fy], [gFy]
         if Bb is not None:
-            Z2 = h(torch.cat([Fx, Fy]))
+            with amp.autocast():
+                Z2 = h(torch.cat([Fx, Fy])).float()
             outs.append(Z2)
             grads.append(gamma * hash_loss_grad(Z2.detach(), Bb, Sh, **hp))
         opt_f.zero_grad(set_to_none=True)
-        torch.autograd.backward(outs, grads)
+        amp.backward(outs, grads)
+        amp.unscale(opt_f)
         self._clip(g.parameters())
-        opt_f.step()
+        amp.step(opt_f)
         h.zero_grad(set_to_none=True)
 
     # -------------------------------------------------------------- encoding

@@ -47,11 +47,11 @@ from torch.nn import functional as Fnn
 
 from .._validation import check_bool, check_choice, check_int, check_n_anchors, check_positive
 from ..kernel import RBFAnchorFeatures
-from ..progress import progress
 from ..solvers import sign
 from ._torch_base import (TorchHasher, _seed_from_rng, hidden_widths, resolve_device,
                           seed_everything)
 from .backbones import IMAGE_BACKBONE_KINDS, build_backbone
+from .training import Precision
 
 __all__ = ["TAADCMH", "similarity_block", "nll_block", "batch_loss", "network_step",
            "objective_terms", "objective_block_rows", "analytic_gradients", "codes_step",
@@ -95,19 +95,49 @@ def batch_loss(out, idx, own, other, B, L, Q, *, w_quant, mu, nu):
     return loss + nu * ((rest + out.sum(0)) ** 2).sum()
 
 
-def network_step(net, opt, xb, it, own, other, B, L, Q, *, w_quant, mu, nu) -> None:
+def network_step(net, opt, xb, it, own, other, B, L, Q, *, w_quant, mu, nu,
+                 precision=None, dist=None) -> None:
     """One optimiser step of ``net`` on the mini-batch rows ``it`` (inputs ``xb``).
 
     The loss is :func:`batch_loss` of the batch outputs ``net(xb)`` divided by |I| n (a
     constant rescaling that keeps the step size independent of n, as in DCMH's released code);
     afterwards the rows ``it`` of the buffer ``own`` hold the batch outputs (computed before
-    the step, as the released code does).
+    the step, as the released code does). ``precision``
+    (:class:`cmhash.deep.training.Precision`): the forward pass under its autocast, the loss
+    in float32, its backward pass loss-scaled and the step through its gradient scaler.
+    ``dist`` (:class:`cmhash.deep.training.Distributed`, under torchrun): each rank passes its
+    share of the batch through the DDP-wrapped network, the batch outputs are gathered, every
+    rank computes the gradient of the whole batch loss and back-propagates its own rows
+    (times the world size: DDP averages), which is the single-process step.
     """
-    out = net(xb)
+    precision = precision or Precision("off", xb.device)
+    if dist is not None and dist.active:
+        _network_step_distributed(net, opt, xb, it, own, other, B, L, Q, w_quant=w_quant,
+                                  mu=mu, nu=nu, precision=precision, dist=dist)
+        return
+    with precision.autocast():
+        out = net(precision.inputs(xb))
+    out = out.float()
     loss = batch_loss(out, it, own, other, B, L, Q, w_quant=w_quant, mu=mu, nu=nu)
     opt.zero_grad(set_to_none=True)
-    (loss / (len(it) * own.shape[0])).backward()
-    opt.step()
+    loss = loss / (len(it) * own.shape[0])
+    precision.backward(loss, torch.ones_like(loss))
+    precision.step(opt)
+    own[it] = out.detach()
+
+
+def _network_step_distributed(net, opt, xb, it, own, other, B, L, Q, *, w_quant, mu, nu,
+                              precision, dist) -> None:
+    """:func:`network_step` with the batch split across the torchrun ranks."""
+    _, part = dist.shard(np.arange(len(it)))
+    with precision.autocast():
+        local = dist.wrapped(net)(precision.inputs(xb[part]))
+    out = dist.gather_rows(local.float()).requires_grad_()
+    loss = batch_loss(out, it, own, other, B, L, Q, w_quant=w_quant, mu=mu, nu=nu)
+    (grad,) = torch.autograd.grad(loss / (len(it) * own.shape[0]), out)
+    opt.zero_grad(set_to_none=True)
+    precision.backward(local, grad[part] * dist.grad_scale)
+    precision.step(opt)
     own[it] = out.detach()
 
 
@@ -341,7 +371,13 @@ class TAADCMH(TorchHasher):
         the kernel features. Dense 2-D inputs only.
     n_anchors : int or (int, int)
         Anchors of the input kernel (one value or one per modality, image first).
+    amp, checkpoint, resume : mixed precision ("auto": off on the CPU), a checkpoint file
+        rewritten after every epoch, a checkpoint to continue from; see
+        :class:`cmhash.deep._torch_base.TorchHasher` and docs/deep.md.
     device : "auto", "cpu", "cuda" or "cuda:N"
+    num_workers : int
+        Worker processes decoding image batches of image sources (0: in this process); with
+        a GPU, 4-8 keep it busy. Codes do not depend on it.
     random_state, verbose : see :class:`cmhash.base.CrossModalHasher`.
 
     Attributes
@@ -408,8 +444,11 @@ class TAADCMH(TorchHasher):
                  projection_warmup: int = 0, image_lr=None, text_lr=None,
                  image_weight_decay=None, text_weight_decay=None,
                  lr_schedule: str = "constant", input_kernel: str = "none", n_anchors=500,
-                 device: str = "auto", random_state=None, verbose: bool = False):
-        super().__init__(n_bits, device=device, random_state=random_state, verbose=verbose)
+                 amp="auto", checkpoint=None, resume=None, device: str = "auto",
+                 num_workers: int = 0, random_state=None, verbose: bool = False):
+        super().__init__(n_bits, amp=amp, checkpoint=checkpoint, resume=resume, device=device,
+                         num_workers=num_workers,
+                         random_state=random_state, verbose=verbose)
         self.lambda1 = lambda1
         self.beta1 = beta1
         self.mu1 = mu1
@@ -495,6 +534,7 @@ class TAADCMH(TorchHasher):
                     raise ValueError(f"the relaxed variant (discrete=False) needs lambda{t} + "
                                      f"beta{t} > 0")
         self._check_weights_file(self.image_weights, source=self.image_weights_format)
+        self._check_num_workers()
         resolve_device(self.device)
 
     # ----------------------------------------------------------- networks
@@ -601,8 +641,8 @@ class TAADCMH(TorchHasher):
             f = self._new_network(specs["image"], device, "image")
             g = self._new_network(specs["text"], device, "text")
             hp = self._task_params(t, n)
-            F = self._predict(f, Xd, self.batch_size, device)
-            G = self._predict(g, Yd, self.batch_size, device)
+            F = self._predict(f, Xd, self.batch_size, device, self._workers())
+            G = self._predict(g, Yd, self.batch_size, device, self._workers())
             state[t] = {
                 "f": f, "g": g, "opt_f": self._make_optimizer(f, "f"),
                 "opt_g": self._make_optimizer(g, "g"),
@@ -616,8 +656,22 @@ class TAADCMH(TorchHasher):
 
         self.objective_, self.objective_i2t_, self.objective_t2i_ = [], [], []
         terms_log: dict[str, list] = {}
-        bar = progress(range(self.n_epochs), desc="TA-ADCMH", verbose=self.verbose)
-        for epoch in bar:
+        traces = (self.objective_, self.objective_i2t_, self.objective_t2i_)
+
+        def get_state():
+            return {"tasks": {t: {k: state[t][k] for k in ("F", "G", "B", "Q")} for t in tasks},
+                    "traces": traces, "terms": terms_log}
+
+        def set_state(saved):
+            for t in tasks:
+                state[t].update({k: v.to(device) for k, v in saved["tasks"][t].items()})
+            for trace, values in zip(traces, saved["traces"]):
+                trace[:] = values
+            terms_log.update(saved["terms"])
+
+        nets = {f"{side}_{t}": state[t][side] for t in tasks for side in ("f", "g")}
+        opts = {f"{side}_{t}": state[t]["opt_" + side] for t in tasks for side in ("f", "g")}
+        for epoch, bar in self._epochs("TA-ADCMH", nets, opts, rng, get_state, set_state):
             postfix = {}
             for t in tasks:
                 s = state[t]
@@ -704,12 +758,12 @@ class TAADCMH(TorchHasher):
         n = own.shape[0]
         net.train()
         perm = rng.permutation(n)
-        for start in range(0, n, self.batch_size):
-            idx = np.sort(perm[start:start + self.batch_size])
-            self._train_step(side, s, self._rows(data, idx, device),
-                             torch.as_tensor(idx, device=device), L)
+        batches = self._batch_indices(perm, self.batch_size)
+        for idx, xb in self._batches(data, batches, device, train=True, rng=rng):
+            self._train_step(side, s, xb, torch.as_tensor(idx, device=device), L)
         if self.refresh_buffers:  # exact outputs of the updated network (eval mode) for B / P
-            own.copy_(torch.from_numpy(self._predict(net, data, self.batch_size, device)).to(device))
+            own.copy_(torch.from_numpy(self._predict(net, data, self.batch_size, device,
+                                                     self._workers())).to(device))
 
     def _train_step(self, side, s, xb, it, L):
         """One step of network ``side`` of task state ``s`` on the batch rows ``it`` (inputs
@@ -726,7 +780,8 @@ class TAADCMH(TorchHasher):
         w_quant = hp["lam"] if side == "f" else hp["beta"]
         regress = (hp["query"] == "image" and side == "f") or (hp["query"] == "text" and side == "g")
         network_step(s[side], s["opt_" + side], xb, it, own, other, s["B"], L, s["Q"],
-                     w_quant=w_quant, mu=hp["mu"] if regress else 0.0, nu=hp["nu"])
+                     w_quant=w_quant, mu=hp["mu"] if regress else 0.0, nu=hp["nu"],
+                     precision=self._precision(xb.device), dist=self._distributed(xb.device))
 
     def _objective(self, s, L) -> dict:
         hp = s["hp"]
@@ -765,4 +820,5 @@ class TAADCMH(TorchHasher):
         m = self.modality_index(modality)
         t = self._check_task(task)
         X = self._check_query(X, m)
-        return self._predict(self._network(self._net_name(m, t)), self._prepare(X, m))
+        return self._predict(self._network(self._net_name(m, t)), self._prepare(X, m),
+                             num_workers=self._workers())

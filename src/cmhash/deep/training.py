@@ -206,11 +206,14 @@ class Distributed:
         if not self.active and dist.is_available() and "WORLD_SIZE" in os.environ \
                 and int(os.environ.get("WORLD_SIZE", "1")) > 1:
             backend = "nccl" if torch.device(device).type == "cuda" else "gloo"
+            if torch.device(device).type == "cuda" and torch.device(device).index is not None:
+                torch.cuda.set_device(torch.device(device))    # NCCL: this process's GPU
             dist.init_process_group(backend)
             self.active = True
         self.rank = dist.get_rank() if self.active else 0
         self.world = dist.get_world_size() if self.active else 1
         self.device = torch.device(device)
+        self._wrapped: dict[int, nn.Module] = {}
 
     @property
     def grad_scale(self) -> float:
@@ -226,6 +229,13 @@ class Distributed:
             return net
         ids = [self.device.index] if self.device.type == "cuda" else None
         return nn.parallel.DistributedDataParallel(net, device_ids=ids)
+
+    def wrapped(self, net: nn.Module) -> nn.Module:
+        """:meth:`wrap` once per network (the DDP wrapper is kept for the following steps)."""
+        ddp = self._wrapped.get(id(net))
+        if ddp is None or _unwrap(ddp) is not net:
+            ddp = self._wrapped[id(net)] = self.wrap(net)
+        return ddp
 
     def shard(self, idx: np.ndarray) -> tuple[np.ndarray, slice]:
         """This rank's part of a global batch ``idx`` and its position in the batch."""
@@ -260,3 +270,17 @@ class Distributed:
     def barrier(self) -> None:
         if self.active:
             self._dist.barrier()
+
+    def close(self) -> None:
+        """Wait for every rank, then end the process group (a rank that exits with gloo's
+        threads still running is aborted by the C++ runtime)."""
+        end_process_group()
+
+
+def end_process_group() -> None:
+    """Barrier + ``destroy_process_group`` when a torch.distributed group is active (no-op
+    otherwise): the last step of a torchrun process."""
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()

@@ -4,13 +4,15 @@
 * :mod:`.store` -- encode a chunked database into packed codes stored as zarr, with item ids.
 * :mod:`.search` -- a sharded Hamming index: one :class:`cmhash.HammingIndex` shard per worker,
   queries broadcast, per-shard results merged with the single-index tie rule.
+* :mod:`.fit` -- fitting BATCH and ASFOH out-of-core: kernel features and the n x r latents on the
+  workers, the small matrices by tree reductions (``fit_batch``, ``fit_asfoh``; docs/scale.md).
 
 Importing :mod:`cmhash` never imports dask; this package imports it on use.
 """
 from __future__ import annotations
 
 __all__ = ["make_client", "parse_cluster", "encode_to_zarr", "open_codes",
-           "ShardedHammingIndex"]
+           "ShardedHammingIndex", "fit_batch", "fit_asfoh"]
 
 
 def __getattr__(name):
@@ -23,4 +25,7 @@ def __getattr__(name):
     if name == "ShardedHammingIndex":
         from .search import ShardedHammingIndex
         return ShardedHammingIndex
+    if name in ("fit_batch", "fit_asfoh"):
+        from . import fit
+        return getattr(fit, name)
     raise AttributeError(name)

@@ -41,12 +41,18 @@ from functools import partial
 import numpy as np
 import scipy.linalg as sla
 
-from .._threads import single_threaded_blas, single_threaded_blas_if_small
+from .._phases import phase
+from .._threads import parallel_map, single_threaded_blas, single_threaded_blas_if_small
 from .._validation import check_bool, check_int, check_positive, warn_numerical_fallback
 from ..base import TwoStepKernelHasher
 from ..labels import normalize_rows
 from ..progress import progress
-from ..solvers import cross_product, gram, orthogonal_zero_mean, sign, solve_psd
+from ..kernel import CACHE_BLOCK_ELEMENTS
+from ..solvers import cross_product, gram, orthogonal_zero_mean, row_blocks, sign, solve_psd
+
+#: rows per task of the stage-2 pass (HashStage.run): tasks run on parallel threads,
+#: each in cache-sized blocks
+HASH_CHUNK_ROWS = 8192
 
 _DEFAULTS = {"eta": 1.0, "lam": 1e-3, "beta": 1e-3, "n_anchors": 1500, "n_iter": 15,
              "n_iter_hash": 15}
@@ -191,8 +197,10 @@ class AMSH(TwoStepKernelHasher):
         # n x r x r and r x r work only: latency-bound unless n is large
         with single_threaded_blas_if_small(max(L.shape[0] for L in labels) * r * r):
             for _ in progress(range(self.n_iter), desc="AMSH codes", verbose=self.verbose):
-                s1.iterate()
-                self.objective_.append(s1.objective())
+                with phase("latent"):
+                    s1.iterate()
+                with phase("objective"):
+                    self.objective_.append(s1.objective())
         self.codes_ = [B.astype(np.int8) for B in s1.B]
         self.latent_ = s1.V
         self.n_iter_ = self.n_iter
@@ -204,12 +212,17 @@ class AMSH(TwoStepKernelHasher):
         def run_stage(t):
             st = HashStage(phis[t], s1.B[t], self.xi, margins=self.margins,
                            exact_products=not self.kernel)
+            steps = progress(range(n_hash), desc=f"AMSH hash ({self.modality_names_[t]})",
+                             verbose=self.verbose and n_jobs == 1)
+            if not st.exact_products:   # kernel features: one pass over phi per iteration
+                return st.run(n_hash, steps=steps, workers=None if n_jobs == 1 else 1)
             objs = []
-            for _ in progress(range(n_hash), desc=f"AMSH hash ({self.modality_names_[t]})",
-                              verbose=self.verbose and n_jobs == 1):
+            for _ in steps:
                 st.update_F()
-                objs.append(st.objective())
-                st.update_M()
+                with phase("objective"):
+                    objs.append(st.objective())
+                with phase("latent"):
+                    st.update_M()
             return st.W, objs
 
         n_jobs = min(self.n_jobs or 1, len(phis))
@@ -239,16 +252,18 @@ def _pca_init(phi, r: int, n_samples: int, rng) -> np.ndarray:
     S = np.asarray(phi[idx], dtype=np.float64)
     S -= S.mean(axis=0)
     p = min(r, k - 1, q)  # a centred k-sample covariance has rank <= k - 1
-    if k < q:
-        lam, U = sla.eigh(S @ S.T, subset_by_index=[k - p, k - 1])
-    else:
-        lam, U = sla.eigh(S.T @ S, subset_by_index=[q - p, q - 1])
+    with phase("small"):  # one (min(k, q))^2 eigendecomposition, LAPACK-bound
+        if k < q:
+            lam, U = sla.eigh(S @ S.T, subset_by_index=[k - p, k - 1])
+        else:
+            lam, U = sla.eigh(S.T @ S, subset_by_index=[q - p, q - 1])
     keep = lam > PCA_RANK_RTOL * max(k, q) * max(float(lam[-1]), 0.0)
     lam, U = lam[keep], U[:, keep]
     p = int(lam.size)
     W = S.T @ (U / np.sqrt(lam)) if k < q else U
     W = W[:, ::-1]  # descending variance
-    V = np.asarray(phi @ W.astype(phi.dtype), dtype=np.float64)
+    with phase("products"):
+        V = np.asarray(phi @ W.astype(phi.dtype), dtype=np.float64)
     if p < r:
         V = np.hstack([V, rng.standard_normal((n, r - p))])
     return V
@@ -277,7 +292,7 @@ class Stage1:
         self.R = [2.0 * L - 1.0 for L in self.L]                  # R_t (Eq. 3)
         self.E = [np.zeros_like(L) for L in self.L]               # E_t >= 0
         self.V = [np.asarray(V, dtype=np.float64) for V in V0]
-        self.B = [sign(V).astype(np.float64) for V in self.V]
+        self.B = [sign(V, np.float64) for V in self.V]
         self.P = [None] * len(self.L)
         self.LhtLh = [Lh.T @ Lh for Lh in self.Lh]                # c x c
         self.m = len(self.L)
@@ -311,7 +326,7 @@ class Stage1:
         """Eq. 18: B_t = sign(eta V_t + lam r Lh_t (Lh_t^T V_t))."""
         for t in (range(self.m) if t is None else [t]):
             V, Lh = self.V[t], self.Lh[t]
-            self.B[t] = sign(self.eta * V + self.lam * self.r * (Lh @ (Lh.T @ V))).astype(np.float64)
+            self.B[t] = sign(self.eta * V + self.lam * self.r * (Lh @ (Lh.T @ V)), np.float64)
 
     def update_E(self, t=None):
         """Eq. 21: E_t = max(R_t o (V_t P_t^T - L_t), 0), elementwise minimiser of Eq. 19/20."""
@@ -330,15 +345,19 @@ class Stage1:
 
     # ------------------------------------------------------------- objective
     def terms(self) -> dict:
-        """The terms of Eq. 10 at the current state, O(n (c + r) r), no n x n matrix."""
+        """The terms of Eq. 10 at the current state, O(n (c + r) r), no n x n matrix (and no
+        n x r temporary: ``||B - V||^2 = ||B||^2 + tr(V^T V) - 2 <B, V>``)."""
         r = self.r
         reg = quant = intra = inter = 0.0
         VtV = [V.T @ V for V in self.V]
         LhtV = [Lh.T @ V for Lh, V in zip(self.Lh, self.V)]
         for t in range(self.m):
             V, B, Lh = self.V[t], self.B[t], self.Lh[t]
-            reg += float(np.sum((self.targets(t) - V @ self.P[t].T) ** 2))
-            quant += float(np.sum((B - V) ** 2))
+            residual = self.targets(t)
+            residual -= V @ self.P[t].T                                           # n x c
+            reg += float(np.einsum("ij,ij->", residual, residual))
+            quant += (float(np.einsum("ij,ij->", B, B)) + float(np.trace(VtV[t]))
+                      - 2.0 * float(np.einsum("ij,ij->", B, V)))
             # ||B V^T - r Lh Lh^T||^2 = <B^T B, V^T V> - 2r <Lh^T B, Lh^T V> + r^2 ||Lh^T Lh||^2
             intra += (float(np.sum((B.T @ B) * VtV[t])) - 2 * r * float(np.sum((Lh.T @ B) * LhtV[t]))
                       + r * r * float(np.sum(self.LhtLh[t] ** 2)))
@@ -372,12 +391,13 @@ class HashStage:
     Cholesky-factorised once (LU if rounding made it indefinite); each F-step is then two
     triangular solves (Eq. 26, the same minimiser as :func:`solvers.ridge_regression`).
 
-    ``exact_products=False`` forms the right-hand side ``phi^T (B + B o M)`` in one float32
-    BLAS call (:func:`solvers.cross_product`, 2x faster than the float64-accumulated
-    :func:`solvers.gram`). AMSH uses it for RBF kernel features only: their entries are bounded
-    (|phi| <= 1), so the rhs error is ~1e-6 relative and reaches the fitted values
-    ``phi W`` through ``||phi (phi^T phi + xi I)^{-1}|| <= 1 / (2 sqrt(xi))`` (5 for xi = 0.01):
-    no code changes in practice. Raw features (AMSH-k) are unbounded and keep the exact product.
+    ``exact_products=False`` forms the right-hand side ``phi^T (B + B o M)`` from float32
+    BLAS products of row blocks added in float64 (:func:`solvers.cross_product`, or the fused
+    pass of :meth:`run`) instead of the float64 :func:`solvers.gram`. AMSH uses it for RBF
+    kernel features only: their entries are bounded (|phi| <= 1), so the rhs error is
+    <~5e-6 relative and reaches the fitted values ``phi W`` through
+    ``||phi (phi^T phi + xi I)^{-1}|| <= 1 / (2 sqrt(xi))`` (5 for xi = 0.01): no code changes
+    in practice. Raw features (AMSH-k) are unbounded and keep the exact product.
     """
 
     def __init__(self, phi, B, xi: float, *, margins: bool = True, exact_products: bool = True):
@@ -389,6 +409,13 @@ class HashStage:
         self.M = np.zeros_like(self.B)
         G = gram(phi)
         G[np.diag_indices_from(G)] += self.xi
+        with phase("small"):
+            self._factorise(G)
+        self.W = None
+        self._fitted = None  # phi W, reused by the M-step and the objective
+
+    def _factorise(self, G) -> None:
+        """``self._solve``: R -> (phi^T phi + xi I)^{-1} R from one factorisation of ``G``."""
         try:
             self._solve = partial(sla.cho_solve, sla.cho_factor(G, check_finite=False),
                                   check_finite=False)
@@ -406,23 +433,23 @@ class HashStage:
                 # take the minimum-norm least-squares solution instead (solvers.solve_psd's
                 # fallback), from one eigendecomposition of the symmetric G
                 warn_numerical_fallback(
-                    f"AMSH stage 2: phi^T phi + xi I ({G.shape[0]} x {G.shape[0]}, xi={xi!r}) is "
+                    f"AMSH stage 2: phi^T phi + xi I ({G.shape[0]} x {G.shape[0]}, xi={self.xi!r}) is "
                     f"singular; the hash functions are the minimum-norm least-squares solution "
                     f"(pseudo-inverse). Usual causes: xi = 0 with duplicated training rows or "
                     f"linearly dependent features; set xi > 0.")
                 self._solve = _psd_pinv_solver(G)
-        self.W = None
-        self._fitted = None  # phi W, reused by the M-step and the objective
 
     def target(self) -> np.ndarray:
         return self.B + self.B * self.M
 
     def update_F(self):
         """Eq. 26 (with ridge xi): W = (phi^T phi + xi I)^{-1} phi^T (B + B o M)."""
-        T = self.target().astype(self.phi.dtype)
+        T = self.target()
         rhs = gram(self.phi, T) if self.exact_products else cross_product(self.phi, T)
-        self.W = self._solve(rhs)
-        self._fitted = np.asarray(self.phi @ self.W.astype(self.phi.dtype), dtype=np.float64)
+        with phase("small"):
+            self.W = self._solve(rhs)
+        with phase("products"):
+            self._fitted = np.asarray(self.phi @ self.W.astype(self.phi.dtype), dtype=np.float64)
 
     def update_M(self):
         """Eq. 27: M = max(B o (phi W - B), 0), the elementwise minimiser given W."""
@@ -430,4 +457,62 @@ class HashStage:
             self.M = np.maximum(self.B * (self._fitted - self.B), 0.0)
 
     def objective(self) -> float:
-        return float(np.sum((self.target() - self._fitted) ** 2) + self.xi * np.sum(self.W ** 2))
+        residual = self.target()
+        residual -= self._fitted
+        return float(np.einsum("ij,ij->", residual, residual) + self.xi * np.sum(self.W ** 2))
+
+    def run(self, n_iter: int, *, workers=None, steps=None):
+        """``n_iter`` iterations of the F-, objective and M-steps with one pass over ``phi``
+        per iteration; returns ``(W, objectives)``. ``steps``: an iterable of ``n_iter`` items
+        to loop over instead of ``range(n_iter)`` (a progress bar).
+
+        The same iterates as ``update_F(); objective(); update_M()`` in turn: each pass takes
+        cache-sized blocks of rows, computes their fitted values ``phi_b W`` (float32 BLAS),
+        their share of the objective, their new margins ``M_b`` and, while the block is still
+        in cache, their share ``phi_b^T (B_b + B_b o M_b)`` of the next right-hand side
+        (float32 products added in float64, as :func:`solvers.cross_product`). Reading the
+        n x q features once instead of twice per iteration halves the memory traffic of the
+        stage, which is bandwidth-bound at r = 32 (2 r flops per 4-byte feature). The chunks
+        of ``CHUNK_ROWS`` rows run on ``workers`` threads (default: all cores; their partial
+        sums are added in order, so the result does not depend on the thread count).
+        """
+        objs = []
+        rhs = cross_product(self.phi, self.target())
+        self._fitted = np.empty_like(self.B)
+        chunks = row_blocks(self.phi.shape[0], HASH_CHUNK_ROWS)
+        for it, _ in enumerate(range(n_iter) if steps is None else steps):
+            with phase("small"):
+                self.W = self._solve(rhs)
+            W32 = self.W.astype(self.phi.dtype)
+            need_rhs = it < n_iter - 1
+            with phase("products"):
+                parts = parallel_map(lambda rows: self._pass(rows, W32, need_rhs), chunks,
+                                     workers=workers)
+            obj = self.xi * float(np.sum(self.W ** 2))
+            rhs = np.zeros_like(rhs)
+            for part_obj, part_rhs in parts:
+                obj += part_obj
+                if need_rhs:
+                    rhs += part_rhs
+            objs.append(obj)
+        return self.W, objs
+
+    def _pass(self, rows, W32, need_rhs: bool):
+        """One chunk of :meth:`run`'s pass: (objective share, rhs share or None)."""
+        q = self.phi.shape[1]
+        block = max(1, CACHE_BLOCK_ELEMENTS // max(q, 1))
+        obj, rhs = 0.0, (np.zeros((q, self.B.shape[1])) if need_rhs else None)
+        for sub in row_blocks(rows.stop - rows.start, block):
+            b = slice(rows.start + sub.start, rows.start + sub.stop)
+            phi_b, B_b = self.phi[b], self.B[b]
+            fitted = np.asarray(phi_b @ W32, dtype=np.float64)
+            self._fitted[b] = fitted
+            residual = B_b + B_b * self.M[b]
+            residual -= fitted
+            obj += float(np.einsum("ij,ij->", residual, residual))
+            if self.margins:
+                self.M[b] = np.maximum(B_b * (fitted - B_b), 0.0)
+            if need_rhs:
+                T = (B_b + B_b * self.M[b]).astype(phi_b.dtype)
+                rhs += np.asarray(phi_b.T @ T, dtype=np.float64)
+        return obj, rhs

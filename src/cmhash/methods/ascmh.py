@@ -33,13 +33,15 @@ import time
 
 import numpy as np
 
+from .._phases import phase
 from .._validation import check_int, check_positive
 from ..base import TwoStepKernelHasher
 from ..labels import normalize_rows
 from ..progress import progress
-from ..solvers import gram, orthogonal_zero_mean, procrustes, ridge_regression, sign, solve_psd
+from ..solvers import (cross_product, orthogonal_zero_mean, procrustes, ridge_regression, sign,
+                       solve_psd)
 
-__all__ = ["ASCMH", "ascmh_objective"]
+__all__ = ["ASCMH", "ascmh_objective", "objective_constants"]
 
 
 # ----------------------------------------------------------------------------- the steps
@@ -50,48 +52,59 @@ def _pinv_psd(S, rel_tol: float = 1e-12) -> np.ndarray:
     return (Q[:, keep] / w[keep]) @ Q[:, keep].T
 
 
-def update_P(V, Vt_phi) -> np.ndarray:
+def update_P(V, Vt_phi, *, VtV=None) -> np.ndarray:
     """P-step (Eq. 8-10): ``P_t = argmin ||phi_t - V P_t||^2 = (V^T V)^{-1} V^T phi_t``.
 
     ``Vt_phi`` is ``V^T phi_t`` (r, q_t). Under ``V^T V = n I`` this is the paper's
     ``V^T phi_t / n``; the general normal-equation form is used so that the step is exact
-    even when ``V^T V`` carries rounding error.
+    even when ``V^T V`` carries rounding error. ``VtV``: ``V^T V`` when already computed.
     """
-    V = np.asarray(V, dtype=np.float64)
-    return solve_psd(V.T @ V, np.asarray(Vt_phi, dtype=np.float64))
+    if VtV is None:
+        V = np.asarray(V, dtype=np.float64)
+        VtV = V.T @ V
+    return solve_psd(VtV, np.asarray(Vt_phi, dtype=np.float64))
 
 
-def update_M(A, L, G, B, omega: float, r: int, *, LtL_pinv=None, LtG=None) -> np.ndarray:
+def update_M(A, L, G, B, omega: float, r: int, *, LtL_pinv=None, LtG=None, GtA=None,
+             AtA=None, LtB=None) -> np.ndarray:
     """M-step (Eq. 11-12, corrected): minimiser of ``||A (L M)^T - r G G^T||^2 + omega ||B - L M||^2``.
 
     Setting the gradient ``2 L^T L M A^T A - 2 r L^T G G^T A + 2 omega (L^T L M - L^T B)`` to
     zero gives ``L^T L M (A^T A + omega I) = r (L^T G)(G^T A) + omega L^T B``; the right-hand
     side lies in the range of ``L^T``, so ``M = (L^T L)^+ K (A^T A + omega I)^{-1}`` zeroes the
     gradient exactly even when ``L^T L`` is singular (the minimum-norm minimiser; ``L M`` is
-    unique). With ``A^T A = n I`` this is ``(L^T L)^+ K / (n + omega)``. Cost O(n c r).
+    unique). With ``A^T A = n I`` this is ``(L^T L)^+ K / (n + omega)``. Cost O(n c r), or
+    O(c^2 r + r^2 c) when the products ``G^T A``, ``A^T A`` and ``L^T B`` are given (then ``A``
+    is not used).
     """
-    A = np.asarray(A, dtype=np.float64)
     if LtL_pinv is None:
         LtL_pinv = _pinv_psd(L.T @ L)
     if LtG is None:
         LtG = L.T @ G
-    K = r * (LtG @ (G.T @ A)) + omega * (L.T @ np.asarray(B, dtype=np.float64))   # c x r
-    AtA = A.T @ A
+    if GtA is None or AtA is None:
+        A = np.asarray(A, dtype=np.float64)
+        GtA, AtA = G.T @ A, A.T @ A
+    if LtB is None:
+        LtB = L.T @ np.asarray(B, dtype=np.float64)
+    K = r * (LtG @ GtA) + omega * LtB                                        # c x r
+    AtA = np.array(AtA, dtype=np.float64)
     AtA[np.diag_indices_from(AtA)] += omega
     # M S = LtL^+ K with S = A^T A + omega I symmetric (= (n + omega) I for feasible A)
     return solve_psd(AtA, (LtL_pinv @ K).T).T
 
 
-def update_R(V, G, LM_c, r: int) -> np.ndarray:
+def update_R(V, G, LM_c, r: int, *, GtV=None) -> np.ndarray:
     """R-step (Eq. 13-16): ``argmin_{R^T R = I} ||V R (L M)^T - r G G^T||^2``.
 
     With ``V^T V = n I`` the quadratic term ``||V R (LM)^T||^2 = n ||L M||^2`` does not depend
     on ``R``, so the problem is exactly ``max tr(R^T K)`` with ``K = V^T G G^T L M`` (r x r),
     an orthogonal Procrustes problem: ``R = U W^T`` for ``K = U S W^T``. ``LM_c`` is
-    ``G^T L M`` (c x r), so ``K = (V^T G) LM_c`` costs O(n c r).
+    ``G^T L M`` (c x r), so ``K = (V^T G) LM_c`` costs O(n c r) (O(c r^2) with ``GtV`` =
+    ``G^T V`` given).
     """
-    V = np.asarray(V, dtype=np.float64)
-    K = r * ((V.T @ G) @ LM_c)
+    if GtV is None:
+        GtV = G.T @ np.asarray(V, dtype=np.float64)
+    K = r * (GtV.T @ LM_c)
     return procrustes(K)
 
 
@@ -101,40 +114,57 @@ def v_step_target(G, LM_c, R, phis, Ps, lambdas, r: int) -> np.ndarray:
     Expanding Eq. 17 with ``V^T V = n I`` and ``R^T R = I`` leaves
     ``-2 tr(Z^T V) + const``; the constant holds ``n ||L M||^2`` and ``n lambda_t ||P_t||^2``.
     """
-    Z = r * (G @ (LM_c @ np.asarray(R).T))
-    for lam, phi, P in zip(lambdas, phis, Ps):
-        if lam:
-            Z += lam * np.asarray(phi @ P.T.astype(phi.dtype), dtype=np.float64)
+    Z = G @ (r * (LM_c @ np.asarray(R).T))
+    with phase("products"):
+        for lam, phi, P in zip(lambdas, phis, Ps):
+            if lam:
+                Z += phi @ (lam * P.T).astype(phi.dtype)
     return Z
 
 
 def ascmh_objective(V, R, M, B, Ps, L, G, phis, lambdas, omega: float, r: int, *,
-                    phi_sq=None, Vt_phis=None, terms: bool = False):
-    """Eq. 7 at the given point, in O(n (q + c) r + n r^2) memory-light arithmetic.
+                    phi_sq=None, Vt_phis=None, terms: bool = False, VtV=None, GtV=None,
+                    LtB=None, constants=None):
+    """Eq. 7 at the given point from r x r, c x r and r x q products (no n x n matrix).
 
-    ``||A N^T - r G G^T||^2 = <A^T A, N^T N> - 2 r <G^T A, G^T N> + r^2 ||G^T G||^2`` with
-    ``A = V R`` and ``N = L M``, and
-    ``||phi - V P||^2 = ||phi||^2 - 2 <V^T phi, P> + <V^T V, P P^T>``. No n x n matrix.
+    With ``A = V R`` and ``N = L M``:
+    ``||A N^T - r G G^T||^2 = <R^T V^T V R, M^T L^T L M> - 2 r <G^T V R, G^T L M>
+    + r^2 ||G^T G||^2``, ``||B - N||^2 = ||B||^2 - 2 <L^T B, M> + <L^T L, M M^T>`` and
+    ``||phi - V P||^2 = ||phi||^2 - 2 <V^T phi, P> + <V^T V, P P^T>``. The n-sized products
+    ``V^T V``, ``G^T V``, ``L^T B`` (O(n (r + c) r)) and ``V^T phi`` (O(n q r)) may be passed
+    when already computed, and ``constants`` (:func:`objective_constants`) holds the label
+    products that do not change during a fit.
     Returns the total, or with ``terms=True`` a dict of the three terms and the total.
     """
     V = np.asarray(V, dtype=np.float64)
-    A = V @ R
-    N = L @ M
-    GtG = G.T @ G
-    sim = (float(np.sum((A.T @ A) * (N.T @ N))) - 2.0 * r * float(np.sum((G.T @ A) * (G.T @ N)))
-           + r * r * float(np.sum(GtG * GtG)))
-    quant = omega * float(np.sum((np.asarray(B, dtype=np.float64) - N) ** 2))
-    VtV = V.T @ V
+    B = np.asarray(B, dtype=np.float64)
+    k = objective_constants(L, G) if constants is None else constants
+    VtV = V.T @ V if VtV is None else VtV
+    GtV = G.T @ V if GtV is None else GtV
+    LtB = L.T @ B if LtB is None else LtB
+    AtA = R.T @ VtV @ R
+    NtN = M.T @ k["LtL"] @ M
+    sim = (float(np.sum(AtA * NtN)) - 2.0 * r * float(np.sum((GtV @ R) * (k["GtL"] @ M)))
+           + r * r * k["GtG_sq"])
+    quant = omega * (float(np.einsum("ij,ij->", B, B)) - 2.0 * float(np.sum(LtB * M))
+                     + float(np.sum(k["LtL"] * (M @ M.T))))
     fact = 0.0
     for t, (lam, phi, P) in enumerate(zip(lambdas, phis, Ps)):
         sq = (float(np.einsum("ij,ij->", phi, phi, dtype=np.float64)) if phi_sq is None
               else phi_sq[t])
-        Vp = gram(V.astype(phi.dtype), phi) if Vt_phis is None else Vt_phis[t]
+        Vp = cross_product(V, phi) if Vt_phis is None else Vt_phis[t]
         fact += lam * (sq - 2.0 * float(np.sum(Vp * P)) + float(np.sum(VtV * (P @ P.T))))
     total = sim + quant + fact
     if terms:
         return {"similarity": sim, "quantization": quant, "factorization": fact, "total": total}
     return total
+
+
+def objective_constants(L, G) -> dict:
+    """The label products of :func:`ascmh_objective` that are fixed during a fit:
+    ``L^T L``, ``G^T L`` (c x c) and ``||G^T G||^2``."""
+    GtG = G.T @ G
+    return {"LtL": L.T @ L, "GtL": G.T @ L, "GtG_sq": float(np.sum(GtG * GtG))}
 
 
 # ----------------------------------------------------------------------------- estimator
@@ -241,22 +271,31 @@ class ASCMH(TwoStepKernelHasher):
         # random feasible start (Algorithm 1, line 2)
         V = orthogonal_zero_mean(rng.standard_normal((n, r)), rng)
         R = procrustes(rng.standard_normal((r, r)))
-        B = sign(rng.standard_normal((n, r))).astype(np.float64)
-        Vt_phis = [gram(V.astype(phi.dtype), phi) for phi in phis]     # r x q_t each
+        B = sign(rng.standard_normal((n, r)), np.float64)
+        Vt_phis = [cross_product(V, phi) for phi in phis]              # r x q_t each
+        consts = objective_constants(L, G)
+        with phase("latent"):
+            VtV, GtV, LtB = V.T @ V, G.T @ V, L.T @ B                  # n-sized, once per V / B
 
         self.objective_ = []
         for _ in progress(range(self.n_iter), desc="ASCMH", verbose=self.verbose):
-            Ps = [update_P(V, Vp) for Vp in Vt_phis]                    # P-step
-            M = update_M(V @ R, L, G, B, self.omega, r, LtL_pinv=LtL_pinv, LtG=LtG)  # M-step
+            Ps = [update_P(V, Vp, VtV=VtV) for Vp in Vt_phis]           # P-step
+            M = update_M(None, L, G, B, self.omega, r, LtL_pinv=LtL_pinv, LtG=LtG,
+                         GtA=GtV @ R, AtA=R.T @ VtV @ R, LtB=LtB)      # M-step (A = V R)
             LM_c = GtL @ M                                              # G^T L M, c x r
-            R = update_R(V, G, LM_c, r)                                 # R-step
-            Z = v_step_target(G, LM_c, R, phis, Ps, lambdas, r)         # V-step
-            V = orthogonal_zero_mean(Z, rng)                            # (thin SVD of Zc)
-            B = sign(L @ M).astype(np.float64)                          # B-step
-            Vt_phis = [gram(V.astype(phi.dtype), phi) for phi in phis]  # reused by next P-step
-            self.objective_.append(ascmh_objective(V, R, M, B, Ps, L, G, phis, lambdas,
-                                                   self.omega, r, phi_sq=phi_sq,
-                                                   Vt_phis=Vt_phis))
+            R = update_R(V, G, LM_c, r, GtV=GtV)                        # R-step
+            with phase("latent"):
+                Z = v_step_target(G, LM_c, R, phis, Ps, lambdas, r)     # V-step
+            V = orthogonal_zero_mean(Z, rng)                            # (polar factor of Zc)
+            del Z
+            with phase("latent"):
+                B = sign(L @ M, np.float64)                      # B-step
+                VtV, GtV, LtB = V.T @ V, G.T @ V, L.T @ B
+            Vt_phis = [cross_product(V, phi) for phi in phis]           # reused by next P-step
+            with phase("objective"):
+                self.objective_.append(ascmh_objective(
+                    V, R, M, B, Ps, L, G, phis, lambdas, self.omega, r, phi_sq=phi_sq,
+                    Vt_phis=Vt_phis, VtV=VtV, GtV=GtV, LtB=LtB, constants=consts))
         t2 = time.perf_counter()
         self.latent_ = V
         self.rotation_ = R

@@ -52,8 +52,9 @@ from .._validation import check_bool, check_choice, check_int, check_positive
 from ..base import TwoStepKernelHasher
 from ..labels import normalize_rows
 from ..progress import progress
-from ..solvers import (gram, orthogonal_zero_mean, procrustes, ridge_regression, sign,
-                       solve_psd, svt)
+from .._phases import phase
+from ..solvers import (cross_product, nuclear_norm, orthogonal_zero_mean, procrustes,
+                       ridge_regression, sign, solve_psd, svt)
 
 CONSTRAINTS = ("both", "balance", "decorrelation", "none")
 REGULARIZERS = ("nuclear", "frobenius")
@@ -168,10 +169,6 @@ def _per_modality(value, V: int, name: str) -> list:
     return [float(value)] * V
 
 
-def nuclear_norm(A) -> float:
-    return float(np.linalg.svd(np.asarray(A, dtype=np.float64), compute_uv=False).sum())
-
-
 class _Labels:
     """Products with ``S = 2 Y~ Y~^T - 1 1^T`` and ``D = Y^T S`` through the labels (O(n c k))."""
 
@@ -193,8 +190,11 @@ class _Labels:
         return 2.0 * self.YtYn @ (self.Yn.T @ H) - np.outer(self.Yt1, H.sum(axis=0))
 
     def Dt_matmul(self, R):
-        """``D^T R = S Y R = 2 Y~ ((Y^T Y~)^T R) - 1 ((Y^T 1)^T R)`` (n x k)."""
-        return 2.0 * self.Yn @ (self.YtYn.T @ R) - (self.Yt1 @ R)[None, :]
+        """``D^T R = S Y R = 2 Y~ ((Y^T Y~)^T R) - 1 ((Y^T 1)^T R)`` (n x k, one n-sized
+        product and one in-place subtraction)."""
+        out = self.Yn @ (2.0 * (self.YtYn.T @ R))
+        out -= (self.Yt1 @ R)[None, :]
+        return out
 
 
 class ASFOH(TwoStepKernelHasher):
@@ -366,12 +366,14 @@ class ASFOH(TwoStepKernelHasher):
         Ps = [rng.standard_normal((k, q)) for q in qs]
         Js = [rng.standard_normal((k, q)) for q in qs] if nuclear else None
         Thetas = [rng.standard_normal((k, q)) for q in qs] if nuclear else None
-        B = sign(rng.standard_normal((n, k))).astype(np.float64)  # B in {-1,+1}
+        B = sign(rng.standard_normal((n, k)), np.float64)  # B in {-1,+1}
         H = rng.standard_normal((n, k))
         delta = float(self.delta0)
 
-        HtPhis = [gram(H.astype(np.float32), phi) for phi in phis]   # H^T phi_v (k x q_v)
-        HtH = H.T @ H
+        HtPhis = [cross_product(H, phi) for phi in phis]    # H^T phi_v (k x q_v)
+        with phase("latent"):
+            HtH = H.T @ H
+            DH, YtB = lab.D_matmul(H), lab.Y.T @ B      # n-sized, once per H / B
         self.objective_, self.alpha_history_ = [], []
         trace = getattr(self, "_trace_steps", False)
         self._step_trace = []
@@ -390,23 +392,34 @@ class ASFOH(TwoStepKernelHasher):
             a = weight_powers(alpha, gamma)
             lagrangian("alpha")
             # R-step (Eq. 18)
-            R = update_R(lab.C_pinv, lab.D_matmul(H), lab.Y.T @ B, HtH, k, eta, self.rho)
+            R = update_R(lab.C_pinv, DH, YtB, HtH, k, eta, self.rho)
             lagrangian("R")
             # H-step (Eq. 20-21): Q = sum_v a_v phi_v P^v^T + k D^T R + omega B
-            Q = k * lab.Dt_matmul(R) + self.omega * B
-            for av, phi, P in zip(a, phis, Ps):
-                Q += av * (phi @ P.T.astype(np.float32))
+            with phase("latent"):
+                Q = lab.Dt_matmul(k * R)
+                Q += self.omega * B
+            with phase("products"):
+                for av, phi, P in zip(a, phis, Ps):
+                    Q += phi @ (av * P.T).astype(np.float32)
             M = None
             if self.constraints in ("balance", "none"):
                 M = (sum(av * P @ P.T for av, P in zip(a, Ps)) + R.T @ lab.C @ R
                      + self.omega * np.eye(k))
             H = update_H(Q, self.constraints, M, rng)
-            HtH = H.T @ H
-            H32 = H.astype(np.float32)
-            HtPhis = [gram(H32, phi) for phi in phis]
+            del Q
+            with phase("latent"):
+                HtH = H.T @ H
+                DH = lab.D_matmul(H)
+            HtPhis = [cross_product(H, phi) for phi in phis]
             lagrangian("H")
             # B-step (Eq. 24)
-            B = sign(eta * (lab.Y @ R) + self.omega * H).astype(np.float64)
+            with phase("latent"):
+                T = lab.Y @ (eta * R)
+                T += self.omega * H
+                B = sign(T, np.float64)
+                del T
+                YtB = lab.Y.T @ B
+                HB = float(np.einsum("ij,ij->", H, B))
             lagrangian("B")
             # P-step (Eq. 27) and J / Theta (Eq. 28), or ASFOH-NN's closed form
             if nuclear:
@@ -422,8 +435,9 @@ class ASFOH(TwoStepKernelHasher):
                       for HtPhi, av in zip(HtPhis, a)]
                 lagrangian("P")
             self.alpha_history_.append(alpha.copy())
-            self.objective_.append(self._objective(lab, phi_sq, alpha, R, H, HtH, HtPhis, B,
-                                                   Ps, eta))
+            with phase("objective"):
+                self.objective_.append(self._objective(lab, phi_sq, alpha, R, H, HtH, HtPhis, B,
+                                                       Ps, eta, DH=DH, YtB=YtB, HB=HB))
 
         self.n_iter_ = self.n_iter
         self.alpha_ = alpha
@@ -443,22 +457,26 @@ class ASFOH(TwoStepKernelHasher):
         """``||phi - H P||^2`` from k x q products (never the n x q residual)."""
         return max(phi_sq - 2.0 * float(np.sum(P * HtPhi)) + float(np.sum(P * (HtH @ P))), 0.0)
 
-    def _shared_terms(self, lab, R, H, HtH, B, eta) -> float:
-        """``||YRH^T - kS||^2 + eta ||YR - B||^2 + omega ||H - B||^2 + rho ||YR||^2``."""
+    def _shared_terms(self, lab, R, H, HtH, B, eta, *, DH=None, YtB=None, HB=None) -> float:
+        """``||YRH^T - kS||^2 + eta ||YR - B||^2 + omega ||H - B||^2 + rho ||YR||^2`` from
+        k x k and c x k products; the n-sized ones (``D H``, ``Y^T B``, ``<H, B>``) may be
+        passed when already computed."""
         k, n = self.n_bits, H.shape[0]
+        DH = lab.D_matmul(H) if DH is None else DH
+        YtB = lab.Y.T @ B if YtB is None else YtB
+        HB = float(np.einsum("ij,ij->", H, B)) if HB is None else HB
         RtCR = R.T @ lab.C @ R
-        sim = (float(np.sum(RtCR * HtH)) - 2.0 * k * float(np.sum(R * lab.D_matmul(H)))
+        sim = (float(np.sum(RtCR * HtH)) - 2.0 * k * float(np.sum(R * DH))
                + k * k * lab.S_sq)
-        YtB = lab.Y.T @ B
         yr_sq = float(np.trace(RtCR))
         sem = yr_sq - 2.0 * float(np.sum(R * YtB)) + float(n * k)     # ||B||^2 = n k
-        quant = float(np.trace(HtH)) - 2.0 * float(np.sum(H * B)) + float(n * k)
+        quant = float(np.trace(HtH)) - 2.0 * HB + float(n * k)
         return sim + eta * sem + self.omega * quant + self.rho * yr_sq
 
-    def _objective(self, lab, phi_sq, alpha, R, H, HtH, HtPhis, B, Ps, eta) -> float:
+    def _objective(self, lab, phi_sq, alpha, R, H, HtH, HtPhis, B, Ps, eta, **products) -> float:
         """Eq. 11 at the current iterate (ASFOH-NN: beta ||P||_F^2; ASFOH-SR: eta = 0)."""
         a = weight_powers(alpha, float(self.gamma))
-        val = self._shared_terms(lab, R, H, HtH, B, eta)
+        val = self._shared_terms(lab, R, H, HtH, B, eta, **products)
         for av, sq, HtPhi, P in zip(a, phi_sq, HtPhis, Ps):
             reg = nuclear_norm(P) if self.regularizer == "nuclear" else float(np.sum(P * P))
             val += av * self._residual(sq, HtPhi, HtH, P) + self.beta * reg

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._phases import phase
 from .._validation import check_int, check_positive
 from ..base import TwoStepKernelHasher
 from ..labels import normalize_rows
@@ -93,50 +94,92 @@ class BATCH(TwoStepKernelHasher):
         phis = self._kernelize(views, rng)
         L = labels
         G = normalize_rows(L)
+        GL = np.hstack([G, L])                          # Z's label part is one GEMM: [G, L] K
         etas = (self.eta_image, self.eta_text)
-        phi_sq = [float(np.einsum("ij,ij->", phi, phi, dtype=np.float64)) for phi in phis]
+        consts = _Constants(G, L, phis)
 
-        B = sign(rng.standard_normal((n, r))).astype(np.float64)
+        B = sign(rng.standard_normal((n, r)), np.float64)
         V = rng.standard_normal((n, r))
         Vt_phis = [cross_product(V, phi) for phi in phis]                     # V^T phi_m (r x q_m)
+        VtV, VtL = _latent_products(V, L)
         self.objective_ = []
         for _ in progress(range(self.n_iter), desc="BATCH", verbose=self.verbose):
             # U-step: ridge regressions of each modality (and the labels) on V
-            VtV = V.T @ V + self.rho * np.eye(r)
-            Us = [solve_psd(VtV, Vt_phi) for Vt_phi in Vt_phis]    # U_m (r x q_m)
-            U_l = solve_psd(VtV, V.T @ L)                           # r x c
-            # V-step
-            Z = r * (G @ (G.T @ B)) + self.omega * B + self.eta_label * (L @ U_l.T)
-            for eta, phi, U in zip(etas, phis, Us):
-                Z += eta * (phi @ U.T.astype(np.float32))
+            VtV_rho = VtV + self.rho * np.eye(r)
+            Us = [solve_psd(VtV_rho, Vt_phi) for Vt_phi in Vt_phis]    # U_m (r x q_m)
+            U_l = solve_psd(VtV_rho, VtL)                               # r x c
+            # V-step: Z = r G (G^T B) + omega B + eta0 L U_l^T + sum_m eta_m phi_m U_m^T
+            with phase("latent"):
+                Z = GL @ np.vstack([r * (G.T @ B), self.eta_label * U_l.T])
+                Z += self.omega * B
+            with phase("products"):
+                for eta, phi, U in zip(etas, phis, Us):
+                    Z += phi @ (eta * U.T).astype(np.float32)
             V = orthogonal_zero_mean(Z, rng)
+            del Z
             # B-step
-            B = sign(r * (G @ (G.T @ V)) + self.omega * V).astype(np.float64)
+            with phase("latent"):
+                B = sign(G @ (r * (G.T @ V)) + self.omega * V, np.float64)
+                VtV, VtL = _latent_products(V, L)
             # V^T phi_m at the new V serves the objective now and the next U-step
             Vt_phis = [cross_product(V, phi) for phi in phis]
-            self.objective_.append(self._objective(B, V, G, L, phi_sq, Vt_phis, Us, U_l))
+            with phase("objective"):
+                self.objective_.append(self._objective(
+                    _code_products(B, V, G), VtV, VtL, consts, Vt_phis, Us, U_l))
 
         self.latent_ = V
         self.codes_ = B.astype(np.int8)
         self.n_iter_ = self.n_iter
         self._fit_hash_functions(phis, self.codes_, self.xi)
 
-    def _objective(self, B, V, G, L, phi_sq, Vt_phis, Us, U_l) -> float:
-        """The BATCH objective at (B, V, U), computed in O(n (q + c) r) without n x n matrices."""
+    def _objective(self, code_products, VtV, VtL, consts, Vt_phis, Us, U_l) -> float:
+        """The BATCH objective at (B, V, U) from r x r, c x r and r x q products
+        (``code_products``: :func:`_code_products`, O(n r (r + c))); no n x n (nor n x q)
+        matrix. The Dask fit passes the same products summed over row blocks."""
+        BtB, GtB, GtV, B_dot_V, n = code_products
         r = self.n_bits
-        GtG = G.T @ G
-        sim = (np.sum((B.T @ B) * (V.T @ V)) - 2 * r * np.sum((G.T @ B) * (G.T @ V))
-               + r * r * np.sum(GtG * GtG))
-        quant = self.omega * float(np.sum((B - V) ** 2))
-        VtV = V.T @ V
+        sim = np.sum(BtB * VtV) - 2 * r * np.sum(GtB * GtV) + r * r * consts.GtG_sq
+        # ||B - V||^2 = ||B||^2 + ||V||^2 - 2 <B, V>, ||B||^2 = n r
+        quant = self.omega * (n * r + float(np.trace(VtV)) - 2.0 * B_dot_V)
         fact = 0.0
-        for eta, Vt_phi, sq, U in zip((self.eta_image, self.eta_text), Vt_phis, phi_sq, Us):
+        for eta, Vt_phi, sq, U in zip((self.eta_image, self.eta_text), Vt_phis, consts.phi_sq, Us):
             cross = float(np.sum(Vt_phi * U))
             fact += eta * (sq - 2 * cross + float(np.sum(U * (VtV @ U))))
-        fact += self.eta_label * float(np.sum((L - V @ U_l) ** 2))
+        # ||L - V U_l||^2 = ||L||^2 - 2 <V^T L, U_l> + <V^T V, U_l U_l^T>
+        fact += self.eta_label * (consts.L_sq - 2.0 * float(np.sum(VtL * U_l))
+                                  + float(np.sum(U_l * (VtV @ U_l))))
         # the reference U-step (V^T V + rho I)^{-1} V^T phi_m minimises eta_m ||phi_m - V U_m||^2
         # + eta_m rho ||U_m||^2, so the ridge is weighted by eta_m
         reg = self.rho * (sum(eta * float(np.sum(U * U))
                               for eta, U in zip((self.eta_image, self.eta_text), Us))
                           + self.eta_label * float(np.sum(U_l * U_l)))
         return float(sim + quant + fact + reg)
+
+
+class _Constants:
+    """Quantities of the BATCH objective that do not change during a fit."""
+
+    def __init__(self, G, L, phis):
+        GtG = G.T @ G
+        self.GtG_sq = float(np.sum(GtG * GtG))                      # ||G^T G||^2
+        self.L_sq = float(np.einsum("ij,ij->", L, L))               # ||L||^2
+        self.phi_sq = [float(np.einsum("ij,ij->", phi, phi, dtype=np.float64)) for phi in phis]
+
+
+def _code_products(B, V, G):
+    """``(B^T B, G^T B, G^T V, <B, V>, n)`` of the objective; a sum over row blocks."""
+    return (_codes_gram(B), G.T @ B, G.T @ V, float(np.einsum("ij,ij->", B, V)), B.shape[0])
+
+
+def _latent_products(V, L):
+    """``V^T V`` (r x r) and ``V^T L`` (r x c) of the current V (U-step and objective)."""
+    return V.T @ V, V.T @ L
+
+
+def _codes_gram(B) -> np.ndarray:
+    """``B^T B`` of +-1 codes, exactly: a float32 product of integers whose sums stay below
+    2^24 is exact (n < 16,777,216 rows), twice as fast as float64; larger n uses float64."""
+    if B.shape[0] < 2 ** 24:
+        B32 = B.astype(np.float32)
+        return (B32.T @ B32).astype(np.float64)
+    return B.T @ B

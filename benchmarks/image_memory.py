@@ -1,0 +1,129 @@
+"""Peak memory of fitting SDCH (AlexNet) on image files: images stay on disk / uint8.
+
+Writes ``--n`` generated JPEG images (``--size`` x ``--size``, content depending on the labels)
+with captions and a manifest into ``--dir`` (in a child process, so that this process's peak
+resident memory is the fit's), loads the manifest (lazy image files, bag-of-words text) and
+fits SDCH with the paper's AlexNet (fc 4096-4096-256, 227 x 227 crops of images resized to
+256) for ``--epochs`` epochs. Prints and writes (``--json``) the peak RSS of this process
+(``resource.getrusage(RUSAGE_SELF).ru_maxrss``), and that of the same fit on the first
+``--batch-size`` items only (one batch, in a child process: the memory of the model, its
+gradients, Adam's moments, one batch's activations and the interpreter -- everything that does
+not grow with the number of images). Two bounds are reported:
+
+    bound_bytes          = 1.5 x the images' uint8 bytes (n x 3 x size x size)
+                           + the measured footprint of training the model (the one-batch fit)
+    analytic_bound_bytes = 1.5 x the images' uint8 bytes + 16 bytes per parameter
+                           (parameters, gradients, Adam's two moments; no activations, no
+                           interpreter)
+
+    PYTHONPATH=src python benchmarks/image_memory.py --n 2000 --dir /tmp/img2000 --json mem.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+
+def _rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024   # KiB on Linux
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=2000)
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--dir", required=True)
+    ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--workers", type=int, default=0)
+    ap.add_argument("--fc-dim", type=int, default=4096)
+    ap.add_argument("--json")
+    ap.add_argument("--generate-only", action="store_true")
+    ap.add_argument("--reference", help="(internal) fit on one batch, write the peak here")
+    args = ap.parse_args(argv)
+    root = Path(args.dir) / f"images{args.n}x{args.size}"
+    manifest = root / "manifest.csv"
+    if args.generate_only:
+        from cmhash.data.image_folder import write_synthetic_image_folder
+
+        write_synthetic_image_folder(root, args.n, image_size=args.size, n_classes=6,
+                                     n_query=0, random_state=0)   # all 2,000 are trained on
+        return 0
+    start = time.perf_counter()
+    if not manifest.exists():
+        subprocess.run([sys.executable, __file__, "--generate-only", "--n", str(args.n),
+                        "--size", str(args.size), "--dir", args.dir], check=True)
+    gen_seconds = time.perf_counter() - start
+
+    import torch
+
+    from cmhash import DegenerateCodesWarning
+    from cmhash.data import ImageTransform, load_image_text_dataset
+    from cmhash.deep.sdch import SDCH
+
+    tf = ImageTransform.for_backbone("alexnet", mean=(0.485, 0.456, 0.406),
+                                     std=(0.229, 0.224, 0.225), scale=1.0)
+    ds = load_image_text_dataset(manifest, transform=tf)
+    X, T, Y = ds.get("train", "image"), ds.get("train", "text"), ds.labels_of("train")
+    if args.reference:
+        keep = np.arange(min(args.batch_size, len(X)))
+        X, T, Y = X[keep], T[keep], Y[keep]
+    rss_before = _rss_bytes()
+    h = SDCH(64, image_backbone="alexnet", fc_dim=args.fc_dim, n_epochs=args.epochs,
+             batch_size=args.batch_size, feature_bound="tanh", device="cpu", warmup=False,
+             num_workers=args.workers, random_state=0)
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DegenerateCodesWarning)   # 1 epoch: not a quality run
+        h.fit(X, T, Y)
+    fit_seconds = time.perf_counter() - start
+    peak = _rss_bytes()
+    if args.reference:
+        Path(args.reference).write_text(json.dumps({"peak_rss_bytes": peak}))
+        return 0
+    ref_json = Path(args.dir) / "reference_peak.json"
+    subprocess.run([sys.executable, __file__, "--n", str(args.n), "--size", str(args.size),
+                    "--dir", args.dir, "--epochs", str(args.epochs), "--batch-size",
+                    str(args.batch_size), "--workers", str(args.workers), "--fc-dim",
+                    str(args.fc_dim), "--reference", str(ref_json)], check=True)
+    ref_peak = json.loads(ref_json.read_text())["peak_rss_bytes"]
+    n_params = sum(int(v.size) for v in h.network_states_.values())
+    image_bytes = args.n * 3 * args.size * args.size
+    model_bytes = 16 * n_params
+    doc = {"n_images": args.n, "image_size": args.size, "n_train": int(len(X)),
+           "epochs": args.epochs, "batch_size": args.batch_size, "workers": args.workers,
+           "torch_threads": torch.get_num_threads(),
+           "image_uint8_bytes": image_bytes, "model_parameters": n_params,
+           "model_training_bytes": model_bytes,
+           "one_batch_fit_peak_rss_bytes": ref_peak,
+           "bound_bytes": int(1.5 * image_bytes + ref_peak),
+           "analytic_bound_bytes": int(1.5 * image_bytes + model_bytes),
+           "rss_before_fit_bytes": rss_before, "peak_rss_bytes": peak,
+           "peak_minus_one_batch_fit_bytes": peak - ref_peak,
+           "float32_copy_of_images_bytes": 4 * image_bytes,
+           "generate_seconds": gen_seconds, "fit_seconds": fit_seconds}
+    mib = 2 ** 20
+    print(f"{args.n} images {args.size}x{args.size}: uint8 {image_bytes / mib:.0f} MiB "
+          f"(float32 {4 * image_bytes / mib:.0f} MiB); model {n_params / 1e6:.1f} M parameters "
+          f"({model_bytes / mib:.0f} MiB with gradients and Adam moments)")
+    print(f"peak RSS {peak / mib:.0f} MiB (before the fit {rss_before / mib:.0f} MiB; the same "
+          f"fit on one batch of {args.batch_size} images {ref_peak / mib:.0f} MiB: the images add "
+          f"{(peak - ref_peak) / mib:.0f} MiB); fit {fit_seconds:.0f} s for {args.epochs} "
+          f"epoch(s)")
+    print(f"bound 1.5 x uint8 + measured model footprint: {doc['bound_bytes'] / mib:.0f} MiB; "
+          f"1.5 x uint8 + 16 B/parameter: {doc['analytic_bound_bytes'] / mib:.0f} MiB")
+    if args.json:
+        Path(args.json).write_text(json.dumps(doc, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

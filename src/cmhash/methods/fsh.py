@@ -179,7 +179,7 @@ class FSH(TwoStepKernelHasher):
                     "anchors_[v]": ("m", "d{v}")}
     #: ``cmhash tune`` search space (cmhash.tune module doc for the syntax)
     SEARCH_SPACE = {"lam": ("log", 1.0, 1e4), "sigma": ("log", 0.1, 10.0),
-                    "n_neighbors": ("int", 2, 30), "n_anchor_pairs": ("int", 20, 500)}
+                    "n_neighbors": ("int", 2, 20), "n_anchor_pairs": ("int", 20, 500)}
     PRESETS: dict = {}
     VARIANTS = {"FSH": {}, "FSH-code": {"released_b_step": True}}
 

@@ -304,7 +304,7 @@ def test_gram_keeps_the_small_ridge_definite():
         sla.cholesky(G32 + ridge)
 
 
-@pytest.mark.parametrize("block_rows", [8192, 333, 1])
+@pytest.mark.parametrize("block_rows", [16384, 333, 1])
 def test_cross_product_is_within_the_float32_block_bound(block_rows):
     """cross_product(A, B) with a float32 operand: A rounded to float32 (u32 relative per
     entry), float32 sums inside blocks of ``block_rows`` rows (gamma_b(u32)), float64 across

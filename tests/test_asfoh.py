@@ -188,7 +188,7 @@ def test_h_step_constraints_and_optimality_on_ill_conditioned_Q(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error", NumericalFallbackWarning)
         H = A.update_H(Q, "both", rng=rng)
-    assert routes == [None]          # Cholesky-QR declined: thin SVD of Qc
+    assert routes == [None]          # Cholesky-QR2 declined: shifted Cholesky-QR (or thin SVD)
     assert np.allclose(H.T @ H, n * np.eye(k), atol=1e-6 * n)
     assert np.abs(H.sum(axis=0)).max() < 1e-6 * n
     # optimality of max tr(Q^T H) on {H^T H = nI, H^T 1 = 0}: H^T Qc symmetric PSD

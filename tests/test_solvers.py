@@ -77,6 +77,7 @@ def test_orthogonal_zero_mean_gram_route_equals_svd_route(log_cond, monkeypatch)
     V = orthogonal_zero_mean(Z)
     assert (taken[0] is not None) == (log_cond < 5)
     monkeypatch.setattr(solvers, "_polar_via_gram", lambda Zc: None)  # force the SVD route
+    monkeypatch.setattr(solvers, "_polar_via_shifted_cholesky", lambda Zc: None)
     V_svd = orthogonal_zero_mean(Z)
     assert np.allclose(V.T @ V, n * np.eye(r), atol=1e-10 * n)
     assert np.allclose(V.sum(axis=0), 0, atol=1e-9 * n)
@@ -304,7 +305,7 @@ def test_gram_keeps_the_small_ridge_definite():
         sla.cholesky(G32 + ridge)
 
 
-@pytest.mark.parametrize("block_rows", [8192, 333, 1])
+@pytest.mark.parametrize("block_rows", [16384, 333, 1])
 def test_cross_product_is_within_the_float32_block_bound(block_rows):
     """cross_product(A, B) with a float32 operand: A rounded to float32 (u32 relative per
     entry), float32 sums inside blocks of ``block_rows`` rows (gamma_b(u32)), float64 across
@@ -358,3 +359,35 @@ def test_block_functions_sum_to_the_tall_products():
         cross_product(V, A[:10])
     with pytest.raises(ValueError, match="rows"):
         gram(A, V[:10])
+
+
+@pytest.mark.parametrize("log_cond", [6, 8, 10])   # beyond Cholesky-QR2 (cond <~ 1.4e5)
+def test_orthogonal_zero_mean_shifted_cholesky_route_equals_svd_route(log_cond, monkeypatch):
+    """Ill-conditioned full-rank Z (singular-value spread 1e6 .. 1e10, as ASFOH's and BATCH's
+    label-dominated Z) takes the shifted Cholesky-QR route: r x r decompositions only, the
+    same maximiser as the thin SVD of the n x r Zc to ~eps cond(Zc) (the accuracy of the SVD
+    route itself), feasible to machine precision, and no worse in the objective."""
+    import cmhash.solvers as solvers
+    rng = np.random.default_rng(4)
+    n, r = 600, 24
+    U, _ = np.linalg.qr(rng.standard_normal((n, r)))
+    W, _ = np.linalg.qr(rng.standard_normal((r, r)))
+    Z = (U * np.logspace(0, log_cond, r)) @ W.T * 30.0 - 4.0
+    taken = []
+    real = solvers._polar_via_shifted_cholesky
+    monkeypatch.setattr(solvers, "_polar_via_shifted_cholesky",
+                        lambda Zc: taken.append(real(Zc)) or taken[-1])
+    V = orthogonal_zero_mean(Z)
+    assert len(taken) == 1 and taken[0] is not None     # Cholesky-QR2 declined, shifted taken
+    monkeypatch.setattr(solvers, "_polar_via_shifted_cholesky", lambda Zc: None)
+    V_svd = orthogonal_zero_mean(Z)
+    assert np.allclose(V.T @ V, n * np.eye(r), atol=1e-11 * n)
+    # V^T 1 = 0 holds to ~eps cond(Zc) on either route (the centring's rounding, amplified)
+    assert np.abs(V.sum(axis=0)).max() <= 10 * np.abs(V_svd.sum(axis=0)).max() + 1e-10 * n
+    eps_cond = np.finfo(float).eps * np.sqrt(n) * 10 ** log_cond
+    assert np.abs(V - V_svd).max() <= eps_cond
+    Zc = Z - Z.mean(axis=0)
+    assert np.trace(Zc.T @ V) >= np.trace(Zc.T @ V_svd) * (1 - 1e-13)
+    # a rank-deficient Z is left to the SVD route (random completion orthogonal to 1)
+    Z[:, -2:] = Z[:, :2]
+    assert real(Z - Z.mean(axis=0)) is None

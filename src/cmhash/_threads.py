@@ -39,6 +39,21 @@ def single_threaded_blas():
         yield
 
 
+def single_threaded(func):
+    """Decorator: run ``func`` with one BLAS thread (:func:`single_threaded_blas`). For the
+    thin products of the latent steps (``V^T V``, ``G^T V``, ``G K``: outputs of r x r or
+    n x r with an inner dimension c <= a few dozen), which are memory-bound; two OpenBLAS
+    threads made them 2-4x slower on the project's 2-core machine when other jobs ran
+    (``G^T V`` at n = 184,577: 27 ms CPU with two threads, 7 ms with one)."""
+    import functools
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        with single_threaded_blas():
+            return func(*args, **kwargs)
+    return wrapper
+
+
 @contextmanager
 def single_threaded_blas_if_small(flops: float):
     """:func:`single_threaded_blas` when ``flops <= LATENCY_BOUND_FLOPS``, else no change."""

@@ -24,18 +24,20 @@ import functools
 import numpy as np
 import scipy.linalg as sla
 import scipy.sparse as sp
+from scipy.linalg.blas import dgemm as _dgemm
 from scipy.linalg.blas import dsyrk as _dsyrk
 
 from ._phases import timed
-from ._threads import single_threaded_blas_if_small
+from ._threads import single_threaded, single_threaded_blas_if_small
 from ._validation import warn_numerical_fallback
 
 #: rows per float64 block when accumulating Gram matrices of tall matrices (:func:`gram`)
 GRAM_CHUNK = 4096
 #: rows per float32 block of :func:`cross_product` (float64 accumulation across blocks): large
-#: enough for BLAS to run at its GEMM rate on (rows, q) x (rows, r) blocks, small enough that
-#: the float32 rounding inside a block stays ~u32 sqrt(rows) (see cross_product)
-BLOCK_ROWS = 8192
+#: enough for two BLAS threads to run at their GEMM rate on (rows, q) x (rows, r) blocks
+#: (4,096-row blocks reached 60 % of it), small enough that the float32 rounding inside a
+#: block stays ~u32 sqrt(rows) (see cross_product)
+BLOCK_ROWS = 16384
 
 
 def _latency_bound(flops):
@@ -78,7 +80,7 @@ def sign(X, dtype=np.int8) -> np.ndarray:
 
 
 @timed("latent")
-@_latency_bound(_tall_flops)
+@single_threaded
 def orthogonal_zero_mean(Z, random_state=None) -> np.ndarray:
     """Solve ``max_V tr(Z^T V)  s.t.  V^T V = n I_r,  V^T 1 = 0`` for ``V`` of shape (n, r).
 
@@ -90,9 +92,18 @@ def orthogonal_zero_mean(Z, random_state=None) -> np.ndarray:
     ``Z`` (ASFOH's, whose label part is 1e5-1e8 times larger than the rest) keeps its weak
     directions to machine precision instead of losing them to the squared condition number.
     Well-conditioned ``Zc`` takes the equivalent Cholesky-QR route (:func:`_polar_via_gram`,
-    checked against the SVD route in the tests), which is several times faster for r >= 64.
+    checked against the SVD route in the tests), which is several times faster for r >= 64;
+    ill-conditioned full-rank ``Zc`` (cond up to ~1e15) the shifted Cholesky-QR route
+    (:func:`_polar_via_shifted_cholesky`: BLAS-3 passes over Zc and an r x r SVD, ~6x faster
+    than the thin SVD of the n x r matrix; tested against it). Only a numerically
+    rank-deficient ``Zc`` (or a failed check) takes the thin SVD.
     When ``k < r`` the completion ``P_bar`` is a random orthonormal basis orthogonal to both
     ``U_k`` and ``1`` (the released BATCH code omits the orthogonality to ``1``).
+
+    Runs with one BLAS thread at every size: its n x r x r products are memory-bound for
+    r <= 64, and its r x r LAPACK calls alternate NumPy's and SciPy's OpenBLAS, whose idle
+    worker threads spin: with two threads each, the thin SVD of a 100,000 x 32 Z took 0.8 s
+    inside a fit against 0.15 s on one thread.
     """
     Z = np.asarray(Z, dtype=np.float64)
     if Z.ndim != 2:
@@ -108,11 +119,13 @@ def orthogonal_zero_mean(Z, random_state=None) -> np.ndarray:
     Zc = Z - Z.mean(axis=0, keepdims=True)
     Zc = _power_of_two_rescaled(Zc)
     V = _polar_via_gram(Zc)
+    if V is None:
+        V = _polar_via_shifted_cholesky(Zc)
     if V is not None:
         V *= np.sqrt(n)                        # in place: no second n x r array
         return V
     U, s, Wt = np.linalg.svd(Zc, full_matrices=False)
-    k = int(np.count_nonzero(s > max(n, r) * np.finfo(np.float64).eps * max(s[0], 1e-300)))
+    k = _numerical_rank(s, n, r)
     U = U[:, :k]
     if k < r:
         warn_numerical_fallback(
@@ -148,6 +161,45 @@ def _power_of_two_rescaled(Zc, top=None):
     if top == 0.0 or 2.0 ** -RESCALE_EXPONENT <= top <= 2.0 ** RESCALE_EXPONENT:
         return Zc
     return np.ldexp(Zc, -np.frexp(top)[1])   # max |Zc| in [0.5, 1), exactly
+
+
+def _numerical_rank(s, n: int, r: int) -> int:
+    """Singular values ``s`` (descending) above ``max(n, r) eps s[0]``: the numerical rank."""
+    return int(np.count_nonzero(s > max(n, r) * np.finfo(np.float64).eps * max(s[0], 1e-300)))
+
+
+def _polar_via_shifted_cholesky(Zc):
+    """Orthonormal polar factor ``U W^T`` of an ill-conditioned full-rank ``Zc``, or None.
+
+    Shifted CholeskyQR3 (Fukaya, Kannan, Nakatsukasa, Yamamoto, Yanagisawa, SIAM J. Sci.
+    Comput. 2020): ``R1 = chol(Zc^T Zc + s I)`` with the shift
+    ``s = 11 (n r + r (r + 1)) u ||Zc||_F^2`` (>= their bound with ||Zc||_2) makes
+    ``Q1 = Zc R1^{-1}`` well enough conditioned (cond <~ u^{-1/2}) for two plain Cholesky-QR
+    passes, which leave ``Zc = Q R`` with ``Q`` orthonormal to ~u for cond(Zc) up to ~u^{-1}.
+    The polar factor is then ``Q U_R W_R^T`` from the SVD of the r x r ``R``, whose singular
+    values are those of ``Zc``: a numerical rank below r (the thin-SVD route's threshold) or a
+    final ``max |Q^T Q - I|`` above ``CHOLESKY_QR_MAX_DEVIATION`` returns None (thin SVD).
+    Work: three passes of an n x r syrk and an n x r x r product plus one check, all BLAS-3.
+    """
+    n, r = Zc.shape
+    eye = np.eye(r)
+    G = Zc.T @ Zc
+    shift = 11.0 * (n * r + r * (r + 1)) * (np.finfo(np.float64).eps / 2) * float(np.trace(G))
+    try:
+        R = sla.cholesky(G + shift * eye, lower=False, check_finite=False)
+        Q = Zc @ sla.solve_triangular(R, eye, lower=False, check_finite=False)
+        for _ in range(2):
+            Rk = sla.cholesky(Q.T @ Q, lower=False, check_finite=False)
+            Q = Q @ sla.solve_triangular(Rk, eye, lower=False, check_finite=False)
+            R = Rk @ R
+    except np.linalg.LinAlgError:
+        return None
+    if not np.abs(Q.T @ Q - eye).max() <= CHOLESKY_QR_MAX_DEVIATION:
+        return None
+    U, sv, Wt = np.linalg.svd(R)
+    if _numerical_rank(sv, n, r) < r:
+        return None
+    return Q @ (U @ Wt)
 
 
 #: orthogonal_zero_mean takes the Cholesky-QR route when the first pass leaves
@@ -316,13 +368,22 @@ def gram_and_cross(A, Y, chunk: int = GRAM_CHUNK, *, gram_matrix: bool = True):
             prod = a.T @ _as_float64(Y[rows])
             cross += prod.toarray() if sp.issparse(prod) else prod
         return upper, cross
+    if sp.issparse(Y):
+        for rows, block in zip(row_blocks(n, chunk), _float64_blocks(A, n, chunk)):
+            if gram_matrix:
+                _syrk_update(upper, block)
+            cross += np.asarray((_as_float64(Y[rows]).T @ block).T)
+        return (_symmetrized(upper) if gram_matrix else None), cross
+    # both products through SciPy's BLAS (dsyrk, dgemm accumulating in place): alternating
+    # it with NumPy's BLAS block by block left the idle threads of one library spinning
+    # while the other's worked (4x slower Gram blocks in a fit on a 2-core machine)
+    cross = np.asfortranarray(cross)
     for rows, block in zip(row_blocks(n, chunk), _float64_blocks(A, n, chunk)):
         if gram_matrix:
             _syrk_update(upper, block)
-        y = _as_float64(Y[rows])
-        prod = block.T @ y
-        cross += prod.toarray() if sp.issparse(prod) else prod
-    return (_symmetrized(upper) if gram_matrix else None), cross
+        y = np.asarray(Y[rows], dtype=np.float64)
+        _dgemm(1.0, block.T, y.T, beta=1.0, c=cross, trans_a=0, trans_b=1, overwrite_c=1)
+    return (_symmetrized(upper) if gram_matrix else None), np.ascontiguousarray(cross)
 
 
 def _float64_blocks(A, n: int, chunk: int):
@@ -341,10 +402,18 @@ def _float64_blocks(A, n: int, chunk: int):
 
 def cross_block(a, b) -> np.ndarray:
     """``a^T b`` of one row block as float64; a float32 product when either is float32 (the
-    other is rounded to float32: a thin (rows, r) block, a cheap copy)."""
+    other is rounded to float32: a thin (rows, r) block, a cheap copy).
+
+    The wider operand goes first (``(b^T a)^T`` when ``b`` has more columns): OpenBLAS
+    splits the rows of the result between its threads, and a product whose result has only
+    r = 16..128 rows (``V^T phi``) ran at 1/8 of the rate of the same product with q rows
+    (``(phi^T V)^T``) with two threads (8.6 against 67 GFLOP per CPU second, n = 100,000,
+    q = 1,000, r = 32); single-threaded the two are equal."""
     dtype = np.float32 if np.float32 in (a.dtype, b.dtype) else np.float64
     a = np.asarray(a, dtype=dtype)
     b = np.asarray(b, dtype=dtype)
+    if b.shape[1] > a.shape[1]:
+        return np.asarray(b.T @ a, dtype=np.float64).T
     return np.asarray(a.T @ b, dtype=np.float64)
 
 
@@ -357,8 +426,8 @@ def cross_product(A, B, *, block_rows: int = BLOCK_ROWS) -> np.ndarray:
     Accuracy (docs/architecture.md, "dtypes"): the float64 input (V, H, codes) is rounded to
     float32 (relative 6e-8 per entry) and each block's sum of ``block_rows`` products
     accumulates float32 rounding, ~``u32 sqrt(block_rows)`` relative to the sum of the
-    products' magnitudes (u32 = 6e-8; ~5e-6 for 8,192 rows); the float64 sum over blocks adds
-    nothing measurable. That is ample for products solved against a well-conditioned matrix
+    products' magnitudes (u32 = 6e-8; ~8e-6 for 16,384 rows; at most ``gamma_block_rows(u32)``);
+    the float64 sum over blocks adds nothing measurable. That is ample for products solved against a well-conditioned matrix
     (``V^T V = n I``: BATCH's U-step, ASCMH's P-step, ASFOH's P-step) and for AMSH's stage 2
     on bounded kernel features; Gram matrices that get a small ridge use :func:`gram`.
     """

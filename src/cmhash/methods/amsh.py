@@ -42,17 +42,19 @@ import numpy as np
 import scipy.linalg as sla
 
 from .._phases import phase
-from .._threads import parallel_map, single_threaded_blas, single_threaded_blas_if_small
+from .._threads import parallel_map, single_threaded, single_threaded_blas
 from .._validation import check_bool, check_int, check_positive, warn_numerical_fallback
 from ..base import TwoStepKernelHasher
 from ..labels import normalize_rows
 from ..progress import progress
-from ..kernel import CACHE_BLOCK_ELEMENTS
 from ..solvers import cross_product, gram, orthogonal_zero_mean, row_blocks, sign, solve_psd
 
 #: rows per task of the stage-2 pass (HashStage.run): tasks run on parallel threads,
-#: each in cache-sized blocks
+#: each in blocks of at most HASH_BLOCK_ELEMENTS float32 features (2 MiB: the block is read
+#: from memory once and used twice while in cache; 256-512-row blocks of 1,000-1,500 columns
+#: ran the thin products fastest on the project's machine)
 HASH_CHUNK_ROWS = 8192
+HASH_BLOCK_ELEMENTS = 1 << 19
 
 _DEFAULTS = {"eta": 1.0, "lam": 1e-3, "beta": 1e-3, "n_anchors": 1500, "n_iter": 15,
              "n_iter_hash": 15}
@@ -85,9 +87,10 @@ class AMSH(TwoStepKernelHasher):
         features instead of RBF kernel features), ``margins=False`` AMSH-m (E_t = 0 and
         M_t = 0: plain regression targets in both stages).
     n_jobs : None or int
-        None (default): BLAS keeps the process's thread settings (stage 1, whose work is
-        n x r x r / r x r algebra, runs with one BLAS thread while n r^2 <= 1e8, where it is
-        latency-bound) and the modalities' stage 2 runs sequentially. An int k: the whole fit runs with one BLAS
+        None (default): BLAS keeps the process's thread settings for the large products
+        (stage 1's thin n x c x r / r x r products run with one BLAS thread, its V-steps with
+        one while n r^2 <= 1e8, where they are latency-bound) and the modalities' stage 2 runs
+        sequentially, each on all cores (row blocks on threads). An int k: the whole fit runs with one BLAS
         thread and the independent per-modality stage 2 in min(k, m) threads -- on small
         machines (2 cores) and Wiki-sized data this is the fastest setting (docs/methods/amsh.md,
         "Time per fit"). The learned codes and hash functions do not depend on it.
@@ -194,13 +197,13 @@ class AMSH(TwoStepKernelHasher):
                     beta=self.beta if self.inter_modal else 0.0,
                     margins=self.margins, rng=rng)
         self.objective_ = []
-        # n x r x r and r x r work only: latency-bound unless n is large
-        with single_threaded_blas_if_small(max(L.shape[0] for L in labels) * r * r):
-            for _ in progress(range(self.n_iter), desc="AMSH codes", verbose=self.verbose):
-                with phase("latent"):
-                    s1.iterate()
-                with phase("objective"):
-                    self.objective_.append(s1.objective())
+        # n x r x r and n x c x r work only: the thin products run with one BLAS thread
+        # (Stage1's steps), the V-steps' solver by its own latency rule
+        for _ in progress(range(self.n_iter), desc="AMSH codes", verbose=self.verbose):
+            with phase("latent"):
+                s1.iterate()
+            with phase("objective"):
+                self.objective_.append(s1.objective())
         self.codes_ = [B.astype(np.int8) for B in s1.B]
         self.latent_ = s1.V
         self.n_iter_ = self.n_iter
@@ -302,12 +305,14 @@ class Stage1:
         return self.L[t] + self.R[t] * self.E[t]
 
     # ----------------------------------------------------------------- steps
+    @single_threaded
     def update_P(self, t=None):
         """Eq. 12: P_t = T_t^T V_t (V_t^T V_t)^{-1} (c x r), the least-squares minimiser."""
         for t in (range(self.m) if t is None else [t]):
             V = self.V[t]
             self.P[t] = solve_psd(V.T @ V, V.T @ self.targets(t)).T
 
+    @single_threaded
     def z_matrix(self, i) -> np.ndarray:
         """Z_i of Eq. 13: the objective restricted to feasible V_i is const - 2 tr(Z_i^T V_i)."""
         r, Lh = self.r, self.Lh[i]
@@ -322,12 +327,14 @@ class Stage1:
         for i in (range(self.m) if i is None else [i]):
             self.V[i] = orthogonal_zero_mean(self.z_matrix(i), self.rng)
 
+    @single_threaded
     def update_B(self, t=None):
         """Eq. 18: B_t = sign(eta V_t + lam r Lh_t (Lh_t^T V_t))."""
         for t in (range(self.m) if t is None else [t]):
             V, Lh = self.V[t], self.Lh[t]
             self.B[t] = sign(self.eta * V + self.lam * self.r * (Lh @ (Lh.T @ V)), np.float64)
 
+    @single_threaded
     def update_E(self, t=None):
         """Eq. 21: E_t = max(R_t o (V_t P_t^T - L_t), 0), elementwise minimiser of Eq. 19/20."""
         if not self.margins:
@@ -344,6 +351,7 @@ class Stage1:
         self.update_E()
 
     # ------------------------------------------------------------- objective
+    @single_threaded
     def terms(self) -> dict:
         """The terms of Eq. 10 at the current state, O(n (c + r) r), no n x n matrix (and no
         n x r temporary: ``||B - V||^2 = ||B||^2 + tr(V^T V) - 2 <B, V>``)."""
@@ -500,7 +508,7 @@ class HashStage:
     def _pass(self, rows, W32, need_rhs: bool):
         """One chunk of :meth:`run`'s pass: (objective share, rhs share or None)."""
         q = self.phi.shape[1]
-        block = max(1, CACHE_BLOCK_ELEMENTS // max(q, 1))
+        block = max(1, HASH_BLOCK_ELEMENTS // max(q, 1))
         obj, rhs = 0.0, (np.zeros((q, self.B.shape[1])) if need_rhs else None)
         for sub in row_blocks(rows.stop - rows.start, block):
             b = slice(rows.start + sub.start, rows.start + sub.stop)

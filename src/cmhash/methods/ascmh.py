@@ -34,6 +34,7 @@ import time
 import numpy as np
 
 from .._phases import phase
+from .._threads import single_threaded_blas
 from .._validation import check_int, check_positive
 from ..base import TwoStepKernelHasher
 from ..labels import normalize_rows
@@ -114,7 +115,8 @@ def v_step_target(G, LM_c, R, phis, Ps, lambdas, r: int) -> np.ndarray:
     Expanding Eq. 17 with ``V^T V = n I`` and ``R^T R = I`` leaves
     ``-2 tr(Z^T V) + const``; the constant holds ``n ||L M||^2`` and ``n lambda_t ||P_t||^2``.
     """
-    Z = G @ (r * (LM_c @ np.asarray(R).T))
+    with single_threaded_blas():      # n x c x r: thin, memory-bound, one BLAS thread
+        Z = G @ (r * (LM_c @ np.asarray(R).T))
     with phase("products"):
         for lam, phi, P in zip(lambdas, phis, Ps):
             if lam:
@@ -274,7 +276,7 @@ class ASCMH(TwoStepKernelHasher):
         B = sign(rng.standard_normal((n, r)), np.float64)
         Vt_phis = [cross_product(V, phi) for phi in phis]              # r x q_t each
         consts = objective_constants(L, G)
-        with phase("latent"):
+        with phase("latent"), single_threaded_blas():
             VtV, GtV, LtB = V.T @ V, G.T @ V, L.T @ B                  # n-sized, once per V / B
 
         self.objective_ = []
@@ -288,11 +290,11 @@ class ASCMH(TwoStepKernelHasher):
                 Z = v_step_target(G, LM_c, R, phis, Ps, lambdas, r)     # V-step
             V = orthogonal_zero_mean(Z, rng)                            # (polar factor of Zc)
             del Z
-            with phase("latent"):
+            with phase("latent"), single_threaded_blas():
                 B = sign(L @ M, np.float64)                      # B-step
                 VtV, GtV, LtB = V.T @ V, G.T @ V, L.T @ B
             Vt_phis = [cross_product(V, phi) for phi in phis]           # reused by next P-step
-            with phase("objective"):
+            with phase("objective"), single_threaded_blas():
                 self.objective_.append(ascmh_objective(
                     V, R, M, B, Ps, L, G, phis, lambdas, self.omega, r, phi_sq=phi_sq,
                     Vt_phis=Vt_phis, VtV=VtV, GtV=GtV, LtB=LtB, constants=consts))

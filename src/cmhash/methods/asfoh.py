@@ -53,6 +53,7 @@ from ..base import TwoStepKernelHasher
 from ..labels import normalize_rows
 from ..progress import progress
 from .._phases import phase
+from .._threads import single_threaded_blas
 from ..solvers import (cross_product, nuclear_norm, orthogonal_zero_mean, procrustes,
                        ridge_regression, sign, solve_psd, svt)
 
@@ -371,7 +372,7 @@ class ASFOH(TwoStepKernelHasher):
         delta = float(self.delta0)
 
         HtPhis = [cross_product(H, phi) for phi in phis]    # H^T phi_v (k x q_v)
-        with phase("latent"):
+        with phase("latent"), single_threaded_blas():
             HtH = H.T @ H
             DH, YtB = lab.D_matmul(H), lab.Y.T @ B      # n-sized, once per H / B
         self.objective_, self.alpha_history_ = [], []
@@ -395,7 +396,7 @@ class ASFOH(TwoStepKernelHasher):
             R = update_R(lab.C_pinv, DH, YtB, HtH, k, eta, self.rho)
             lagrangian("R")
             # H-step (Eq. 20-21): Q = sum_v a_v phi_v P^v^T + k D^T R + omega B
-            with phase("latent"):
+            with phase("latent"), single_threaded_blas():
                 Q = lab.Dt_matmul(k * R)
                 Q += self.omega * B
             with phase("products"):
@@ -407,13 +408,13 @@ class ASFOH(TwoStepKernelHasher):
                      + self.omega * np.eye(k))
             H = update_H(Q, self.constraints, M, rng)
             del Q
-            with phase("latent"):
+            with phase("latent"), single_threaded_blas():
                 HtH = H.T @ H
                 DH = lab.D_matmul(H)
             HtPhis = [cross_product(H, phi) for phi in phis]
             lagrangian("H")
             # B-step (Eq. 24)
-            with phase("latent"):
+            with phase("latent"), single_threaded_blas():
                 T = lab.Y @ (eta * R)
                 T += self.omega * H
                 B = sign(T, np.float64)
@@ -435,7 +436,7 @@ class ASFOH(TwoStepKernelHasher):
                       for HtPhi, av in zip(HtPhis, a)]
                 lagrangian("P")
             self.alpha_history_.append(alpha.copy())
-            with phase("objective"):
+            with phase("objective"), single_threaded_blas():
                 self.objective_.append(self._objective(lab, phi_sq, alpha, R, H, HtH, HtPhis, B,
                                                        Ps, eta, DH=DH, YtB=YtB, HB=HB))
 

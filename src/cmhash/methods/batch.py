@@ -24,6 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._phases import phase
+from .._threads import single_threaded_blas
 from .._validation import check_int, check_positive
 from ..base import TwoStepKernelHasher
 from ..labels import normalize_rows
@@ -101,7 +102,8 @@ class BATCH(TwoStepKernelHasher):
         B = sign(rng.standard_normal((n, r)), np.float64)
         V = rng.standard_normal((n, r))
         Vt_phis = [cross_product(V, phi) for phi in phis]                     # V^T phi_m (r x q_m)
-        VtV, VtL = _latent_products(V, L)
+        with single_threaded_blas():
+            VtV, VtL = _latent_products(V, L)
         self.objective_ = []
         for _ in progress(range(self.n_iter), desc="BATCH", verbose=self.verbose):
             # U-step: ridge regressions of each modality (and the labels) on V
@@ -109,7 +111,7 @@ class BATCH(TwoStepKernelHasher):
             Us = [solve_psd(VtV_rho, Vt_phi) for Vt_phi in Vt_phis]    # U_m (r x q_m)
             U_l = solve_psd(VtV_rho, VtL)                               # r x c
             # V-step: Z = r G (G^T B) + omega B + eta0 L U_l^T + sum_m eta_m phi_m U_m^T
-            with phase("latent"):
+            with phase("latent"), single_threaded_blas():   # thin products: 1 thread
                 Z = GL @ np.vstack([r * (G.T @ B), self.eta_label * U_l.T])
                 Z += self.omega * B
             with phase("products"):
@@ -118,12 +120,12 @@ class BATCH(TwoStepKernelHasher):
             V = orthogonal_zero_mean(Z, rng)
             del Z
             # B-step
-            with phase("latent"):
+            with phase("latent"), single_threaded_blas():
                 B = sign(G @ (r * (G.T @ V)) + self.omega * V, np.float64)
                 VtV, VtL = _latent_products(V, L)
             # V^T phi_m at the new V serves the objective now and the next U-step
             Vt_phis = [cross_product(V, phi) for phi in phis]
-            with phase("objective"):
+            with phase("objective"), single_threaded_blas():
                 self.objective_.append(self._objective(
                     _code_products(B, V, G), VtV, VtL, consts, Vt_phis, Us, U_l))
 

@@ -18,6 +18,8 @@ import warnings
 import numpy as np
 import scipy.linalg as sla
 from scipy.optimize import minimize
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import Lasso
 
 from ._threads import single_threaded_blas_if_small
 
@@ -47,8 +49,6 @@ def sparse_codes(Y, G, lam: float, *, init=None, tol: float = 1e-6,
     k = G.shape[0]
     if n == 0:
         return np.zeros((0, k))
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.linear_model import Lasso
     model = Lasso(alpha=lam / (2.0 * m), fit_intercept=False, precompute=G @ G.T,
                   max_iter=max_iter, tol=tol, warm_start=init is not None, selection="cyclic")
     if init is not None:

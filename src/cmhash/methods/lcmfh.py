@@ -67,7 +67,7 @@ def update_Z(LtL, Lt_Xs, Us, Ps, *, weights, mu, gamma) -> np.ndarray:
 
 
 class LCMFH(TwoStepKernelHasher):
-    """LCMFH (Wang, Gao, Wang, He; IEEE TPAMI 2019), as the paper and the authors' released code.
+    """LCMFH (Wang, Gao, Wang, He; IEEE TPAMI 2019), as the authors' released code.
 
     Parameters
     ----------

@@ -70,8 +70,10 @@ def text_latent(T, S, U, R, *, mu, gamma) -> np.ndarray:
 
 
 class LSSH(CrossModalHasher):
-    """LSSH (Zhou, Ding, Guo; SIGIR 2014): sparse coding of images, matrix factorisation of
-    texts, a linear map between the two latent spaces.
+    """LSSH (Zhou, Ding, Guo; SIGIR 2014), unsupervised: image sparse coding + text MF.
+
+    Sparse coding of the images, matrix factorisation of the texts, a linear map between the
+    two latent spaces.
 
     Parameters
     ----------

@@ -27,11 +27,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._validation import check_int, check_modality_weight, check_positive
-from ..base import TwoStepKernelHasher
+from .._validation import check_modality_weight
 from ..labels import normalize_rows
 from ..progress import progress
 from ..solvers import gram, sign, solve_psd
+from .cmfh import CMFH
 
 __all__ = ["LCMFH", "lcmfh_objective"]
 
@@ -66,7 +66,7 @@ def update_Z(LtL, Lt_Xs, Us, Ps, *, weights, mu, gamma) -> np.ndarray:
     return solve_psd(M, solve_psd(LtL, LtN).T).T
 
 
-class LCMFH(TwoStepKernelHasher):
+class LCMFH(CMFH):
     """LCMFH (Wang, Gao, Wang, He; IEEE TPAMI 2019), as the authors' released code.
 
     Parameters
@@ -96,30 +96,19 @@ class LCMFH(TwoStepKernelHasher):
     """
 
     name = "lcmfh"
-    state_shapes = {**TwoStepKernelHasher.state_shapes, "latent_": ("n", "r"),
-                    "label_map_": ("c", "r"), "factor_loadings_[v]": ("r", "q{v}")}
+    state_shapes = {**CMFH.state_shapes, "label_map_": ("c", "r")}
     SEARCH_SPACE = {"image_weight": ("float", 0.1, 0.9), "mu": ("log", 0.1, 1e3),
                     "gamma": ("log", 1e-5, 1e-1)}
-    PRESETS: dict = {}
-    VARIANTS: dict = {}
 
     def __init__(self, n_bits: int = 32, *, image_weight: float = 0.5, mu: float = 10.0,
                  gamma: float = 0.001, n_iter: int = 20, random_state=None,
                  verbose: bool = False):
-        super().__init__(n_bits, random_state=random_state, verbose=verbose)
-        self.image_weight = image_weight
-        self.mu = mu
-        self.gamma = gamma
-        self.n_iter = n_iter
-
-    def _uses_anchors(self) -> bool:
-        return False              # raw features: LCMFH has no kernel
+        super().__init__(n_bits, image_weight=image_weight, mu=mu, gamma=gamma, n_iter=n_iter,
+                         random_state=random_state, verbose=verbose)
 
     def _validate_params(self):
+        super()._validate_params()        # CMFH's parameters, and a_m > 0 (U-step: gamma / a_m)
         check_modality_weight(self.image_weight, "image_weight", open_interval=True)
-        check_positive(self.mu, "mu")
-        check_positive(self.gamma, "gamma")
-        check_int(self.n_iter, "n_iter")
 
     def _fit(self, views, labels, rng):
         r = self.n_bits

@@ -59,6 +59,8 @@ def test_unit_ball_least_squares_meets_kkt_and_no_feasible_perturbation_lowers_i
     norms = np.linalg.norm(D, axis=1)
     assert (norms[:4] < 0.999).any() and np.isclose(norms[4:7], 1.0).all()   # both regimes
     assert np.array_equal(D[7], previous[7])                                  # unused: kept
+    warm, _ = unit_ball_least_squares(S, X, previous, multipliers=2.0 * mult + 0.3)
+    assert np.allclose(warm, D, atol=1e-6)                # a warm start: the same minimiser
     base = np.sum((X - S @ D) ** 2)
     for _ in range(20):
         P = D + 0.05 * rng.standard_normal(D.shape)

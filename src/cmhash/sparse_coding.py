@@ -61,7 +61,7 @@ def sparse_codes(Y, G, lam: float, *, init=None, tol: float = 1e-6,
     return np.asarray(model.coef_, dtype=np.float64).reshape(n, k)
 
 
-def unit_ball_least_squares(S, X, previous, *, tol: float = 1e-12):
+def unit_ball_least_squares(S, X, previous, *, multipliers=None, tol: float = 1e-12):
     """``argmin_D ||X - S D||^2`` s.t. ``||D_j||^2 <= 1`` for every row ``D_j`` of D (k, d).
 
     The Lagrangian ``||X - S D||^2 + sum_j lam_j (||D_j||^2 - 1)`` is minimised by
@@ -73,7 +73,8 @@ def unit_ball_least_squares(S, X, previous, *, tol: float = 1e-12):
     error outside the ball are scaled onto it.
 
     Atoms that no sample uses (a zero column of S) do not enter the objective: they keep their
-    ``previous`` value (any row in the ball is optimal for them). Returns ``(D, lam)``.
+    ``previous`` value (any row in the ball is optimal for them). ``multipliers`` (k,): a start
+    for the dual (the previous call's, in an alternating loop), else 0. Returns ``(D, lam)``.
     """
     S = np.asarray(S, dtype=np.float64)
     X = np.asarray(X, dtype=np.float64)
@@ -102,7 +103,9 @@ def unit_ball_least_squares(S, X, previous, *, tol: float = 1e-12):
 
     kk = used.size
     with single_threaded_blas_if_small(kk ** 3 / 3 + kk * kk * C.shape[1]):
-        res = minimize(negative_dual, np.zeros(kk), jac=True, method="L-BFGS-B",
+        start = np.zeros(kk) if multipliers is None else \
+            np.maximum(np.asarray(multipliers, dtype=np.float64)[used], 0.0)
+        res = minimize(negative_dual, start, jac=True, method="L-BFGS-B",
                        bounds=[(0.0, None)] * kk,
                        options={"ftol": tol, "gtol": 1e-10, "maxiter": 1000})
         Du = solve(res.x)

@@ -179,13 +179,14 @@ class LSSH(CrossModalHasher):
         S = self._image_codes(X)
         root = np.sqrt(gamma)
         self.objective_ = []
+        mult_u = mult_d = mult_r = None            # the duals' multipliers, warm starts
         for _ in progress(range(self.n_iter), desc="LSSH", verbose=self.verbose):
             A = text_latent(T, S, U, R, mu=mu, gamma=gamma)                    # A-step
-            U, _ = unit_ball_least_squares(A, T, U)                             # U-step
+            U, mult_u = unit_ball_least_squares(A, T, U, multipliers=mult_u)   # U-step
             S = sparse_codes(np.hstack([X, root * A]), np.hstack([D, root * R]), lam,
                              init=S, tol=tol)                                    # S-step
-            D, _ = unit_ball_least_squares(S, X, D)                             # D-step
-            R, _ = unit_ball_least_squares(S, A, R)                             # R-step
+            D, mult_d = unit_ball_least_squares(S, X, D, multipliers=mult_d)   # D-step
+            R, mult_r = unit_ball_least_squares(S, A, R, multipliers=mult_r)   # R-step
             self.objective_.append(lssh_objective(X, T, S, A, D, U, R, lam=lam, mu=mu,
                                                   gamma=gamma))
         self.dictionary_, self.text_basis_, self.latent_map_ = D, U, R

@@ -39,8 +39,9 @@ def sparse_codes(Y, G, lam: float, *, init=None, tol: float = 1e-6,
 
     scikit-learn's :class:`~sklearn.linear_model.Lasso` minimises
     ``(1 / (2 m)) ||y - G^T s||^2 + alpha ||s||_1``, so ``alpha = lam / (2 m)``; coordinate
-    descent stops when the duality gap is below ``tol * ||y_i||^2 / m`` (``tol``), starting
-    from ``init`` (n, k) when given (warm start), else from 0. The optimality (KKT) condition
+    descent (cyclic, on the k x k Gram matrix) stops when its duality gap, relative to
+    ``||y_i||^2``, is below ``tol``, starting from ``init`` (n, k) when given (warm start),
+    else from 0. The optimality (KKT) condition
     of each row is ``2 (y_i - s_i G) G^T in lam * subgradient(||s_i||_1)``.
     """
     Y = np.asarray(Y, dtype=np.float64)

@@ -113,13 +113,13 @@ class LSSH(CrossModalHasher):
     state_shapes = {"image_mean_": ("d0",), "image_components_": ("p", "d0"),
                     "text_mean_": ("d1",), "dictionary_": ("k", "p"),
                     "text_basis_": ("r", "d1"), "latent_map_": ("k", "r")}
-    SEARCH_SPACE = {"lam": ("log", 0.01, 1.0), "mu": ("log", 0.05, 5.0),
+    SEARCH_SPACE = {"lam": ("log", 0.05, 2.0), "mu": ("log", 0.05, 5.0),
                     "gamma": ("log", 0.1, 10.0), "n_atoms": ("cat", [128, 256, 512])}
     PRESETS: dict = {}
     VARIANTS: dict = {}
 
     def __init__(self, n_bits: int = 32, *, n_atoms: int = 512, n_pca: int | None = 64,
-                 lam: float = 0.1, mu: float = 0.5, gamma: float = 1.0, n_iter: int = 20,
+                 lam: float = 0.45, mu: float = 0.5, gamma: float = 1.0, n_iter: int = 20,
                  lasso_tol: float = 1e-6, random_state=None, verbose: bool = False):
         super().__init__(n_bits, random_state=random_state, verbose=verbose)
         self.n_atoms = n_atoms

@@ -54,6 +54,8 @@ _REGISTRY: dict[str, str] = {
     "fsh": "cmhash.methods.fsh:FSH",
     "seph-km": "cmhash.methods.seph:SePHKM",
     "seph-rnd": "cmhash.methods.seph:SePHRnd",
+    "lssh": "cmhash.methods.lssh:LSSH",
+    "lcmfh": "cmhash.methods.lcmfh:LCMFH",
     "ta-adcmh": "cmhash.deep.ta_adcmh:TAADCMH",
     "sdch": "cmhash.deep.sdch:SDCH",
     "dcmh": "cmhash.deep.dcmh:DCMH",

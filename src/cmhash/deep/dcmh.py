@@ -144,6 +144,7 @@ class DCMH(TorchHasher):
     """
 
     name = "dcmh"
+    SEARCH_SPACE = {"gamma": ("log", 0.01, 100.0), "eta": ("log", 0.01, 100.0)}
     state_shapes = {"learning_rates_": ("n_epochs",)}
     standardized_ndims = (2, 4)   # vectors per feature, images per channel
 

@@ -235,6 +235,8 @@ class SDCH(TorchHasher):
     """
 
     name = "sdch"
+    SEARCH_SPACE = {"gamma": ("log", 1e-3, 1.0), "beta1": ("log", 1e-3, 10.0),
+                    "beta2": ("log", 1e-3, 10.0), "beta3": ("log", 1e-3, 10.0)}
 
     #: the paper's Section 4.2 values with Table 1's text network txt-fc1 4096 - txt-fc2 4096 -
     #: txt-fc3 256 ("text-sdch"; the image network is AlexNet for image arrays); "wiki" (MLP

@@ -397,6 +397,8 @@ class TAADCMH(TorchHasher):
     """
 
     name = "ta-adcmh"
+    SEARCH_SPACE = {p: ("log", 1e-4, 10.0) for p in ("lambda1", "beta1", "mu1", "nu1",
+                                                       "lambda2", "beta2", "mu2", "nu2")}
     state_shapes = {"projection_i2t_": ("c", "r"), "projection_t2i_": ("c", "r"),
                     "input_kernels_[v]?": ("d{v}", "q{v}")}
     task_specific = True   # encode(..., task=...) selects the task's hash functions

@@ -149,7 +149,7 @@ def test_cli_fit_on_a_cluster_equals_the_in_memory_fit(tmp_path):
     np.testing.assert_array_equal(b.codes_, a.codes_)
     np.testing.assert_array_equal(b.encode(T, "text"), a.encode(T, "text"))
     assert b.training_data_fingerprint_ == a.training_data_fingerprint_
-    assert main(["fit", "--method", "ascmh", *common, "--out", str(tmp_path / "c.npz"),
+    assert main(["fit", "--method", "scratch", *common, "--out", str(tmp_path / "c.npz"),
                  "--cluster", "local:2"]) == 2
 
 
@@ -164,4 +164,4 @@ def test_hasher_fit_takes_dask_arrays_under_a_client(client):
     np.testing.assert_array_equal(np.asarray(got.codes_.compute()), ref.codes_)
     np.testing.assert_array_equal(got.encode(T, "text"), ref.encode(T, "text"))
     with pytest.raises(ValueError, match="has no Dask fit"):
-        make_hasher("amsh", n_bits=16, random_state=0).fit(dX, dT, dL)
+        make_hasher("scratch", n_bits=16, random_state=0).fit(dX, dT, dL)

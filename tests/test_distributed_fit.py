@@ -5,7 +5,7 @@ import pytest
 distributed = pytest.importorskip("distributed")
 da = pytest.importorskip("dask.array")
 
-from cmhash.distributed import fit as fit_module  # noqa: E402
+from cmhash.distributed import blocks as blocks_module  # noqa: E402
 from cmhash.distributed.fit import decide_persist, fit_batch  # noqa: E402
 from cmhash.methods.batch import BATCH  # noqa: E402
 from cmhash.metrics import mean_average_precision  # noqa: E402
@@ -52,8 +52,8 @@ def test_dask_batch_fit_gives_the_in_memory_codes(client, request, monkeypatch, 
     X, T, Y = data
     reference = BATCH(**_params()).fit(X, T, Y)
     routes = []
-    real = fit_module._polar_via_tsqr
-    monkeypatch.setattr(fit_module, "_polar_via_tsqr",
+    real = blocks_module._polar_via_tsqr
+    monkeypatch.setattr(blocks_module, "_polar_via_tsqr",
                         lambda Zc: routes.append("tsqr") or real(Zc))
     dX = da.from_array(X, chunks=(160, -1))             # 5 uneven row blocks on 2 workers
     h = fit_batch(BATCH(**_params()), dX, T, Y, client=client, persist_features=persist)

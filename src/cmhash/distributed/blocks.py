@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.linalg as sla
+import scipy.sparse as sp
 
 from .._validation import check_random_state
 from ..kernel import SHIFT_RATIO, SHIFT_SAMPLE, RBFAnchorFeatures
@@ -50,18 +51,65 @@ def _dask():
     return dask, da
 
 
-def as_row_chunked(X, block_rows, name):
+def as_row_chunked(X, block_rows, name, client=None):
     """A dask array chunked by rows only (one chunk across the columns); numpy arrays are
-    chunked by ``block_rows`` (an int or a tuple of row chunks; default 4,096)."""
+    chunked by ``block_rows`` (an int or a tuple of row chunks; default 4,096), SciPy sparse
+    matrices too, each row block a CSR matrix sent to the workers (``client``)."""
     dask, da = _dask()
     if isinstance(X, da.Array):
         if X.ndim != 2:
             raise ValueError(f"{name} must be 2-D, got shape {X.shape}")
         return X.rechunk({0: X.chunks[0] if block_rows is None else block_rows, 1: -1})
+    if sp.issparse(X):
+        return _sparse_row_chunked(sp.csr_matrix(X), block_rows, client)
     X = np.asarray(X)
     if X.ndim != 2:
         raise ValueError(f"{name} must be 2-D, got shape {X.shape}")
     return da.from_array(X, chunks=(block_rows or 4096, -1))
+
+
+def _sparse_row_chunked(X, block_rows, client):
+    """A dask array of CSR row blocks (scattered to the workers as they are cut); only the
+    block functions here read it (the kernel pass takes sparse blocks)."""
+    dask, da = _dask()
+    n, d = X.shape
+    if isinstance(block_rows, tuple):
+        chunks = block_rows
+    else:
+        step = int(block_rows or 4096)
+        chunks = tuple(min(step, n - s) for s in range(0, n, step))
+    parts, start = [], 0
+    for rows in chunks:
+        block = X[start:start + rows]
+        start += rows
+        data = client.scatter(block) if client is not None else block
+        parts.append(da.from_delayed(dask.delayed(data), (rows, d), dtype=X.dtype,
+                                     meta=sp.csr_matrix((0, 0), dtype=X.dtype)))
+    return da.concatenate(parts, axis=0)
+
+
+def is_sparse(X) -> bool:
+    """Whether the dask array ``X`` holds SciPy sparse blocks."""
+    return sp.issparse(getattr(X, "_meta", None))
+
+
+def gather_rows(X, idx) -> np.ndarray:
+    """The rows ``idx`` (sorted) of the row-chunked ``X`` as a dense float64 array, each
+    block giving its own rows (sparse blocks densified)."""
+    dask, _ = _dask()
+    bounds = np.cumsum((0,) + X.chunks[0])
+    take = dask.delayed(_take_rows, pure=True)
+    parts = []
+    for b, block in enumerate(X.to_delayed().ravel()):
+        local = idx[(idx >= bounds[b]) & (idx < bounds[b + 1])] - bounds[b]
+        if local.size:
+            parts.append(take(block, local))
+    return np.vstack(compute(parts)[0]) if parts else np.zeros((0, X.shape[1]))
+
+
+def _take_rows(block, local):
+    rows = block[local]
+    return np.asarray(rows.toarray() if sp.issparse(rows) else rows, dtype=np.float64)
 
 
 # ------------------------------------------------------------------ maps and reductions
@@ -139,17 +187,21 @@ def fit_kernel(fmap: RBFAnchorFeatures, X, rng):
                          "Lloyd iterations over a sample: fit in memory)")
     n, d = X.shape
     q = min(fmap.n_anchors, n)
-    mu = X.astype(np.float64).mean(axis=0)
-    head = X[:SHIFT_SAMPLE].astype(np.float64)
+    shift = None                           # sparse input is never shifted (kernel._offset_shift)
+    if not is_sparse(X):
+        mu, head = da.compute(X.astype(np.float64).mean(axis=0),
+                              X[:SHIFT_SAMPLE].astype(np.float64))
+        sample = head - mu
+        spread = float(np.einsum("ij,ij->", sample, sample)) / sample.shape[0]
+        shift = mu if float(mu @ mu) > SHIFT_RATIO * spread else None
     idx = np.sort(rng.choice(n, size=q, replace=False))
-    mu, head, A = da.compute(mu, head, X[idx])
-    sample = head - mu
-    spread = float(np.einsum("ij,ij->", sample, sample)) / sample.shape[0]
-    shift = mu if float(mu @ mu) > SHIFT_RATIO * spread else None
-    fmap._set_anchors(np.asarray(A, dtype=np.float64), shift)
+    fmap._set_anchors(gather_rows(X, idx), shift)
     fmap.n_features_in_ = d
 
     def moments(b):
+        if sp.issparse(b):
+            b = sp.csr_matrix(b, dtype=np.float64)
+            return float(b.multiply(b).sum()), np.asarray(b.sum(axis=0)).ravel()
         b = np.asarray(b, dtype=np.float64)
         b = b - shift if shift is not None else b
         return float(np.einsum("ij,ij->", b, b)), b.sum(axis=0)
@@ -170,7 +222,7 @@ def fit_kernel(fmap: RBFAnchorFeatures, X, rng):
         return out
 
     return X.map_blocks(features, chunks=(X.chunks[0], (q,)), dtype=fmap.dtype,
-                        token=FEATURES_TOKEN)
+                        meta=np.empty((0, 0), dtype=fmap.dtype), token=FEATURES_TOKEN)
 
 
 def worker_memory(client) -> int:
@@ -297,7 +349,8 @@ def prepare(hasher, views, labels, *, client=None, block_rows=None, persist_feat
     from distributed import default_client
     _, da = _dask()
     client = client or default_client()
-    link = getattr(client, "dashboard_link", None)
+    link = (None if getattr(client, "cmhash_dashboard_logged", False)
+            else getattr(client, "dashboard_link", None))       # a user's own client: log it
     log.info("dask %s fit on %d workers%s", hasher.name, len(client.scheduler_info()["workers"]),
              f", dashboard {link}" if link else "")
     if paired:
@@ -314,9 +367,11 @@ def prepare(hasher, views, labels, *, client=None, block_rows=None, persist_feat
         if not paired and np.shape(lab)[0] != np.shape(raw)[0]:
             raise ValueError(f"labels of {name!r} have {np.shape(lab)[0]} rows, its features "
                              f"{np.shape(raw)[0]}")
-        X = as_row_chunked(raw, chunks if paired and chunks is not None else block_rows, name)
+        X = as_row_chunked(raw, chunks if paired and chunks is not None else block_rows, name,
+                           client)
         chunks = X.chunks[0]
-        Xs.append(client.persist(X) if not isinstance(raw, da.Array) else X)
+        Xs.append(client.persist(X) if not isinstance(raw, da.Array) and not sp.issparse(raw)
+                  else X)
         Ls.append(as_row_chunked(lab, X.chunks[0], f"labels of {name!r}").astype(np.float64))
     c = {L.shape[1] for L in Ls}
     if len(c) != 1:

@@ -260,6 +260,7 @@ def fit_on_dask(hasher, views, labels, names=None, *, client=None, block_rows=No
     if fit is None:
         raise ValueError(f"{name or type(hasher).__name__} has no Dask fit; methods with one: "
                          f"{sorted(DASK_FITS)}")
+    labels = _checked_labels(labels, views, names, paired)
     kw = dict(client=client, block_rows=block_rows, persist_features=persist_features)
     start = time.perf_counter()
     if name == "amsh":           # any number of modalities, paired or unpaired
@@ -277,8 +278,31 @@ def fit_on_dask(hasher, views, labels, names=None, *, client=None, block_rows=No
         label_arrays = ([_gathered(y, np.float64) for y in labels] if not paired
                         else _gathered(labels, np.float64))
         hasher.training_data_fingerprint_ = training_data_fingerprint(
-            [_gathered(v, None) for v in views], label_arrays)
+            [_gathered(v, None) if hasattr(v, "compute") else v for v in views], label_arrays)
     return hasher
+
+
+def _checked_labels(labels, views, names, paired):
+    """NumPy labels checked (and class indices made multi-hot) as by the in-memory fit;
+    dask labels pass unchanged (checking them would be a pass over the data)."""
+    from .._validation import check_distinct_label_sets, check_labels
+    from ..base import unpaired_label_matrices
+
+    def lazy(a):
+        return type(a).__module__.startswith("dask.")
+
+    if paired:
+        if lazy(labels):
+            return labels
+        Y = check_labels(labels, np.shape(views[0])[0], require_labelled_rows=True)
+        check_distinct_label_sets([Y])
+        return Y
+    if any(lazy(y) for y in labels):
+        return list(labels)
+    names = names or [f"view{v}" for v in range(len(views))]
+    Ys = unpaired_label_matrices(labels, [np.shape(v)[0] for v in views], list(names))
+    check_distinct_label_sets(Ys)
+    return Ys
 
 
 def _gathered(a, dtype):

@@ -16,8 +16,9 @@ import numpy as np
 
 from ..labels import normalize_rows
 from ..solvers import cross_product, gram, sign, solve_psd
-from .blocks import (_dask, block_reduce, compute, draw_blocks, iterations, latent_step, log_iteration,
-                     map_reduce_rows, map_rows, prepare, reduce_rows)
+from .blocks import (_dask, block_reduce, compute, draw_blocks, gather_rows, iterations,
+                     latent_step, log_iteration, map_reduce_rows, map_rows, prepare,
+                     reduce_rows)
 
 __all__ = ["fit_amsh"]
 
@@ -120,7 +121,7 @@ def _pca_init(client, phi, r, n_samples, rng):
     _, da = _dask()
     n = phi.shape[0]
     idx = pca_sample(n, n_samples, rng)
-    W = principal_directions(np.asarray(phi[idx].compute(), dtype=np.float64), r)
+    W = principal_directions(gather_rows(phi, idx), r)
     W32 = W.astype(phi.dtype)
     V = map_rows(client, lambda p: np.asarray(p @ W32, dtype=np.float64), phi, cols=W.shape[1],
                  persist=False)

@@ -44,6 +44,18 @@ def _agreement(ref, h, data):
     return same_train, same_query, maps
 
 
+def _assert_same_answers(label, reference, h, data):
+    """Issue 15's bound: >= 99.9 % identical training and query bits, mAP within 0.002, and
+    the hash functions equal up to the reductions' rounding."""
+    same_train, same_query, (map_ref, map_dask) = _agreement(reference, h, data)
+    print(f"{label}: identical train bits {same_train:.5f}, query bits {same_query:.5f}, "
+          f"mAP {map_ref:.5f} vs {map_dask:.5f}")
+    assert same_train >= 0.999 and same_query >= 0.999
+    assert abs(map_ref - map_dask) <= 0.002
+    for W, Wr in zip(h.projections_, reference.projections_):
+        assert np.allclose(W, Wr, rtol=1e-4, atol=1e-6 * np.abs(Wr).max())
+
+
 @pytest.mark.parametrize("persist, dataset, route", [
     (True, "data", "tsqr"), (False, "data", "tsqr"), (True, "many_classes", "cholesky_qr2")])
 def test_dask_batch_fit_gives_the_in_memory_codes(client, request, monkeypatch, persist,
@@ -65,13 +77,7 @@ def test_dask_batch_fit_gives_the_in_memory_codes(client, request, monkeypatch, 
         assert k.sigma_ == pytest.approx(kr.sigma_, rel=1e-12)
         assert np.allclose(k.mean_, kr.mean_, rtol=0, atol=1e-12)
     assert np.allclose(h.objective_, reference.objective_, rtol=1e-6)
-    same_train, same_query, (map_ref, map_dask) = _agreement(reference, h, data)
-    print(f"persist={persist}: identical train bits {same_train:.5f}, query bits "
-          f"{same_query:.5f}, mAP {map_ref:.5f} vs {map_dask:.5f}")
-    assert same_train >= 0.999 and same_query >= 0.999
-    assert abs(map_ref - map_dask) <= 0.002
-    for W, Wr in zip(h.projections_, reference.projections_):
-        assert np.allclose(W, Wr, rtol=1e-4, atol=1e-6 * np.abs(Wr).max())
+    _assert_same_answers(f"persist={persist}", reference, h, data)
 
 
 def test_worker_memory_limit_below_the_features_recomputes(client):
@@ -101,11 +107,7 @@ def test_dask_asfoh_fit_gives_the_in_memory_codes(client, data, regularizer):
     # alpha comes from residuals ||phi||^2 - 2 <P, H^T phi> + ... (cancellation): the
     # reductions' summation order shows at ~1e-7 relative
     assert np.allclose(h.alpha_, reference.alpha_, rtol=1e-5)
-    same_train, same_query, (map_ref, map_dask) = _agreement(reference, h, data)
-    print(f"ASFOH {regularizer}: identical train bits {same_train:.5f}, query bits "
-          f"{same_query:.5f}, mAP {map_ref:.5f} vs {map_dask:.5f}")
-    assert same_train >= 0.999 and same_query >= 0.999
-    assert abs(map_ref - map_dask) <= 0.002
+    _assert_same_answers(f"ASFOH {regularizer}", reference, h, data)
 
 
 def test_dask_ascmh_fit_gives_the_in_memory_codes(client, data, monkeypatch, caplog):
@@ -134,13 +136,7 @@ def test_dask_ascmh_fit_gives_the_in_memory_codes(client, data, monkeypatch, cap
     # (R itself is not compared: with c = 6 classes < r = 16 bits the Procrustes target has
     # rank 6 and R is free on its null space, so rounding picks among equal optima)
     assert np.allclose(h.rotation_.T @ h.rotation_, np.eye(16), atol=1e-10)
-    same_train, same_query, (map_ref, map_dask) = _agreement(reference, h, data)
-    print(f"ASCMH: identical train bits {same_train:.5f}, query bits {same_query:.5f}, "
-          f"mAP {map_ref:.5f} vs {map_dask:.5f}")
-    assert same_train >= 0.999 and same_query >= 0.999
-    assert abs(map_ref - map_dask) <= 0.002
-    for W, Wr in zip(h.projections_, reference.projections_):
-        assert np.allclose(W, Wr, rtol=1e-4, atol=1e-6 * np.abs(Wr).max())
+    _assert_same_answers("ASCMH", reference, h, data)
     with pytest.raises(ValueError, match="anchors='random' only"):
         ASCMH(**params, anchor_method="kmeans").fit(da.from_array(X, chunks=(160, -1)), T, Y)
 

@@ -326,7 +326,8 @@ class Stage1:
     def z_matrix(self, i) -> np.ndarray:
         """Z_i of Eq. 13: the objective restricted to feasible V_i is const - 2 tr(Z_i^T V_i)."""
         acc = self.label_coupling(i, self.Lh[i].T @ self.B[i],
-                                  [self.Lh[j].T @ self.V[j] for j in range(self.m)])
+                                  [self.Lh[j].T @ self.V[j] if self.beta and j != i else None
+                                   for j in range(self.m)])
         return z_block(self.targets(i), self.P[i], self.B[i], self.Lh[i], acc, self.eta, self.r)
 
     def label_coupling(self, i, LhtB_i, LhtV) -> np.ndarray:

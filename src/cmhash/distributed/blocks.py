@@ -52,25 +52,27 @@ def _dask():
 
 
 def as_row_chunked(X, block_rows, name, client=None):
-    """A dask array chunked by rows only (one chunk across the columns); numpy arrays are
-    chunked by ``block_rows`` (an int or a tuple of row chunks; default 4,096), SciPy sparse
-    matrices too, each row block a CSR matrix sent to the workers (``client``)."""
+    """A dask array chunked by rows only (one chunk across the columns); numpy arrays and
+    SciPy sparse matrices (CSR blocks) are cut into ``block_rows`` rows (an int or a tuple of
+    row chunks; default 4,096), the blocks scattered to the workers of ``client`` (once, not
+    inside every graph; without a client, a ``from_array``)."""
     dask, da = _dask()
     if isinstance(X, da.Array):
         if X.ndim != 2:
             raise ValueError(f"{name} must be 2-D, got shape {X.shape}")
         return X.rechunk({0: X.chunks[0] if block_rows is None else block_rows, 1: -1})
-    if sp.issparse(X):
-        return _sparse_row_chunked(sp.csr_matrix(X), block_rows, client)
-    X = np.asarray(X)
+    X = sp.csr_matrix(X) if sp.issparse(X) else np.asarray(X)
     if X.ndim != 2:
         raise ValueError(f"{name} must be 2-D, got shape {X.shape}")
-    return da.from_array(X, chunks=(block_rows or 4096, -1))
+    if client is None and not sp.issparse(X):
+        return da.from_array(X, chunks=(block_rows or 4096, -1))
+    return _scattered_row_blocks(X, block_rows, client)
 
 
-def _sparse_row_chunked(X, block_rows, client):
-    """A dask array of CSR row blocks (scattered to the workers as they are cut); only the
-    block functions here read it (the kernel pass takes sparse blocks)."""
+def _scattered_row_blocks(X, block_rows, client):
+    """A dask array of the row blocks of the numpy or CSR ``X``, scattered to the workers in
+    one call (sparse blocks are read by the block functions here only: the kernel pass takes
+    them)."""
     dask, da = _dask()
     n, d = X.shape
     if isinstance(block_rows, tuple):
@@ -78,13 +80,14 @@ def _sparse_row_chunked(X, block_rows, client):
     else:
         step = int(block_rows or 4096)
         chunks = tuple(min(step, n - s) for s in range(0, n, step))
-    parts, start = [], 0
-    for rows in chunks:
-        block = X[start:start + rows]
-        start += rows
-        data = client.scatter(block) if client is not None else block
-        parts.append(da.from_delayed(dask.delayed(data), (rows, d), dtype=X.dtype,
-                                     meta=sp.csr_matrix((0, 0), dtype=X.dtype)))
+    bounds = np.cumsum((0,) + chunks)
+    blocks = [X[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+    if client is not None:
+        blocks = client.scatter(blocks)
+    meta = (sp.csr_matrix((0, 0), dtype=X.dtype) if sp.issparse(X)
+            else np.empty((0, 0), dtype=X.dtype))
+    parts = [da.from_delayed(dask.delayed(block), (rows, d), dtype=X.dtype, meta=meta)
+             for block, rows in zip(blocks, chunks)]
     return da.concatenate(parts, axis=0)
 
 
@@ -344,10 +347,10 @@ def prepare(hasher, views, labels, *, client=None, block_rows=None, persist_feat
             names=("image", "text"), paired=True, check_n=None) -> FitInputs:
     """Validate and chunk the inputs, fit the kernels (``hasher.kernels_``) and give their
     features. ``labels``: one (n, c) array (paired) or one per modality (``paired=False``).
-    Numpy inputs are persisted on the workers (sent once, not inside every graph).
+    NumPy / SciPy sparse inputs are scattered to the workers in row blocks (sent once, not
+    inside every graph).
     ``check_n(n_rows_of_each_modality)`` runs before the Generator's first draw."""
     from distributed import default_client
-    _, da = _dask()
     client = client or default_client()
     link = (None if getattr(client, "cmhash_dashboard_logged", False)
             else getattr(client, "dashboard_link", None))       # a user's own client: log it
@@ -370,13 +373,14 @@ def prepare(hasher, views, labels, *, client=None, block_rows=None, persist_feat
         X = as_row_chunked(raw, chunks if paired and chunks is not None else block_rows, name,
                            client)
         chunks = X.chunks[0]
-        Xs.append(client.persist(X) if not isinstance(raw, da.Array) and not sp.issparse(raw)
-                  else X)
-        Ls.append(as_row_chunked(lab, X.chunks[0], f"labels of {name!r}").astype(np.float64))
+        Xs.append(X)
+        Ls.append(Ls[0] if paired and Ls else
+                  as_row_chunked(lab, X.chunks[0], f"labels of {name!r}", client)
+                  .astype(np.float64))
     c = {L.shape[1] for L in Ls}
     if len(c) != 1:
         raise ValueError(f"every modality's labels need the same classes, got {sorted(c)}")
-    Ls = list(client.persist(Ls[:1] if paired else Ls)) * (len(Ls) if paired else 1)
+    Ls = list(client.persist(Ls[:1])) * len(Ls) if paired else list(client.persist(Ls))
     hasher._prepare_fit(Xs, list(names), c.pop())
     if check_n is not None:
         check_n([X.shape[0] for X in Xs])

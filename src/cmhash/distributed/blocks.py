@@ -134,12 +134,13 @@ def _add_all(xs):
     return total
 
 
-def block_reduce(fn, *arrays):
-    """``sum_b fn(block_b of each array)`` over aligned row blocks, as a delayed tree sum."""
+def block_reduce(fn, *arrays, extra=()):
+    """``sum_b fn(block_b of each array, *extra)`` over aligned row blocks, as a delayed tree
+    sum (``extra``: arguments every block gets, e.g. a scattered future)."""
     dask, _ = _dask()
     blocks = [a.to_delayed().ravel() for a in arrays]
     f = dask.delayed(fn, pure=True)
-    return tree_sum([f(*bs) for bs in zip(*blocks)])
+    return tree_sum([f(*bs, *extra) for bs in zip(*blocks)])
 
 
 def compute(*items):
@@ -181,9 +182,11 @@ def map_reduce_rows(client, fn, *arrays, cols, dtype=np.float64):
 
 
 # ------------------------------------------------------------------ kernel features
-def fit_kernel(fmap: RBFAnchorFeatures, X, rng):
+def fit_kernel(fmap: RBFAnchorFeatures, X, rng, client=None):
     """Fit ``fmap`` on the row-chunked dask ``X`` with the in-memory fit's random draws;
-    returns the lazy float32 features (n, q) (task keys prefixed ``FEATURES_TOKEN``)."""
+    returns the lazy float32 features (n, q) (task keys prefixed ``FEATURES_TOKEN``). The
+    fitted map (its q x d anchors) is sent to every worker once (``client.scatter``), not
+    inside each graph of the kernel pass."""
     _, da = _dask()
     if fmap.anchors != "random":
         raise ValueError("the Dask fit supports anchors='random' only (k-means anchors need "
@@ -211,21 +214,29 @@ def fit_kernel(fmap: RBFAnchorFeatures, X, rng):
 
     x_sq, x_sum = reduce_rows(moments, X)
     fmap._set_sigma(fmap._sigma_from_moments(x_sq / n, x_sum / n))
+    shared = client.scatter(fmap, broadcast=True) if client is not None else fmap
     if fmap.center:
-        fmap.mean_ = reduce_rows(lambda b: fmap._chunk_raw(b), X) / n
+        fmap.mean_ = compute(block_reduce(_raw_sums, X, extra=(shared,)))[0] / n
     else:
         fmap.mean_ = np.zeros(q)
-    mean = fmap.mean_.astype(fmap.dtype)
+    mean = fmap.mean_.astype(fmap.dtype) if fmap.center else None
+    return X.map_blocks(_features_block, shared, mean, chunks=(X.chunks[0], (q,)),
+                        dtype=fmap.dtype, meta=np.empty((0, 0), dtype=fmap.dtype),
+                        token=FEATURES_TOKEN)
 
-    def features(b):
-        out = np.empty((b.shape[0], q), dtype=fmap.dtype)
-        fmap._chunk_raw(b, out)
-        if fmap.center:
-            out -= mean
-        return out
 
-    return X.map_blocks(features, chunks=(X.chunks[0], (q,)), dtype=fmap.dtype,
-                        meta=np.empty((0, 0), dtype=fmap.dtype), token=FEATURES_TOKEN)
+def _raw_sums(b, fmap):
+    """Column sums of the uncentred kernel features of one block (the kernel mean pass)."""
+    return fmap._chunk_raw(b)
+
+
+def _features_block(b, fmap, mean):
+    """The kernel features of one block (float32), minus the training ``mean`` if given."""
+    out = np.empty((b.shape[0], fmap.anchors_.shape[0]), dtype=fmap.dtype)
+    fmap._chunk_raw(b, out)
+    if mean is not None:
+        out -= mean
+    return out
 
 
 def worker_memory(client) -> int:
@@ -396,7 +407,7 @@ def _kernel_features(hasher, views, rng, client, persist_features):
         fmap = RBFAnchorFeatures(hasher._anchors_for(v, len(views)),
                                  anchors=getattr(hasher, "anchor_method", "random"),
                                  random_state=rng)
-        phis.append(fit_kernel(fmap, Xv, rng))
+        phis.append(fit_kernel(fmap, Xv, rng, client))
         hasher.kernels_.append(fmap)
     feature_bytes = sum(p.nbytes for p in phis)
     persist = decide_persist(feature_bytes, client, persist_features)

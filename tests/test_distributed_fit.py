@@ -239,7 +239,7 @@ def test_kernel_features_persisted_when_they_fit(client, data):
     runs = {}
     for mode in ("auto", "recompute"):
         with dask.config.set({"cmhash.kernel-features": mode}), get_task_stream(client) as s:
-            fit_batch(BATCH(**{**_params(), "n_iter": 2}), da.from_array(X, chunks=(160, -1)),
+            fit_batch(BATCH(**{**_params(), "n_iter": 1}), da.from_array(X, chunks=(160, -1)),
                       T, Y, client=client)
         runs[mode] = _feature_runs(s)
     assert max(runs["auto"].values()) == 1                # persisted: each block once

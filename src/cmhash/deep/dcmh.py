@@ -127,6 +127,9 @@ class DCMH(TorchHasher):
     amp, checkpoint, resume : mixed precision ("auto": off on the CPU), a checkpoint file
         rewritten after every epoch, a checkpoint to continue from; see
         :class:`cmhash.deep._torch_base.TorchHasher` and docs/deep.md.
+    time_limit : float or None
+        Seconds: no further epoch is started when it would end past this time since the fit
+        began (estimated from the longest epoch so far); None: all ``n_epochs``.
     device : "auto", "cpu", "cuda" or "cuda:N"
     num_workers : worker processes decoding image batches of an image source (0: in-process)
     random_state, verbose : see :class:`cmhash.base.CrossModalHasher`.
@@ -164,9 +167,10 @@ class DCMH(TorchHasher):
                  lr_end: float = 1e-3, lr_schedule: str = "log", optimizer: str = "sgd",
                  weight_decay: float = 5e-4, refresh_buffers: bool = False,
                  track_objective: bool = False, amp="auto", checkpoint=None, resume=None,
-                 device: str = "auto", num_workers: int = 0, random_state=None,
+                 time_limit=None, device: str = "auto", num_workers: int = 0, random_state=None,
                  verbose: bool = False):
-        super().__init__(n_bits, amp=amp, checkpoint=checkpoint, resume=resume, device=device,
+        super().__init__(n_bits, amp=amp, checkpoint=checkpoint, resume=resume,
+                         time_limit=time_limit, device=device,
                          num_workers=num_workers, random_state=random_state, verbose=verbose)
         self.gamma = gamma
         self.eta = eta
@@ -283,7 +287,7 @@ class DCMH(TorchHasher):
                 if hasattr(bar, "set_postfix"):
                     bar.set_postfix({"J": f"{terms['total']:.4g}"}, refresh=False)
         self.loss_terms_ = {k: np.asarray(v) for k, v in terms_log.items()}
-        self.n_iter_ = self.n_epochs
+        self.n_iter_ = self._epochs_done       # < n_epochs when time_limit stopped it
         self.codes_ = s["B"].cpu().numpy().astype(np.int8)
         self._store_networks(f=f, g=g)
         for net in self._nets.values():

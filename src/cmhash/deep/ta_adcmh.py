@@ -374,6 +374,9 @@ class TAADCMH(TorchHasher):
     amp, checkpoint, resume : mixed precision ("auto": off on the CPU), a checkpoint file
         rewritten after every epoch, a checkpoint to continue from; see
         :class:`cmhash.deep._torch_base.TorchHasher` and docs/deep.md.
+    time_limit : float or None
+        Seconds: no further epoch is started when it would end past this time since the fit
+        began (estimated from the longest epoch so far); None: all ``n_epochs``.
     device : "auto", "cpu", "cuda" or "cuda:N"
     num_workers : int
         Worker processes decoding image batches of image sources (0: in this process); with
@@ -444,9 +447,11 @@ class TAADCMH(TorchHasher):
                  projection_warmup: int = 0, image_lr=None, text_lr=None,
                  image_weight_decay=None, text_weight_decay=None,
                  lr_schedule: str = "constant", input_kernel: str = "none", n_anchors=500,
-                 amp="auto", checkpoint=None, resume=None, device: str = "auto",
+                 amp="auto", checkpoint=None, resume=None, time_limit=None,
+                 device: str = "auto",
                  num_workers: int = 0, random_state=None, verbose: bool = False):
-        super().__init__(n_bits, amp=amp, checkpoint=checkpoint, resume=resume, device=device,
+        super().__init__(n_bits, amp=amp, checkpoint=checkpoint, resume=resume,
+                         time_limit=time_limit, device=device,
                          num_workers=num_workers,
                          random_state=random_state, verbose=verbose)
         self.lambda1 = lambda1
@@ -719,7 +724,7 @@ class TAADCMH(TorchHasher):
                 if hasattr(bar, "set_postfix"):
                     bar.set_postfix(postfix, refresh=False)
         self.loss_terms_ = {k: np.asarray(v) for k, v in terms_log.items()}
-        self.n_iter_ = self.n_epochs
+        self.n_iter_ = self._epochs_done       # < n_epochs when time_limit stopped it
 
         # learned codes; relaxed B (variant III) is binarised by sign at the end
         codes = {t: sign(state[t]["B"].cpu().numpy()) for t in tasks}

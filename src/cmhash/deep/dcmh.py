@@ -248,8 +248,9 @@ class DCMH(TorchHasher):
         f = self._new_network(self._spec(X, "image"), device, "image")    # theta_x
         g = self._new_network(self._spec(Y, "text"), device, "text")      # theta_y
         # the buffers F, G are the initial networks' outputs; B = sign(gamma (F + G))
-        F = torch.from_numpy(self._predict(f, Xd, self.batch_size, device)).to(device)
-        G = torch.from_numpy(self._predict(g, Yd, self.batch_size, device)).to(device)
+        workers = self._workers()
+        F = torch.from_numpy(self._predict(f, Xd, self.batch_size, device, workers)).to(device)
+        G = torch.from_numpy(self._predict(g, Yd, self.batch_size, device, workers)).to(device)
         s = {"f": f, "g": g, "opt_f": self._make_optimizer(f), "opt_g": self._make_optimizer(g),
              "F": F, "G": G, "B": self._b_step(F, G, device)}
         self.learning_rates_ = learning_rates(float(self.lr), float(self.lr_end),
@@ -329,4 +330,5 @@ class DCMH(TorchHasher):
         """Real-valued network outputs F = f(X) (image) or G = g(Y) (text), before sign."""
         m = self.modality_index(modality)
         X = self._check_query(X, m)
-        return self._predict(self._network("f" if m == 0 else "g"), self._prepare(X, m))
+        return self._predict(self._network("f" if m == 0 else "g"), self._prepare(X, m),
+                             num_workers=self._workers())

@@ -36,11 +36,96 @@ def _rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024   # KiB on Linux
 
 
+def _status_bytes(field: str) -> int:
+    """``VmRSS`` (resident now) or ``VmHWM`` (peak resident) of this process (Linux)."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def _reset_peak() -> None:
+    """Reset ``VmHWM`` to the current resident set (Linux >= 4.0: clear_refs = 5)."""
+    with open("/proc/self/clear_refs", "w") as fh:
+        fh.write("5")
+
+
+def breakdown(batch_size: int = 64, fc_dim: int = 4096, text_dim: int = 40,
+              lean: bool = True) -> dict:
+    """The resident memory of SDCH's training step, phase by phase, in this fresh process:
+    the interpreter with torch imported, the networks' parameters (AlexNet at 227 x 227 with
+    fc 4096-4096-256, a 512-unit text MLP, fc4), one batch's forward pass (activations kept
+    for the backward pass), the backward pass (gradients), the first Adam step (its two
+    moments), and a second forward + backward pass with everything in place -- each as the
+    growth of the resident set and the peak above what was resident before the phase
+    (``VmRSS`` / ``VmHWM``, the peak reset before each phase)."""
+    mib = 2 ** 20
+    out = {"python_numpy_bytes": _status_bytes("VmRSS")}
+    import torch
+
+    import cmhash.deep.sdch  # noqa: F401  (what a fit imports)
+    from cmhash.deep.backbones import build_backbone
+
+    torch.manual_seed(0)
+    out["after_import_torch_bytes"] = _status_bytes("VmRSS")
+
+    def phase(name, fn):
+        before = _status_bytes("VmRSS")
+        _reset_peak()
+        result = fn()
+        out[name] = {"growth_bytes": _status_bytes("VmRSS") - before,
+                     "peak_above_start_bytes": _status_bytes("VmHWM") - before}
+        return result
+
+    def build():
+        f = build_backbone({"kind": "alexnet", "in_shape": [3, 227, 227], "out_dim": 256,
+                            "fc_dim": fc_dim})
+        g = build_backbone({"kind": "mlp", "in_shape": [text_dim], "out_dim": 256,
+                            "hidden": [512]})
+        h = build_backbone({"kind": "mlp", "in_shape": [256], "out_dim": 64, "hidden": []})
+        return f, g, h
+
+    f, g, h = phase("parameters", build)
+    params = [p for net in (f, g, h) for p in net.parameters()]
+    out["parameters_count"] = int(sum(p.numel() for p in params))
+    opt = torch.optim.Adam(params, lr=1e-4)
+    x = torch.randint(0, 256, (batch_size, 3, 227, 227), dtype=torch.uint8)
+    y = (torch.rand(batch_size, text_dim) < 0.1).float()
+
+    def forward():
+        xb = (x.float() / 255.0 - 0.45) / 0.225
+        return h(torch.cat([f(xb), g(y)]))
+
+    def backward(z):
+        z.backward(torch.randn_like(z))
+
+    def train_step():
+        if lean:
+            opt.zero_grad(set_to_none=True)
+        z = forward()
+        if not lean:
+            opt.zero_grad(set_to_none=True)
+        backward(z)
+        opt.step()
+
+    z = phase("forward_activations", forward)
+    phase("backward_gradients", lambda: backward(z))
+    del z
+    phase("first_adam_step", opt.step)
+    phase("second_training_step", train_step)
+    out["peak_rss_bytes"] = _status_bytes("VmHWM")
+    out["summary_mib"] = {k: round(v["peak_above_start_bytes"] / mib if isinstance(v, dict)
+                                   else v / mib) for k, v in out.items()
+                          if k not in ("parameters_count",)}
+    return out
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=2000)
     ap.add_argument("--size", type=int, default=224)
-    ap.add_argument("--dir", required=True)
+    ap.add_argument("--dir")
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--workers", type=int, default=0)
@@ -48,7 +133,20 @@ def main(argv=None):
     ap.add_argument("--json")
     ap.add_argument("--generate-only", action="store_true")
     ap.add_argument("--reference", help="(internal) fit on one batch, write the peak here")
+    ap.add_argument("--breakdown", action="store_true",
+                    help="only the phase-by-phase memory of one training step (no images)")
+    ap.add_argument("--plain-order", action="store_true",
+                    help="(--breakdown) clear the gradients after the forward pass, not "
+                         "before it")
     args = ap.parse_args(argv)
+    if args.breakdown:
+        doc = breakdown(args.batch_size, args.fc_dim, lean=not args.plain_order)
+        print(json.dumps(doc["summary_mib"], indent=1))
+        if args.json:
+            Path(args.json).write_text(json.dumps(doc, indent=2))
+        return 0
+    if not args.dir:
+        ap.error("--dir is needed (where the generated images go)")
     root = Path(args.dir) / f"images{args.n}x{args.size}"
     manifest = root / "manifest.csv"
     if args.generate_only:

@@ -473,6 +473,8 @@ class SDCH(TorchHasher):
                 phase = "hash"        # lr of Theta_f = 0
             sums = self._train_epoch(phase, f, g, h, opt_f, opt_h, Xd, Yd, L, B, gamma, hp,
                                      rng, device)
+            for opt in (opt_f, opt_h):     # no gradients held through the B-step's passes
+                opt.zero_grad(set_to_none=True)
             self._check_diverged(sums["total"], "the loss L", epoch, self._divergence_hint())
             for k in TERMS:
                 terms_log[k].append(sums[k])
@@ -582,6 +584,8 @@ class SDCH(TorchHasher):
         amp = self._precision(xb.device)        # forward passes under autocast, float32 math
         dist = self._distributed(xb.device)
         train_features = phase in ("feature", "all")
+        if train_features:      # last step's gradients go before this step's activations come
+            opt_f.zero_grad(set_to_none=True)
         Fx_local, Fx = self._batch_features(f, xb, amp, dist, train_features, image=True)
         Fy_local, Fy = self._batch_features(g, yb, amp, dist, train_features, image=False)
         Fxy = torch.cat([Fx, Fy])                                          # detached, 2b x k
@@ -605,7 +609,6 @@ class SDCH(TorchHasher):
             gFx, gFy = self._feature_grads(h, Fx, Fy, Sf, Sh, Bb, gamma, hp)
             _, part = dist.shard(np.arange(xb.shape[0]))
             w = dist.grad_scale
-            opt_f.zero_grad(set_to_none=True)
             amp.backward([Fx_local, Fy_local], [gFx[part] * w, gFy[part] * w])
             amp.unscale(opt_f)
             self._clip(list(f.parameters()) + list(g.parameters()))
@@ -649,11 +652,11 @@ class SDCH(TorchHasher):
         """
         amp = self._precision(xb.device)
         dist = self._distributed(xb.device)
+        opt_f.zero_grad(set_to_none=True)
         _, Fx = self._batch_features(f, xb, amp, dist, False, image=True)
         Fy_local, Fy = self._batch_features(g, yb, amp, dist, True, image=False)
         _, gFy = self._feature_grads(h, Fx, Fy, Sf, Sh, Bb, gamma, hp)
         _, part = dist.shard(np.arange(xb.shape[0]))
-        opt_f.zero_grad(set_to_none=True)
         amp.backward(Fy_local, gFy[part] * dist.grad_scale)
         amp.unscale(opt_f)
         self._clip(g.parameters())

@@ -111,6 +111,7 @@ def network_step(net, opt, xb, it, own, other, B, L, Q, *, w_quant, mu, nu,
     (times the world size: DDP averages), which is the single-process step.
     """
     precision = precision or Precision("off", xb.device)
+    opt.zero_grad(set_to_none=True)     # the last step's gradients go before the activations
     if dist is not None and dist.active:
         _network_step_distributed(net, opt, xb, it, own, other, B, L, Q, w_quant=w_quant,
                                   mu=mu, nu=nu, precision=precision, dist=dist)
@@ -119,7 +120,6 @@ def network_step(net, opt, xb, it, own, other, B, L, Q, *, w_quant, mu, nu,
         out = net(precision.inputs(xb))
     out = out.float()
     loss = batch_loss(out, it, own, other, B, L, Q, w_quant=w_quant, mu=mu, nu=nu)
-    opt.zero_grad(set_to_none=True)
     loss = loss / (len(it) * own.shape[0])
     precision.backward(loss, torch.ones_like(loss))
     precision.step(opt)
@@ -135,7 +135,6 @@ def _network_step_distributed(net, opt, xb, it, own, other, B, L, Q, *, w_quant,
     out = dist.gather_rows(local.float()).requires_grad_()
     loss = batch_loss(out, it, own, other, B, L, Q, w_quant=w_quant, mu=mu, nu=nu)
     (grad,) = torch.autograd.grad(loss / (len(it) * own.shape[0]), out)
-    opt.zero_grad(set_to_none=True)
     precision.backward(local, grad[part] * dist.grad_scale)
     precision.step(opt)
     own[it] = out.detach()
@@ -766,6 +765,7 @@ class TAADCMH(TorchHasher):
         batches = self._batch_indices(perm, self.batch_size)
         for idx, xb in self._batches(data, batches, device, train=True, rng=rng):
             self._train_step(side, s, xb, torch.as_tensor(idx, device=device), L)
+        s["opt_" + side].zero_grad(set_to_none=True)   # none held through the next passes
         if self.refresh_buffers:  # exact outputs of the updated network (eval mode) for B / P
             own.copy_(torch.from_numpy(self._predict(net, data, self.batch_size, device,
                                                      self._workers())).to(device))

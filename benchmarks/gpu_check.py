@@ -338,7 +338,17 @@ def main(argv=None) -> int:
         time_limit = max(1e-3, 0.8 * share)      # the rest of the share: setup + evaluation
         if left <= 0:
             print(f"{method}: the budget is spent; 1 epoch only", flush=True)
-        rec = run_method(method, args, device, manifest, datasets, time_limit)
+        print(f"{method}: training {args.epochs} epochs (time guard {time_limit:.0f} s) ...",
+              flush=True)
+        try:
+            rec = run_method(method, args, device, manifest, datasets, time_limit)
+        except Exception as exc:          # report it and go on with the other methods
+            import traceback
+            rec = {"method": method, "error": f"{type(exc).__name__}: {exc}",
+                   "traceback": traceback.format_exc()}
+            records.append(rec)
+            print(f"== {method}: FAILED -- {rec['error']}\n{rec['traceback']}", flush=True)
+            continue
         if chance is None:
             chance = chance_levels(next(iter(datasets.values())), args.bits, args.seed)
         rec["chance"] = chance
@@ -357,7 +367,7 @@ def main(argv=None) -> int:
         from cmhash._io import atomic_write
         with atomic_write(Path(args.json), "w") as fh:
             fh.write(json.dumps(doc, indent=2))
-    return 0
+    return 1 if any("error" in r for r in records) else 0
 
 
 if __name__ == "__main__":

@@ -46,6 +46,7 @@ def test_gpu_check_runs_every_method_from_files_and_reports_against_chance(tmp_p
     lq, ldb = ds.labels_of("query"), ds.labels_of("retrieval")
     prior = float(np.mean((lq @ ldb.T) > 0))            # share of relevant pairs
     for r in doc["records"]:
+        assert "error" not in r, r.get("traceback")
         assert r["method"] in printed
         assert r["epochs_trained"] == 1 and len(r["epoch_seconds"]) == 1
         assert r["n_train"] + r["n_query"] == 64 and r["n_query"] == 6

@@ -43,9 +43,11 @@ about 400 TFLOP for an epoch of all three, ~4 s at a sustained 100 TFLOP/s of bf
 eighth of the H200's dense peak; these small convolutions and fc layers reach no more). The
 input pipeline bounds it instead: 90,000 JPEG decodes + resize + crop per epoch of all
 three, ~1.5-2 ms each on one core, 12 workers -> 6,000-8,000 images/s -> 11-15 s per epoch,
-so 10 epochs ~ 2.5 min; fixed costs (generation ~10 s on 16 cores, initial output passes,
-evaluation = 6 passes of 20,000 images, start-up) ~ 1 min. About 3.5 min in all, half the
-budget; the guard covers a pipeline twice as slow.
+so 10 epochs ~ 2.5 min; fixed costs ~ 1 min: generation (~4 ms per image on one core ->
+~5 s on 16), the initial output passes of TA-ADCMH (2 x 18,000 images) and DCMH (18,000),
+evaluation (~22,000 image reads per method: the queries and the hashed database) -- 120,000
+reads, ~20 s --, start-up. About 3.5 min in all, under half the budget; the guard covers a
+pipeline twice as slow.
 
 Small CPU run (the test's settings):
     PYTHONPATH=src python benchmarks/gpu_check.py --n 64 --size 32 --epochs 1 --bits 8 \\

@@ -52,14 +52,16 @@ def _reset_peak() -> None:
 
 
 def breakdown(batch_size: int = 64, fc_dim: int = 4096, text_dim: int = 40,
-              lean: bool = True) -> dict:
+              lean: bool = True, recompute: bool = True) -> dict:
     """The resident memory of SDCH's training step, phase by phase, in this fresh process:
     the interpreter with torch imported, the networks' parameters (AlexNet at 227 x 227 with
     fc 4096-4096-256, a 512-unit text MLP, fc4), one batch's forward pass (activations kept
     for the backward pass), the backward pass (gradients), the first Adam step (its two
     moments), and a second forward + backward pass with everything in place -- each as the
     growth of the resident set and the peak above what was resident before the phase
-    (``VmRSS`` / ``VmHWM``, the peak reset before each phase)."""
+    (``VmRSS`` / ``VmHWM``, the peak reset before each phase). ``lean=False``: the gradients
+    are cleared after the forward pass (as before the change), ``recompute=False``: the
+    ReLU -> LRN -> pool maps are kept (``AlexNet.recompute_activations``)."""
     mib = 2 ** 20
     out = {"python_numpy_bytes": _status_bytes("VmRSS")}
     import torch
@@ -87,6 +89,7 @@ def breakdown(batch_size: int = 64, fc_dim: int = 4096, text_dim: int = 40,
         return f, g, h
 
     f, g, h = phase("parameters", build)
+    f.recompute_activations = recompute
     params = [p for net in (f, g, h) for p in net.parameters()]
     out["parameters_count"] = int(sum(p.numel() for p in params))
     opt = torch.optim.Adam(params, lr=1e-4)
@@ -136,11 +139,12 @@ def main(argv=None):
     ap.add_argument("--breakdown", action="store_true",
                     help="only the phase-by-phase memory of one training step (no images)")
     ap.add_argument("--plain-order", action="store_true",
-                    help="(--breakdown) clear the gradients after the forward pass, not "
-                         "before it")
+                    help="(--breakdown) as before the memory changes: gradients cleared "
+                         "after the forward pass, the ReLU -> LRN -> pool maps kept")
     args = ap.parse_args(argv)
     if args.breakdown:
-        doc = breakdown(args.batch_size, args.fc_dim, lean=not args.plain_order)
+        doc = breakdown(args.batch_size, args.fc_dim, lean=not args.plain_order,
+                        recompute=not args.plain_order)
         print(json.dumps(doc["summary_mib"], indent=1))
         if args.json:
             Path(args.json).write_text(json.dumps(doc, indent=2))

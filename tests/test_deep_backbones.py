@@ -366,12 +366,17 @@ def test_estimator_contract_quiet_progress_device_params(method, capfd, caplog):
             cmhash.make_hasher(method, **{**kw, "device": "cuda"}).fit(X, T, Y)
 
 
-@pytest.mark.parametrize("cls", [CNNF, AlexNet])
-def test_recomputed_relu_lrn_pool_blocks_change_nothing_but_the_saved_maps(cls):
+@pytest.mark.parametrize("cls,chunk", [(CNNF, None), (AlexNet, None), (AlexNet, 1)])
+def test_recomputed_relu_lrn_pool_blocks_change_nothing_but_the_saved_maps(cls, chunk,
+                                                                           monkeypatch):
     """Training with ``recompute_activations`` (default) keeps only the input of each
-    ReLU -> LRN -> max-pool block for the backward pass and recomputes the block there: the
-    outputs and every gradient are bit for bit those of keeping the maps, and the tensors
-    saved for the backward pass are smaller."""
+    ReLU -> LRN -> max-pool block for the backward pass and recomputes the block there, in
+    chunks of rows (``chunk=1``: one image at a time): the outputs and every gradient are bit
+    for bit those of keeping the maps, and the tensors saved for the backward pass are
+    smaller."""
+    import cmhash.deep.backbones as bb
+    if chunk is not None:
+        monkeypatch.setattr(bb, "RECOMPUTE_CHUNK_ELEMENTS", chunk)
     torch.manual_seed(0)
     net = cls(8, fc_dim=32)
     x = torch.randn(3, 3, 67, 67)

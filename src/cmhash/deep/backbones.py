@@ -28,11 +28,13 @@ from here. Nothing is ever downloaded.
 """
 from __future__ import annotations
 
+import contextlib
+import functools
+
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
-from torch.utils.checkpoint import checkpoint
 
 __all__ = ["MLP", "CNNF", "AlexNet", "TextNetTA", "TextNetSDCH", "build_backbone",
            "load_state_dict_file", "load_vggf_mat", "output_layer_name", "BACKBONE_KINDS",
@@ -45,6 +47,47 @@ LEGACY_LRN = (5, 1e-4, 0.75, 2.0)
 
 def _relu_norm_pool(x, norm, pool):
     return pool(norm(F.relu(x)))
+
+
+#: rows of a recomputed block are processed in chunks of at most this many input values
+RECOMPUTE_CHUNK_ELEMENTS = 1 << 22
+
+
+class _RecomputedBlock(torch.autograd.Function):
+    """``fn(x)`` for a block ``fn`` that works on each sample on its own and has no
+    parameters (ReLU -> LRN -> max-pool): the forward pass keeps only ``x``; the backward pass
+    recomputes ``fn`` with autograd on chunks of rows (at most
+    :data:`RECOMPUTE_CHUNK_ELEMENTS` input values each) and back-propagates each chunk's
+    gradient, so the block's maps and their backward temporaries exist for one chunk at a
+    time. The same operations run on the same rows (under the forward pass's autocast), so
+    values and gradients equal those of ``fn`` with autograd on the whole batch."""
+
+    @staticmethod
+    def forward(ctx, x, fn):
+        ctx.fn = fn
+        ctx.autocast = [(kind, torch.is_autocast_enabled(kind), torch.get_autocast_dtype(kind))
+                        for kind in ("cpu", "cuda")]
+        ctx.save_for_backward(x)
+        with torch.no_grad():
+            return fn(x)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (x,) = ctx.saved_tensors
+        per_row = max(int(x[:1].numel()), 1)
+        rows = max(1, RECOMPUTE_CHUNK_ELEMENTS // per_row)
+        grad_in = torch.empty_like(x)
+        with contextlib.ExitStack() as stack:
+            for kind, enabled, dtype in ctx.autocast:
+                if enabled:
+                    stack.enter_context(torch.autocast(kind, dtype=dtype))
+            for s in range(0, x.shape[0], rows):
+                xs = x[s:s + rows].detach().requires_grad_(True)
+                with torch.enable_grad():
+                    ys = ctx.fn(xs)
+                (gs,) = torch.autograd.grad(ys, xs, grad_out[s:s + rows])
+                grad_in[s:s + rows] = gs
+        return grad_in, None
 
 
 class _MaxPool(nn.Module):
@@ -162,16 +205,17 @@ class _FiveConvNet(nn.Module):
 
     def _relu_norm_pool(self, x, norm, pool):
         """ReLU -> LRN -> max-pool of a conv output ``x``. Training with autograd
-        (``recompute_activations``), the block is recomputed in the backward pass
-        (``torch.utils.checkpoint``): only its input is kept instead of the ReLU output, the
-        LRN's three intermediate maps, its output and the pooling indices -- at 227 x 227,
-        batch 64, conv1's block keeps 74 MB instead of about 450 MB, conv2's 48 MB instead of
-        about 290 MB. The recomputation repeats the same operations, so outputs and gradients
-        are unchanged; it costs one more ReLU + LRN + pool forward per training step."""
+        (``recompute_activations``), the block is recomputed in the backward pass, chunk of
+        rows by chunk (:class:`_RecomputedBlock`): only its input is kept instead of the ReLU
+        output, the LRN's intermediate maps, its output and the pooling indices -- at
+        227 x 227, batch 64, conv1's block keeps 74 MB instead of about 450 MB, conv2's 48 MB
+        instead of about 290 MB -- and the backward pass holds them for one chunk at a time.
+        The recomputation repeats the same operations on the same rows, so outputs and
+        gradients are unchanged; it costs one more ReLU + LRN + pool forward per step."""
         if self.recompute_activations and self.training and torch.is_grad_enabled() \
                 and x.requires_grad:
-            return checkpoint(_relu_norm_pool, x, norm, pool, use_reentrant=False,
-                              preserve_rng_state=False)
+            return _RecomputedBlock.apply(x, functools.partial(_relu_norm_pool, norm=norm,
+                                                                pool=pool))
         return _relu_norm_pool(x, norm, pool)
 
     def forward(self, x):

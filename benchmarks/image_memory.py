@@ -118,9 +118,11 @@ def breakdown(batch_size: int = 64, fc_dim: int = 4096, text_dim: int = 40,
     phase("first_adam_step", opt.step)
     phase("second_training_step", train_step)
     out["peak_rss_bytes"] = _status_bytes("VmHWM")
-    out["summary_mib"] = {k: round(v["peak_above_start_bytes"] / mib if isinstance(v, dict)
-                                   else v / mib) for k, v in out.items()
-                          if k not in ("parameters_count",)}
+    out["summary_mib"] = {
+        k.replace("_bytes", ""): (f"+{v['growth_bytes'] / mib:.0f} resident after, peak "
+                                  f"+{v['peak_above_start_bytes'] / mib:.0f}"
+                                  if isinstance(v, dict) else round(v / mib))
+        for k, v in out.items() if k != "parameters_count"}
     return out
 
 

@@ -50,7 +50,10 @@ def _relu_norm_pool(x, norm, pool):
 
 
 #: rows of a recomputed block are processed in chunks of at most this many input values
-RECOMPUTE_CHUNK_ELEMENTS = 1 << 22
+#: (256 MB of float32: a batch of 64 at 227 x 227 is one chunk; smaller chunks made the
+#: resident peak larger with glibc's malloc, which keeps freed chunks below its mmap
+#: threshold (up to 32 MiB) in the heap -- docs/deep.md, "Memory")
+RECOMPUTE_CHUNK_ELEMENTS = 1 << 26
 
 
 class _RecomputedBlock(torch.autograd.Function):
@@ -209,7 +212,8 @@ class _FiveConvNet(nn.Module):
         rows by chunk (:class:`_RecomputedBlock`): only its input is kept instead of the ReLU
         output, the LRN's intermediate maps, its output and the pooling indices -- at
         227 x 227, batch 64, conv1's block keeps 74 MB instead of about 450 MB, conv2's 48 MB
-        instead of about 290 MB -- and the backward pass holds them for one chunk at a time.
+        instead of about 290 MB -- and the backward pass holds them for one chunk at a time
+        (:data:`RECOMPUTE_CHUNK_ELEMENTS`).
         The recomputation repeats the same operations on the same rows, so outputs and
         gradients are unchanged; it costs one more ReLU + LRN + pool forward per step."""
         if self.recompute_activations and self.training and torch.is_grad_enabled() \

@@ -126,6 +126,69 @@ def breakdown(batch_size: int = 64, fc_dim: int = 4096, text_dim: int = 40,
     return out
 
 
+def phase_peaks(manifest: Path, batch_size: int, fc_dim: int) -> dict:
+    """The one-batch SDCH fit (as ``--reference``) with the peak RSS of each phase: the ITQ
+    initialisation's forward pass, the training step's forward + backward pass (up to the
+    feature networks' optimiser step), that Adam step, and the B-step's forward pass. Each
+    phase's peak (``VmHWM`` with the peak reset at its start) in MiB."""
+    import warnings
+
+    import torch
+
+    from cmhash.data import ImageTransform, load_image_text_dataset
+    from cmhash.deep import sdch
+
+    mib = 2 ** 20
+    peaks: dict = {}
+
+    def timed(name, fn):
+        def run(*a, **k):
+            _reset_peak()
+            out = fn(*a, **k)
+            peaks[name] = max(peaks.get(name, 0), round(_status_bytes("VmHWM") / mib))
+            return out
+        return run
+
+    est = sdch.SDCH
+    orig = {n: getattr(est, n) for n in ("_itq_codes", "_sign_codes", "_train_step")}
+    est._itq_codes = timed("itq_forward", orig["_itq_codes"])
+    est._sign_codes = timed("b_step_forward", orig["_sign_codes"])
+    adam_step = torch.optim.Adam.step
+
+    def step(self, *a, **k):               # the feature networks' step (the larger one)
+        if sum(p.numel() for g in self.param_groups for p in g["params"]) > 1e6:
+            peaks["forward_backward"] = max(peaks.get("forward_backward", 0),
+                                            round(_status_bytes("VmHWM") / mib))
+            _reset_peak()
+            out = adam_step(self, *a, **k)
+            peaks["adam_step"] = max(peaks.get("adam_step", 0),
+                                     round(_status_bytes("VmHWM") / mib))
+            return out
+        return adam_step(self, *a, **k)
+
+    def train_step(self, *a, **k):
+        _reset_peak()
+        return orig["_train_step"](self, *a, **k)
+
+    torch.optim.Adam.step, est._train_step = step, train_step
+    try:
+        tf = ImageTransform.for_backbone("alexnet", mean=(0.485, 0.456, 0.406),
+                                         std=(0.229, 0.224, 0.225), scale=1.0)
+        ds = load_image_text_dataset(manifest, transform=tf)
+        keep = np.arange(batch_size)
+        h = est(64, image_backbone="alexnet", fc_dim=fc_dim, n_epochs=1, batch_size=batch_size,
+                feature_bound="tanh", device="cpu", warmup=False, random_state=0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            h.fit(ds.get("train", "image")[keep], ds.get("train", "text")[keep],
+                  ds.labels_of("train")[keep])
+    finally:
+        torch.optim.Adam.step = adam_step
+        for n, f in orig.items():
+            setattr(est, n, f)
+    return peaks
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=2000)
@@ -140,6 +203,8 @@ def main(argv=None):
     ap.add_argument("--reference", help="(internal) fit on one batch, write the peak here")
     ap.add_argument("--breakdown", action="store_true",
                     help="only the phase-by-phase memory of one training step (no images)")
+    ap.add_argument("--phases", action="store_true",
+                    help="the one-batch fit with the peak RSS of each phase (MiB)")
     ap.add_argument("--plain-order", action="store_true",
                     help="(--breakdown) as before the memory changes: gradients cleared "
                          "after the forward pass, the ReLU -> LRN -> pool maps kept")
@@ -153,6 +218,12 @@ def main(argv=None):
         return 0
     if not args.dir:
         ap.error("--dir is needed (where the generated images go)")
+    if args.phases:
+        manifest = Path(args.dir) / f"images{args.n}x{args.size}" / "manifest.csv"
+        if not manifest.exists():
+            ap.error(f"--phases reads an existing set: run without --phases first ({manifest})")
+        print(json.dumps(phase_peaks(manifest, args.batch_size, args.fc_dim)))
+        return 0
     root = Path(args.dir) / f"images{args.n}x{args.size}"
     manifest = root / "manifest.csv"
     if args.generate_only:

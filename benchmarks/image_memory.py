@@ -17,6 +17,12 @@ not grow with the number of images). Two bounds are reported:
                            interpreter)
 
     PYTHONPATH=src python benchmarks/image_memory.py --n 2000 --dir /tmp/img2000 --json mem.json
+
+``--phases`` (after a run has written the images): the one-batch fit with the peak RSS of each
+phase (ITQ forward pass, training forward + backward, Adam step, B-step forward pass).
+``--breakdown``: one synthetic training step of the networks alone, phase by phase
+(``--plain-order``: as before the memory changes). docs/deep.md, "Memory of fitting SDCH on
+image files", has the numbers.
 """
 from __future__ import annotations
 

@@ -76,7 +76,8 @@ def test_deep_options_are_refused_for_other_methods_and_with_param(data, tmp_pat
 
 
 # ------------------------------------------------------------------ torchrun (DDP, gloo)
-@pytest.mark.parametrize("method", ["dcmh", pytest.param("ta-adcmh", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("method", ["dcmh", pytest.param("ta-adcmh", marks=pytest.mark.slow),
+                                    pytest.param("sdch", marks=pytest.mark.slow)])
 def test_torchrun_two_processes_fit_equals_one_process_fit(method, data, tmp_path):
     """`torchrun --nproc_per_node 2 -m cmhash.cli fit` on the CPU (gloo): each rank trains on
     its half of every batch; the codes equal the single-process fit's, the weights agree to

@@ -2,6 +2,7 @@
 import json
 import tracemalloc
 import warnings
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -192,6 +193,24 @@ def test_array_source_is_a_view_and_not_converted_implicitly():
 def _folder(tmp_path, **kw):
     kw.setdefault("image_size", 16)
     return write_synthetic_image_folder(tmp_path / "set", kw.pop("n", 60), **kw)
+
+
+def test_generated_folder_does_not_depend_on_the_writer_processes(tmp_path):
+    """Each item draws from its own seeded generator: 1 or 3 writer processes write the same
+    bytes; another seed writes other images."""
+    def digest(root):
+        import hashlib
+        files = sorted(p for p in Path(root).rglob("*") if p.is_file())
+        return hashlib.sha256(b"".join(p.name.encode() + p.read_bytes() for p in files)).digest()
+
+    for jobs, name in ((1, "a"), (3, "b")):
+        write_synthetic_image_folder(tmp_path / name, 30, image_size=16, n_jobs=jobs)
+    write_synthetic_image_folder(tmp_path / "c", 30, image_size=16, random_state=1)
+    assert digest(tmp_path / "a") == digest(tmp_path / "b") != digest(tmp_path / "c")
+    assert len(list((tmp_path / "b" / "images").glob("*.jpg"))) == 30
+    for bad in (0, -2, 1.5, True):
+        with pytest.raises(ValueError, match="n_jobs"):
+            write_synthetic_image_folder(tmp_path / "d", 5, n_jobs=bad)
 
 
 def _rewrite_csv(path, rows, header="image,text,labels,split"):

@@ -364,3 +364,46 @@ def test_estimator_contract_quiet_progress_device_params(method, capfd, caplog):
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is not available"):
             cmhash.make_hasher(method, **{**kw, "device": "cuda"}).fit(X, T, Y)
+
+
+@pytest.mark.parametrize("cls,chunk", [(CNNF, None), (AlexNet, None), (AlexNet, 1)])
+def test_recomputed_relu_lrn_pool_blocks_change_nothing_but_the_saved_maps(cls, chunk,
+                                                                           monkeypatch):
+    """Training with ``recompute_activations`` (default) keeps only the input of each
+    ReLU -> LRN -> max-pool block for the backward pass and recomputes the block there, in
+    chunks of rows (``chunk=1``: one image at a time): the outputs and every gradient are bit
+    for bit those of keeping the maps, and the tensors saved for the backward pass are
+    smaller."""
+    import cmhash.deep.backbones as bb
+    if chunk is not None:
+        monkeypatch.setattr(bb, "RECOMPUTE_CHUNK_ELEMENTS", chunk)
+    torch.manual_seed(0)
+    net = cls(8, fc_dim=32)
+    x = torch.randn(3, 3, 67, 67)
+    results = {}
+    for recompute in (True, False):
+        net.recompute_activations = recompute
+        net.zero_grad(set_to_none=True)
+        saved = []
+        weights = {p.data_ptr() for p in net.parameters()}
+
+        def pack(t):                                    # activation maps (not the weights)
+            if t.data_ptr() not in weights:
+                saved.append(t.numel() * t.element_size())
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out = net(x)
+        out.backward(torch.linspace(-1, 1, out.numel()).reshape(out.shape))
+        results[recompute] = (out.detach(), {k: p.grad.clone() for k, p in
+                                             net.named_parameters()}, sum(saved))
+    del net.recompute_activations                      # back to the class default (True)
+    assert cls.recompute_activations is True
+    (o1, g1, s1), (o0, g0, s0) = results[True], results[False]
+    assert torch.equal(o1, o0)
+    for k in g0:
+        assert torch.equal(g1[k], g0[k]), k
+    assert s1 < 0.6 * s0, (s1, s0)
+    net.eval()                                          # no recomputation outside training
+    with torch.no_grad():
+        assert torch.equal(net(x), o0)

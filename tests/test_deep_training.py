@@ -144,3 +144,95 @@ def test_distributed_is_a_noop_without_torchrun():
     assert d.gather_rows(x) is x
     net = _net()
     assert d.wrap(net) is net
+
+
+SDCH_DDP_SCRIPT = textwrap.dedent('''
+    import sys, warnings, numpy as np, torch
+    from cmhash.deep.sdch import SDCH
+    from cmhash.deep.training import end_process_group
+    d = np.load(sys.argv[1])
+    X, T, Y = d["X"], d["T"], d["Y"]
+    warnings.simplefilter("ignore")
+    codes = {}
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):     # the same seed twice, then another
+        h = SDCH(8, random_state=seed, **eval(sys.argv[3]))
+        h.fit(X, T, Y)
+        codes[name] = np.stack(h.codes_)
+        if name == "a":
+            weights = {k: v for k, v in h.network_states_.items()}
+    rank = torch.distributed.get_rank()
+    np.savez(f"{sys.argv[2]}.rank{rank}.npz", **codes,
+             **{"w/" + k: v for k, v in weights.items()})
+    end_process_group()
+''')
+
+
+def test_sdch_trains_data_parallel_under_two_gloo_processes(tmp_path):
+    """SDCH under torchrun (2 CPU processes, gloo): each rank trains on its half of every
+    batch (warm-up epochs, ITQ and B steps included); both ranks end with the same codes, the
+    codes of the single-process fit with the same seed (the weights to float32 rounding), the
+    same codes again for the same seed and other codes for another seed."""
+    from conftest import make_structured
+    from cmhash.deep.sdch import SDCH
+    X, T, Y = make_structured(n=70, seed=5)
+    data = tmp_path / "d.npz"
+    np.savez(data, X=X.astype(np.float32), T=T.astype(np.float32), Y=Y)
+    kw = dict(image_hidden=(16,), text_hidden=(16,), feature_dim=8, batch_size=16,
+              n_epochs=4, device="cpu", feature_bound="tanh", text_steps=2)
+    script = tmp_path / "sdch_ddp.py"
+    script.write_text(SDCH_DDP_SCRIPT)
+    import cmhash
+    src = str(os.path.dirname(os.path.dirname(cmhash.__file__)))
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    env.update(OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join([src] + [p for p in sys.path if p and p != src]))
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc_per_node", "2", str(script), str(data),
+                           str(tmp_path / "out"), repr(kw)],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [np.load(tmp_path / f"out.rank{r}.npz") for r in (0, 1)]
+    for k in ("a", "b", "c"):
+        np.testing.assert_array_equal(ranks[0][k], ranks[1][k], err_msg=k)   # ranks agree
+    np.testing.assert_array_equal(ranks[0]["a"], ranks[0]["b"])    # same seed, same codes
+    assert not np.array_equal(ranks[0]["a"], ranks[0]["c"])        # another seed
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        one = SDCH(8, random_state=0, **kw).fit(X.astype(np.float32), T.astype(np.float32), Y)
+    np.testing.assert_array_equal(np.stack(one.codes_), ranks[0]["a"])
+    for k, v in one.network_states_.items():
+        np.testing.assert_allclose(ranks[0]["w/" + k], v, atol=1e-5, err_msg=k)
+
+
+@pytest.mark.filterwarnings("ignore::cmhash._validation.DegenerateCodesWarning")
+def test_time_limit_stops_training_after_the_epoch_that_reaches_it(tmp_path):
+    """``time_limit``: no epoch starts that would end past the limit; the epochs trained are
+    ``n_iter_``, each epoch's seconds are in ``timings_`` (not in the model's fingerprint),
+    and a fit stopped early is a complete model (SDCH stopped after its first warm-up epoch
+    ends with Eq. 10's codes, the network encoding of the training items)."""
+    import cmhash
+    from conftest import make_structured
+    from cmhash.deep.dcmh import DCMH
+    from cmhash.deep.sdch import SDCH
+    X, T, Y = make_structured(n=60, seed=2)
+    kw = dict(image_hidden=(8,), text_hidden=8, batch_size=32, device="cpu", random_state=0)
+    full = DCMH(8, n_epochs=4, time_limit=1e6, **kw).fit(X, T, Y)
+    assert full.n_iter_ == 4 and len(full.timings_["epoch_seconds"]) == 4
+    assert not full.timings_["stopped_by_time_limit"]
+    short = DCMH(8, n_epochs=4, time_limit=1e-9, **kw).fit(X, T, Y)
+    assert short.n_iter_ == 1 and len(short.timings_["epoch_seconds"]) == 1
+    assert short.timings_["stopped_by_time_limit"]
+    assert all(s > 0 for s in short.timings_["epoch_seconds"])
+    one = DCMH(8, n_epochs=1, **kw).fit(X, T, Y)   # the first epoch is the same either way
+    np.testing.assert_array_equal(short.learned_codes("image"), one.learned_codes("image"))
+    back = cmhash.load(short.save(tmp_path / "m.npz"))
+    np.testing.assert_array_equal(back.encode(X, "image"), short.encode(X, "image"))
+    sd = SDCH(8, n_epochs=5, time_limit=1e-9, image_hidden=(8,), text_hidden=(8,),
+              feature_dim=8, batch_size=32, device="cpu", random_state=0).fit(X, T, Y)
+    assert sd.n_iter_ == 1
+    np.testing.assert_array_equal(sd.learned_codes("image"), sd.encode(X, "image"))
+    for bad in (0, -1.0, True, "5", float("nan")):
+        with pytest.raises(ValueError, match="time_limit"):
+            DCMH(8, n_epochs=2, time_limit=bad, **kw).fit(X, T, Y)

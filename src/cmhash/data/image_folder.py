@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,42 @@ def _draw_shape(draw, shape: str, box, colour):
         draw.rectangle(box, outline=colour, width=max(w // 6, 1))
 
 
+def _render_items(root: str, start: int, Y: np.ndarray, seeds: np.ndarray, cells, names,
+                  image_size: int, quality: int, noise: float) -> list[tuple[str, str]]:
+    """Draw, encode and write the items ``start .. start + len(Y) - 1`` (item ``i`` from
+    ``default_rng(seeds[i - start])``); returns each item's (relative path, caption)."""
+    from PIL import Image, ImageDraw
+
+    colours = list(_COLOURS)
+    words = [[colours[k], _SHAPES[k], f"tag{k}"] for k in range(len(names))]
+    s = image_size
+    cell = s / 3.0
+    out = []
+    for j, (labels, seed) in enumerate(zip(Y, seeds)):
+        rng = np.random.default_rng(int(seed))
+        base = rng.normal(128, noise, size=(s, s, 3))
+        img = Image.fromarray(np.clip(base, 0, 255).astype(np.uint8))
+        draw = ImageDraw.Draw(img)
+        caption = []
+        for k in np.flatnonzero(labels):
+            r, c = divmod(int(cells[k]), 3)
+            half = cell * rng.uniform(0.35, 0.5)
+            cx = (c + 0.5) * cell + rng.uniform(-0.1, 0.1) * cell
+            cy = (r + 0.5) * cell + rng.uniform(-0.1, 0.1) * cell
+            box = (int(cx - half), int(cy - half), int(cx + half), int(cy + half))
+            _draw_shape(draw, _SHAPES[k], box, _COLOURS[colours[k]])
+            caption += list(rng.choice(words[k], size=2, replace=False))
+        caption += list(rng.choice(_FILLER, size=int(rng.integers(1, 4))))
+        caption = [str(w) for w in rng.permutation(caption)]
+        rel = f"images/{start + j:06d}.jpg"
+        buf = io.BytesIO()
+        img.save(buf, format="JPEG", quality=int(quality))
+        with atomic_write(Path(root) / rel) as fh:
+            fh.write(buf.getvalue())
+        out.append((rel, " ".join(caption)))
+    return out
+
+
 def write_synthetic_image_folder(
     directory,
     n: int = 300,
@@ -70,6 +107,7 @@ def write_synthetic_image_folder(
     with_split: bool = True,
     quality: int = 90,
     noise: float = 12.0,
+    n_jobs: int = 1,
     random_state: Any = 0,
 ) -> Path:
     """Write ``n`` JPEG images + captions + labels and a manifest under ``directory``.
@@ -81,20 +119,22 @@ def write_synthetic_image_folder(
     words of each label's class plus one to three filler words. ``n_query`` (default
     ``n // 10``) items get split ``query``, the rest ``train`` (no ``split`` column when
     ``with_split`` is False). ``manifest``: its file name; ``.jsonl`` writes JSON lines, else
-    CSV. Returns the manifest's path.
+    CSV. ``n_jobs``: processes that draw and encode the images (-1: one per CPU); each item
+    draws from its own generator seeded from ``random_state``, so the files do not depend on
+    ``n_jobs``. Returns the manifest's path.
     """
-    from PIL import Image, ImageDraw
-
     if not 2 <= n_classes <= len(_SHAPES):
         raise ValueError(f"n_classes must be in [2, {len(_SHAPES)}], got {n_classes}")
     if image_size < 8:
         raise ValueError(f"image_size must be >= 8, got {image_size}")
+    if isinstance(n_jobs, bool) or not isinstance(n_jobs, (int, np.integer)) or n_jobs == 0 \
+            or n_jobs < -1:
+        raise ValueError(f"n_jobs must be a positive integer or -1, got {n_jobs!r}")
     rng = check_random_state(random_state)
     root = Path(directory)
     (root / "images").mkdir(parents=True, exist_ok=True)
     colours = list(_COLOURS)
     names = [f"{colours[k]}-{_SHAPES[k]}" for k in range(n_classes)]
-    words = [[colours[k], _SHAPES[k], f"tag{k}"] for k in range(n_classes)]
     # each class's place: cells of a 3 x 3 grid
     cells = rng.permutation(9)[:n_classes]
     Y = np.zeros((n, n_classes), dtype=bool)
@@ -103,30 +143,22 @@ def write_synthetic_image_folder(
     nq = max(1, n // 10) if n_query is None else int(n_query)
     is_query = np.zeros(n, dtype=bool)
     is_query[rng.choice(n, size=nq, replace=False)] = True
-    s = image_size
-    cell = s / 3.0
+    seeds = rng.integers(0, 2 ** 63 - 1, size=n)
+    jobs = (os.cpu_count() or 1) if n_jobs == -1 else int(n_jobs)
+    args = (int(image_size), int(quality), float(noise))
+    if jobs == 1 or n < 2:
+        items = _render_items(str(root), 0, Y, seeds, cells, names, *args)
+    else:
+        from concurrent.futures import ProcessPoolExecutor
+
+        bounds = np.linspace(0, n, min(jobs * 4, n) + 1).astype(int)
+        with ProcessPoolExecutor(max_workers=jobs) as pool:
+            parts = [pool.submit(_render_items, str(root), int(a), Y[a:b], seeds[a:b], cells,
+                                 names, *args) for a, b in zip(bounds[:-1], bounds[1:])]
+            items = [item for part in parts for item in part.result()]
     records = []
-    for i in range(n):
-        base = rng.normal(128, noise, size=(s, s, 3))
-        img = Image.fromarray(np.clip(base, 0, 255).astype(np.uint8))
-        draw = ImageDraw.Draw(img)
-        caption = []
-        for k in np.flatnonzero(Y[i]):
-            r, c = divmod(int(cells[k]), 3)
-            half = cell * rng.uniform(0.35, 0.5)
-            cx = (c + 0.5) * cell + rng.uniform(-0.1, 0.1) * cell
-            cy = (r + 0.5) * cell + rng.uniform(-0.1, 0.1) * cell
-            box = (int(cx - half), int(cy - half), int(cx + half), int(cy + half))
-            _draw_shape(draw, _SHAPES[k], box, _COLOURS[colours[k]])
-            caption += list(rng.choice(words[k], size=2, replace=False))
-        caption += list(rng.choice(_FILLER, size=int(rng.integers(1, 4))))
-        caption = [str(w) for w in rng.permutation(caption)]
-        rel = f"images/{i:06d}.jpg"
-        buf = io.BytesIO()
-        img.save(buf, format="JPEG", quality=int(quality))
-        with atomic_write(root / rel) as fh:
-            fh.write(buf.getvalue())
-        rec = {"image": rel, "text": " ".join(caption),
+    for i, (rel, caption) in enumerate(items):
+        rec = {"image": rel, "text": caption,
                "labels": ";".join(names[k] for k in np.flatnonzero(Y[i]))}
         if with_split:
             rec["split"] = "query" if is_query[i] else "train"

@@ -24,6 +24,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import time
 import warnings
 from pathlib import Path
 
@@ -122,7 +123,8 @@ class TorchHasher(CrossModalHasher):
     :class:`cmhash.deep.training.Precision`: ``"auto"`` / ``"bf16"`` / ``"fp16"`` / ``"off"``;
     ``"auto"`` is off on the CPU); ``checkpoint`` (a file rewritten atomically after every
     epoch) and ``resume`` (a checkpoint written by a fit with the same parameters: training
-    continues after its epoch; see :meth:`_epochs`). Live networks are kept in the private
+    continues after its epoch; see :meth:`_epochs`); ``time_limit`` (seconds: no epoch is
+    started that would end past it, :meth:`_epochs`). Live networks are kept in the private
     dict ``self._nets`` (not saved); their weights and architectures are saved through
     ``network_states_`` and ``architectures_`` (see :meth:`_store_networks`).
 
@@ -140,12 +142,13 @@ class TorchHasher(CrossModalHasher):
     predict_image_elements = 1 << 24
 
     def __init__(self, n_bits: int = 32, *, amp="auto", checkpoint=None, resume=None,
-                 device: str = "auto", num_workers: int = 0, random_state=None,
-                 verbose: bool = False):
+                 time_limit=None, device: str = "auto", num_workers: int = 0,
+                 random_state=None, verbose: bool = False):
         super().__init__(n_bits, random_state=random_state, verbose=verbose)
         self.amp = amp
         self.checkpoint = checkpoint
         self.resume = resume
+        self.time_limit = time_limit
         self.device = device
         self.num_workers = num_workers
 
@@ -166,6 +169,12 @@ class TorchHasher(CrossModalHasher):
                                 f"got {type(path).__name__}")
         if self.resume is not None and not Path(self.resume).is_file():
             raise ValueError(f"resume: checkpoint not found: {str(self.resume)!r}")
+        limit = getattr(self, "time_limit", None)
+        if limit is not None and (isinstance(limit, bool) or not isinstance(
+                limit, (int, float, np.integer, np.floating)) or not np.isfinite(limit)
+                or not limit > 0):
+            raise ValueError(f"time_limit must be a positive number of seconds or None, "
+                             f"got {limit!r}")
 
     # ------------------------------------------------------- mixed precision
     def _precision(self, device) -> training.Precision:
@@ -206,6 +215,13 @@ class TorchHasher(CrossModalHasher):
         rewritten atomically after every epoch (by rank 0 under torchrun). All randomness of an
         epoch comes from ``rng`` and torch's generator, so a resumed CPU fit gives the codes and
         weights of an uninterrupted one.
+
+        Each epoch's seconds are recorded in ``timings_["epoch_seconds"]`` (a measurement,
+        not part of the model's fingerprint). With ``time_limit``, no further epoch starts when
+        it would end past ``time_limit`` seconds after the fit began, estimated from the
+        longest epoch so far (under torchrun rank 0 decides for every rank);
+        ``timings_["stopped_by_time_limit"]`` says whether it stopped early, and ``n_iter_``
+        (set by the method) the epochs trained.
         """
         start = 0
         device = next(next(iter(networks.values())).parameters()).device
@@ -220,12 +236,26 @@ class TorchHasher(CrossModalHasher):
             logger.warning(f"{desc} does not split its batches across the {self._dist.world} "
                            f"torchrun processes: every process trains on the whole batch")
         bar = progress(range(start, self.n_epochs), desc=desc, verbose=self.verbose)
+        self.timings_ = {"epoch_seconds": [], "stopped_by_time_limit": False}
+        self._epochs_done = start
+        began = self.__dict__.get("_fit_started", time.perf_counter())
         for epoch in bar:
+            tick = time.perf_counter()
             yield epoch, bar
+            self._epochs_done = epoch + 1
             if self.checkpoint is not None and self._distributed(device).is_main:
                 training.save_checkpoint(self.checkpoint, epoch=epoch, params=self.get_params(),
                                          networks=networks, optimizers=optimizers,
                                          state=get_state(), rng=rng)
+            now = time.perf_counter()
+            self.timings_["epoch_seconds"].append(now - tick)
+            if self.time_limit is not None and epoch + 1 < self.n_epochs:
+                late = now - began + max(self.timings_["epoch_seconds"]) > float(self.time_limit)
+                if self._distributed(device).agree(late):
+                    self.timings_["stopped_by_time_limit"] = True
+                    logger.warning(f"{desc}: stopped after {epoch + 1} of {self.n_epochs} "
+                                   f"epochs (time_limit={self.time_limit} s)")
+                    break
 
     def _state_shapes(self) -> dict:
         """Input standardisation per modality: (d,) for vectors; for images (C, H, W) arrays
@@ -245,9 +275,12 @@ class TorchHasher(CrossModalHasher):
         """:meth:`CrossModalHasher.fit_views`; the pretrained weights read for this fit (see
         :meth:`_image_weights`) and its precision state (:meth:`_precision`) are released
         afterwards."""
+        self._fit_started = time.perf_counter()      # the start of time_limit
         try:
             return super().fit_views(views, labels, names)
         finally:
+            self.__dict__.pop("_fit_started", None)
+            self.__dict__.pop("_epochs_done", None)
             self.__dict__.pop("_pretrained", None)
             self.__dict__.pop("_train_precision", None)
             self.__dict__.pop("_dist", None)

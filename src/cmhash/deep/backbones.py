@@ -28,7 +28,11 @@ from here. Nothing is ever downloaded.
 """
 from __future__ import annotations
 
+import contextlib
+import functools
+
 import numpy as np
+import torch
 from torch import nn
 from torch.nn import functional as F
 
@@ -39,6 +43,54 @@ __all__ = ["MLP", "CNNF", "AlexNet", "TextNetTA", "TextNetSDCH", "build_backbone
 #: LRN (size, alpha, beta, k) in PyTorch's convention ``x / (k + alpha / size * sum x^2)^beta``
 #: of CNNF / AlexNet built before the LRN was part of the spec (models saved before then)
 LEGACY_LRN = (5, 1e-4, 0.75, 2.0)
+
+
+def _relu_norm_pool(x, norm, pool):
+    return pool(norm(F.relu(x)))
+
+
+#: rows of a recomputed block are processed in chunks of at most this many input values
+#: (256 MB of float32: a batch of 64 at 227 x 227 is one chunk; smaller chunks made the
+#: resident peak larger with glibc's malloc, which keeps freed chunks below its mmap
+#: threshold (up to 32 MiB) in the heap -- docs/deep.md, "Memory")
+RECOMPUTE_CHUNK_ELEMENTS = 1 << 26
+
+
+class _RecomputedBlock(torch.autograd.Function):
+    """``fn(x)`` for a block ``fn`` that works on each sample on its own and has no
+    parameters (ReLU -> LRN -> max-pool): the forward pass keeps only ``x``; the backward pass
+    recomputes ``fn`` with autograd on chunks of rows (at most
+    :data:`RECOMPUTE_CHUNK_ELEMENTS` input values each) and back-propagates each chunk's
+    gradient, so the block's maps and their backward temporaries exist for one chunk at a
+    time. The same operations run on the same rows (under the forward pass's autocast), so
+    values and gradients equal those of ``fn`` with autograd on the whole batch."""
+
+    @staticmethod
+    def forward(ctx, x, fn):
+        ctx.fn = fn
+        ctx.autocast = [(kind, torch.is_autocast_enabled(kind), torch.get_autocast_dtype(kind))
+                        for kind in ("cpu", "cuda")]
+        ctx.save_for_backward(x)
+        with torch.no_grad():
+            return fn(x)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (x,) = ctx.saved_tensors
+        per_row = max(int(x[:1].numel()), 1)
+        rows = max(1, RECOMPUTE_CHUNK_ELEMENTS // per_row)
+        grad_in = torch.empty_like(x)
+        with contextlib.ExitStack() as stack:
+            for kind, enabled, dtype in ctx.autocast:
+                if enabled:
+                    stack.enter_context(torch.autocast(kind, dtype=dtype))
+            for s in range(0, x.shape[0], rows):
+                xs = x[s:s + rows].detach().requires_grad_(True)
+                with torch.enable_grad():
+                    ys = ctx.fn(xs)
+                (gs,) = torch.autograd.grad(ys, xs, grad_out[s:s + rows])
+                grad_in[s:s + rows] = gs
+        return grad_in, None
 
 
 class _MaxPool(nn.Module):
@@ -100,6 +152,9 @@ class _FiveConvNet(nn.Module):
 
     CHANNELS: tuple = ()
     LRN: tuple = ()
+    #: recompute ReLU -> LRN -> max-pool in the backward pass instead of keeping their maps
+    #: (:meth:`_relu_norm_pool`; not part of the architecture, results do not depend on it)
+    recompute_activations: bool = True
 
     def __init__(self, out_dim: int, in_channels: int = 3, fc_dim: int = 4096,
                  dropout: float = 0.0, lrn=None, groups: int = 1):
@@ -144,12 +199,28 @@ class _FiveConvNet(nn.Module):
 
     def features(self, x):
         """Output of pool5 (N, conv5 channels, 6, 6) after the adaptive pooling."""
-        x = self.pool1(self.norm1(F.relu(self.conv1(x))))
-        x = self.pool2(self.norm2(F.relu(self.conv2(x))))
+        x = self._relu_norm_pool(self.conv1(x), self.norm1, self.pool1)
+        x = self._relu_norm_pool(self.conv2(x), self.norm2, self.pool2)
         x = F.relu(self.conv3(x))
         x = F.relu(self.conv4(x))
         x = self.pool5(F.relu(self.conv5(x)))
         return self.adapt(x)
+
+    def _relu_norm_pool(self, x, norm, pool):
+        """ReLU -> LRN -> max-pool of a conv output ``x``. Training with autograd
+        (``recompute_activations``), the block is recomputed in the backward pass, chunk of
+        rows by chunk (:class:`_RecomputedBlock`): only its input is kept instead of the ReLU
+        output, the LRN's intermediate maps, its output and the pooling indices -- at
+        227 x 227, batch 64, conv1's block keeps 74 MB instead of about 450 MB, conv2's 48 MB
+        instead of about 290 MB -- and the backward pass holds them for one chunk at a time
+        (:data:`RECOMPUTE_CHUNK_ELEMENTS`).
+        The recomputation repeats the same operations on the same rows, so outputs and
+        gradients are unchanged; it costs one more ReLU + LRN + pool forward per step."""
+        if self.recompute_activations and self.training and torch.is_grad_enabled() \
+                and x.requires_grad:
+            return _RecomputedBlock.apply(x, functools.partial(_relu_norm_pool, norm=norm,
+                                                                pool=pool))
+        return _relu_norm_pool(x, norm, pool)
 
     def forward(self, x):
         x = self.features(x).flatten(1)

@@ -127,6 +127,9 @@ class DCMH(TorchHasher):
     amp, checkpoint, resume : mixed precision ("auto": off on the CPU), a checkpoint file
         rewritten after every epoch, a checkpoint to continue from; see
         :class:`cmhash.deep._torch_base.TorchHasher` and docs/deep.md.
+    time_limit : float or None
+        Seconds: no further epoch is started when it would end past this time since the fit
+        began (estimated from the longest epoch so far); None: all ``n_epochs``.
     device : "auto", "cpu", "cuda" or "cuda:N"
     num_workers : worker processes decoding image batches of an image source (0: in-process)
     random_state, verbose : see :class:`cmhash.base.CrossModalHasher`.
@@ -165,9 +168,10 @@ class DCMH(TorchHasher):
                  lr_end: float = 1e-3, lr_schedule: str = "log", optimizer: str = "sgd",
                  weight_decay: float = 5e-4, refresh_buffers: bool = False,
                  track_objective: bool = False, amp="auto", checkpoint=None, resume=None,
-                 device: str = "auto", num_workers: int = 0, random_state=None,
+                 time_limit=None, device: str = "auto", num_workers: int = 0, random_state=None,
                  verbose: bool = False):
-        super().__init__(n_bits, amp=amp, checkpoint=checkpoint, resume=resume, device=device,
+        super().__init__(n_bits, amp=amp, checkpoint=checkpoint, resume=resume,
+                         time_limit=time_limit, device=device,
                          num_workers=num_workers, random_state=random_state, verbose=verbose)
         self.gamma = gamma
         self.eta = eta
@@ -245,8 +249,9 @@ class DCMH(TorchHasher):
         f = self._new_network(self._spec(X, "image"), device, "image")    # theta_x
         g = self._new_network(self._spec(Y, "text"), device, "text")      # theta_y
         # the buffers F, G are the initial networks' outputs; B = sign(gamma (F + G))
-        F = torch.from_numpy(self._predict(f, Xd, self.batch_size, device)).to(device)
-        G = torch.from_numpy(self._predict(g, Yd, self.batch_size, device)).to(device)
+        workers = self._workers()
+        F = torch.from_numpy(self._predict(f, Xd, self.batch_size, device, workers)).to(device)
+        G = torch.from_numpy(self._predict(g, Yd, self.batch_size, device, workers)).to(device)
         s = {"f": f, "g": g, "opt_f": self._make_optimizer(f), "opt_g": self._make_optimizer(g),
              "F": F, "G": G, "B": self._b_step(F, G, device)}
         self.learning_rates_ = learning_rates(float(self.lr), float(self.lr_end),
@@ -284,7 +289,7 @@ class DCMH(TorchHasher):
                 if hasattr(bar, "set_postfix"):
                     bar.set_postfix({"J": f"{terms['total']:.4g}"}, refresh=False)
         self.loss_terms_ = {k: np.asarray(v) for k, v in terms_log.items()}
-        self.n_iter_ = self.n_epochs
+        self.n_iter_ = self._epochs_done       # < n_epochs when time_limit stopped it
         self.codes_ = s["B"].cpu().numpy().astype(np.int8)
         self._store_networks(f=f, g=g)
         for net in self._nets.values():
@@ -326,4 +331,5 @@ class DCMH(TorchHasher):
         """Real-valued network outputs F = f(X) (image) or G = g(Y) (text), before sign."""
         m = self.modality_index(modality)
         X = self._check_query(X, m)
-        return self._predict(self._network("f" if m == 0 else "g"), self._prepare(X, m))
+        return self._predict(self._network("f" if m == 0 else "g"), self._prepare(X, m),
+                             num_workers=self._workers())

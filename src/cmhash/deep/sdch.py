@@ -215,6 +215,9 @@ class SDCH(TorchHasher):
     amp, checkpoint, resume : mixed precision ("auto": off on the CPU), a checkpoint file
         rewritten after every epoch, a checkpoint to continue from; see
         :class:`cmhash.deep._torch_base.TorchHasher` and docs/deep.md.
+    time_limit : float or None
+        Seconds: no further epoch is started when it would end past this time since the fit
+        began (estimated from the longest epoch so far); None: all ``n_epochs``.
     device : "auto", "cpu", "cuda" or "cuda:N"
     num_workers : int
         Worker processes decoding image batches of image sources (0: in this process); with
@@ -257,8 +260,6 @@ class SDCH(TorchHasher):
     }
     #: the paper has no named ablation variants; "SDCH-literal" is its printed Eq. 7
     VARIANTS = {"SDCH": {"paper_literal": False}, "SDCH-literal": {"paper_literal": True}}
-    #: under torchrun every process trains on the whole batch (no split yet; docs/deep.md)
-    data_parallel = False
 
     def __init__(self, n_bits: int = 32, *, gamma: float = 0.01, beta1: float = 1.0,
                  beta2: float = 1.0, beta3: float = 0.1, paper_literal: bool = False,
@@ -272,9 +273,11 @@ class SDCH(TorchHasher):
                  weight_decay: float = 0.0, itq_iter: int = 50, feature_bound=None,
                  feature_scale: float = 1.0, grad_clip=None, lr_text=None,
                  lr_decay: float = 1.0, text_steps: int = 1, amp="auto", checkpoint=None,
-                 resume=None, device: str = "auto", num_workers: int = 0, random_state=None,
+                 resume=None, time_limit=None,
+                 device: str = "auto", num_workers: int = 0, random_state=None,
                  verbose: bool = False):
-        super().__init__(n_bits, amp=amp, checkpoint=checkpoint, resume=resume, device=device,
+        super().__init__(n_bits, amp=amp, checkpoint=checkpoint, resume=resume,
+                         time_limit=time_limit, device=device,
                          num_workers=num_workers,
                          random_state=random_state, verbose=verbose)
         self.gamma = gamma
@@ -472,6 +475,8 @@ class SDCH(TorchHasher):
                 phase = "hash"        # lr of Theta_f = 0
             sums = self._train_epoch(phase, f, g, h, opt_f, opt_h, Xd, Yd, L, B, gamma, hp,
                                      rng, device)
+            for opt in (opt_f, opt_h):     # no gradients held through the B-step's passes
+                opt.zero_grad(set_to_none=True)
             self._check_diverged(sums["total"], "the loss L", epoch, self._divergence_hint())
             for k in TERMS:
                 terms_log[k].append(sums[k])
@@ -488,13 +493,13 @@ class SDCH(TorchHasher):
             if hasattr(bar, "set_postfix"):
                 bar.set_postfix({"L": f"{sums['total']:.4g}",
                                  **{k[:5]: f"{sums[k]:.3g}" for k in TERMS}}, refresh=False)
-        if self.warmup and self.n_epochs == 1:
+        if self.warmup and self._epochs_done == 1:
             # the only B step so far is ITQ's rotated codes, sign((Z - mean) R), a code space the
             # hash functions sign(fc4(f(x))) do not share: end with Eq. 10 like every other run,
             # so that the learned codes are the network encoding of the training set
             B = self._sign_codes(f, g, h, Xd, Yd, 0, device)
         self.loss_terms_ = {k: np.asarray(v, dtype=np.float64) for k, v in terms_log.items()}
-        self.n_iter_ = self.n_epochs
+        self.n_iter_ = self._epochs_done       # < n_epochs when time_limit stopped it
         #: largest total gradient norm applied in any step (after clipping when grad_clip set)
         self.grad_norm_max_ = float(self._grad_norm_max)
         Bn = B.cpu().numpy()
@@ -513,8 +518,8 @@ class SDCH(TorchHasher):
         for Z, what in ((Zx, "the image codes Z"), (Zy, "the text codes Z")):
             self._check_diverged(float(np.abs(Z).max()) if Z.size else 0.0, what, epoch,
                                  self._divergence_hint())
-        return torch.from_numpy(np.stack([codes_step(Zx), codes_step(Zy)])
-                                .astype(np.float32)).to(device)
+        B = torch.from_numpy(np.stack([codes_step(Zx), codes_step(Zy)]).astype(np.float32))
+        return self._distributed(device).broadcast_(B.to(device))   # one B on every rank
 
     def _all_z(self, f, g, h, Xd, Yd):
         """fc4 outputs of every training image and text (float32 ndarrays)."""
@@ -531,7 +536,8 @@ class SDCH(TorchHasher):
         self.itq_loss_ = list(itq.quantization_loss_)
         n = Zx.shape[0]
         Bz = itq.transform(np.vstack([Zx, Zy]))
-        return torch.from_numpy(np.stack([Bz[:n], Bz[n:]]).astype(np.float32)).to(device)
+        B = torch.from_numpy(np.stack([Bz[:n], Bz[n:]]).astype(np.float32)).to(device)
+        return self._distributed(device).broadcast_(B)               # one B on every rank
 
     def _train_epoch(self, phase, f, g, h, opt_f, opt_h, Xd, Yd, L, B, gamma, hp, rng, device):
         """One epoch of Algorithm 1 (one :meth:`_train_step` per mini-batch of a random
@@ -562,21 +568,33 @@ class SDCH(TorchHasher):
 
         (i) Theta_h takes a step on gamma L_h with the features fixed (the gradient of
         ``hash_loss_grad`` through fc4; phases "hash" and "all"); (ii) Theta_f takes a step on
-        ``L_f + gamma L_h`` evaluated through the UPDATED fc4 (``feature_loss_grad`` on the
-        feature outputs plus ``hash_loss_grad`` back-propagated through fc4; phases "feature"
-        and "all", L_f alone while B does not exist).
+        ``L_f + gamma L_h`` evaluated through the UPDATED fc4: the closed-form gradient with
+        respect to the batch features (:meth:`_feature_grads`: ``feature_loss_grad`` plus
+        ``hash_loss_grad`` back-propagated through fc4) is back-propagated through the
+        feature networks (phases "feature" and "all"; L_f alone while B does not exist).
+
+        Under torchrun (:class:`cmhash.deep.training.Distributed`) each rank passes its share
+        of the batch through the DDP-wrapped feature networks, the features are gathered so
+        every rank computes the whole batch's fc4 step and feature gradients, and each rank
+        back-propagates its own rows (times the world size: DDP averages), which is the
+        single-process step; fc4's gradient, computed from the whole batch on every rank, is
+        averaged by DDP over identical values. Without torchrun the shard is the whole batch.
         """
         Sf = label_similarity(Lb, Lb)                                       # b x b
         L2 = torch.cat([Lb, Lb])
         Sh = 2.0 * label_similarity(L2, L2) - 1.0                          # 2b x 2b, +-1
         amp = self._precision(xb.device)        # forward passes under autocast, float32 math
-        with amp.autocast():
-            Fx = self._bound(f(amp.inputs(xb)).float())
-            Fy = self._bound(g(yb).float())
-        Fxy = torch.cat([Fx, Fy])
+        dist = self._distributed(xb.device)
+        train_features = phase in ("feature", "all")
+        if train_features:      # last step's gradients go before this step's activations come
+            opt_f.zero_grad(set_to_none=True)
+        Fx_local, Fx = self._batch_features(f, xb, amp, dist, train_features, image=True)
+        Fy_local, Fy = self._batch_features(g, yb, amp, dist, train_features, image=False)
+        Fxy = torch.cat([Fx, Fy])                                          # detached, 2b x k
         if phase in ("hash", "all"):                                        # (i) Theta_h
+            hd = dist.wrapped(h)
             with amp.autocast():
-                Z1 = h(Fxy.detach()).float()
+                Z1 = hd(Fxy).float()
             gZ = gamma * hash_loss_grad(Z1.detach(), Bb, Sh, **hp)
             opt_h.zero_grad(set_to_none=True)
             amp.backward(Z1, gZ)
@@ -589,48 +607,62 @@ class SDCH(TorchHasher):
             th = ({k: float(v) for k, v in hash_loss_terms(Z, Bb, Sh,
                                                            paper_literal=hp["paper_literal"]).items()}
                   if Bb is not None else {k: 0.0 for k in TERMS[1:]})
-        if phase in ("feature", "all"):                                     # (ii) Theta_f
-            gFx, gFy = feature_loss_grad(Fx.detach(), Fy.detach(), Sf)
-            outs, grads = [Fx, Fy], [gFx, gFy]
-            if Bb is not None:
-                with amp.autocast():
-                    Z2 = h(Fxy).float()
-                outs.append(Z2)
-                grads.append(gamma * hash_loss_grad(Z2.detach(), Bb, Sh, **hp))
-            opt_f.zero_grad(set_to_none=True)
-            amp.backward(outs, grads)
+        if train_features:                                                  # (ii) Theta_f
+            gFx, gFy = self._feature_grads(h, Fx, Fy, Sf, Sh, Bb, gamma, hp)
+            _, part = dist.shard(np.arange(xb.shape[0]))
+            w = dist.grad_scale
+            amp.backward([Fx_local, Fy_local], [gFx[part] * w, gFy[part] * w])
             amp.unscale(opt_f)
             self._clip(list(f.parameters()) + list(g.parameters()))
             amp.step(opt_f)
-            h.zero_grad(set_to_none=True)       # fc4 gradients of (ii) are not used
             for _ in range(int(self.text_steps) - 1):   # extra steps of psi_y, psi_x fixed
                 self._text_step(f, g, h, opt_f, xb, yb, Sf, Sh, Bb, gamma, hp)
         return lf, th
+
+    def _batch_features(self, net, xb, amp, dist, train: bool, image: bool):
+        """``(local, full)``: the bounded features of this rank's share of the batch ``xb``
+        (through the DDP-wrapped ``net``, with autograd when ``train``) and those of the whole
+        batch gathered from every rank (detached, float32)."""
+        _, part = dist.shard(np.arange(xb.shape[0]))
+        model = dist.wrapped(net) if train else net
+        x = xb[part]
+        with torch.set_grad_enabled(train), amp.autocast():
+            local = self._bound(model(amp.inputs(x) if image else x).float())
+        return local, dist.gather_rows(local).detach()
+
+    def _feature_grads(self, h, Fx, Fy, Sf, Sh, Bb, gamma, hp):
+        """Gradients of ``L_f + gamma L_h`` with respect to the batch features ``Fx``, ``Fy``
+        (b x k each, fc4 fixed): ``feature_loss_grad`` plus, once B exists, ``gamma
+        hash_loss_grad`` at ``Z = fc4([Fx; Fy])`` back-propagated through fc4 (float32)."""
+        gFx, gFy = feature_loss_grad(Fx, Fy, Sf)
+        if Bb is None:
+            return gFx, gFy
+        Fxy = torch.cat([Fx, Fy]).requires_grad_(True)
+        with torch.enable_grad():
+            Z2 = h(Fxy)
+            (gF,) = torch.autograd.grad(Z2, Fxy, gamma * hash_loss_grad(Z2.detach(), Bb, Sh,
+                                                                         **hp))
+        b = Fx.shape[0]
+        return gFx + gF[:b], gFy + gF[b:]
 
     def _text_step(self, f, g, h, opt_f, xb, yb, Sf, Sh, Bb, gamma, hp):
         """One more step of the text network on the same batch's ``L_f + gamma L_h``.
 
         The image features and fc4 are fixed; the gradient is the same closed form as in
-        step (ii), restricted to the text outputs (``text_steps`` > 1).
+        step (ii), restricted to the text outputs (``text_steps`` > 1; data-parallel as
+        :meth:`_train_step`).
         """
         amp = self._precision(xb.device)
-        with torch.no_grad(), amp.autocast():
-            Fx = self._bound(f(amp.inputs(xb)).float())
-        with amp.autocast():
-            Fy = self._bound(g(yb).float())
-        _, gFy = feature_loss_grad(Fx, Fy.detach(), Sf)
-        outs, grads = [Fy], [gFy]
-        if Bb is not None:
-            with amp.autocast():
-                Z2 = h(torch.cat([Fx, Fy])).float()
-            outs.append(Z2)
-            grads.append(gamma * hash_loss_grad(Z2.detach(), Bb, Sh, **hp))
+        dist = self._distributed(xb.device)
         opt_f.zero_grad(set_to_none=True)
-        amp.backward(outs, grads)
+        _, Fx = self._batch_features(f, xb, amp, dist, False, image=True)
+        Fy_local, Fy = self._batch_features(g, yb, amp, dist, True, image=False)
+        _, gFy = self._feature_grads(h, Fx, Fy, Sf, Sh, Bb, gamma, hp)
+        _, part = dist.shard(np.arange(xb.shape[0]))
+        amp.backward(Fy_local, gFy[part] * dist.grad_scale)
         amp.unscale(opt_f)
         self._clip(g.parameters())
         amp.step(opt_f)
-        h.zero_grad(set_to_none=True)
 
     # -------------------------------------------------------------- encoding
     def network_outputs(self, X, modality) -> np.ndarray:

@@ -111,6 +111,7 @@ def network_step(net, opt, xb, it, own, other, B, L, Q, *, w_quant, mu, nu,
     (times the world size: DDP averages), which is the single-process step.
     """
     precision = precision or Precision("off", xb.device)
+    opt.zero_grad(set_to_none=True)     # the last step's gradients go before the activations
     if dist is not None and dist.active:
         _network_step_distributed(net, opt, xb, it, own, other, B, L, Q, w_quant=w_quant,
                                   mu=mu, nu=nu, precision=precision, dist=dist)
@@ -119,7 +120,6 @@ def network_step(net, opt, xb, it, own, other, B, L, Q, *, w_quant, mu, nu,
         out = net(precision.inputs(xb))
     out = out.float()
     loss = batch_loss(out, it, own, other, B, L, Q, w_quant=w_quant, mu=mu, nu=nu)
-    opt.zero_grad(set_to_none=True)
     loss = loss / (len(it) * own.shape[0])
     precision.backward(loss, torch.ones_like(loss))
     precision.step(opt)
@@ -135,7 +135,6 @@ def _network_step_distributed(net, opt, xb, it, own, other, B, L, Q, *, w_quant,
     out = dist.gather_rows(local.float()).requires_grad_()
     loss = batch_loss(out, it, own, other, B, L, Q, w_quant=w_quant, mu=mu, nu=nu)
     (grad,) = torch.autograd.grad(loss / (len(it) * own.shape[0]), out)
-    opt.zero_grad(set_to_none=True)
     precision.backward(local, grad[part] * dist.grad_scale)
     precision.step(opt)
     own[it] = out.detach()
@@ -374,6 +373,9 @@ class TAADCMH(TorchHasher):
     amp, checkpoint, resume : mixed precision ("auto": off on the CPU), a checkpoint file
         rewritten after every epoch, a checkpoint to continue from; see
         :class:`cmhash.deep._torch_base.TorchHasher` and docs/deep.md.
+    time_limit : float or None
+        Seconds: no further epoch is started when it would end past this time since the fit
+        began (estimated from the longest epoch so far); None: all ``n_epochs``.
     device : "auto", "cpu", "cuda" or "cuda:N"
     num_workers : int
         Worker processes decoding image batches of image sources (0: in this process); with
@@ -446,9 +448,11 @@ class TAADCMH(TorchHasher):
                  projection_warmup: int = 0, image_lr=None, text_lr=None,
                  image_weight_decay=None, text_weight_decay=None,
                  lr_schedule: str = "constant", input_kernel: str = "none", n_anchors=500,
-                 amp="auto", checkpoint=None, resume=None, device: str = "auto",
+                 amp="auto", checkpoint=None, resume=None, time_limit=None,
+                 device: str = "auto",
                  num_workers: int = 0, random_state=None, verbose: bool = False):
-        super().__init__(n_bits, amp=amp, checkpoint=checkpoint, resume=resume, device=device,
+        super().__init__(n_bits, amp=amp, checkpoint=checkpoint, resume=resume,
+                         time_limit=time_limit, device=device,
                          num_workers=num_workers,
                          random_state=random_state, verbose=verbose)
         self.lambda1 = lambda1
@@ -721,7 +725,7 @@ class TAADCMH(TorchHasher):
                 if hasattr(bar, "set_postfix"):
                     bar.set_postfix(postfix, refresh=False)
         self.loss_terms_ = {k: np.asarray(v) for k, v in terms_log.items()}
-        self.n_iter_ = self.n_epochs
+        self.n_iter_ = self._epochs_done       # < n_epochs when time_limit stopped it
 
         # learned codes; relaxed B (variant III) is binarised by sign at the end
         codes = {t: sign(state[t]["B"].cpu().numpy()) for t in tasks}
@@ -763,6 +767,7 @@ class TAADCMH(TorchHasher):
         batches = self._batch_indices(perm, self.batch_size)
         for idx, xb in self._batches(data, batches, device, train=True, rng=rng):
             self._train_step(side, s, xb, torch.as_tensor(idx, device=device), L)
+        s["opt_" + side].zero_grad(set_to_none=True)   # none held through the next passes
         if self.refresh_buffers:  # exact outputs of the updated network (eval mode) for B / P
             own.copy_(torch.from_numpy(self._predict(net, data, self.batch_size, device,
                                                      self._workers())).to(device))

@@ -126,7 +126,7 @@ def params_fingerprint(params: dict) -> str:
         if isinstance(v, (list, tuple)):
             return [conv(x) for x in v]
         return v
-    skip = {"verbose", "device", "checkpoint", "resume", "amp", "num_workers"}
+    skip = {"verbose", "device", "checkpoint", "resume", "amp", "num_workers", "time_limit"}
     doc = {k: conv(v) for k, v in sorted(params.items()) if k not in skip}
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=repr).encode()).hexdigest()
 
@@ -266,6 +266,15 @@ class Distributed:
         if self.active:
             self._dist.broadcast(tensor, 0)
         return tensor
+
+    def agree(self, flag: bool) -> bool:
+        """Rank 0's ``flag`` on every rank (a decision all ranks must take together, such as
+        stopping training early); ``flag`` itself without torchrun."""
+        if not self.active:
+            return bool(flag)
+        t = torch.tensor([1.0 if flag else 0.0], device=self.device)
+        self._dist.broadcast(t, 0)
+        return bool(t.item() > 0.5)
 
     def barrier(self) -> None:
         if self.active:

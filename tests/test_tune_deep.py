@@ -1,7 +1,6 @@
 """cmhash tune for the deep methods (TA-ADCMH, SDCH, DCMH): declared search spaces, the hashed
 validation database, diverged trials, the CLI and benchmarks/deep_wiki.py --hparams."""
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -146,11 +145,8 @@ def test_cli_tune_deep_options_and_deep_wiki_hparams(tmp_path, monkeypatch, caps
     assert (doc["params"]["n_epochs"], doc["params"]["device"]) == (2, "cpu")
     assert main(["tune", "--method", "batch", "--data", SMALL, "--budget", "1",
                  "--epochs", "3"]) == 2        # a deep option for a shallow method: refused
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    try:
-        import deep_wiki
-    finally:
-        sys.path.pop(0)
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import deep_wiki
     deep_wiki.main(["--method", "dcmh", "--hparams", "dcmh.json", "--data", SMALL,
                     "--bits", "8", "--seeds", "0", "1", "--json", "out.json"])
     out = json.loads((tmp_path / "out.json").read_text())
@@ -160,3 +156,34 @@ def test_cli_tune_deep_options_and_deep_wiki_hparams(tmp_path, monkeypatch, caps
     assert {"i2t_hashed", "i2t_hashed_std", "t2i_learned", "t2i_learned_std"} <= set(s)
     with pytest.raises(ValueError, match="not of 'sdch'"):
         deep_wiki.main(["--method", "sdch", "--hparams", "dcmh.json", "--data", SMALL])
+    # the merged table: SDCH (tiny, no preset) against DCMH, cell by cell
+    sdch = [f"{k}={v!r}" for k, v in TINY["sdch"].items()]
+    deep_wiki.main(["--method", "sdch", "--no-preset", "--data", SMALL, "--bits", "8",
+                    "--seeds", "0", "1", "--json", "sdch.json"]
+                   + [a for p in sdch for a in ("--param", p)])
+    import deep_wiki_compare
+    doc = deep_wiki_compare.main(["out.json", "sdch.json", "--json", "merged.json"])
+    for k in deep_wiki_compare.METRICS:
+        runs = {m: [r[k] for r in doc["runs"][m]] for m in ("sdch", "dcmh")}
+        assert doc["summary"]["sdch"][8][k]["mean"] == pytest.approx(np.mean(runs["sdch"]))
+        assert doc["minus_dcmh"]["sdch"][k][8] == pytest.approx(
+            np.mean(runs["sdch"]) - np.mean(runs["dcmh"]))
+    assert json.loads((tmp_path / "merged.json").read_text())["methods"]["dcmh"]["params"] \
+        == doc["methods"]["dcmh"]["params"]
+
+
+@pytest.mark.parametrize("command", ["tune", "evaluate"])
+def test_epochs_option_overrides_a_presets_epochs(command):
+    """`--hparams wiki --epochs 40` caps a preset's epochs (the preset's other values stay);
+    only --param n_epochs together with --epochs is a conflict."""
+    from cmhash.cli import _method_params, build_parser
+    from cmhash.deep.ta_adcmh import TAADCMH
+    extra = ["--budget", "1"] if command == "tune" else []
+    args = build_parser().parse_args([command, "--method", "ta-adcmh", "--data", "x",
+                                      "--hparams", "wiki", "--epochs", "40", *extra])
+    params = _method_params("ta-adcmh", args)
+    assert params == {**TAADCMH.PRESETS["wiki"], "n_epochs": 40}
+    args = build_parser().parse_args([command, "--method", "ta-adcmh", "--data", "x",
+                                      "--epochs", "40", "--param", "n_epochs=3", *extra])
+    with pytest.raises(ValueError, match="both given"):
+        _method_params("ta-adcmh", args)

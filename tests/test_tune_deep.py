@@ -187,3 +187,13 @@ def test_epochs_option_overrides_a_presets_epochs(command):
                                       "--epochs", "40", "--param", "n_epochs=3", *extra])
     with pytest.raises(ValueError, match="both given"):
         _method_params("ta-adcmh", args)
+
+
+def test_no_pruning_after_the_last_fold(data, tmp_path, monkeypatch):
+    """With one fold a trial the pruner would stop has already been scored completely: it is
+    complete (its score counts), not pruned."""
+    monkeypatch.setattr(optuna.pruners.MedianPruner, "prune",
+                        lambda self, study, trial: trial.number > 0)
+    res = tune("dcmh", data, bits=[8], budget=3, n_folds=1, start=TINY["dcmh"],
+               storage=f"sqlite:///{tmp_path / 'n.db'}")
+    assert (res["n_complete"], res["n_pruned"]) == (3, 0)

@@ -195,7 +195,8 @@ def tune(method: str, dataset, *, bits=(32,), budget: int = 50, storage: str | N
 
         def report(step, value):
             trial.report(value, step)
-            if trial.should_prune():
+            # after the last fold there is nothing left to save: the trial completes
+            if step < n_folds - 1 and trial.should_prune():
                 raise optuna.TrialPruned()
         try:
             value = validation_score(method, dataset, params, bits=bits, n_folds=n_folds,

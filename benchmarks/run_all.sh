@@ -45,6 +45,11 @@ for m in gsph fsh seph-km seph-rnd; do
 done
 cmhash evaluate --method gsph --variant GSPH-code --data "$WIKI" --bits 16 32 64 128 --seeds 3 --json "$OUT/wiki_gsph_code.json" --quiet
 cmhash evaluate --method fsh --variant FSH-code --data "$WIKI" --bits 16 32 64 128 --seeds 3 --json "$OUT/wiki_fsh_code.json" --quiet
+# LSSH and LCMFH (issue 17): 3 seeds, learned database (hashed at 64 bits beside it)
+for m in lssh lcmfh; do
+  cmhash evaluate --method $m --data "$WIKI" --bits 16 32 64 128 --seeds 3 --json "$OUT/wiki_${m}_learned.json" --quiet
+  cmhash evaluate --method $m --database hashed --data "$WIKI" --bits 64 --seeds 3 --json "$OUT/wiki_${m}_hashed64.json" --quiet
+done
 # the side-by-side table with the papers' published numbers
 cmhash bench --methods batch ascmh asfoh amsh --data "$WIKI" --bits 16 32 64 128 --seeds 5 \
   --method-hparams ascmh:wiki --method-hparams asfoh:wiki --out-dir "$OUT/wiki_bench" --quiet

@@ -52,6 +52,7 @@ QUICK = {
     "fsh": dict(n_anchor_pairs=20, n_neighbors=3, n_iter=1),
     "seph-km": dict(n_anchors=20, n_iter=2, klr_max_iter=5),
     "seph-rnd": dict(n_anchors=20, n_iter=2, klr_max_iter=5),
+    "lssh": dict(n_atoms=16, n_iter=1), "lcmfh": dict(n_iter=1),
     "ta-adcmh": dict(n_epochs=1, image_hidden=(16,), text_hidden=16, device="cpu",
                      input_kernel="image", n_anchors=12),
     "sdch": dict(n_epochs=1, batch_size=32, image_hidden=(16,), text_hidden=(16,),

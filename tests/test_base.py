@@ -336,6 +336,7 @@ _ROUND_TRIP_PARAMS = {          # list / tuple / nested values that JSON does no
     "fsh": [dict(eta=0.25, memory_limit=1e8)],
     "seph-km": [dict(n_anchors=(30, 40), precision="float64")],
     "seph-rnd": [dict(n_anchors=[30, 40])],
+    "lssh": [dict(n_pca=None)], "lcmfh": [dict(image_weight=0.25)],
     "ta-adcmh": [dict(image_hidden=[16], n_anchors=(10, 20)), dict(image_hidden=(16, 8))],
     "sdch": [dict(image_hidden=[16], text_hidden=(16,)), dict(image_hidden=(16,), text_hidden=[16])],
     "dcmh": [dict(image_hidden=[16]), dict(image_hidden=(16, 8), text_hidden=[16])],

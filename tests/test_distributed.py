@@ -149,7 +149,7 @@ def test_cli_fit_on_a_cluster_equals_the_in_memory_fit(tmp_path):
     np.testing.assert_array_equal(b.codes_, a.codes_)
     np.testing.assert_array_equal(b.encode(T, "text"), a.encode(T, "text"))
     assert b.training_data_fingerprint_ == a.training_data_fingerprint_
-    assert main(["fit", "--method", "ascmh", *common, "--out", str(tmp_path / "c.npz"),
+    assert main(["fit", "--method", "scratch", *common, "--out", str(tmp_path / "c.npz"),
                  "--cluster", "local:2"]) == 2
 
 
@@ -164,4 +164,33 @@ def test_hasher_fit_takes_dask_arrays_under_a_client(client):
     np.testing.assert_array_equal(np.asarray(got.codes_.compute()), ref.codes_)
     np.testing.assert_array_equal(got.encode(T, "text"), ref.encode(T, "text"))
     with pytest.raises(ValueError, match="has no Dask fit"):
-        make_hasher("amsh", n_bits=16, random_state=0).fit(dX, dT, dL)
+        make_hasher("scratch", n_bits=16, random_state=0).fit(dX, dT, dL)
+
+
+def test_cli_evaluate_and_scale_on_a_cluster(tmp_path):
+    """cmhash evaluate --cluster local:2 gives the mAP of the in-process evaluation (the Dask
+    fit's codes are the in-memory ones); the log names the dashboard and each iteration.
+    cmhash scale --cluster local:2 fits each point on a cluster and reports each worker's
+    peak memory."""
+    import json
+
+    from cmhash.cli import main
+    data = ["--method", "batch", "--data", "synthetic:small,n=900,n_query=150,seed=3",
+            "--bits", "16", "--seeds", "1", "--param", "n_anchors=40", "--param", "n_iter=2"]
+    docs = {}
+    for name, extra in (("memory", ["--quiet"]),
+                        ("dask", ["--cluster", "local:2", "--log-file", str(tmp_path / "log")])):
+        assert main(["evaluate", *data, *extra, "--json", str(tmp_path / f"{name}.json")]) == 0
+        docs[name] = json.loads((tmp_path / f"{name}.json").read_text())
+    runs = [docs[k]["runs"][0] for k in ("memory", "dask")]
+    for task in ("map_i2t", "map_t2i"):
+        assert runs[1][task] == pytest.approx(runs[0][task], abs=1e-12)
+    assert runs[1]["objective"] == pytest.approx(runs[0]["objective"], rel=1e-9)
+    log = (tmp_path / "log").read_text()
+    assert "dashboard http" in log and "dask BATCH iteration 2/2" in log
+    assert main(["scale", "--method", "batch", "--data", "synthetic:small", "--ns", "600",
+                 "--bits", "16", "--param", "n_anchors=40", "--param", "n_iter=1",
+                 "--cluster", "local:2", "--quiet", "--json", str(tmp_path / "s.json")]) == 0
+    row = json.loads((tmp_path / "s.json").read_text())["rows"][0]
+    assert row["n"] == 600 and len(row["worker_peak_rss_bytes"]) == 2
+    assert all(w > 2**20 for w in row["worker_peak_rss_bytes"])

@@ -5,7 +5,7 @@ import pytest
 distributed = pytest.importorskip("distributed")
 da = pytest.importorskip("dask.array")
 
-from cmhash.distributed import fit as fit_module  # noqa: E402
+from cmhash.distributed import blocks as blocks_module  # noqa: E402
 from cmhash.distributed.fit import decide_persist, fit_batch  # noqa: E402
 from cmhash.methods.batch import BATCH  # noqa: E402
 from cmhash.metrics import mean_average_precision  # noqa: E402
@@ -44,6 +44,18 @@ def _agreement(ref, h, data):
     return same_train, same_query, maps
 
 
+def _assert_same_answers(label, reference, h, data):
+    """Issue 15's bound: >= 99.9 % identical training and query bits, mAP within 0.002, and
+    the hash functions equal up to the reductions' rounding."""
+    same_train, same_query, (map_ref, map_dask) = _agreement(reference, h, data)
+    print(f"{label}: identical train bits {same_train:.5f}, query bits {same_query:.5f}, "
+          f"mAP {map_ref:.5f} vs {map_dask:.5f}")
+    assert same_train >= 0.999 and same_query >= 0.999
+    assert abs(map_ref - map_dask) <= 0.002
+    for W, Wr in zip(h.projections_, reference.projections_):
+        assert np.allclose(W, Wr, rtol=1e-4, atol=1e-6 * np.abs(Wr).max())
+
+
 @pytest.mark.parametrize("persist, dataset, route", [
     (True, "data", "tsqr"), (False, "data", "tsqr"), (True, "many_classes", "cholesky_qr2")])
 def test_dask_batch_fit_gives_the_in_memory_codes(client, request, monkeypatch, persist,
@@ -52,8 +64,8 @@ def test_dask_batch_fit_gives_the_in_memory_codes(client, request, monkeypatch, 
     X, T, Y = data
     reference = BATCH(**_params()).fit(X, T, Y)
     routes = []
-    real = fit_module._polar_via_tsqr
-    monkeypatch.setattr(fit_module, "_polar_via_tsqr",
+    real = blocks_module._polar_via_tsqr
+    monkeypatch.setattr(blocks_module, "_polar_via_tsqr",
                         lambda Zc: routes.append("tsqr") or real(Zc))
     dX = da.from_array(X, chunks=(160, -1))             # 5 uneven row blocks on 2 workers
     h = fit_batch(BATCH(**_params()), dX, T, Y, client=client, persist_features=persist)
@@ -65,13 +77,7 @@ def test_dask_batch_fit_gives_the_in_memory_codes(client, request, monkeypatch, 
         assert k.sigma_ == pytest.approx(kr.sigma_, rel=1e-12)
         assert np.allclose(k.mean_, kr.mean_, rtol=0, atol=1e-12)
     assert np.allclose(h.objective_, reference.objective_, rtol=1e-6)
-    same_train, same_query, (map_ref, map_dask) = _agreement(reference, h, data)
-    print(f"persist={persist}: identical train bits {same_train:.5f}, query bits "
-          f"{same_query:.5f}, mAP {map_ref:.5f} vs {map_dask:.5f}")
-    assert same_train >= 0.999 and same_query >= 0.999
-    assert abs(map_ref - map_dask) <= 0.002
-    for W, Wr in zip(h.projections_, reference.projections_):
-        assert np.allclose(W, Wr, rtol=1e-4, atol=1e-6 * np.abs(Wr).max())
+    _assert_same_answers(f"persist={persist}", reference, h, data)
 
 
 def test_worker_memory_limit_below_the_features_recomputes(client):
@@ -101,8 +107,143 @@ def test_dask_asfoh_fit_gives_the_in_memory_codes(client, data, regularizer):
     # alpha comes from residuals ||phi||^2 - 2 <P, H^T phi> + ... (cancellation): the
     # reductions' summation order shows at ~1e-7 relative
     assert np.allclose(h.alpha_, reference.alpha_, rtol=1e-5)
-    same_train, same_query, (map_ref, map_dask) = _agreement(reference, h, data)
-    print(f"ASFOH {regularizer}: identical train bits {same_train:.5f}, query bits "
-          f"{same_query:.5f}, mAP {map_ref:.5f} vs {map_dask:.5f}")
-    assert same_train >= 0.999 and same_query >= 0.999
-    assert abs(map_ref - map_dask) <= 0.002
+    _assert_same_answers(f"ASFOH {regularizer}", reference, h, data)
+
+
+def test_dask_ascmh_fit_gives_the_in_memory_codes(client, data, monkeypatch, caplog):
+    """ASCMH on Dask (random start V = polar(randn), R, B from the same stream; P, M, R steps
+    on the client; Z by the in-memory v_step_target per block): the in-memory codes, and the
+    loop reports its progress (cmhash.progress over the iterations, a log line each)."""
+    import logging
+
+    from cmhash.distributed import blocks
+    from cmhash.methods.ascmh import ASCMH
+    X, T, Y = data
+    params = dict(n_bits=16, n_anchors=(60, 80), n_iter=3, random_state=5, lambda_h=(0.3, 0.01))
+    reference = ASCMH(**params).fit(X, T, Y)
+    loops = []
+    real_progress = blocks.progress
+    monkeypatch.setattr(blocks, "progress",
+                        lambda it, **kw: loops.append((len(it), kw["desc"])) or real_progress(it, **kw))
+    with caplog.at_level(logging.INFO, logger="cmhash"):
+        h = ASCMH(**params).fit(da.from_array(X, chunks=(160, -1)), da.from_array(T, chunks=(160, -1)),
+                                da.from_array(Y.astype(float), chunks=(160, -1)))
+    assert loops == [(3, "ASCMH (Dask)")]
+    assert [r.getMessage().split(":")[0] for r in caplog.records if "iteration" in r.getMessage()] \
+        == [f"dask ASCMH iteration {i}/3" for i in (1, 2, 3)]
+    assert np.allclose(h.objective_, reference.objective_, rtol=1e-6)
+    assert np.all(np.diff(h.objective_) <= 1e-9 * abs(h.objective_[0]))   # never increases
+    # (R itself is not compared: with c = 6 classes < r = 16 bits the Procrustes target has
+    # rank 6 and R is free on its null space, so rounding picks among equal optima)
+    assert np.allclose(h.rotation_.T @ h.rotation_, np.eye(16), atol=1e-10)
+    _assert_same_answers("ASCMH", reference, h, data)
+    with pytest.raises(ValueError, match="anchors='random' only"):
+        ASCMH(**params, anchor_method="kmeans").fit(da.from_array(X, chunks=(160, -1)), T, Y)
+
+
+def _amsh_params():
+    return dict(n_bits=16, n_anchors=(60, 80), n_iter=3, n_iter_hash=3, n_init_samples=300,
+                random_state=5)
+
+
+def test_dask_amsh_fit_gives_the_in_memory_codes(client, data):
+    """AMSH paired on Dask (hasher.fit with dask arrays): stage 1 from the in-memory row-block
+    steps, stage 2 one pass per iteration; codes of both modalities and the query codes of
+    the hash functions agree with the in-memory fit."""
+    from cmhash.methods.amsh import AMSH
+    X, T, Y = data
+    reference = AMSH(**_amsh_params()).fit(X, T, Y)
+    h = AMSH(**_amsh_params()).fit(da.from_array(X, chunks=(160, -1)),
+                                   da.from_array(T, chunks=(160, -1)),
+                                   da.from_array(Y.astype(float), chunks=(160, -1)))
+    assert isinstance(h.codes_, list) and len(h.codes_) == 2
+    assert np.allclose(h.objective_, reference.objective_, rtol=1e-6)
+    assert np.allclose(h.objective_hash_, reference.objective_hash_, rtol=1e-5)
+    for t, (name, Q) in enumerate((("image", X), ("text", T))):
+        same_train = float(np.mean(np.asarray(h.codes_[t].compute()) == reference.codes_[t]))
+        q, q_ref = h.encode(Q[:200], name), reference.encode(Q[:200], name)
+        maps = [mean_average_precision(a, c, Y[:200], Y)
+                for a, c in ((q_ref, reference.codes_[1 - t]),
+                             (q, np.asarray(h.codes_[1 - t].compute())))]
+        print(f"AMSH {name}: identical train bits {same_train:.5f}, query bits "
+              f"{np.mean(q == q_ref):.5f}, mAP {maps[0]:.5f} vs {maps[1]:.5f}")
+        assert same_train >= 0.999 and np.mean(q == q_ref) >= 0.999
+        assert abs(maps[0] - maps[1]) <= 0.002
+
+
+def test_dask_amsh_unpaired_fit_gives_the_in_memory_codes(client, data):
+    """AMSH unpaired (fit_unpaired with dask arrays: modalities of 700 and 550 rows with their
+    own labels and row chunks) equals the in-memory unpaired fit."""
+    from cmhash.methods.amsh import AMSH
+    X, T, Y = data
+    views, labels = [X, T[150:]], [Y, Y[150:]]
+    reference = AMSH(**_amsh_params()).fit_unpaired(views, labels)
+    h = AMSH(**_amsh_params()).fit_unpaired(
+        [da.from_array(v, chunks=(200, -1)) for v in views],
+        [da.from_array(y.astype(float), chunks=(200, -1)) for y in labels])
+    assert h.paired_ is False and [c.shape[0] for c in h.codes_] == [700, 550]
+    assert np.allclose(h.objective_, reference.objective_, rtol=1e-6)
+    for t in range(2):
+        assert np.mean(np.asarray(h.codes_[t].compute()) == reference.codes_[t]) >= 0.999
+    with pytest.raises(ValueError, match="kernel features"):
+        AMSH(**_amsh_params(), kernel=False).fit(da.from_array(X, chunks=(200, -1)), T, Y)
+
+
+def _feature_runs(stream):
+    """How often each kernel-feature task (key name with the ``kernel-features`` token, one
+    per row block; fused tasks carry it too) ran in a ``get_task_stream`` record."""
+    from collections import Counter
+    return Counter((str(t["key"][0]), t["key"][1]) for t in stream.data
+                   if isinstance(t["key"], tuple) and "kernel-features" in str(t["key"][0]))
+
+
+def test_worker_memory_below_the_features_recomputes_them(data, caplog):
+    """Workers whose memory limit (256 KiB each) is below the kernel features (700 x 140
+    float32 = 383 KiB): the fit chooses recompute by itself, the kernel-feature tasks run again
+    in every pass (counted in the task stream), and the codes are the in-memory ones. On the
+    module's cluster (GiBs per worker) the same fit persists them: each block computed once."""
+    import logging
+
+    import dask
+    from distributed import Client, LocalCluster, get_task_stream
+    X, T, Y = data
+    reference = BATCH(**_params()).fit(X, T, Y)
+    limit = 256 * 2**10
+    assert 700 * (60 + 80) * 4 > limit
+    # the limit is what the persist decision reads; the memory monitor, which would pause a
+    # worker whose interpreter alone uses more than 256 KiB, is off
+    off = {f"distributed.worker.memory.{k}": False for k in ("target", "spill", "pause",
+                                                            "terminate")}
+    with dask.config.set(off), caplog.at_level(logging.INFO, logger="cmhash"), \
+            LocalCluster(n_workers=2, threads_per_worker=1, processes=False, memory_limit=limit,
+                         dashboard_address=":0") as cluster, Client(cluster) as small:
+        with get_task_stream(small) as stream:
+            h = fit_batch(BATCH(**_params()), da.from_array(X, chunks=(160, -1)), T, Y,
+                          client=small)
+        codes = np.asarray(h.codes_.compute())
+    assert any("recomputed each pass" in r.getMessage() for r in caplog.records)
+    runs = _feature_runs(stream)
+    assert len({key[1] for key in runs}) == 5             # every row block's features ...
+    assert min(runs.values()) >= _params()["n_iter"]     # ... ran again in the passes
+    np.testing.assert_array_equal(codes, reference.codes_)
+    for W, Wr in zip(h.projections_, reference.projections_):
+        assert np.allclose(W, Wr, rtol=1e-4, atol=1e-6 * np.abs(Wr).max())
+
+
+def test_kernel_features_persisted_when_they_fit(client, data):
+    """The module cluster's workers have GiBs: the features are persisted (auto), each block's
+    features computed once; the Dask config ``cmhash.kernel-features`` overrides the choice."""
+    import dask
+    from distributed import get_task_stream
+    X, T, Y = data
+    runs = {}
+    for mode in ("auto", "recompute"):
+        with dask.config.set({"cmhash.kernel-features": mode}), get_task_stream(client) as s:
+            fit_batch(BATCH(**{**_params(), "n_iter": 1}), da.from_array(X, chunks=(160, -1)),
+                      T, Y, client=client)
+        runs[mode] = _feature_runs(s)
+    assert max(runs["auto"].values()) == 1                # persisted: each block once
+    assert min(runs["recompute"].values()) >= 2           # recomputed in the passes
+    with dask.config.set({"cmhash.kernel-features": "sometimes"}), \
+            pytest.raises(ValueError, match="'auto', 'persist' or 'recompute'"):
+        decide_persist(1, client)

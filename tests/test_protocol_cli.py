@@ -611,6 +611,11 @@ def test_plots_and_tables_never_mix_protocols_silently(tmp_path, dataset):
                                            "structured, learned database, paired training")
     other = {**learned, "params": {"n_anchors": [40, 40], "omega": 0.5}}
     assert _labels([learned, other])[0] == ["batch (omega=default)", "batch (omega=0.5)"]
+    # results of different methods are told apart by the method: their (different)
+    # parameters are not listed (reproduce's figures named every parameter of every method)
+    cmfh = {**learned, "method": "cmfh", "params": {"mu": 100.0}}
+    assert _labels([learned, cmfh, other])[0] == ["batch (omega=default)", "cmfh",
+                                                  "batch (omega=0.5)"]
     assert plot_map_vs_bits([learned, hashed], tmp_path / "m.png").exists()
     with pytest.raises(ValueError, match="results differ in database"):
         markdown_table([learned, hashed])

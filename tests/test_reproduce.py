@@ -88,3 +88,49 @@ def test_cli_reproduce_ascmh_on_wiki(tmp_path):
                  "--quiet", "--out-dir", str(tmp_path)]) == 0
     assert (tmp_path / "reproduce-ascmh.md").exists()
     assert list(tmp_path.glob("*-curves.png"))
+
+
+@pytest.mark.slow
+def test_tuned_gives_every_row_the_same_budget(small_wiki, monkeypatch, tmp_path):
+    """`reproduce --tuned BUDGET`: every implemented row is tuned (real Optuna studies in one
+    SQLite file) with the same budget, starting from its preset, and evaluated with the tuned
+    parameters. The fits use each method's QUICK settings so that the test stays small."""
+    optuna = pytest.importorskip("optuna")
+    import cmhash.tune as tune_mod
+    from conftest import QUICK
+
+    def quick(method):
+        return {k: v for k, v in QUICK[method].items() if k != "n_bits"}
+
+    real_make, real_tune, real_run = tune_mod.make_hasher, tune_mod.tune, rep.run_evaluation
+    monkeypatch.setattr(tune_mod, "make_hasher",
+                        lambda m, **kw: real_make(m, **{**kw, **quick(m)}))
+    tuned, evaluated = {}, {}
+
+    def spy_tune(method, dataset, **kw):
+        res = real_tune(method, dataset, **kw)
+        tuned[method] = (kw, res)
+        return res
+
+    def spy_run(method, dataset, **kw):
+        evaluated[method] = kw["params"]
+        return real_run(method, dataset, **{**kw, "params": {**kw["params"], **quick(method)}})
+    monkeypatch.setattr(tune_mod, "tune", spy_tune)
+    monkeypatch.setattr(rep, "run_evaluation", spy_run)
+    storage = f"sqlite:///{tmp_path / 'tune.db'}"
+    doc = reproduce("ascmh", small_wiki, seeds=1, tuned=2, tune_bits=(8,), storage=storage,
+                    figures=False)
+    rows = [r for t in doc["tables"] if t["dataset"] == "wiki" for r in t["rows"] if "ours" in r]
+    assert doc["tuned_budget"] == 2 and len(rows) >= 8
+    assert set(tuned) == {r["method"] for r in rows}
+    for method, (kw, res) in tuned.items():
+        assert kw["budget"] == 2 and kw["bits"] == (8,) and kw["storage"] == storage
+        study = optuna.load_study(study_name=res["study"], storage=storage)
+        assert len(study.trials) == 2                 # the same budget, spent
+        assert study.trials[0].user_attrs.get("start") is True
+    for r in rows:
+        assert r["hparams"].startswith("tuned, budget 2 (start: ")
+        best = tuned[r["method"]][1]["params"]
+        assert all(evaluated[r["method"]][k] == v for k, v in best.items())
+        assert all(0 <= v <= 1 for v in r["ours"]["learned"]["i2t"])
+    assert "every row tuned with the same budget (2 trials)" in reproduce_markdown(doc)

@@ -157,3 +157,27 @@ def test_cli_tune_writes_a_file_usable_as_hparams(tmp_path, monkeypatch, capsys)
     ev = json.loads((tmp_path / "ev.json").read_text())
     assert ev["params"]["n_anchors"] == 50
     assert main(["tune", "--method", "batch", "--data", SMALL, "--budget", "0"]) == 2
+
+
+def test_every_method_declares_a_valid_space_around_its_defaults():
+    """Every registered method (the shallow ones always, the deep ones when torch is present)
+    declares a SEARCH_SPACE that search_space() accepts, over constructor parameters only, and
+    that holds the method's default value of each parameter it searches (ranges around the
+    papers' / released codes' settings, not beside them)."""
+    from conftest import DEEP_METHODS, quick_methods
+    from cmhash.base import available_methods, make_hasher
+    shallow = [m for m in available_methods() if m not in DEEP_METHODS]
+    assert {"lssh", "lcmfh", "cmfh", "scratch"} <= set(shallow)
+    for method in quick_methods():
+        space = search_space(method)
+        defaults = make_hasher(method).get_params()
+        for name, spec in space.items():
+            value = defaults[name]
+            specs, values = (spec, value) if isinstance(spec, list) else ([spec], [value])
+            if isinstance(spec, list) and not isinstance(value, (list, tuple)):
+                values = [value] * len(spec)
+            for s, v in zip(specs, values):
+                if s[0] == "cat":
+                    assert v in s[1], (method, name, v, s)
+                else:
+                    assert s[1] <= v <= s[2], (method, name, v, s)

@@ -54,6 +54,8 @@ _REGISTRY: dict[str, str] = {
     "fsh": "cmhash.methods.fsh:FSH",
     "seph-km": "cmhash.methods.seph:SePHKM",
     "seph-rnd": "cmhash.methods.seph:SePHRnd",
+    "lssh": "cmhash.methods.lssh:LSSH",
+    "lcmfh": "cmhash.methods.lcmfh:LCMFH",
     "ta-adcmh": "cmhash.deep.ta_adcmh:TAADCMH",
     "sdch": "cmhash.deep.sdch:SDCH",
     "dcmh": "cmhash.deep.dcmh:DCMH",
@@ -237,11 +239,16 @@ class CrossModalHasher:
         """Fit on unpaired modalities: ``views[v]`` (n_v, d_v) with its own ``labels[v]`` (n_v, c).
 
         No correspondence between the modalities' samples is assumed and n_v may differ.
-        Only methods with ``supports_unpaired = True`` (AMSH, GSPH) accept it.
+        Only methods with ``supports_unpaired = True`` (AMSH, GSPH) accept it. Dask arrays
+        (under a ``distributed.Client``) fit AMSH on the cluster
+        (:func:`cmhash.distributed.fit.fit_on_dask`).
         """
         if not self.supports_unpaired:
             raise ValueError(f"{type(self).__name__} needs paired training data; it cannot be "
                              f"fitted on unpaired modalities (methods that can: AMSH, GSPH)")
+        if any(type(a).__module__.startswith("dask.") for a in [*views, *labels]):
+            from .distributed.fit import fit_on_dask
+            return fit_on_dask(self, views, labels, names, paired=False)
         views, names = self._check_views(views, names)
         Ys = unpaired_label_matrices(labels, [X.shape[0] for X in views], names)
         c = Ys[0].shape[1]

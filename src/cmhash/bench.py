@@ -264,6 +264,9 @@ def _scale_worker(spec: dict) -> dict:
     rss_before = _current_rss_bytes()
     hasher = make_hasher(spec["method"], n_bits=spec["bits"], random_state=spec.get("seed", 0),
                          **spec.get("params", {}))
+    on = spec.get("dask")
+    if on:
+        return _scale_on_dask(spec, on, hasher, views, labels, ds.modality_names, rss_before)
     start, cpu_start = time.perf_counter(), time.process_time()
     hasher.fit_views(views, labels, names=ds.modality_names)
     seconds = time.perf_counter() - start
@@ -272,6 +275,36 @@ def _scale_worker(spec: dict) -> dict:
     return {"method": spec["method"], "n": int(labels.shape[0]), "bits": spec["bits"],
             "train_seconds": seconds, "cpu_seconds": cpu_seconds, "peak_rss_bytes": int(peak),
             "rss_before_fit_bytes": int(rss_before)}
+
+
+def _scale_on_dask(spec, on, hasher, views, labels, names, rss_before) -> dict:
+    """One scale point fitted on Dask (:func:`scale_table` ``dask``): the fit's seconds, the
+    client's CPU seconds and peak RSS, and each worker's peak RSS."""
+    from .cli_cluster import dask_fit
+    from .distributed.cluster import make_client
+
+    client = make_client(on.get("cluster"), on.get("scheduler"), on.get("worker_memory"))
+    try:
+        start, cpu_start = time.perf_counter(), time.process_time()
+        dask_fit(client, on.get("kernel_features"))(hasher, views, labels, names, True)
+        seconds = time.perf_counter() - start
+        cpu_seconds = time.process_time() - cpu_start
+        workers = client.run(_peak_rss_bytes)
+    finally:
+        cluster = client.cluster if on.get("cluster") else None
+        client.close()
+        if cluster is not None:
+            cluster.close()
+    return {"method": spec["method"], "n": int(labels.shape[0]), "bits": spec["bits"],
+            "train_seconds": seconds, "cpu_seconds": cpu_seconds,
+            "peak_rss_bytes": _peak_rss_bytes(), "rss_before_fit_bytes": int(rss_before),
+            "worker_peak_rss_bytes": [int(workers[w]) for w in sorted(workers)]}
+
+
+def _peak_rss_bytes() -> int:
+    """This process's peak resident memory (bytes)."""
+    import resource
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
 
 
 def _current_rss_bytes() -> int:
@@ -315,8 +348,15 @@ def _worker_error(stdout: str) -> dict | None:
 MIN_POINTS_R2 = 3
 
 
-def scale_table(method, data, ns, bits=(32,), *, params=None, seed=0, verbose=True) -> dict:
+def scale_table(method, data, ns, bits=(32,), *, params=None, seed=0, verbose=True,
+                dask=None) -> dict:
     """Training time and peak memory versus training size n, one subprocess per point.
+
+    ``dask``: None (fit in the subprocess) or the Dask options ``{"cluster": "local:N" or
+    None, "scheduler": ADDRESS or None, "worker_memory": ..., "kernel_features": ...}``: each
+    point then fits on a cluster (a LocalCluster started by the subprocess, or the running one
+    at ``scheduler``) and also reports each worker's peak RSS (``worker_peak_rss_bytes``;
+    with ``scheduler``: since that worker started).
 
     ``data`` is a dataset spec (e.g. ``"synthetic:nuswide-like"``) whose retrieval set holds
     at least ``max(ns)`` items; each point trains on a random ``n``-subset. ``ns`` and
@@ -331,7 +371,7 @@ def scale_table(method, data, ns, bits=(32,), *, params=None, seed=0, verbose=Tr
     for n in progress(ns, desc=f"{method} scale", verbose=verbose, leave=True):
         for b in bits:
             spec = {"method": method, "data": data, "n": n, "bits": b,
-                    "params": params or {}, "seed": seed}
+                    "params": params or {}, "seed": seed, "dask": dask}
             proc = subprocess.run([sys.executable, "-m", "cmhash.bench", json.dumps(spec)],
                                   capture_output=True, text=True)
             err = _worker_error(proc.stdout) if proc.returncode == 2 else None
@@ -342,9 +382,12 @@ def scale_table(method, data, ns, bits=(32,), *, params=None, seed=0, verbose=Tr
                 raise RuntimeError(f"scale worker failed for n={n}, bits={b}:\n{proc.stderr[-2000:]}")
             row = json.loads(proc.stdout.strip().splitlines()[-1])
             rows.append(row)
+            workers = row.get("worker_peak_rss_bytes")
             log(f"  n={row['n']:>7} bits={b:>3}: {row['train_seconds']:.2f} s "
                 f"({row['cpu_seconds']:.2f} s CPU), peak RSS "
-                f"{row['peak_rss_bytes'] / 2**30:.2f} GiB", verbose)
+                f"{row['peak_rss_bytes'] / 2**30:.2f} GiB"
+                + (f", workers {', '.join(f'{w / 2**30:.2f}' for w in workers)} GiB"
+                   if workers else ""), verbose)
     # least-squares fit t = a + b n per bit length: linear growth check. A line through two
     # points fits them exactly, so R^2 is given from three training sizes on (else None)
     fits = {}
@@ -359,18 +402,31 @@ def scale_table(method, data, ns, bits=(32,), *, params=None, seed=0, verbose=Tr
             fits[str(b)] = {"seconds_per_1k": float(slope * 1000), "intercept": float(intercept),
                             "r2_linear": None if r2 is None else float(r2),
                             "n_sizes": len(set(x))}
-    return {"format": "cmhash-scale", "method": method, "data": data, "rows": rows,
-            "linear_fit": fits}
+    doc = {"format": "cmhash-scale", "method": method, "data": data, "rows": rows,
+           "linear_fit": fits}
+    if dask:
+        doc["dask"] = {k: v for k, v in dask.items() if v is not None}
+    return doc
 
 
 def scale_markdown(doc: dict) -> str:
+    on = doc.get("dask")
+    where = (f" on Dask ({', '.join(f'{k} {v}' for k, v in on.items())})" if on else "")
     lines = [f"Training time and peak memory of {DISPLAY.get(doc['method'], doc['method'])} "
-             f"on {doc['data']}", "",
-             "| n | bits | train s (wall) | CPU s (all threads) | peak RSS GiB |",
-             "|---|---|---|---|---|"]
+             f"on {doc['data']}{where}", ""]
+    if on:
+        lines += ["| n | bits | train s (wall) | client CPU s | client peak RSS GiB | "
+                  "worker peak RSS GiB |", "|---|---|---|---|---|---|"]
+    else:
+        lines += ["| n | bits | train s (wall) | CPU s (all threads) | peak RSS GiB |",
+                  "|---|---|---|---|---|"]
     for r in doc["rows"]:
-        lines.append(f"| {r['n']} | {r['bits']} | {r['train_seconds']:.2f} | "
-                     f"{r['cpu_seconds']:.2f} | {r['peak_rss_bytes'] / 2**30:.2f} |")
+        cells = (f"| {r['n']} | {r['bits']} | {r['train_seconds']:.2f} | "
+                 f"{r['cpu_seconds']:.2f} | {r['peak_rss_bytes'] / 2**30:.2f} |")
+        if on:
+            cells += (" " + ", ".join(f"{w / 2**30:.2f}"
+                                      for w in r.get("worker_peak_rss_bytes", [])) + " |")
+        lines.append(cells)
     for b, f in doc["linear_fit"].items():
         r2 = (f"R² of a linear fit {f['r2_linear']:.3f}" if f.get("r2_linear") is not None
               else f"no R² (a line through {f.get('n_sizes', 2)} training sizes fits them "

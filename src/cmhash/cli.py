@@ -58,8 +58,8 @@ from . import __version__
 from ._io import atomic_write
 from .cli_inputs import (add_data_options, as_query_matrix, check_output_dir, check_output_file,
                          encode_input, load_data, require_queries)
-from .cli_cluster import (add_cluster_options, cluster_client, encode_to_store, is_zarr_path,
-                          store_index)
+from .cli_cluster import (add_cluster_options, cluster_client, cluster_settings, dask_fit,
+                          encode_to_store, is_zarr_path, store_index, uses_cluster)
 from .cli_output import BROKEN_PIPE_STATUS, configured_logging, silence_closed_stdout
 
 log = logging.getLogger("cmhash")
@@ -273,9 +273,13 @@ def cmd_evaluate(args):
     ds = _load_data(args, "evaluate")
     require_queries(ds, "evaluate")
     try:
-        doc = run_evaluation(args.method, ds, bits=args.bits, seeds=args.seeds, params=params,
-                             verbose=not args.quiet, dataset_source=_data_source(args),
-                             **_protocol_kwargs(args))
+        with cluster_client(args) as client:    # --cluster / --scheduler: fits on Dask
+            doc = run_evaluation(args.method, ds, bits=args.bits, seeds=args.seeds,
+                                 params=params, verbose=not args.quiet,
+                                 dataset_source=_data_source(args),
+                                 fit=(dask_fit(client, args.kernel_features)
+                                      if client is not None else None),
+                                 **_protocol_kwargs(args))
     except (Exception, KeyboardInterrupt) as exc:
         partial = getattr(exc, "partial_result", None)
         if partial is not None and args.json:  # keep the runs completed before the failure
@@ -377,17 +381,17 @@ def cmd_fit(args):
     ds = _load_data(args, "fit")
     hasher = make_hasher(args.method, n_bits=args.bits, random_state=args.seed,
                          verbose=not args.quiet, **params)
-    if args.unpaired:
-        if args.cluster or args.scheduler:
-            raise ValueError("--cluster / --scheduler fit paired data (no --unpaired)")
+    if uses_cluster(args):                                 # fitted on a Dask cluster
+        with cluster_client(args) as client:
+            fit = dask_fit(client, args.kernel_features)
+            if args.unpaired:
+                views, labels = ds.unpaired(random_state=args.seed)
+                fit(hasher, views, labels, ds.modality_names, False)
+            else:
+                fit(hasher, ds.views("train"), ds.labels_of("train"), ds.modality_names, True)
+    elif args.unpaired:
         views, labels = ds.unpaired(random_state=args.seed)
         hasher.fit_unpaired(views, labels, names=ds.modality_names)
-    elif args.cluster or args.scheduler:                   # fitted on a Dask cluster
-        from .distributed.fit import fit_on_dask
-        with cluster_client(args) as client:
-            fit_on_dask(hasher, ds.views("train"),
-                        np.asarray(ds.labels_of("train"), dtype=np.float64),
-                        ds.modality_names, client=client, materialize=True)
     else:
         hasher.fit_views(ds.views("train"), ds.labels_of("train"), names=ds.modality_names)
     if getattr(ds, "text_vocabulary", None) is not None:   # raw text: the model keeps it
@@ -565,7 +569,8 @@ def cmd_scale(args):
 
     check_output_file(args.json, "--json", make_parents=True)
     doc = scale_table(args.method, args.data, args.ns, bits=args.bits,
-                      params=_method_params(args.method, args), verbose=not args.quiet)
+                      params=_method_params(args.method, args), verbose=not args.quiet,
+                      dask=cluster_settings(args) if uses_cluster(args) else None)
     _write_json(doc, args.json)
     print(scale_markdown(doc))
 
@@ -637,6 +642,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_protocol(p)
     _add_published(p)
     p.add_argument("--markdown", help="also write the Markdown table here")
+    add_cluster_options(p)
     common(p)
     p.set_defaults(func=cmd_evaluate)
 
@@ -719,6 +725,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ns", type=int, nargs="+", default=[25000, 50000, 100000, 184577])
     p.add_argument("--bits", type=int, nargs="+", default=[32])
     _add_method_params(p)
+    add_cluster_options(p)
     common(p)
     p.set_defaults(func=cmd_scale)
 

@@ -1,6 +1,7 @@
 """The command line's Dask options: ``--cluster local[:N]`` / ``--scheduler ADDRESS`` /
-``--worker-memory``, chunked codes stores (``encode --out DB.zarr``) and sharded search over
-them (``search --database DB.zarr``). See :mod:`cmhash.distributed`."""
+``--worker-memory`` / ``--kernel-features`` for ``fit``, ``evaluate``, ``scale`` (the fit on
+Dask), ``encode`` (chunked codes stores, ``--out DB.zarr``) and ``search`` (sharded over them,
+``--database DB.zarr``). See :mod:`cmhash.distributed` and docs/scale.md."""
 from __future__ import annotations
 
 import contextlib
@@ -9,8 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["add_cluster_options", "cluster_client", "is_zarr_path", "encode_to_store",
-           "store_index"]
+__all__ = ["add_cluster_options", "cluster_client", "cluster_settings", "dask_fit",
+           "uses_cluster", "is_zarr_path",
+           "encode_to_store", "store_index"]
 
 log = logging.getLogger("cmhash")
 
@@ -24,6 +26,34 @@ def add_cluster_options(p) -> None:
                    help="join a running Dask cluster (e.g. tcp://host:8786)")
     g.add_argument("--worker-memory", metavar="SIZE",
                    help="memory limit of each local worker, e.g. 4GiB (with --cluster)")
+    g.add_argument("--kernel-features", choices=["auto", "persist", "recompute"],
+                   default="auto",
+                   help="a Dask fit's kernel features: kept on the workers, recomputed in each "
+                        "pass, or chosen from the workers' memory limit (default auto)")
+
+
+def uses_cluster(args) -> bool:
+    """Whether the command runs on Dask (``--cluster`` or ``--scheduler`` given)."""
+    return bool(getattr(args, "cluster", None) or getattr(args, "scheduler", None))
+
+
+def cluster_settings(args) -> dict:
+    """The Dask options of ``args`` as keyword arguments (:func:`cmhash.bench.scale_table`)."""
+    return {k: getattr(args, k, None) for k in ("cluster", "scheduler", "worker_memory",
+                                                  "kernel_features")}
+
+
+def dask_fit(client, kernel_features: str | None = "auto"):
+    """A ``fit(hasher, views, labels, names, paired)`` for :func:`cmhash.protocol.run_evaluation`
+    that fits on the cluster of ``client`` and gathers the codes (evaluated in this process)."""
+    from .distributed.fit import fit_on_dask
+
+    persist = {"persist": True, "recompute": False}.get(kernel_features or "auto")
+
+    def fit(hasher, views, labels, names, paired=True):
+        return fit_on_dask(hasher, views, labels, names, client=client, materialize=True,
+                           paired=paired, persist_features=persist)
+    return fit
 
 
 @contextlib.contextmanager
@@ -33,11 +63,7 @@ def cluster_client(args):
 
     client = make_client(getattr(args, "cluster", None), getattr(args, "scheduler", None),
                          getattr(args, "worker_memory", None))
-    try:
-        if client is not None:
-            link = getattr(client, "dashboard_link", None)
-            log.info(f"Dask: {len(client.scheduler_info()['workers'])} workers"
-                     + (f", dashboard {link}" if link else ""))
+    try:                            # (make_client logs the workers and the dashboard link)
         yield client
     finally:
         if client is not None:

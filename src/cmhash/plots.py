@@ -33,6 +33,18 @@ def _tasks(result):
     return [k.removeprefix("map_") for k in result["runs"][0] if k.startswith("map_")]
 
 
+#: legends with more entries than this go outside the axes (right), not over the curves
+CROWDED_LEGEND = 8
+
+
+def _legend(ax, *, force_outside: bool = False) -> None:
+    n = len(ax.get_legend_handles_labels()[1])
+    if force_outside or n > CROWDED_LEGEND:
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    else:
+        ax.legend(fontsize=7, loc="best")
+
+
 def _param_text(params: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in sorted(params.items()))
 
@@ -58,12 +70,19 @@ def _labels(results: list[dict], fields=("dataset", "database", "training", "tie
         return ", ".join(shown[f].format(key[f]) for f in fields if key[f] is not None)
 
     params = [r.get("params") or {} for r in results]
-    names = sorted({k for p in params for k in p})
-    varying = [k for k in names if any(p.get(k) != params[0].get(k) for p in params)]
+
+    def varying(method):
+        """Parameters that differ between the results of ``method`` (different methods have
+        different parameters: comparing them would name every parameter of every method)."""
+        same = [p for r, p in zip(results, params) if r["method"] == method]
+        names = sorted({k for p in same for k in p})
+        return [k for k in names if any(p.get(k) != same[0].get(k) for p in same)]
+
     labels = []
     for res, key, p in zip(results, keys, params):
         extra = ", ".join(x for x in (describe(key, differ),
-                                      _param_text({k: p.get(k, "default") for k in varying}))
+                                      _param_text({k: p.get(k, "default")
+                                                   for k in varying(res["method"])}))
                           if x)
         labels.append(f"{res['method']} ({extra})" if extra else res["method"])
     common = describe(keys[0], [f for f in ("dataset", "database", "training")
@@ -184,9 +203,9 @@ def plot_map_vs_bits(results: list[dict], path, *, bits=None, labels=None,
         _y_from_zero(ax, ys, "mAP")
         ax.set_title(f"{task.upper()} — {common}" if common else task.upper())
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="best")
+        _legend(ax)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return Path(path)
 
@@ -231,11 +250,15 @@ def plot_curves(results: list[dict], path, *, bits: int | None = None, labels=No
                    ylim=(0, 1.02), title=f"{task.upper()} precision@K")
         for ax in row:
             ax.grid(alpha=0.3)
-            ax.legend(fontsize=7)
+        if len(results) > CROWDED_LEGEND // 2:      # one legend for the row, beside it
+            _legend(row[-1], force_outside=True)
+        else:
+            for ax in row:
+                ax.legend(fontsize=7)
     if common:
         fig.suptitle(common)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return Path(path)
 

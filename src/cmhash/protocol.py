@@ -298,17 +298,24 @@ def _mean_std(values) -> dict:
             "n": int(a.size)}
 
 
-def _fit_and_evaluate(method, dataset, b, s, params, unpaired, **evaluate_kw):
-    """Fit one (bits, seed) run and evaluate it: ``(hasher, evaluate_hasher result)``."""
+def _fit_and_evaluate(method, dataset, b, s, params, unpaired, fit=None, **evaluate_kw):
+    """Fit one (bits, seed) run and evaluate it: ``(hasher, evaluate_hasher result)``.
+    ``fit(hasher, views, labels, names, paired)``: how to fit (default: in this process)."""
     hasher = make_hasher(method, n_bits=b, random_state=s, **params)
     unpaired_labels = None
     if unpaired:
         views, labels = dataset.unpaired(random_state=s)
-        hasher.fit_unpaired(views, labels, names=dataset.modality_names)
+        if fit is None:
+            hasher.fit_unpaired(views, labels, names=dataset.modality_names)
+        else:
+            fit(hasher, views, labels, dataset.modality_names, False)
         unpaired_labels = labels
-    else:
+    elif fit is None:
         hasher.fit_views(dataset.views("train"), dataset.labels_of("train"),
                          names=dataset.modality_names)
+    else:
+        fit(hasher, dataset.views("train"), dataset.labels_of("train"), dataset.modality_names,
+            True)
     res = evaluate_hasher(hasher, dataset, unpaired_labels=unpaired_labels, random_state=s,
                           **evaluate_kw)
     return hasher, res
@@ -317,12 +324,15 @@ def _fit_and_evaluate(method, dataset, b, s, params, unpaired, **evaluate_kw):
 def run_evaluation(method: str, dataset, *, bits=(16, 32, 64, 128), seeds=5, params=None,
                    database: str = "learned", ties: str = "stable", zero_relevant: str = "zero",
                    top_r: int | None = None, unpaired: bool = False, curves: bool = False,
-                   verbose: bool = True, dataset_source: str | None = None) -> dict:
+                   verbose: bool = True, dataset_source: str | None = None, fit=None) -> dict:
     """Fit ``method`` for every bit length and seed, evaluate each, and summarise.
 
     ``seeds`` is a count (seeds 0..seeds-1) or an explicit list. With ``unpaired`` each
     modality's training set is shuffled independently with the run's seed (AMSH Sec. IV-E)
     and the method is fitted with ``fit_unpaired``. Returns the public JSON document.
+    ``fit(hasher, views, labels, names, paired)`` replaces the in-process fit (``cmhash
+    evaluate --cluster`` fits on Dask, :func:`cmhash.cli_cluster.dask_fit`); the codes it
+    leaves must be NumPy arrays, as after ``fit_views``.
 
     All arguments are checked before the first fit (:func:`check_method_setup`); an error
     met during a fit or its evaluation keeps its type and names the run (``"<method>, <bits>
@@ -354,7 +364,7 @@ def run_evaluation(method: str, dataset, *, bits=(16, 32, 64, 128), seeds=5, par
 
     for i, (b, s) in enumerate(bar):
         try:
-            hasher, res = _fit_and_evaluate(method, dataset, b, s, params, unpaired,
+            hasher, res = _fit_and_evaluate(method, dataset, b, s, params, unpaired, fit,
                                             database=database, ties=ties,
                                             zero_relevant=zero_relevant, top_r=top_r,
                                             curves=curves)

@@ -68,4 +68,5 @@ def make_client(cluster: str | None = None, scheduler: str | None = None,
     link = getattr(client, "dashboard_link", None)
     logger.info("Dask cluster: %d workers%s", len(client.scheduler_info()["workers"]),
                 f", dashboard {link}" if link else "")
+    client.cmhash_dashboard_logged = True      # the Dask fits do not log it again
     return client

@@ -250,9 +250,25 @@ def _pca_init(phi, r: int, n_samples: int, rng) -> np.ndarray:
     was huge (lam ~ 0) or overflowed float32 (lam < 0, clamped to 1e-300): NaN in the fit.
     """
     n, q = phi.shape
-    k = min(n_samples, n)
-    idx = np.sort(rng.choice(n, size=k, replace=False))
-    S = np.asarray(phi[idx], dtype=np.float64)
+    idx = pca_sample(n, n_samples, rng)
+    W = principal_directions(np.asarray(phi[idx], dtype=np.float64), r)
+    with phase("products"):
+        V = np.asarray(phi @ W.astype(phi.dtype), dtype=np.float64)
+    if W.shape[1] < r:
+        V = np.hstack([V, rng.standard_normal((n, r - W.shape[1]))])
+    return V
+
+
+def pca_sample(n: int, n_samples: int, rng) -> np.ndarray:
+    """The sorted rows of phi whose covariance gives :func:`_pca_init`'s directions."""
+    return np.sort(rng.choice(n, size=min(n_samples, n), replace=False))
+
+
+def principal_directions(S, r: int) -> np.ndarray:
+    """The top min(r, k - 1, q) principal directions (q, p) of the k sample rows ``S``
+    (float64; centred here in place), those above the numerical-rank threshold only,
+    in descending variance (:func:`_pca_init`)."""
+    k, q = S.shape
     S -= S.mean(axis=0)
     p = min(r, k - 1, q)  # a centred k-sample covariance has rank <= k - 1
     with phase("small"):  # one (min(k, q))^2 eigendecomposition, LAPACK-bound
@@ -262,14 +278,8 @@ def _pca_init(phi, r: int, n_samples: int, rng) -> np.ndarray:
             lam, U = sla.eigh(S.T @ S, subset_by_index=[q - p, q - 1])
     keep = lam > PCA_RANK_RTOL * max(k, q) * max(float(lam[-1]), 0.0)
     lam, U = lam[keep], U[:, keep]
-    p = int(lam.size)
     W = S.T @ (U / np.sqrt(lam)) if k < q else U
-    W = W[:, ::-1]  # descending variance
-    with phase("products"):
-        V = np.asarray(phi @ W.astype(phi.dtype), dtype=np.float64)
-    if p < r:
-        V = np.hstack([V, rng.standard_normal((n, r - p))])
-    return V
+    return W[:, ::-1]  # descending variance
 
 
 #: :func:`_pca_init` keeps principal directions whose variance exceeds this times max(k, q)
@@ -302,7 +312,7 @@ class Stage1:
 
     def targets(self, t) -> np.ndarray:
         """T_t = L_t + R_t o E_t, the marginalised regression target."""
-        return self.L[t] + self.R[t] * self.E[t]
+        return margin_targets(self.L[t], self.E[t], self.R[t])
 
     # ----------------------------------------------------------------- steps
     @single_threaded
@@ -315,12 +325,18 @@ class Stage1:
     @single_threaded
     def z_matrix(self, i) -> np.ndarray:
         """Z_i of Eq. 13: the objective restricted to feasible V_i is const - 2 tr(Z_i^T V_i)."""
-        r, Lh = self.r, self.Lh[i]
-        Z = self.targets(i) @ self.P[i] + self.eta * self.B[i]
-        acc = self.lam * (Lh.T @ self.B[i])                                    # c x r
+        acc = self.label_coupling(i, self.Lh[i].T @ self.B[i],
+                                  [self.Lh[j].T @ self.V[j] if self.beta and j != i else None
+                                   for j in range(self.m)])
+        return z_block(self.targets(i), self.P[i], self.B[i], self.Lh[i], acc, self.eta, self.r)
+
+    def label_coupling(self, i, LhtB_i, LhtV) -> np.ndarray:
+        """``lam Lh_i^T B_i + beta sum_{j != i} Lh_j^T V_j`` (c x r) of Z_i from the sums
+        ``Lh_i^T B_i`` and ``LhtV[j] = Lh_j^T V_j`` (the newest V_j)."""
+        acc = self.lam * LhtB_i                                                  # c x r
         if self.beta:
-            acc += self.beta * sum(self.Lh[j].T @ self.V[j] for j in range(self.m) if j != i)
-        return Z + r * (Lh @ acc)
+            acc += self.beta * sum(LhtV[j] for j in range(self.m) if j != i)
+        return acc
 
     def update_V(self, i=None):
         """Eq. 13-15 for V_i (all modalities in turn, each using the newest V_j)."""
@@ -332,7 +348,7 @@ class Stage1:
         """Eq. 18: B_t = sign(eta V_t + lam r Lh_t (Lh_t^T V_t))."""
         for t in (range(self.m) if t is None else [t]):
             V, Lh = self.V[t], self.Lh[t]
-            self.B[t] = sign(self.eta * V + self.lam * self.r * (Lh @ (Lh.T @ V)), np.float64)
+            self.B[t] = code_step(V, Lh, Lh.T @ V, self.eta, self.lam, self.r)
 
     @single_threaded
     def update_E(self, t=None):
@@ -340,8 +356,7 @@ class Stage1:
         if not self.margins:
             return
         for t in (range(self.m) if t is None else [t]):
-            H = self.V[t] @ self.P[t].T - self.L[t]
-            self.E[t] = np.maximum(self.R[t] * H, 0.0)
+            self.E[t] = margin_step(self.V[t], self.P[t], self.L[t], self.R[t])
 
     def iterate(self):
         """One iteration in the reference order: P (all), V_1..V_m, B (all), E (all)."""
@@ -355,32 +370,68 @@ class Stage1:
     def terms(self) -> dict:
         """The terms of Eq. 10 at the current state, O(n (c + r) r), no n x n matrix (and no
         n x r temporary: ``||B - V||^2 = ||B||^2 + tr(V^T V) - 2 <B, V>``)."""
-        r = self.r
-        reg = quant = intra = inter = 0.0
-        VtV = [V.T @ V for V in self.V]
-        LhtV = [Lh.T @ V for Lh, V in zip(self.Lh, self.V)]
-        for t in range(self.m):
-            V, B, Lh = self.V[t], self.B[t], self.Lh[t]
-            residual = self.targets(t)
-            residual -= V @ self.P[t].T                                           # n x c
-            reg += float(np.einsum("ij,ij->", residual, residual))
-            quant += (float(np.einsum("ij,ij->", B, B)) + float(np.trace(VtV[t]))
-                      - 2.0 * float(np.einsum("ij,ij->", B, V)))
-            # ||B V^T - r Lh Lh^T||^2 = <B^T B, V^T V> - 2r <Lh^T B, Lh^T V> + r^2 ||Lh^T Lh||^2
-            intra += (float(np.sum((B.T @ B) * VtV[t])) - 2 * r * float(np.sum((Lh.T @ B) * LhtV[t]))
-                      + r * r * float(np.sum(self.LhtLh[t] ** 2)))
-        for i in range(self.m):
-            for j in range(i + 1, self.m):
-                # ||V_i V_j^T - r Lh_i Lh_j^T||^2 through r x r and c x r / c x c products
-                inter += (float(np.sum(VtV[i] * VtV[j])) - 2 * r * float(np.sum(LhtV[i] * LhtV[j]))
-                          + r * r * float(np.sum(self.LhtLh[i] * self.LhtLh[j])))
-        return {"regression": reg, "quantization": quant, "intra": intra, "inter": inter}
+        stats = [objective_stats(self.V[t], self.B[t], self.Lh[t], self.targets(t), self.P[t])
+                 for t in range(self.m)]
+        return combine_terms(stats, self.LhtLh, self.r)
 
     def objective(self) -> float:
         """Eq. 10 (inter-modal term over unordered pairs i < j)."""
         t = self.terms()
         return float(t["regression"] + self.eta * t["quantization"] + self.lam * t["intra"]
                      + self.beta * t["inter"])
+
+
+# ------------------------------------------------------------- row-block steps of stage 1
+# (functions of the rows of one block; the in-memory Stage1 applies them to all rows, the Dask
+# fit, cmhash.distributed.fit_amsh, to each row block)
+def margin_targets(L, E, R=None) -> np.ndarray:
+    """``T = L + R o E`` with ``R = 2 L - 1`` (given or formed from ``L``)."""
+    return L + (2.0 * L - 1.0 if R is None else R) * E
+
+
+def z_block(T, P, B, Lh, acc, eta: float, r: int) -> np.ndarray:
+    """Z of Eq. 13: ``T P + eta B + r Lh acc`` (``acc``: :meth:`Stage1.label_coupling`)."""
+    Z = T @ P + eta * B
+    return Z + r * (Lh @ acc)
+
+
+def code_step(V, Lh, LhtV, eta: float, lam: float, r: int) -> np.ndarray:
+    """Eq. 18: ``B = sign(eta V + lam r Lh (Lh^T V))`` from the c x r sum ``LhtV``."""
+    return sign(eta * V + lam * r * (Lh @ LhtV), np.float64)
+
+
+def margin_step(V, P, L, R=None) -> np.ndarray:
+    """Eq. 21: ``E = max(R o (V P^T - L), 0)``."""
+    H = V @ P.T - L
+    return np.maximum((2.0 * L - 1.0 if R is None else R) * H, 0.0)
+
+
+def objective_stats(V, B, Lh, T, P) -> tuple:
+    """The sums over rows of Eq. 10's terms for one modality: ``(||T - V P^T||^2, ||B||^2,
+    <B, V>, V^T V, B^T B, Lh^T B, Lh^T V)`` (block sums add up to the full ones)."""
+    residual = T - V @ P.T                                                      # n x c
+    return (float(np.einsum("ij,ij->", residual, residual)), float(np.einsum("ij,ij->", B, B)),
+            float(np.einsum("ij,ij->", B, V)), V.T @ V, B.T @ B, Lh.T @ B, Lh.T @ V)
+
+
+def combine_terms(stats, LhtLh, r: int) -> dict:
+    """The terms of Eq. 10 from :func:`objective_stats` of every modality and the constant
+    ``Lh_t^T Lh_t`` (c x c): r x r, c x r and c x c algebra only."""
+    reg = quant = intra = inter = 0.0
+    for (res_sq, B_sq, B_dot_V, VtV, BtB, LhtB, LhtV), LL in zip(stats, LhtLh):
+        reg += res_sq
+        quant += B_sq + float(np.trace(VtV)) - 2.0 * B_dot_V
+        # ||B V^T - r Lh Lh^T||^2 = <B^T B, V^T V> - 2r <Lh^T B, Lh^T V> + r^2 ||Lh^T Lh||^2
+        intra += (float(np.sum(BtB * VtV)) - 2 * r * float(np.sum(LhtB * LhtV))
+                  + r * r * float(np.sum(LL ** 2)))
+    m = len(stats)
+    for i in range(m):
+        for j in range(i + 1, m):
+            # ||V_i V_j^T - r Lh_i Lh_j^T||^2 through r x r and c x r / c x c products
+            inter += (float(np.sum(stats[i][3] * stats[j][3]))
+                      - 2 * r * float(np.sum(stats[i][6] * stats[j][6]))
+                      + r * r * float(np.sum(LhtLh[i] * LhtLh[j])))
+    return {"regression": reg, "quantization": quant, "intra": intra, "inter": inter}
 
 
 def _psd_pinv_solver(G):
@@ -390,6 +441,31 @@ def _psd_pinv_solver(G):
     keep = lam > G.shape[0] * np.finfo(np.float64).eps * max(float(np.abs(lam).max()), 1e-300)
     Qk, inv = Q[:, keep], 1.0 / lam[keep]
     return lambda R: Qk @ (inv[:, None] * (Qk.T @ R))
+
+
+def ridge_solver(G, xi: float):
+    """``R -> G^{-1} R`` for ``G = phi^T phi + xi I`` from one factorisation: Cholesky, LU if
+    rounding made ``G`` indefinite, the pseudo-inverse if it is singular (a warning)."""
+    try:
+        return partial(sla.cho_solve, sla.cho_factor(G, check_finite=False), check_finite=False)
+    except np.linalg.LinAlgError:
+        # a tiny xi against eigenvalues ~ n can leave phi^T phi + xi I numerically
+        # indefinite; solve the same system by LU, as MATLAB's backslash does
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", sla.LinAlgWarning)
+            lu = sla.lu_factor(G, check_finite=False)
+        if np.isfinite(lu[0]).all() and np.all(np.diag(lu[0]) != 0):
+            return partial(sla.lu_solve, lu, check_finite=False)
+        # exactly singular (xi = 0 and linearly dependent features, e.g. duplicated
+        # training rows as anchors): LU gave inf / NaN W and one code for every query;
+        # take the minimum-norm least-squares solution instead (solvers.solve_psd's
+        # fallback), from one eigendecomposition of the symmetric G
+        warn_numerical_fallback(
+            f"AMSH stage 2: phi^T phi + xi I ({G.shape[0]} x {G.shape[0]}, xi={xi!r}) is "
+            f"singular; the hash functions are the minimum-norm least-squares solution "
+            f"(pseudo-inverse). Usual causes: xi = 0 with duplicated training rows or "
+            f"linearly dependent features; set xi > 0.")
+        return _psd_pinv_solver(G)
 
 
 class HashStage:
@@ -424,28 +500,7 @@ class HashStage:
 
     def _factorise(self, G) -> None:
         """``self._solve``: R -> (phi^T phi + xi I)^{-1} R from one factorisation of ``G``."""
-        try:
-            self._solve = partial(sla.cho_solve, sla.cho_factor(G, check_finite=False),
-                                  check_finite=False)
-        except np.linalg.LinAlgError:
-            # a tiny xi against eigenvalues ~ n can leave phi^T phi + xi I numerically
-            # indefinite; solve the same system by LU, as MATLAB's backslash does
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", sla.LinAlgWarning)
-                lu = sla.lu_factor(G, check_finite=False)
-            if np.isfinite(lu[0]).all() and np.all(np.diag(lu[0]) != 0):
-                self._solve = partial(sla.lu_solve, lu, check_finite=False)
-            else:
-                # exactly singular (xi = 0 and linearly dependent features, e.g. duplicated
-                # training rows as anchors): LU gave inf / NaN W and one code for every query;
-                # take the minimum-norm least-squares solution instead (solvers.solve_psd's
-                # fallback), from one eigendecomposition of the symmetric G
-                warn_numerical_fallback(
-                    f"AMSH stage 2: phi^T phi + xi I ({G.shape[0]} x {G.shape[0]}, xi={self.xi!r}) is "
-                    f"singular; the hash functions are the minimum-norm least-squares solution "
-                    f"(pseudo-inverse). Usual causes: xi = 0 with duplicated training rows or "
-                    f"linearly dependent features; set xi > 0.")
-                self._solve = _psd_pinv_solver(G)
+        self._solve = ridge_solver(G, self.xi)
 
     def target(self) -> np.ndarray:
         return self.B + self.B * self.M
@@ -512,15 +567,25 @@ class HashStage:
         obj, rhs = 0.0, (np.zeros((q, self.B.shape[1])) if need_rhs else None)
         for sub in row_blocks(rows.stop - rows.start, block):
             b = slice(rows.start + sub.start, rows.start + sub.stop)
-            phi_b, B_b = self.phi[b], self.B[b]
-            fitted = np.asarray(phi_b @ W32, dtype=np.float64)
-            self._fitted[b] = fitted
-            residual = B_b + B_b * self.M[b]
-            residual -= fitted
-            obj += float(np.einsum("ij,ij->", residual, residual))
-            if self.margins:
-                self.M[b] = np.maximum(B_b * (fitted - B_b), 0.0)
+            self._fitted[b], self.M[b], o, part = hash_block(self.phi[b], self.B[b], self.M[b],
+                                                              W32, self.margins, need_rhs)
+            obj += o
             if need_rhs:
-                T = (B_b + B_b * self.M[b]).astype(phi_b.dtype)
-                rhs += np.asarray(phi_b.T @ T, dtype=np.float64)
+                rhs += part
         return obj, rhs
+
+
+def hash_block(phi_b, B_b, M_b, W32, margins: bool, need_rhs: bool):
+    """Stage 2 on one cache-sized block of rows (:meth:`HashStage.run`): ``(fitted, new M,
+    objective share, share of the next right-hand side or None)``."""
+    fitted = np.asarray(phi_b @ W32, dtype=np.float64)
+    residual = B_b + B_b * M_b
+    residual -= fitted
+    obj = float(np.einsum("ij,ij->", residual, residual))
+    if margins:
+        M_b = np.maximum(B_b * (fitted - B_b), 0.0)
+    rhs = None
+    if need_rhs:
+        T = (B_b + B_b * M_b).astype(phi_b.dtype)
+        rhs = np.asarray(phi_b.T @ T, dtype=np.float64)
+    return fitted, M_b, obj, rhs

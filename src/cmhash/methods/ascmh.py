@@ -126,7 +126,7 @@ def v_step_target(G, LM_c, R, phis, Ps, lambdas, r: int) -> np.ndarray:
 
 def ascmh_objective(V, R, M, B, Ps, L, G, phis, lambdas, omega: float, r: int, *,
                     phi_sq=None, Vt_phis=None, terms: bool = False, VtV=None, GtV=None,
-                    LtB=None, constants=None):
+                    LtB=None, constants=None, B_sq=None):
     """Eq. 7 at the given point from r x r, c x r and r x q products (no n x n matrix).
 
     With ``A = V R`` and ``N = L M``:
@@ -135,23 +135,29 @@ def ascmh_objective(V, R, M, B, Ps, L, G, phis, lambdas, omega: float, r: int, *
     ``||phi - V P||^2 = ||phi||^2 - 2 <V^T phi, P> + <V^T V, P P^T>``. The n-sized products
     ``V^T V``, ``G^T V``, ``L^T B`` (O(n (r + c) r)) and ``V^T phi`` (O(n q r)) may be passed
     when already computed, and ``constants`` (:func:`objective_constants`) holds the label
-    products that do not change during a fit.
+    products that do not change during a fit; with all of them and ``B_sq`` (``||B||^2``)
+    given, ``V``, ``B``, ``L``, ``G`` and ``phis`` are not used (the Dask fit passes their
+    sums over row blocks).
     Returns the total, or with ``terms=True`` a dict of the three terms and the total.
     """
-    V = np.asarray(V, dtype=np.float64)
-    B = np.asarray(B, dtype=np.float64)
+    if VtV is None or GtV is None or Vt_phis is None:
+        V = np.asarray(V, dtype=np.float64)
+    if LtB is None or B_sq is None:
+        B = np.asarray(B, dtype=np.float64)
     k = objective_constants(L, G) if constants is None else constants
     VtV = V.T @ V if VtV is None else VtV
     GtV = G.T @ V if GtV is None else GtV
     LtB = L.T @ B if LtB is None else LtB
+    B_sq = float(np.einsum("ij,ij->", B, B)) if B_sq is None else B_sq
     AtA = R.T @ VtV @ R
     NtN = M.T @ k["LtL"] @ M
     sim = (float(np.sum(AtA * NtN)) - 2.0 * r * float(np.sum((GtV @ R) * (k["GtL"] @ M)))
            + r * r * k["GtG_sq"])
-    quant = omega * (float(np.einsum("ij,ij->", B, B)) - 2.0 * float(np.sum(LtB * M))
+    quant = omega * (B_sq - 2.0 * float(np.sum(LtB * M))
                      + float(np.sum(k["LtL"] * (M @ M.T))))
     fact = 0.0
-    for t, (lam, phi, P) in enumerate(zip(lambdas, phis, Ps)):
+    for t, (lam, P) in enumerate(zip(lambdas, Ps)):
+        phi = None if phis is None else phis[t]
         sq = (float(np.einsum("ij,ij->", phi, phi, dtype=np.float64)) if phi_sq is None
               else phi_sq[t])
         Vp = cross_product(V, phi) if Vt_phis is None else Vt_phis[t]

@@ -88,6 +88,8 @@ class CMFH(TwoStepKernelHasher):
     """
 
     name = "cmfh"
+    SEARCH_SPACE = {"image_weight": ("float", 0.1, 0.9), "mu": ("log", 1.0, 1e4),
+                    "gamma": ("log", 1e-4, 1.0)}
     state_shapes = {**TwoStepKernelHasher.state_shapes, "latent_": ("n", "r"),
                     "factor_loadings_[v]": ("r", "q{v}")}
     PRESETS: dict = {}

@@ -84,6 +84,8 @@ class DCH(TwoStepKernelHasher):
     """
 
     name = "dch"
+    SEARCH_SPACE = {"lambda_w": ("log", 1e-3, 100.0), "nu": ("cat", [0.0, 1e-4, 1e-2, 1.0]),
+                    "xi": ("log", 1e-4, 1.0)}
     state_shapes = {**TwoStepKernelHasher.state_shapes, "classifier_": ("r", "c")}
     PRESETS: dict = {}
     VARIANTS = {"DCH-kernel": {"kernel": True}}

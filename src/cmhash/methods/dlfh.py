@@ -144,6 +144,7 @@ class DLFH(TwoStepKernelHasher):
     """
 
     name = "dlfh"
+    SEARCH_SPACE = {"lambda_scale": ("log", 1.0, 64.0), "gamma": ("log", 1e-8, 1e-2)}
     PRESETS: dict = {}
     VARIANTS: dict = {}
 
@@ -235,6 +236,7 @@ class KDLFH(DLFH):
     """
 
     name = "kdlfh"
+    SEARCH_SPACE = {"lambda_scale": ("log", 1.0, 64.0), "eta": ("log", 1e-4, 1.0)}
 
     def __init__(self, n_bits: int = 32, *, lambda_scale: float = 8.0, n_samples=None,
                  n_anchors=500, eta: float = 1e-2, n_iter: int = 50, klr_max_iter: int = 500,

@@ -99,6 +99,7 @@ class SCMOrth(_SCM):
     """
 
     name = "scm-orth"
+    SEARCH_SPACE = {"ridge": ("log", 1e-8, 1.0)}
     state_shapes = {**TwoStepKernelHasher.state_shapes, "correlations_": ("r",)}
 
     def _projections(self, X, Y, Cxx, Cyy, Cxy):
@@ -137,6 +138,7 @@ class SCMSeq(_SCM):
     """
 
     name = "scm-seq"
+    SEARCH_SPACE = {"ridge": ("log", 1e-8, 1.0)}
     VARIANTS = {"SCM-seq-code": {"cca_fallback": True}}
 
     def __init__(self, n_bits: int = 32, *, ridge: float = 1e-6, cca_fallback: bool = False,

@@ -108,6 +108,8 @@ class SCRATCH(TwoStepKernelHasher):
     """
 
     name = "scratch"
+    SEARCH_SPACE = {"lambda_image": ("float", 0.1, 0.9), "alpha": ("log", 1.0, 1e4),
+                    "mu": ("log", 1.0, 1e4), "gamma": ("log", 0.01, 100.0)}
     state_shapes = {**TwoStepKernelHasher.state_shapes, "latent_": ("n", "r"),
                     "rotation_": ("r", "r"), "factor_loadings_[v]": ("r", "q{v}"),
                     "label_loadings_": ("r", "c"), "feature_maps_[v]": ("q{v}", "r")}

@@ -153,6 +153,9 @@ class SMFH(TwoStepKernelHasher):
     """
 
     name = "smfh"
+    SEARCH_SPACE = {"image_weight": ("float", 0.1, 0.9), "beta": ("log", 1.0, 1e4),
+                    "gamma": ("log", 0.01, 100.0), "lam": ("log", 1e-4, 1.0),
+                    "n_neighbors": ("int", 3, 20)}
     state_shapes = {**TwoStepKernelHasher.state_shapes, "latent_": ("n", "r"),
                     "factor_loadings_[v]": ("r", "q{v}")}
     PRESETS: dict = {}

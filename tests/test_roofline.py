@@ -1,0 +1,70 @@
+"""benchmarks/roofline.py: the FLOP model, the records' arithmetic and the warm-memory mode,
+on a tiny fit with tiny machine probes (the script itself is a benchmark, not a test)."""
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "roofline.py"
+
+
+@pytest.fixture()
+def roofline(monkeypatch):
+    spec = importlib.util.spec_from_file_location("roofline_under_test", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    monkeypatch.setattr(mod, "GEMM_SIZE", 128)
+    monkeypatch.setattr(mod, "STREAM_ELEMENTS", 1 << 16)
+    monkeypatch.setattr(mod, "FIRST_TOUCH_BYTES", 1 << 20)
+    return mod
+
+
+def test_flop_model_counts_the_thin_products_per_iteration(roofline):
+    shapes = {"n": 1000, "bits": 16, "classes": 5, "n_iter": 3, "anchors": [40, 60],
+              "nnz": [5000, 3000], "dims": [50, 80], "sparse": [True, True],
+              "n_iter_hash": 0, "n_init_samples": 0}
+    flops = roofline.flop_model("batch", shapes)
+    thin = 2.0 * 1000 * (40 + 60) * 16
+    assert flops["products"] == thin * (1 + 2 * 3)
+    # the hash functions' Gram (syrk) and right-hand sides
+    assert flops["gram"] == sum(1000 * q * (q + 1) + 2.0 * 1000 * q * 16 for q in (40, 60))
+    more = roofline.flop_model("batch", {**shapes, "n_iter": 4})
+    assert more["products"] > flops["products"] and more["latent"] > flops["latent"]
+    with pytest.raises(ValueError, match="no FLOP model"):
+        roofline.flop_model("nosuch", shapes)
+
+
+@pytest.mark.parametrize("memory", ["cold", "warm"])
+def test_records_are_consistent(roofline, tmp_path, memory):
+    out = tmp_path / "r.json"
+    records = roofline.main(["--n", "300", "--bits", "8", "--methods", "batch", "--repeats", "1",
+                             "--memory", memory, "--json", str(out)])
+    (rec,) = records
+    assert rec["method"] == "batch" and rec["bits"] == 8 and rec["n"] == 300
+    assert rec["flops"] == pytest.approx(sum(p["flops"] for p in rec["phases"]))
+    assert rec["efficiency"] == pytest.approx(rec["gflops"] / rec["gemm_gflops"])
+    assert rec["gflops"] == pytest.approx(rec["flops"] / rec["fit_seconds"] / 1e9)
+    # the bound is a work-weighted harmonic mean of the float64 and float32 GEMM rates
+    rates = (rec["gemm_gflops_float64"], rec["gemm_gflops_float32"])
+    assert min(rates) * 0.999 <= rec["gemm_gflops"] <= max(rates) * 1.001
+    assert sum(p["seconds"] for p in rec["phases"]) == pytest.approx(rec["fit_seconds"], rel=0.02)
+    lo, hi = rec["first_touch_gbs"]
+    assert 0 < lo <= hi
+    doc = json.loads(out.read_text())
+    assert doc["memory"] == memory and doc["records"][0]["method"] == "batch"
+
+
+def test_warm_mode_times_only_fits_after_the_warm_up(roofline, monkeypatch):
+    fits = []
+    real = roofline.timed_fit
+
+    def counting(*args, **kwargs):
+        fits.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(roofline, "timed_fit", counting)
+    monkeypatch.setattr(roofline, "keep_freed_memory", lambda: True)
+    roofline.main(["--n", "200", "--bits", "8", "--methods", "batch", "--repeats", "1",
+                   "--memory", "warm"])
+    assert len(fits) == 2              # --repeats raised to 2: one warm-up, one timed

@@ -7,11 +7,13 @@ encoded by the database network (``encode(X_train, d, task=(q, d))``, "hashed");
 relevance = share >= 1 label; mAP over the full ranking; mean of ``--seeds`` seeds.
 
 Method-agnostic: any registered deep method (``--method ta-adcmh|sdch|dcmh``); the class's
-``PRESETS["wiki"]`` is applied unless ``--no-preset``; ``--param key=value`` overrides.
+``PRESETS["wiki"]`` is applied unless ``--no-preset`` or ``--hparams FILE`` (a file written by
+``cmhash tune``, whose parameters replace the preset); ``--param key=value`` overrides.
 
     python benchmarks/deep_wiki.py --method ta-adcmh
     python benchmarks/deep_wiki.py --method sdch --bits 16 32 --seeds 0 --json out.json
     python benchmarks/deep_wiki.py --method ta-adcmh --select     # validation split grid
+    python benchmarks/deep_wiki.py --method dcmh --hparams benchmarks/results/hparams/dcmh.json
 """
 from __future__ import annotations
 
@@ -27,9 +29,11 @@ from pathlib import Path
 
 import numpy as np
 
+from cmhash._io import atomic_write
 from cmhash.base import get_method
 from cmhash.data.loaders import load_dataset
 from cmhash.metrics import mean_average_precision
+from cmhash.tune import load_hparams
 
 WIKI = Path(os.environ.get("CMHASH_SHARED", Path(__file__).resolve().parents[2] / "shared")) \
     / "datasets" / "wiki" / "wiki_data.mat"
@@ -91,6 +95,8 @@ def main(argv=None):
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--param", action="append", help="key=value parameter override")
     ap.add_argument("--no-preset", action="store_true", help="do not apply PRESETS['wiki']")
+    ap.add_argument("--hparams", metavar="FILE",
+                    help="parameters from a file written by `cmhash tune` (instead of the preset)")
     ap.add_argument("--select", action="store_true",
                     help="grid on validation_split(0.2, random_state=0) of the training set")
     ap.add_argument("--validate", action="store_true",
@@ -101,12 +107,15 @@ def main(argv=None):
     args = ap.parse_args(argv)
 
     cls = get_method(args.method)
-    params = {} if args.no_preset else dict(getattr(cls, "PRESETS", {}).get("wiki", {}))
+    if args.hparams:
+        params = load_hparams(args.hparams, args.method)
+    else:
+        params = {} if args.no_preset else dict(getattr(cls, "PRESETS", {}).get("wiki", {}))
     params.update(_parse_params(args.param))
     params.setdefault("device", "auto")
     ds = load_dataset(args.data)
     Xtr, Ttr, Ltr = ds.get("train", "image"), ds.get("train", "text"), ds.labels_of("train")
-    out = {"method": args.method, "params": params, "protocol": "wiki native split; stable ties; "
+    out = {"method": args.method, "params": params, "hparams": args.hparams, "protocol": "wiki native split; stable ties; "
            "relevance: share >= 1 label; full-ranking mAP", "machine": platform.platform(),
            "python": sys.version.split()[0], "runs": []}
 
@@ -134,6 +143,7 @@ def main(argv=None):
                 res = run_one(cls, params, bits, seed, data)
                 res.update(bits=bits, seed=seed)
                 out["runs"].append(res)
+                _write(out, args.json)
                 print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v)
                                   for k, v in res.items()}), flush=True)
         print(f"\n{args.method} on Wiki, mean of seeds {args.seeds}")
@@ -142,19 +152,29 @@ def main(argv=None):
         summary = {}
         for bits in args.bits:
             rs = [r for r in out["runs"] if r["bits"] == bits]
-            m = {k: float(np.mean([r[k] for r in rs])) for k in
-                 ("i2t_learned", "t2i_learned", "i2t_hashed", "t2i_hashed", "train_seconds",
-                  "train_cpu_seconds")}
+            keys = ("i2t_learned", "t2i_learned", "i2t_hashed", "t2i_hashed", "train_seconds",
+                    "train_cpu_seconds")
+            m = {k: float(np.mean([r[k] for r in rs])) for k in keys}
+            m.update({f"{k}_std": float(np.std([r[k] for r in rs], ddof=1)) if len(rs) > 1
+                      else 0.0 for k in keys[:4]})
             summary[bits] = m
             ref = ""
             if bits in BITS:
                 j = BITS.index(bits)
                 ref = f"{0.95 * BATCH_REFERENCE['i2t'][j]:.3f} / {0.95 * BATCH_REFERENCE['t2i'][j]:.3f}"
-            print(f"| {bits} | {m['i2t_learned']:.3f} | {m['t2i_learned']:.3f} | {m['i2t_hashed']:.3f} "
-                  f"| {m['t2i_hashed']:.3f} | {ref} | {m['train_cpu_seconds']:.0f} / {m['train_seconds']:.0f} |")
+            cells = " | ".join(f"{m[k]:.3f} ± {m[k + '_std']:.3f}" for k in
+                               ("i2t_learned", "t2i_learned", "i2t_hashed", "t2i_hashed"))
+            print(f"| {bits} | {cells} | {ref} | {m['train_cpu_seconds']:.0f} / {m['train_seconds']:.0f} |")
         out["summary"] = summary
-    if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=1))
+    _write(out, args.json)
+
+
+def _write(out, path):
+    """The results so far (atomic: an interrupted run leaves the previous complete file)."""
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        with atomic_write(path, "w") as fh:
+            fh.write(json.dumps(out, indent=1))
 
 
 if __name__ == "__main__":

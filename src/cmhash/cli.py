@@ -114,9 +114,11 @@ def _method_params(method: str, args) -> dict:
         params.update(_named_params(method, "PRESETS", args.hparams))
     if getattr(args, "variant", None):
         params.update(_named_params(method, "VARIANTS", args.variant))
-    params.update(_parse_params(getattr(args, "param", None)))
+    explicit = _parse_params(getattr(args, "param", None))
+    params.update(explicit)
     _check_param_names(method, params)
-    params.update(_deep_params(method, args, params))
+    # a deep option (--epochs ...) overrides a preset's value; with --param too it is an error
+    params.update(_deep_params(method, args, explicit))
     return params
 
 

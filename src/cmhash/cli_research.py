@@ -77,6 +77,15 @@ def _add_tune(sub, add_data, add_method_params) -> None:
     p.add_argument("--val-size", type=float, default=0.2,
                    help="fraction of the training set held out per fold (default 0.2)")
     p.add_argument("--seed", type=int, default=0, help="sampler and split seed (default 0)")
+    p.add_argument("--database", choices=["learned", "hashed"], default="learned",
+                   help="validation database: the remaining training items' learned codes "
+                        "(default; the shallow papers' protocol) or their hash-function codes "
+                        "(hashed; the deep papers' protocol)")
+    g = p.add_argument_group("deep methods (ta-adcmh, sdch, dcmh)")
+    g.add_argument("--device", help="auto, cpu, cuda or cuda:N (every trial's fits)")
+    g.add_argument("--epochs", type=int,
+                   help="training epochs of every trial (n_epochs; the same cap for every "
+                        "method of a comparison)")
     p.add_argument("--out", help="hyper-parameter file to write (default: "
                                  "hparams/STUDY.json); use it as --hparams FILE")
     p.add_argument("--evaluate", action="store_true",
@@ -100,13 +109,15 @@ def cmd_tune(args):
     ds = _load_data(args)
     result = tune(args.method, ds, bits=args.bits, budget=args.budget, storage=args.storage,
                   study_name=args.study, start=start, n_folds=args.folds,
-                  val_size=args.val_size, seed=args.seed, verbose=not args.quiet)
+                  val_size=args.val_size, seed=args.seed, database=args.database,
+                  verbose=not args.quiet)
     out = out or Path("hparams") / f"{result['study']}.json"
     save_hparams(result, out)
     start_txt = (f" (start point {result['start_value']:.4f})"
                  if result["start_value"] is not None else "")
+    diverged = f", {result['n_diverged']} diverged" if result["n_diverged"] else ""
     print(f"{args.method}: best validation score {result['value']:.4f}{start_txt} after "
-          f"{result['n_trials']} trials ({result['n_pruned']} pruned); study "
+          f"{result['n_trials']} trials ({result['n_pruned']} pruned{diverged}); study "
           f"{result['study']!r} in {result['storage']}")
     print(f"best parameters: {json.dumps(result['params'])}")
     print(f"written to {out} (use: --hparams {out})")
@@ -114,7 +125,8 @@ def cmd_tune(args):
     if args.evaluate:
         from .protocol import run_evaluation
         ev = run_evaluation(args.method, ds, bits=args.bits, seeds=[args.seed],
-                            params=result["params"], verbose=not args.quiet)
+                            params=result["params"], database=args.database,
+                            verbose=not args.quiet)
         doc["evaluation"] = ev
         for run in ev["runs"]:
             maps = ", ".join(f"{k[4:]} {v:.4f}" for k, v in run.items() if k.startswith("map_"))

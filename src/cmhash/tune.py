@@ -8,7 +8,11 @@ queries, the rest is the training set and the learned database); the dataset's q
 never read. The score of a trial is the mean over folds and code lengths of the mean of the
 cross-modal validation mAPs (I->T and T->I for two modalities). After each fold the running
 mean is reported, so a trial that is clearly worse than the median of earlier trials at the
-same fold is pruned.
+same fold is pruned. ``database="hashed"`` scores the validation items against the remaining
+training items encoded by the hash functions (the deep papers' protocol) instead of their
+learned codes. A trial whose training diverges (``FloatingPointError``, e.g. a learning rate
+too large for a deep method) is recorded as pruned, with the reason in its ``diverged`` user
+attribute: it counts towards the budget and is never the best.
 
 The study lives in a storage (a SQLite file by default; any SQLAlchemy URL for a shared
 database), so a second call with the same study resumes it, and several processes may work on
@@ -36,7 +40,8 @@ import numpy as np
 
 from ._io import atomic_write
 from .base import get_method, make_hasher
-from .protocol import bit_list_of, check_param_names, evaluate_hasher
+from ._validation import check_choice
+from .protocol import DATABASES, bit_list_of, check_param_names, evaluate_hasher
 
 __all__ = ["tune", "search_space", "save_hparams", "load_hparams", "default_storage"]
 
@@ -126,12 +131,14 @@ def _flat(params: dict, space: dict, defaults: dict) -> dict:
 
 
 def validation_score(method: str, dataset, params: dict, *, bits, n_folds: int = 3,
-                     val_size=0.2, seed: int = 0, report=None) -> float:
+                     val_size=0.2, seed: int = 0, database: str = "learned",
+                     report=None) -> float:
     """Mean validation mAP of ``method`` with ``params``: the mean over ``n_folds`` validation
-    splits of the training split and over ``bits`` of the mean cross-modal mAP (learned
-    database, stable ties). ``report(step, running_mean)`` is called after each fold (Optuna's
-    pruning hook; it may raise to stop)."""
+    splits of the training split and over ``bits`` of the mean cross-modal mAP (``database``
+    "learned" or "hashed", stable ties). ``report(step, running_mean)`` is called after each
+    fold (Optuna's pruning hook; it may raise to stop)."""
     bits = bit_list_of(bits)
+    check_choice(database, "database", DATABASES)
     scores = []
     for fold in range(int(n_folds)):
         val = dataset.validation_split(val_size, random_state=seed + fold)
@@ -139,7 +146,7 @@ def validation_score(method: str, dataset, params: dict, *, bits, n_folds: int =
             hasher = make_hasher(method, n_bits=b, random_state=seed + fold, **params)
             hasher.fit_views(val.views("train"), val.labels_of("train"),
                              names=val.modality_names)
-            res = evaluate_hasher(hasher, val, database="learned", ties="stable",
+            res = evaluate_hasher(hasher, val, database=database, ties="stable",
                                   timing=False, random_state=seed + fold)
             scores.append(float(np.mean([t["map"] for t in res["tasks"].values()])))
         if report is not None:
@@ -149,12 +156,14 @@ def validation_score(method: str, dataset, params: dict, *, bits, n_folds: int =
 
 def tune(method: str, dataset, *, bits=(32,), budget: int = 50, storage: str | None = None,
          study_name: str | None = None, start: dict | None = None, n_folds: int = 3,
-         val_size=0.2, seed: int = 0, space: dict | None = None, verbose: bool = False) -> dict:
+         val_size=0.2, seed: int = 0, space: dict | None = None, database: str = "learned",
+         verbose: bool = False) -> dict:
     """Search ``method``'s hyper-parameters on validation splits of ``dataset``'s training set.
 
     Returns ``{"method", "params" (the best, complete constructor parameters), "value" (its
     validation score), "start_value", "n_trials", "study", "storage", "bits", ...}``. See the
-    module doc for the protocol. ``start``: the parameters of the first trial (a preset).
+    module doc for the protocol. ``start``: the parameters of the first trial (a preset);
+    ``database``: the validation database, "learned" codes or "hashed" features.
     """
     import optuna
 
@@ -164,6 +173,7 @@ def tune(method: str, dataset, *, bits=(32,), budget: int = 50, storage: str | N
     if n_folds < 1:
         raise ValueError(f"n_folds must be >= 1, got {n_folds}")
     bits = bit_list_of(bits)
+    check_choice(database, "database", DATABASES)
     space = search_space(method, space)
     start = dict(start or {})
     check_param_names(method, start)
@@ -185,10 +195,17 @@ def tune(method: str, dataset, *, bits=(32,), budget: int = 50, storage: str | N
 
         def report(step, value):
             trial.report(value, step)
-            if trial.should_prune():
+            # after the last fold there is nothing left to save: the trial completes
+            if step < n_folds - 1 and trial.should_prune():
                 raise optuna.TrialPruned()
-        value = validation_score(method, dataset, params, bits=bits, n_folds=n_folds,
-                                 val_size=val_size, seed=seed, report=report)
+        try:
+            value = validation_score(method, dataset, params, bits=bits, n_folds=n_folds,
+                                     val_size=val_size, seed=seed, database=database,
+                                     report=report)
+        except FloatingPointError as exc:     # diverged training: pruned, never the best
+            logger.info("%s trial %d diverged: %s", method, trial.number, exc)
+            trial.set_user_attr("diverged", str(exc))
+            raise optuna.TrialPruned(str(exc)) from None
         logger.info("%s trial %d: %.4f %s", method, trial.number, value, params)
         return value
 
@@ -210,10 +227,12 @@ def tune(method: str, dataset, *, bits=(32,), budget: int = 50, storage: str | N
             "start_value": float(starts[0].value) if starts else None,
             "n_trials": len(study.trials), "n_complete": len(complete),
             "n_pruned": sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials),
+            "n_diverged": sum("diverged" in t.user_attrs for t in study.trials),
             "study": name, "storage": storage, "bits": bits, "n_folds": n_folds,
             "val_size": val_size, "seed": seed, "dataset": dataset.name,
-            "objective": "mean over folds and bits of mean(I->T, T->I) validation mAP "
-                         "(learned database, stable ties)"}
+            "database": database,
+            "objective": f"mean over folds and bits of mean(I->T, T->I) validation mAP "
+                         f"({database} database, stable ties)"}
 
 
 def _unflatten(flat: dict, space: dict) -> dict:

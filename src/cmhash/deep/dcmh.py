@@ -147,7 +147,6 @@ class DCMH(TorchHasher):
     """
 
     name = "dcmh"
-    SEARCH_SPACE = {"gamma": ("log", 0.01, 100.0), "eta": ("log", 0.01, 100.0)}
     state_shapes = {"learning_rates_": ("n_epochs",)}
     standardized_ndims = (2, 4)   # vectors per feature, images per channel
 
@@ -155,6 +154,14 @@ class DCMH(TorchHasher):
     #: use the same values for each); no Wiki preset has been selected
     PRESETS = {"mirflickr25k": dict(OFFICIAL), "nuswide": dict(OFFICIAL),
                "iapr-tc12": dict(OFFICIAL)}
+    #: ``cmhash tune`` search space (cmhash.tune module doc): the objective's weights gamma and
+    #: eta (official 1) over the range the others' spaces span, the learning rate over
+    #: [1e-5, 1e-1] (TA-ADCMH, built on DCMH's networks, states [1e-6, 1e-1]; below 1e-5
+    #: nothing moves within a capped number of epochs) and the optimiser (the official plain SGD, or Adam: no Wiki
+    #: preset fixes it, while TA-ADCMH's and SDCH's Wiki presets fix theirs). Epochs and the
+    #: schedule come from the start point (e.g. ``--variant DCMH-linear-lr``).
+    SEARCH_SPACE = {"gamma": ("log", 1e-3, 1e2), "eta": ("log", 1e-3, 1e2),
+                    "lr": ("log", 1e-5, 1e-1), "optimizer": ("cat", ["sgd", "adam"])}
     #: the released ports' schedule: linear from 10^-1.5 to 1e-6
     VARIANTS = {"DCMH": {"lr_schedule": "log", "lr_end": 1e-3},
                 "DCMH-linear-lr": {"lr_schedule": "linear", "lr_end": 1e-6}}

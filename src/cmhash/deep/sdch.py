@@ -238,8 +238,6 @@ class SDCH(TorchHasher):
     """
 
     name = "sdch"
-    SEARCH_SPACE = {"gamma": ("log", 1e-3, 1.0), "beta1": ("log", 1e-3, 10.0),
-                    "beta2": ("log", 1e-3, 10.0), "beta3": ("log", 1e-3, 10.0)}
 
     #: the paper's Section 4.2 values with Table 1's text network txt-fc1 4096 - txt-fc2 4096 -
     #: txt-fc3 256 ("text-sdch"; the image network is AlexNet for image arrays); "wiki" (MLP
@@ -258,6 +256,13 @@ class SDCH(TorchHasher):
                  "batch_size": 64, "n_epochs": 100, "feature_bound": "tanh",
                  "feature_scale": 1.0, "grad_clip": 10.0, "lr_decay": 0.97},
     }
+    #: ``cmhash tune`` search space (cmhash.tune module doc): the loss weights over the ranges
+    #: of the paper's sensitivity study (Fig. 6: gamma in [0.001, 2], beta_i in [0.01, 20]) and
+    #: the two learning rates of Section 4.2 (1e-3, 1e-2) over [1e-5, 1e-1]. Epochs and the
+    #: rest come from the start point (a preset).
+    SEARCH_SPACE = {"gamma": ("log", 1e-3, 2.0), "beta1": ("log", 1e-2, 20.0),
+                    "beta2": ("log", 1e-2, 20.0), "beta3": ("log", 1e-2, 20.0),
+                    "lr_feature": ("log", 1e-5, 1e-1), "lr_hash": ("log", 1e-5, 1e-1)}
     #: the paper has no named ablation variants; "SDCH-literal" is its printed Eq. 7
     VARIANTS = {"SDCH": {"paper_literal": False}, "SDCH-literal": {"paper_literal": True}}
 

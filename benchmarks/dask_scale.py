@@ -29,7 +29,8 @@ per worker (``ru_maxrss`` of the worker processes, read with ``client.run``) is 
    runs in a separate process in the same run; the cost per 1,000 items of both is reported.
    BATCH uses its defaults (anchors (500, 1,000), 6 iterations); ASFOH the ``nuswide`` preset
    with 1,200 anchors per modality and 10 iterations (as benchmarks/asfoh_scale.py);
-   ``--n-iter`` overrides both.
+   ``--n-iter`` overrides them (one value, or one per method); the reference fit runs the
+   same number of iterations.
 3. **Search.** ``--codes`` random 64-bit codes (packed, 8 bytes each), generated per block on
    the workers from ``default_rng([seed, 2, start])``; a ``ShardedHammingIndex`` (one shard
    per worker) answers ``--queries`` random queries' top-``--k``. Reported: build seconds,
@@ -40,7 +41,9 @@ per worker (``ru_maxrss`` of the worker processes, read with ``client.run``) is 
    ``knn="auto"`` on the scan too (MIH tables are built from the 150th query on).
 
 The data under ``--scratch`` (default /work/scratch_dask) are deleted at the end unless
-``--keep-data``. ``--json PATH`` writes every number.
+``--keep-data``. ``--json PATH`` writes every number. ``--scheduler ADDRESS`` runs the three
+parts on a running cluster instead (its workers restarted before each part; ``--scratch``
+must then be storage that every worker reads).
 """
 from __future__ import annotations
 
@@ -64,6 +67,7 @@ import numpy as np
 PRESET = "nuswide-like"
 REFERENCE_N = 184_577
 CODE_BLOCK_ROWS = 1 << 22          # 4M codes (32 MiB) per generated block
+PERSIST = {"auto": None, "yes": True, "no": False}      # --persist -> persist_features
 log = logging.getLogger("dask_scale")
 
 
@@ -87,6 +91,14 @@ def cluster(args):
     import dask
     from cmhash.distributed.cluster import make_client
 
+    if args.scheduler:                     # a running cluster: fresh worker processes
+        client = make_client(scheduler=args.scheduler)
+        client.restart()
+        try:
+            yield client
+        finally:
+            client.close()
+        return
     with dask.config.set({"temporary-directory": str(args.scratch / "dask-worker-space")}):
         client = make_client(f"local:{args.workers}", worker_memory=args.worker_memory,
                              dashboard=False)
@@ -110,6 +122,51 @@ def _transfer_out(dask_worker):
 
 def transfers(client) -> int:
     return int(sum(client.run(_transfer_out).values()))
+
+
+class CountedReads:
+    """A zarr array whose block reads are counted on the worker that reads them (attribute
+    ``cmhash_zarr_reads`` of the distributed Worker: name -> [reads, decoded bytes])."""
+
+    def __init__(self, z, name: str):
+        self.z, self.name = z, name
+        self.shape, self.dtype, self.ndim = z.shape, z.dtype, len(z.shape)
+
+    def __getitem__(self, index):
+        block = self.z[index]
+        try:
+            from distributed import get_worker
+            counts = get_worker().__dict__.setdefault("cmhash_zarr_reads", {})
+        except ValueError:          # not in a worker (e.g. the client's local scheduler)
+            return block
+        c = counts.setdefault(self.name, [0, 0])
+        c[0] += 1
+        c[1] += block.nbytes
+        return block
+
+
+def open_counted(path: Path, name: str):
+    """``da.from_zarr`` of ``path / name`` with counted block reads."""
+    import dask.array as da
+    import zarr
+
+    z = zarr.open_array(str(path / name), mode="r")
+    return da.from_array(CountedReads(z, name), chunks=z.chunks, name=f"zarr-{name}-{path.name}",
+                         lock=False, asarray=False)
+
+
+def _reads(dask_worker):
+    return getattr(dask_worker, "cmhash_zarr_reads", {})
+
+
+def zarr_reads(client) -> dict:
+    """name -> [block reads, decoded bytes] summed over the workers."""
+    out = defaultdict(lambda: [0, 0])
+    for counts in client.run(_reads).values():
+        for name, (k, b) in counts.items():
+            out[name][0] += k
+            out[name][1] += b
+    return {k: list(v) for k, v in out.items()}
 
 
 # ------------------------------------------------------------------ 1. data
@@ -211,12 +268,15 @@ class IterationRecorder(logging.Handler):
 
     def __init__(self, client):
         super().__init__(logging.INFO)
-        self.client, self.marks = client, []
+        self.client, self.marks, self.kernel_done = client, [], None
 
     def emit(self, record):
         msg = record.getMessage()
         if msg.startswith("dask ") and " iteration " in msg:
-            self.marks.append((time.time(), transfers(self.client)))
+            self.marks.append((time.time(), transfers(self.client), zarr_reads(self.client)))
+        elif msg.startswith("dask ") and "kernel features" in msg and self.kernel_done is None:
+            self.kernel_done = time.time()        # the kernels are fitted (anchors, sigma, mean)
+            self.kernel_reads = zarr_reads(self.client)
 
 
 def _prefix(key) -> str:
@@ -249,11 +309,9 @@ def dask_fit(args, method: str, data_path: Path) -> dict:
     from distributed.diagnostics import MemorySampler
 
     with cluster(args) as client:
-        X = da.from_zarr(str(data_path / "image"))
-        T = da.from_zarr(str(data_path / "text"))
-        L = da.from_zarr(str(data_path / "labels"))
-        hasher = make_hasher(method, args.bits, args.seed, args.n_iter)
-        persist = {"auto": None, "yes": True, "no": False}[args.persist]
+        X, T, L = (open_counted(data_path, name) for name in ("image", "text", "labels"))
+        hasher = make_hasher(method, args.bits, args.seed, args.n_iter[method])
+        persist = PERSIST[args.persist]
         rec = IterationRecorder(client)
         cm_log = logging.getLogger("cmhash")
         cm_log.addHandler(rec)
@@ -279,32 +337,44 @@ def dask_fit(args, method: str, data_path: Path) -> dict:
             cm_log.removeHandler(rec)
         peaks = worker_peaks(client)
         sent = transfers(client) - sent0
+        reads = zarr_reads(client)
         records = ts.data
+        q = sum(k.anchors_.shape[0] for k in hasher.kernels_)
+        persisted = _persisted(client, X.shape[0], q, args)
     n, d = X.shape[0], X.shape[1] + T.shape[1]
-    q = sum(k.anchors_.shape[0] for k in hasher.kernels_)
-    times = [t_start] + [t for t, _ in rec.marks]
+    times = [t_start] + [t for t, _, _ in rec.marks]
     iters = np.diff(times).tolist()
-    sent_marks = [sent0] + [b for _, b in rec.marks]
+    sent_marks = [sent0] + [b for _, b, _ in rec.marks]
+    read_marks = [{}] + [r for _, _, r in rec.marks]
     per_iter = []
     for i in range(1, len(rec.marks)):          # the first window also holds the set-up
         w = task_summary(records, times[i], times[i + 1])
         w["seconds"] = round(times[i + 1] - times[i], 2)
         w["bytes_between_workers"] = int(sent_marks[i + 1] - sent_marks[i])
+        w["zarr_reads"] = _diff_reads(read_marks[i + 1], read_marks[i])
         per_iter.append(w)
     res = {
         "method": method, "n": int(n), "bits": args.bits, "anchors": int(q),
         "n_iter": int(hasher.n_iter), "input_dims": int(d), "blocks": len(X.chunks[0]),
         "seconds": round(seconds, 2), "seconds_per_1000": round(1000 * seconds / n, 4),
+        "kernel_fit_seconds": (round(rec.kernel_done - t_start, 2) if rec.kernel_done
+                               else None),
         "setup_and_first_iteration_seconds": round(iters[0], 2) if iters else None,
         "iteration_seconds": [round(x, 2) for x in iters[1:]],
         "after_last_iteration_seconds": round(t_end - times[-1], 2),
-        "feature_bytes": int(n * q * 4), "features_persisted": _persisted(hasher, n, q, args),
+        "feature_bytes": int(n * q * 4), "features_persisted": persisted,
         "worker_peak_rss_gib": [gib(x) for x in peaks],
         "cluster_peak_process_gib": gib(max((v for _, v in ms.samples["process"]), default=0)),
         "cluster_peak_spilled_gib": gib(max((v for _, v in ms.samples["spilled"]), default=0)),
         "bytes_between_workers": int(sent),
+        "zarr_reads": reads, "zarr_passes": {k: round(v[0] / len(X.chunks[0]), 2)
+                                             for k, v in reads.items()},
+        "zarr_reads_kernel_fit": getattr(rec, "kernel_reads", None),
         "tasks_total": len(records),
         "whole_fit": task_summary(records, t_start - 1, t_end + 1),
+        "kernel_fit": (task_summary(records, t_start - 1, rec.kernel_done)
+                       if rec.kernel_done else None),
+        "after_last_iteration": task_summary(records, times[-1], t_end + 1),
         "per_iteration": per_iter,
         "objective": [float(x) for x in hasher.objective_],
         "mean_abs_bit_balance": round(balance, 4),
@@ -314,12 +384,14 @@ def dask_fit(args, method: str, data_path: Path) -> dict:
     return res
 
 
-def _persisted(hasher, n, q, args) -> bool:
-    from cmhash.distributed.fit import PERSIST_FRACTION
-    from dask.utils import parse_bytes
-    if args.persist != "auto":
-        return args.persist == "yes"
-    return n * q * 4 <= PERSIST_FRACTION * args.workers * parse_bytes(args.worker_memory)
+def _diff_reads(after: dict, before: dict) -> dict:
+    return {k: [v[0] - before.get(k, [0, 0])[0], v[1] - before.get(k, [0, 0])[1]]
+            for k, v in after.items()}
+
+
+def _persisted(client, n, q, args) -> bool:
+    from cmhash.distributed.fit import decide_persist
+    return decide_persist(n * q * 4, client, PERSIST[args.persist])
 
 
 def reference_fit(method: str, n: int, bits: int, seed: int, n_iter: int | None) -> dict:
@@ -425,8 +497,9 @@ def parse_args(argv=None):
     p.add_argument("--bits", type=int, default=64)
     p.add_argument("--methods", nargs="+", default=["batch", "asfoh"],
                    choices=["batch", "asfoh"])
-    p.add_argument("--n-iter", type=int, default=None,
-                   help="iterations of both methods (default: 6 for BATCH, 10 for ASFOH)")
+    p.add_argument("--n-iter", type=int, nargs="+", default=None,
+                   help="iterations: one value for every method or one per --methods entry "
+                        "(default: 6 for BATCH, 10 for ASFOH)")
     p.add_argument("--persist", choices=["auto", "yes", "no"], default="auto",
                    help="kernel features persisted / recomputed (default: decide_persist)")
     p.add_argument("--reference-n", type=int, default=REFERENCE_N,
@@ -437,6 +510,10 @@ def parse_args(argv=None):
     p.add_argument("-k", "--k", type=int, default=100)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--worker-memory", default="4GiB")
+    p.add_argument("--scheduler", metavar="ADDRESS", default=None,
+                   help="run on this running cluster instead of LocalClusters (its workers "
+                        "are restarted before each part; --scratch must be on storage every "
+                        "worker reads; --workers / --worker-memory are then ignored)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--scratch", type=Path, default=Path("/work/scratch_dask"))
     p.add_argument("--keep-data", action="store_true", help="do not delete the zarr data")
@@ -452,6 +529,11 @@ def parse_args(argv=None):
             raise SystemExit(f"--{name.replace('_', '-')} must be >= 1")
     if args.queries < 3:
         raise SystemExit("--queries must be >= 3 (2 warm up)")
+    iters = args.n_iter or [None]
+    if len(iters) not in (1, len(args.methods)) or any(i is not None and i < 1 for i in iters):
+        raise SystemExit("--n-iter takes one value >= 1, or one per --methods entry")
+    args.n_iter = dict(zip(args.methods, iters * len(args.methods) if len(iters) == 1
+                           else iters))
     return args
 
 
@@ -467,8 +549,9 @@ def main(argv=None):
            "date_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
            "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                        "load_avg_start": os.getloadavg()},
-           "cluster": {"workers": args.workers, "threads_per_worker": 1,
-                       "memory_limit": args.worker_memory}}
+           "cluster": ({"scheduler": args.scheduler} if args.scheduler else
+                       {"workers": args.workers, "threads_per_worker": 1,
+                        "memory_limit": args.worker_memory})}
 
     def save():
         if args.json:
@@ -490,7 +573,7 @@ def main(argv=None):
                 save()
                 if not args.skip_reference:
                     ref = in_child(reference_fit, method, args.reference_n, args.bits,
-                                   args.seed, args.n_iter)
+                                   args.seed, args.n_iter[method])
                     entry["in_memory"] = ref
                     entry["cost_ratio_per_1000"] = round(
                         entry["dask"]["seconds_per_1000"] / ref["seconds_per_1000"], 3)

@@ -40,6 +40,10 @@ per worker (``ru_maxrss`` of the worker processes, read with ``client.run``) is 
    identical (distances and positions). Fewer than 150 queries per shard keep the shards'
    ``knn="auto"`` on the scan too (MIH tables are built from the 150th query on).
 
+Time: on a 2-core machine the default run (2M items, 6 / 10 iterations with the features
+recomputed per pass) takes hours; docs/scale.md "Measured at scale" has the runs made, their
+commands and the cost model.
+
 The data under ``--scratch`` (default /work/scratch_dask) are deleted at the end unless
 ``--keep-data``. ``--json PATH`` writes every number. ``--scheduler ADDRESS`` runs the three
 parts on a running cluster instead (its workers restarted before each part; ``--scratch``

@@ -139,7 +139,13 @@ def _bow_features(
     rng: np.random.Generator, Y: np.ndarray, d: int, density: float, bow_noise: float
 ) -> sp.csr_matrix:
     """Label-dependent bag-of-words counts, built directly as CSR (float32)."""
-    n, c = Y.shape
+    return _bow_counts(rng, Y, _topic_tables(rng, Y.shape[1], d), density, bow_noise)
+
+
+def _topic_tables(rng: np.random.Generator, c: int, d: int) -> np.ndarray:
+    """The ``c`` class topics and the background of a bag-of-words modality over ``d`` words:
+    cumulative word distributions, flattened with offsets ``0 .. c`` (shared by every item;
+    :func:`_bow_counts` draws items from them, e.g. block by block)."""
     if d < 2:
         raise ValueError(f"a bag-of-words modality needs d >= 2, got {d}")
     # topic tables: c class topics + 1 background, cumulative, flattened with offsets
@@ -152,8 +158,15 @@ def _bow_features(
     tables[c, order] = 1.0 / (np.arange(d) + 10.0)
     cum = np.cumsum(tables, axis=1)
     cum /= cum[:, -1:]
-    flat = (cum + np.arange(c + 1)[:, None]).ravel()
+    return (cum + np.arange(c + 1)[:, None]).ravel()
 
+
+def _bow_counts(rng: np.random.Generator, Y: np.ndarray, flat: np.ndarray, density: float,
+                bow_noise: float) -> sp.csr_matrix:
+    """Counts of the items with labels ``Y`` drawn from the topic tables ``flat``
+    (:func:`_topic_tables`), as CSR float32."""
+    n, c = Y.shape
+    d = flat.size // (c + 1)
     mean_len = max(1.0, float(density) * d)
     lens = 1 + rng.poisson(mean_len - 1.0, size=n)
     total = int(lens.sum())

@@ -16,6 +16,9 @@ items, the script
    memory bandwidth (``c = a + b`` on 2^25 doubles, best of several);
 3. fits ``--repeats`` times with phase timing on (:mod:`cmhash._phases`: the methods mark
    their phases; nested phases are exclusive) and keeps the fastest fit;
+   ``--memory warm`` keeps the memory a fit frees inside the process (glibc ``mallopt``) and
+   times only fits after a warm-up one, so first-touch page faults (expensive on a VM whose host
+   reclaims freed pages; ``first_touch_gbs`` of the record) are not in the timing;
    ``--threads N`` restricts the whole run (bounds included) to N cores, ``--clock cpu`` times
    everything in process CPU seconds instead of wall seconds (meaningful with ``--threads 1``
    on a machine shared with other jobs: time-slicing then cancels out of the ratios);

@@ -18,8 +18,6 @@ import warnings
 import numpy as np
 import scipy.linalg as sla
 from scipy.optimize import minimize
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import Lasso
 
 from ._threads import single_threaded_blas_if_small
 
@@ -44,6 +42,7 @@ def sparse_codes(Y, G, lam: float, *, init=None, tol: float = 1e-6,
     else from 0. The optimality (KKT) condition
     of each row is ``2 (y_i - s_i G) G^T in lam * subgradient(||s_i||_1)``.
     """
+    Lasso, ConvergenceWarning = _sklearn_lasso()
     Y = np.asarray(Y, dtype=np.float64)
     G = np.asarray(G, dtype=np.float64)
     n, m = Y.shape
@@ -60,6 +59,18 @@ def sparse_codes(Y, G, lam: float, *, init=None, tol: float = 1e-6,
         warnings.simplefilter("ignore", ConvergenceWarning)
         model.fit(np.asfortranarray(G.T), Y.T if n > 1 else Y[0])
     return np.asarray(model.coef_, dtype=np.float64).reshape(n, k)
+
+
+def _sklearn_lasso():
+    """scikit-learn's Lasso and ConvergenceWarning (an optional dependency: the sparse codes of
+    LSSH are its only user in the shallow methods)."""
+    try:
+        from sklearn.exceptions import ConvergenceWarning
+        from sklearn.linear_model import Lasso
+    except ImportError as exc:
+        raise ImportError("LSSH's sparse coding needs scikit-learn: pip install 'cmhash[deep]' "
+                          "or pip install scikit-learn") from exc
+    return Lasso, ConvergenceWarning
 
 
 def unit_ball_least_squares(S, X, previous, *, multipliers=None, tol: float = 1e-12):

@@ -151,11 +151,7 @@ def fit_asfoh(hasher, image, text, labels, *, client=None, block_rows=None,
     gamma, omega = float(hasher.gamma), float(hasher.omega)
     qs = [p.shape[1] for p in phis]
 
-    alpha = np.full(nv, 1.0 / nv)
-    R = rng.standard_normal((c, k))
-    Ps = [rng.standard_normal((k, q)) for q in qs]
-    Js = [rng.standard_normal((k, q)) for q in qs] if nuclear else None
-    Thetas = [rng.standard_normal((k, q)) for q in qs] if nuclear else None
+    alpha, R, Ps, Js, Thetas = A.random_start(rng, nv, c, k, qs, nuclear)
     B = draw_blocks(rng, chunks, k, client, lambda z: sign(z).astype(np.float64))
     H = draw_blocks(rng, chunks, k, client)
     B, H = client.persist([B, H])

@@ -160,6 +160,19 @@ def update_J(P, Theta, beta, delta) -> np.ndarray:
     return svt(P + Theta / (2 * delta), beta / (2 * delta))
 
 
+def random_start(rng, V: int, c: int, k: int, qs, nuclear: bool):
+    """Algorithm 1, lines 2-4, the small blocks: ``alpha = 1/V`` and standard normal ``R``
+    (c x k), ``P_v``, and with the nuclear regulariser ``J_v``, ``Theta_v`` (k x q_v), drawn
+    from ``rng`` in this order (the in-memory and the Dask fit both start here, then draw B
+    and H)."""
+    alpha = np.full(V, 1.0 / V)
+    R = rng.standard_normal((c, k))
+    Ps = [rng.standard_normal((k, q)) for q in qs]
+    Js = [rng.standard_normal((k, q)) for q in qs] if nuclear else None
+    Thetas = [rng.standard_normal((k, q)) for q in qs] if nuclear else None
+    return alpha, R, Ps, Js, Thetas
+
+
 def _per_modality(value, V: int, name: str) -> list:
     """A scalar hyper-parameter repeated V times, or a per-modality list of length V."""
     if isinstance(value, (list, tuple)):
@@ -362,11 +375,7 @@ class ASFOH(TwoStepKernelHasher):
         qs = [phi.shape[1] for phi in phis]
 
         # Algorithm 1, lines 2-4: alpha = 1/V; R, P, J, Theta, B, H random (standard normal)
-        alpha = np.full(V, 1.0 / V)
-        R = rng.standard_normal((c, k))
-        Ps = [rng.standard_normal((k, q)) for q in qs]
-        Js = [rng.standard_normal((k, q)) for q in qs] if nuclear else None
-        Thetas = [rng.standard_normal((k, q)) for q in qs] if nuclear else None
+        alpha, R, Ps, Js, Thetas = random_start(rng, V, c, k, qs, nuclear)
         B = sign(rng.standard_normal((n, k)), np.float64)  # B in {-1,+1}
         H = rng.standard_normal((n, k))
         delta = float(self.delta0)

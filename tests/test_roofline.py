@@ -68,3 +68,22 @@ def test_warm_mode_times_only_fits_after_the_warm_up(roofline, monkeypatch):
     roofline.main(["--n", "200", "--bits", "8", "--methods", "batch", "--repeats", "1",
                    "--memory", "warm"])
     assert len(fits) == 2              # --repeats raised to 2: one warm-up, one timed
+
+
+@pytest.mark.parametrize("memory, reported", [("warm", 100.0), ("cold", 1.0)])
+def test_the_warm_up_fit_is_never_the_reported_one(roofline, monkeypatch, memory, reported):
+    """The first fit takes 1 s, the second 100 s: cold keeps the fastest (1 s), warm must
+    report the second even though the warm-up was faster."""
+    times = iter([1.0, 100.0])
+    real = roofline.timed_fit
+
+    def fake(*args, **kwargs):
+        hasher, _, phases = real(*args, **kwargs)
+        seconds = next(times)
+        return hasher, seconds, {**{p: 0.0 for p in phases}, "other": seconds}
+
+    monkeypatch.setattr(roofline, "timed_fit", fake)
+    monkeypatch.setattr(roofline, "keep_freed_memory", lambda: True)
+    (rec,) = roofline.main(["--n", "200", "--bits", "8", "--methods", "batch",
+                            "--repeats", "2", "--memory", memory])
+    assert rec["fit_seconds"] == reported

@@ -194,3 +194,32 @@ def test_cli_evaluate_and_scale_on_a_cluster(tmp_path):
     row = json.loads((tmp_path / "s.json").read_text())["rows"][0]
     assert row["n"] == 600 and len(row["worker_peak_rss_bytes"]) == 2
     assert all(w > 2**20 for w in row["worker_peak_rss_bytes"])
+
+
+def test_make_client_without_dashboard_serves_none_and_takes_no_fixed_port(caplog):
+    """make_client(dashboard=False): the scheduler's HTTP server runs on a free port (two such
+    clusters side by side do not compete for 8787) and serves no Bokeh dashboard; with
+    dashboard=True the link is logged and the status page exists."""
+    import logging
+    import urllib.error
+    import urllib.request
+
+    clients = []
+    try:
+        with caplog.at_level(logging.INFO, logger="cmhash"):
+            for dashboard in (False, False, True):
+                clients.append(make_client("local:1", dashboard=dashboard))
+        plain, other, shown = clients
+        ports = [c.cluster.scheduler.http_server.port for c in clients]
+        assert len(set(ports)) == 3 and 8787 not in ports[:2]
+        status = "http://127.0.0.1:{}/status"
+        with pytest.raises(urllib.error.HTTPError):
+            urllib.request.urlopen(status.format(ports[0]), timeout=10)
+        assert urllib.request.urlopen(status.format(ports[2]), timeout=10).status == 200
+        logged = [r.getMessage() for r in caplog.records if "Dask cluster" in r.getMessage()]
+        assert sum("dashboard http" in m for m in logged) == 1
+    finally:
+        for c in clients:
+            cluster = c.cluster
+            c.close()
+            cluster.close()

@@ -44,7 +44,8 @@ def parse_cluster(spec: str) -> int | None:
 def make_client(cluster: str | None = None, scheduler: str | None = None,
                 worker_memory: str | None = None, *, dashboard: bool = True):
     """A ``distributed.Client``: a new LocalCluster (``cluster``) or an existing scheduler
-    (``scheduler``); None when neither is given. The dashboard link is logged."""
+    (``scheduler``); None when neither is given. The dashboard link is logged; a LocalCluster
+    started with ``dashboard=False`` serves no dashboard (and takes no fixed port)."""
     if cluster and scheduler:
         raise ValueError("give either --cluster (start a local cluster) or --scheduler (join "
                          "one), not both")
@@ -57,15 +58,18 @@ def make_client(cluster: str | None = None, scheduler: str | None = None,
         client = distributed.Client(scheduler)
     else:
         n = parse_cluster(cluster)
+        # the scheduler always serves HTTP (health and metrics routes; default port 8787):
+        # on a free port, with the Bokeh dashboard only when asked for
         kwargs = {"threads_per_worker": 1, "processes": True, "host": "127.0.0.1",
-                  "dashboard_address": "127.0.0.1:0" if dashboard else None}
+                  "dashboard_address": "127.0.0.1:0",
+                  "scheduler_kwargs": {"dashboard": bool(dashboard)}}
         if n is not None:
             kwargs["n_workers"] = n
         if worker_memory is not None:
             kwargs["memory_limit"] = worker_memory
         local = distributed.LocalCluster(**kwargs)
         client = distributed.Client(local)
-    link = getattr(client, "dashboard_link", None)
+    link = getattr(client, "dashboard_link", None) if dashboard or scheduler else None
     logger.info("Dask cluster: %d workers%s", len(client.scheduler_info()["workers"]),
                 f", dashboard {link}" if link else "")
     client.cmhash_dashboard_logged = True      # the Dask fits do not log it again

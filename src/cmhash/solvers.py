@@ -98,7 +98,8 @@ def orthogonal_zero_mean(Z, random_state=None) -> np.ndarray:
     SVD, ~3-6x faster than LAPACK's thin SVD of the n x r matrix; tested against it), and
     LAPACK's thin SVD where that route declines.
 
-    When ``k < r`` the completion is ``sqrt(n) P W_null`` (``V = sqrt(n) [U_k, P] [W_k, W_null^T]^T``):
+    When ``k < r`` the completion is ``sqrt(n) P W_null``
+    (``V = sqrt(n) [U_k, P] [W_k, W_null^T]^T``):
     ``P`` is the thin QR factor (positive-diagonal R) of an n x (r - k) Gaussian draw ``R``
     from ``random_state`` projected twice (classical Gram-Schmidt) off ``1`` and ``U_k``
     (the released BATCH code omits the orthogonality to ``1``), orthonormalised by

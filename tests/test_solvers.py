@@ -468,5 +468,8 @@ def test_completion_pieces_are_the_unique_factors():
     G = rng.standard_normal((10, 7))
     X = null_space_basis(Wt_k, G)
     assert np.allclose(X @ X.T, np.eye(7), atol=1e-14) and np.abs(X @ Wt_k.T).max() < 1e-14
+    projected = G - Wt_k.T @ (Wt_k @ G)
+    assert np.abs(np.tril(X @ projected, -1)).max() < 1e-13     # X^T's R factor: triangular,
+    assert (np.diagonal(X @ projected) > 0).all()                # with a positive diagonal
     rotation = np.linalg.qr(rng.standard_normal((3, 3)))[0]
     np.testing.assert_allclose(null_space_basis(rotation @ Wt_k, G), X, atol=1e-13)

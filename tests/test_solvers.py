@@ -456,13 +456,14 @@ def test_completion_pieces_are_the_unique_factors():
     """positive_qr and CholeskyQR2 give the same Q (the unique one with diag(R) > 0), and the
     null-space basis is orthonormal, orthogonal to W_k and the same for any basis of W_k's
     span (only the projector enters)."""
-    from cmhash.solvers import cholesky_qr2_factor, null_space_basis, positive_qr
+    from cmhash.solvers import (cholesky_qr2_factor, gram_of_product, null_space_basis,
+                                positive_qr)
     rng = np.random.default_rng(2)
     R = rng.standard_normal((300, 7))
     Q = positive_qr(R)
     assert np.allclose(Q.T @ Q, np.eye(7), atol=1e-14)
     assert (np.diagonal(Q.T @ R) > 0).all()
-    T = cholesky_qr2_factor(R.T @ R, lambda T1: (R @ T1).T @ (R @ T1))
+    T = cholesky_qr2_factor(R.T @ R, lambda T1: gram_of_product(R, T1))
     np.testing.assert_allclose(R @ T, Q, atol=1e-13)
     Wt_k = np.linalg.qr(rng.standard_normal((10, 3)))[0].T
     G = rng.standard_normal((10, 7))

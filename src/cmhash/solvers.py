@@ -220,8 +220,14 @@ def _orthonormal_columns(R) -> np.ndarray:
     """The thin QR factor of the Gram-Schmidt-projected Gaussian ``R`` (positive-diagonal R):
     CholeskyQR2 (two (n, m) x (m, m) products; cond(R) ~ 1 + sqrt(m / n) for a projected
     Gaussian), Householder QR with fixed signs when CholeskyQR2 declines (n close to r)."""
-    T = cholesky_qr2_factor(R.T @ R, lambda T1: (R @ T1).T @ (R @ T1))
+    T = cholesky_qr2_factor(R.T @ R, lambda T1: gram_of_product(R, T1))
     return positive_qr(R) if T is None else R @ T
+
+
+def gram_of_product(A, T) -> np.ndarray:
+    """``(A T)^T (A T)``: CholeskyQR's second Gram matrix (of one row block on Dask)."""
+    AT = A @ T
+    return AT.T @ AT
 
 
 #: orthogonal_zero_mean rescales Zc by a power of two when max |Zc| is outside

@@ -32,7 +32,8 @@ from .._validation import check_random_state
 from ..kernel import SHIFT_RATIO, SHIFT_SAMPLE, RBFAnchorFeatures
 from ..progress import progress
 from ..solvers import (CHOLESKY_QR_MAX_DEVIATION, _numerical_rank, cholesky_qr2_factor,
-                       gram_and_cross, null_space_basis, solve_psd, warn_rank_completion)
+                       gram_and_cross, gram_of_product, null_space_basis, solve_psd,
+                       warn_rank_completion)
 
 log = logging.getLogger("cmhash")
 
@@ -354,7 +355,7 @@ def _completed_polar(U_k, Wt_k, rng, client=None):
                           dtype=np.float64)
         R = client.persist(R) if client is not None else R
     T = cholesky_qr2_factor(reduce_rows(lambda b: b.T @ b, R),
-                            lambda T1: reduce_rows(lambda b: (b @ T1).T @ (b @ T1), R))
+                            lambda T1: reduce_rows(lambda b: gram_of_product(b, T1), R))
     if T is None:
         P, Rr = da.linalg.qr(R)
         P = P * np.where(np.diagonal(Rr.compute()) < 0, -1.0, 1.0)

@@ -66,7 +66,7 @@ def test_dask_batch_fit_gives_the_in_memory_codes(client, request, monkeypatch, 
     routes = []
     real = blocks_module._polar_via_tsqr
     monkeypatch.setattr(blocks_module, "_polar_via_tsqr",
-                        lambda Zc: routes.append("tsqr") or real(Zc))
+                        lambda Zc, *a: routes.append("tsqr") or real(Zc, *a))
     dX = da.from_array(X, chunks=(160, -1))             # 5 uneven row blocks on 2 workers
     h = fit_batch(BATCH(**_params()), dX, T, Y, client=client, persist_features=persist)
     assert routes == (["tsqr"] * 3 if route == "tsqr" else [])   # the latent step's route
@@ -247,3 +247,64 @@ def test_kernel_features_persisted_when_they_fit(client, data):
     with dask.config.set({"cmhash.kernel-features": "sometimes"}), \
             pytest.raises(ValueError, match="'auto', 'persist' or 'recompute'"):
         decide_persist(1, client)
+
+
+# ------------------------------------------------- latent step at numerical rank k < r
+def test_draw_blocks_gives_the_numbers_of_one_draw():
+    """NumPy's Generator fills row-major: drawing (n, m) in blocks of rows gives one draw's
+    numbers and leaves the Generator in the same state (the Dask completion relies on it)."""
+    whole, blocked = np.random.default_rng(8), np.random.default_rng(8)
+    X = whole.standard_normal((700, 5))
+    Xb = blocks_module.draw_blocks(blocked, (160, 160, 3, 377), 5, None).compute()
+    np.testing.assert_array_equal(Xb, X)
+    assert whole.random() == blocked.random()
+
+
+@pytest.mark.parametrize("k", [5, 0])
+def test_dask_latent_step_completes_a_rank_deficient_z_as_in_memory(client, k):
+    """A centred Z of numerical rank k < r (rank 5 of 16; Z constant): the Dask latent step
+    warns as the in-memory solver does and gives its V for the same seed (the same Gaussian
+    draws, Gram-Schmidt passes, CholeskyQR2 and null-space basis), consuming the same draws."""
+    import warnings
+
+    from cmhash import NumericalFallbackWarning
+    from cmhash.solvers import orthogonal_zero_mean
+    from test_solvers import _rank_deficient_z
+    n, r = 700, 16
+    Z = (_rank_deficient_z(np.random.default_rng(1), n, r, k, 3) if k
+         else np.full((n, r), 2.0))
+    rng_mem, rng_dask = np.random.default_rng(3), np.random.default_rng(3)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        V_mem = orthogonal_zero_mean(Z, rng_mem)
+        V = blocks_module.latent_step(client, da.from_array(Z, chunks=(160, -1)), rng_dask)
+    V = np.asarray(V.compute())
+    rank_warnings = [str(w.message) for w in caught if w.category is NumericalFallbackWarning]
+    assert len(rank_warnings) == 2 and all(f"numerical rank {k} < r = {r}" in m
+                                           for m in rank_warnings)
+    np.testing.assert_allclose(V, V_mem, rtol=0, atol=1e-8)
+    assert np.allclose(V.T @ V, n * np.eye(r), atol=1e-10 * n)
+    assert np.abs(V.sum(axis=0)).max() <= 1e-9 * n
+    assert rng_mem.random() == rng_dask.random()              # the same number of draws
+
+
+def test_dask_asfoh_fit_at_numerical_rank_below_r_gives_the_in_memory_codes(client):
+    """ASFOH with 3 classes, 32 bits and 10 + 10 anchors: the in-memory fit's latent matrix has
+    numerical rank 26 < 32 in its iterations (warned); the Dask fit, which refused such a Z,
+    completes it from the same draws and gives the in-memory codes (issue 15's bound)."""
+    import warnings
+
+    from cmhash.distributed.fit import fit_asfoh
+    from cmhash.methods.asfoh import ASFOH
+    data = make_structured(n=700, n_classes=3, d_image=24, d_text=18, seed=3)
+    X, T, Y = data
+    params = dict(n_bits=32, n_anchors=(10, 10), n_iter=3, random_state=2)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        reference = ASFOH(**params).fit(X, T, Y)
+    assert any("numerical rank" in str(w.message) for w in caught)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        h = fit_asfoh(ASFOH(**params), da.from_array(X, chunks=(160, -1)), T, Y, client=client)
+    assert np.allclose(h.objective_, reference.objective_, rtol=1e-6)
+    _assert_same_answers("ASFOH at rank < r", reference, h, data)

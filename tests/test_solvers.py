@@ -77,7 +77,7 @@ def test_orthogonal_zero_mean_gram_route_equals_svd_route(log_cond, monkeypatch)
     V = orthogonal_zero_mean(Z)
     assert (taken[0] is not None) == (log_cond < 5)
     monkeypatch.setattr(solvers, "_polar_via_gram", lambda Zc: None)  # force the SVD route
-    monkeypatch.setattr(solvers, "_polar_via_shifted_cholesky", lambda Zc: None)
+    monkeypatch.setattr(solvers, "_svd_via_shifted_cholesky", lambda Zc: None)
     V_svd = orthogonal_zero_mean(Z)
     assert np.allclose(V.T @ V, n * np.eye(r), atol=1e-10 * n)
     assert np.allclose(V.sum(axis=0), 0, atol=1e-9 * n)
@@ -374,12 +374,12 @@ def test_orthogonal_zero_mean_shifted_cholesky_route_equals_svd_route(log_cond, 
     W, _ = np.linalg.qr(rng.standard_normal((r, r)))
     Z = (U * np.logspace(0, log_cond, r)) @ W.T * 30.0 - 4.0
     taken = []
-    real = solvers._polar_via_shifted_cholesky
-    monkeypatch.setattr(solvers, "_polar_via_shifted_cholesky",
+    real = solvers._svd_via_shifted_cholesky
+    monkeypatch.setattr(solvers, "_svd_via_shifted_cholesky",
                         lambda Zc: taken.append(real(Zc)) or taken[-1])
     V = orthogonal_zero_mean(Z)
     assert len(taken) == 1 and taken[0] is not None     # Cholesky-QR2 declined, shifted taken
-    monkeypatch.setattr(solvers, "_polar_via_shifted_cholesky", lambda Zc: None)
+    monkeypatch.setattr(solvers, "_svd_via_shifted_cholesky", lambda Zc: None)
     V_svd = orthogonal_zero_mean(Z)
     assert np.allclose(V.T @ V, n * np.eye(r), atol=1e-11 * n)
     # V^T 1 = 0 holds to ~eps cond(Zc) on either route (the centring's rounding, amplified)
@@ -388,6 +388,89 @@ def test_orthogonal_zero_mean_shifted_cholesky_route_equals_svd_route(log_cond, 
     assert np.abs(V - V_svd).max() <= eps_cond
     Zc = Z - Z.mean(axis=0)
     assert np.trace(Zc.T @ V) >= np.trace(Zc.T @ V_svd) * (1 - 1e-13)
-    # a rank-deficient Z is left to the SVD route (random completion orthogonal to 1)
+    # a rank-deficient Z: the route's singular values show the rank (the completion follows),
+    # or the route declines (LAPACK's thin SVD then)
     Z[:, -2:] = Z[:, :2]
-    assert real(Z - Z.mean(axis=0)) is None
+    factors = real(Z - Z.mean(axis=0))
+    assert factors is None or solvers._numerical_rank(factors[2], n, r) == r - 2
+
+
+def _rank_deficient_z(rng, n, r, k, log_cond, noise=0.0):
+    """A centred Z of rank k (singular values 1 .. 10^log_cond) plus a column mean, as ASFOH's
+    label-dominated Z at fewer classes than bits; the other directions are rounding, or
+    ``noise`` (relative) below the numerical-rank threshold."""
+    U, _ = np.linalg.qr(rng.standard_normal((n, k)))
+    U -= U.mean(axis=0)
+    W, _ = np.linalg.qr(rng.standard_normal((r, k)))
+    Z = (U * np.logspace(log_cond, 0, k)) @ W.T * 1e3 + rng.standard_normal(r)
+    return Z + noise * np.abs(Z).max() * rng.standard_normal(Z.shape)
+
+
+@pytest.mark.parametrize("k, log_cond, noise, shifted", [
+    (5, 0, 0.0, True), (12, 3, 1e-14, True), (12, 10, 1e-14, True), (5, 6, 0.0, False),
+    (0, 0, 0.0, False)])
+def test_orthogonal_zero_mean_rank_deficient_routes_agree(k, log_cond, noise, shifted,
+                                                           monkeypatch):
+    """Rank k < r (well- or ill-conditioned within its k directions, and Z = constant): the
+    shifted Cholesky-QR route's thin SVD, LAPACK's thin SVD, and Householder QR instead of
+    CholeskyQR2 for the completion all give the same V for the same seed -- the completion
+    depends on Zc's null space and the seed only, not on the factorisation's free basis of
+    the null space -- feasible, optimal on the determined part, deterministic per seed."""
+    import cmhash.solvers as solvers
+    rng = np.random.default_rng(11)
+    n, r = 500, 16
+    Z = _rank_deficient_z(rng, n, r, k, log_cond, noise) if k else np.full((n, r), 2.0)
+    taken = []
+    real = solvers._svd_via_shifted_cholesky
+    monkeypatch.setattr(solvers, "_svd_via_shifted_cholesky",
+                        lambda Zc: taken.append(real(Zc)) or taken[-1])
+    V, caught = _fallback_warnings(orthogonal_zero_mean, Z, np.random.default_rng(3))
+    assert len(caught) == 1 and f"numerical rank {k} < r = {r}" in caught[0]
+    # the shifted route gave the SVD (exactly rank-deficient ill-conditioned Zc: it declines)
+    assert (taken[0] is not None) == shifted
+    monkeypatch.setattr(solvers, "_svd_via_shifted_cholesky", lambda Zc: None)
+    V_lapack, _ = _fallback_warnings(orthogonal_zero_mean, Z, np.random.default_rng(3))
+    monkeypatch.setattr(solvers, "cholesky_qr2_factor", lambda C, g: None)   # Householder
+    V_householder, _ = _fallback_warnings(orthogonal_zero_mean, Z, np.random.default_rng(3))
+    monkeypatch.undo()
+    tol = max(1e-10, 10 * np.finfo(float).eps * 10 ** log_cond) * np.sqrt(n)   # ~eps cond
+    for other in (V_lapack, V_householder):
+        np.testing.assert_allclose(V, other, rtol=0, atol=tol)
+    assert np.allclose(V.T @ V, n * np.eye(r), atol=1e-11 * n)
+    # V^T 1 = 0 to ~eps cond(Zc), as on LAPACK's route (the centring's rounding, amplified)
+    assert np.abs(V.sum(axis=0)).max() <= 10 * np.abs(V_lapack.sum(axis=0)).max() + 1e-10 * n
+    # the determined part: V = sqrt(n) U_k W_k^T + (completion orthogonal to U_k and to W_k)
+    Zc = Z - Z.mean(axis=0)
+    U, s, Wt = np.linalg.svd(Zc, full_matrices=False)
+    np.testing.assert_allclose(U[:, :k].T @ V, np.sqrt(n) * Wt[:k], atol=tol)
+    assert np.trace(Zc.T @ V) == pytest.approx(np.sqrt(n) * s[:k].sum(), rel=1e-12, abs=1e-9)
+    # deterministic per seed; another seed changes only the completion
+    same, _ = _fallback_warnings(orthogonal_zero_mean, Z, np.random.default_rng(3))
+    np.testing.assert_array_equal(V, same)
+    other, _ = _fallback_warnings(orthogonal_zero_mean, Z, np.random.default_rng(4))
+    assert np.abs(other - V).max() > 0.1
+    np.testing.assert_allclose(U[:, :k].T @ other, U[:, :k].T @ V, atol=tol)
+
+
+def test_completion_pieces_are_the_unique_factors():
+    """positive_qr and CholeskyQR2 give the same Q (the unique one with diag(R) > 0), and the
+    null-space basis is orthonormal, orthogonal to W_k and the same for any basis of W_k's
+    span (only the projector enters)."""
+    from cmhash.solvers import (cholesky_qr2_factor, gram_of_product, null_space_basis,
+                                positive_qr)
+    rng = np.random.default_rng(2)
+    R = rng.standard_normal((300, 7))
+    Q = positive_qr(R)
+    assert np.allclose(Q.T @ Q, np.eye(7), atol=1e-14)
+    assert (np.diagonal(Q.T @ R) > 0).all()
+    T = cholesky_qr2_factor(R.T @ R, lambda T1: gram_of_product(R, T1))
+    np.testing.assert_allclose(R @ T, Q, atol=1e-13)
+    Wt_k = np.linalg.qr(rng.standard_normal((10, 3)))[0].T
+    G = rng.standard_normal((10, 7))
+    X = null_space_basis(Wt_k, G)
+    assert np.allclose(X @ X.T, np.eye(7), atol=1e-14) and np.abs(X @ Wt_k.T).max() < 1e-14
+    projected = G - Wt_k.T @ (Wt_k @ G)
+    assert np.abs(np.tril(X @ projected, -1)).max() < 1e-13     # X^T's R factor: triangular,
+    assert (np.diagonal(X @ projected) > 0).all()                # with a positive diagonal
+    rotation = np.linalg.qr(rng.standard_normal((3, 3)))[0]
+    np.testing.assert_allclose(null_space_basis(rotation @ Wt_k, G), X, atol=1e-13)

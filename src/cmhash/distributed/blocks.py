@@ -10,7 +10,8 @@ A shallow two-step kernel method touches its n training rows only through
 * both in one pass (AMSH's stage 2 writes the new margins and sums the next right-hand
   side while the block is read once): :func:`map_reduce_rows`;
 * the latent step ``max tr(Z^T V) s.t. V^T V = n I, V^T 1 = 0``: :func:`polar_zero_mean`,
-  CholeskyQR2 from two r x r reductions, TSQR when it declines;
+  CholeskyQR2 from two r x r reductions, TSQR when it declines, and the in-memory solver's
+  random completion (same draws) when Z has numerical rank below r;
 * the kernel features, computed blockwise where the rows live (:func:`fit_kernel`), either
   persisted on the workers or recomputed in every pass (:func:`decide_persist`).
 
@@ -30,7 +31,9 @@ import scipy.sparse as sp
 from .._validation import check_random_state
 from ..kernel import SHIFT_RATIO, SHIFT_SAMPLE, RBFAnchorFeatures
 from ..progress import progress
-from ..solvers import CHOLESKY_QR_MAX_DEVIATION, gram_and_cross, solve_psd
+from ..solvers import (CHOLESKY_QR_MAX_DEVIATION, _numerical_rank, cholesky_qr2_factor,
+                       gram_and_cross, gram_of_product, null_space_basis, solve_psd,
+                       warn_rank_completion)
 
 log = logging.getLogger("cmhash")
 
@@ -280,12 +283,14 @@ def draw_blocks(rng, chunks, r, client, transform=None):
     return da.concatenate(parts, axis=0)
 
 
-def polar_zero_mean(Z):
+def polar_zero_mean(Z, rng=None, client=None):
     """:func:`cmhash.solvers.orthogonal_zero_mean` on a row-chunked dask ``Z``: centre by the
     column mean, CholeskyQR2 through two r x r reductions, the polar factor times sqrt(n)
     (the same r x r algebra as ``solvers._polar_via_gram``); when CholeskyQR2 declines (an
     ill-conditioned Z, e.g. a label part of rank c < r dominating), the thin SVD by TSQR
-    (:func:`_polar_via_tsqr`), as the in-memory solver falls back to LAPACK's thin SVD."""
+    (:func:`_polar_via_tsqr`), as the in-memory solver falls back to a thin SVD; at numerical
+    rank k < r the in-memory solver's random completion from the same draws of ``rng``
+    (:func:`_completed_polar`)."""
     n, r = Z.shape
     mu = Z.mean(axis=0).compute()
     Zc = Z - mu
@@ -300,35 +305,81 @@ def polar_zero_mean(Z):
     except np.linalg.LinAlgError:
         ok = False
     if not ok:
-        return _polar_via_tsqr(Zc)
+        return _polar_via_tsqr(Zc, rng, client)
     U, _, Wt = np.linalg.svd(R2 @ R1)
     return Q @ (np.sqrt(n) * (sla.solve_triangular(R2, eye, lower=False) @ (U @ Wt)))
 
 
-def _polar_via_tsqr(Zc):
+def _polar_via_tsqr(Zc, rng=None, client=None):
     """``sqrt(n) U W^T`` from ``dask.array.linalg.svd`` (TSQR: a QR per row block, the R
-    factors reduced, the SVD of the last r x r R; as accurate as a thin SVD of all of Zc).
-    A numerical rank below r is refused: the in-memory solver completes V with a random
-    orthonormal basis drawn n x (r - k) at once, which this path does not reproduce."""
+    factors reduced, the SVD of the last r x r R; as accurate as a thin SVD of all of Zc);
+    at numerical rank k < r (the in-memory threshold) ``U_k`` and ``W_k`` go to
+    :func:`_completed_polar`."""
     _, da = _dask()
     n, r = Zc.shape
     U, s, Wt = da.linalg.svd(Zc)
     s, Wt = compute(s, Wt)
-    k = int(np.count_nonzero(s > max(n, r) * np.finfo(np.float64).eps * max(s[0], 1e-300)))
-    if k < r:
-        raise ValueError(f"the Dask fit's latent step met a centred Z of numerical rank {k} < "
-                         f"r = {r} (the in-memory fit completes V at random there): fit in "
-                         f"memory, use fewer bits, or raise the weights of the non-label terms")
-    return U @ (np.sqrt(n) * Wt)
+    k = _numerical_rank(s, n, r)
+    if k == r:
+        return U @ (np.sqrt(n) * Wt)
+    warn_rank_completion(k, r)
+    U_k = U[:, :k]
+    return _completed_polar(client.persist(U_k) if client is not None else U_k, Wt[:k],
+                            check_random_state(rng), client)
 
 
-def latent_step(client, Z):
-    """``V = polar_zero_mean(Z)`` with Z persisted first (the step reads it three times: one
-    pass over the features writes it), V persisted and computed before Z is released (a
-    persisted V whose tasks still waited on a released Z lost its dependencies)."""
+def _completed_polar(U_k, Wt_k, rng, client=None):
+    """``sqrt(n) (U_k W_k^T + P W_null)``: the in-memory solver's completion at numerical rank
+    k < r, step for step on row blocks. The n x (r - k) Gaussian is drawn block by block
+    (:func:`draw_blocks`: NumPy's Generator fills row-major, so these are the numbers of one
+    draw), its first r rows give ``W_null`` (``solvers.null_space_basis``), two classical
+    Gram-Schmidt passes against ``1`` and ``U_k`` are one reduction (column sums, U_k^T R) and
+    one map each, and CholeskyQR2 (``solvers.cholesky_qr2_factor``) takes two r x r
+    reductions; where it declines, TSQR with the signs of a positive-diagonal R."""
+    _, da = _dask()
+    n, k = U_k.shape
+    r = Wt_k.shape[1]
+    head = []
+
+    def keep_head(block):                  # the draw's first r rows, on the client
+        have = sum(len(h) for h in head)
+        if have < r:
+            head.append(block[:r - have].copy())
+        return block
+
+    R = draw_blocks(rng, U_k.chunks[0], r - k, client, keep_head)
+    W_null = null_space_basis(Wt_k, np.vstack(head))
+    for _ in range(2):
+        colsum, coef = reduce_rows(lambda rb, ub: (rb.sum(axis=0), ub.T @ rb), R, U_k)
+        R = da.map_blocks(_projected_block, R, U_k, mean=colsum / n, coef=coef,
+                          dtype=np.float64)
+        R = client.persist(R) if client is not None else R
+    T = cholesky_qr2_factor(reduce_rows(lambda b: b.T @ b, R),
+                            lambda T1: reduce_rows(lambda b: gram_of_product(b, T1), R))
+    if T is None:
+        P, Rr = da.linalg.qr(R)
+        P = P * np.where(np.diagonal(Rr.compute()) < 0, -1.0, 1.0)
+    else:
+        P = R @ T
+    return (U_k @ Wt_k + P @ W_null) * np.sqrt(n)
+
+
+def _projected_block(rb, ub, mean, coef):
+    """One row block of a Gram-Schmidt pass: ``R - 1 mean - U_k coef`` (the in-memory order)."""
+    out = rb - mean
+    out -= ub @ coef
+    return out
+
+
+def latent_step(client, Z, rng=None):
+    """``V = polar_zero_mean(Z, rng)`` with Z persisted first (the step reads it three times:
+    one pass over the features writes it), V persisted and computed before Z is released (a
+    persisted V whose tasks still waited on a released Z lost its dependencies). ``rng``: the
+    fit's Generator (the in-memory fit passes it to ``orthogonal_zero_mean`` too: a rank-
+    deficient Z draws the same completion from it)."""
     from distributed import wait
     Z = client.persist(Z)
-    V = client.persist(polar_zero_mean(Z))
+    V = client.persist(polar_zero_mean(Z, rng, client))
     wait(V)
     del Z
     return V

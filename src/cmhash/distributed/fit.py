@@ -91,7 +91,7 @@ def fit_batch(hasher, image, text, labels, *, client=None, block_rows=None,
             return z
 
         V = latent_step(client, map_rows(client, z_block, G, L, B, *phis, cols=r,
-                                         persist=False))
+                                         persist=False), rng)
         GtV = reduce_rows(lambda g, v: g.T @ v, G, V)
         B = map_rows(client, lambda g, v: sign(g @ (r * GtV) + omega * v).astype(np.float64),
                      G, V, cols=r)
@@ -186,7 +186,8 @@ def fit_asfoh(hasher, image, text, labels, *, client=None, block_rows=None,
                 q += p @ m
             return q
 
-        H = latent_step(client, map_rows(client, q_block, Yn, B, *phis, cols=k, persist=False))
+        H = latent_step(client, map_rows(client, q_block, Yn, B, *phis, cols=k, persist=False),
+                        rng)
         HtH, YnH, Hsum, *HtPhis = reduce_rows(h_stats, H, Yn, *phis)
         DH = d_matmul(YnH, Hsum)
         etaR = eta * R

@@ -78,7 +78,7 @@ def fit_amsh(hasher, views, labels, *, names=None, paired=True, client=None, blo
             Z = map_rows(client, lambda l, e, b, h: A.z_block(A.margin_targets(l, e), Pi, b, h,
                                                                acc, eta, r),
                          Ls[i], E[i], B[i], Lhs[i], cols=r, persist=False)
-            V[i] = latent_step(client, Z)
+            V[i] = latent_step(client, Z, rng)
             LhtV[i] = reduce_rows(lambda h, v: h.T @ v, Lhs[i], V[i])
         for t in range(m):                                              # Eq. 18, 21
             G_t = LhtV[t]

@@ -48,7 +48,7 @@ def fit_ascmh(hasher, image, text, labels, *, client=None, block_rows=None,
     t1 = time.perf_counter()
 
     # random feasible start, the in-memory draws in their order: N (n x r), R, then B
-    V = latent_step(client, draw_blocks(rng, chunks, r, client))
+    V = latent_step(client, draw_blocks(rng, chunks, r, client), rng)
     R = procrustes(rng.standard_normal((r, r)))
     B = client.persist(draw_blocks(rng, chunks, r, client, lambda z: sign(z, np.float64)))
 
@@ -69,7 +69,7 @@ def fit_ascmh(hasher, image, text, labels, *, client=None, block_rows=None,
         def z_block(g, *ps):
             return A.v_step_target(g, LM_c, R_now, ps, Ps_now, lambdas, r)
 
-        V = latent_step(client, map_rows(client, z_block, G, *phis, cols=r, persist=False))
+        V = latent_step(client, map_rows(client, z_block, G, *phis, cols=r, persist=False), rng)
         B = map_rows(client, lambda lab: sign(lab @ M, np.float64), L, cols=r)   # B-step
         VtV, GtV, LtB, *Vt_phis = reduce_rows(stats, V, G, L, B, *phis)
         hasher.objective_.append(A.ascmh_objective(

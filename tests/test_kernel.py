@@ -188,13 +188,35 @@ def test_raw_features_of_the_anchors_are_clamped_at_one():
 
 
 def _stated_rounding_cases(rng):
-    """(name, X): dense, dense with a large common offset (shift_ set), sparse below the
-    densify crossover (sparse-dense product) and sparse above it (densified blocks, GEMM)."""
+    """(name, X, whether the sparse product is expected): dense (GEMM), dense with a large
+    common offset (shift_ set; GEMM), dense with 3 % nonzeros (converted to CSR: sparse
+    product), CSR below the crossover (sparse product) and above it (densified blocks, GEMM)."""
     dense = rng.standard_normal((400, 12)) + 2.0
-    return [("dense", dense), ("dense shifted", dense + 1e8),
-            ("sparse", sp.csr_matrix((rng.random((400, 60)) < 0.03) * rng.random((400, 60)))),
+    few = (rng.random((400, 60)) < 0.03) * rng.standard_normal((400, 60))   # signed
+    return [("dense", dense, False), ("dense shifted", dense + 1e8, False),
+            ("dense sparsified", few, True), ("sparse", sp.csr_matrix(few), True),
             ("sparse densified",
-             sp.csr_matrix((rng.random((400, 60)) < 0.6) * rng.random((400, 60))))]
+             sp.csr_matrix((rng.random((400, 60)) < 0.6) * rng.random((400, 60))), False)]
+
+
+def _record_products(monkeypatch) -> list:
+    """Record, per block, whether the distances take scipy's sparse product (True) or a GEMM
+    (False) -- the cost model's choices (_densify for CSR blocks, _sparse_if_cheaper for dense
+    unshifted ones)."""
+    sparse_product = []
+    densify, sparsify = kernel_module._densify, kernel_module._sparse_if_cheaper
+
+    def spy_densify(Xb, q):
+        sparse_product.append(not densify(Xb, q))
+        return not sparse_product[-1]
+
+    def spy_sparsify(Xb, q, buffers):
+        out = sparsify(Xb, q, buffers)
+        sparse_product.append(sp.issparse(out))
+        return out
+    monkeypatch.setattr(kernel_module, "_densify", spy_densify)
+    monkeypatch.setattr(kernel_module, "_sparse_if_cheaper", spy_sparsify)
+    return sparse_product
 
 
 @pytest.mark.parametrize("center", [True, False])
@@ -202,16 +224,13 @@ def test_features_equal_the_float64_definition_to_the_stated_rounding(center, mo
     """sigma in closed form and fl32(fl32(raw) - fl32(mean)) against the float64 definition
     exp(-||x - a||^2 / (2 sigma)) (explicit differences; sigma = mean of the explicit distance
     matrix, phi = raw - mean rounded once): sigma to ~1e-15 relative, every feature within
-    3 u32 (raw, mean and phi are all in [-1, 1]); on sparse input below and above the densify
-    crossover, dense input, and dense input with a large common offset (shifted)."""
+    3 u32 (raw, mean and phi are all in [-1, 1]); on every path of the distances (sparse and
+    dense input on both sides of the crossovers, dense input with a large common offset)."""
     u32 = np.finfo(np.float32).eps / 2
     rng = np.random.default_rng(9)
-    densified = []
-    real = kernel_module._densify
-    monkeypatch.setattr(kernel_module, "_densify",
-                        lambda Xb, q: densified.append(real(Xb, q)) or densified[-1])
-    for name, X in _stated_rounding_cases(rng):
-        densified.clear()
+    sparse_product = _record_products(monkeypatch)
+    for name, X, expect_sparse_product in _stated_rounding_cases(rng):
+        sparse_product.clear()
         k = RBFAnchorFeatures(37, center=center, random_state=3)
         phi = k.fit_transform(X)
         Xd = X.toarray() if sp.issparse(X) else X
@@ -221,31 +240,32 @@ def test_features_equal_the_float64_definition_to_the_stated_rounding(center, mo
         assert np.abs(phi - exact).max() <= 3 * u32 + 1e-12, name
         assert (k.shift_ is not None) == (name == "dense shifted")
         # the path the case is meant to take (the cost model's choice per block)
-        assert densified == ([] if not sp.issparse(X) else
-                             [name == "sparse densified"] * len(densified)), name
-        assert densified or not sp.issparse(X)
+        expected = [] if name == "dense shifted" else [expect_sparse_product]
+        assert sorted(set(sparse_product)) == expected, name
 
 
-def test_sparse_and_densified_blocks_agree_and_fit_equals_transform(monkeypatch):
+def test_sparse_and_dense_products_agree_and_fit_equals_transform(monkeypatch):
     """The cost model decides per block: a matrix whose blocks fall on both sides of the
-    crossover gives float64 features equal to the dense-input ones to rounding, and
-    fit_transform still equals fit + transform bit for bit (same blocks, same decisions)."""
+    crossover, given as CSR and as a dense array, takes both products in both forms; the
+    float64 features agree with each other and the definition to rounding, and fit_transform
+    still equals fit + transform bit for bit (same blocks, same decisions)."""
     rng = np.random.default_rng(12)
     dens = np.repeat([0.02, 0.9], 150)[:, None]        # sparse rows, then dense-ish rows
     X = (rng.random((300, 40)) < dens) * rng.random((300, 40))
-    monkeypatch.setattr(kernel_module, "CACHE_BLOCK_ELEMENTS", 20 * 30)   # 30-row blocks
-    choices = []
-    real = kernel_module._densify
-    monkeypatch.setattr(kernel_module, "_densify",
-                        lambda Xb, q: choices.append(real(Xb, q)) or choices[-1])
-    a = RBFAnchorFeatures(20, dtype=np.float64, random_state=0)
-    phi_a = a.fit_transform(sp.csr_matrix(X))
-    assert True in choices and False in choices
-    phi_b = RBFAnchorFeatures(20, dtype=np.float64, random_state=0).fit(
-        sp.csr_matrix(X)).transform(sp.csr_matrix(X))
-    np.testing.assert_array_equal(phi_a, phi_b)
-    phi_dense = RBFAnchorFeatures(20, dtype=np.float64, random_state=0).fit_transform(X)
-    np.testing.assert_allclose(phi_a, phi_dense, rtol=0, atol=1e-14)
+    monkeypatch.setattr(kernel_module, "CACHE_BLOCK_ELEMENTS", 100 * 30)   # 30-row blocks
+    sparse_product = _record_products(monkeypatch)
+    phis = []
+    for Xin in (sp.csr_matrix(X), X):              # CSR input, then the same rows dense
+        sparse_product.clear()
+        a = RBFAnchorFeatures(100, dtype=np.float64, random_state=0)
+        phi_a = a.fit_transform(Xin)
+        assert True in sparse_product and False in sparse_product
+        phi_b = RBFAnchorFeatures(100, dtype=np.float64, random_state=0).fit(Xin).transform(Xin)
+        np.testing.assert_array_equal(phi_a, phi_b)
+        phis.append(phi_a)
+    np.testing.assert_allclose(phis[0], phis[1], rtol=0, atol=1e-14)
+    np.testing.assert_allclose(phis[0], _reference(X, a.anchors_)[0] - a.mean_, rtol=0,
+                               atol=1e-14)
 
 
 def test_high_dimensional_sparse_input_is_never_densified(monkeypatch):

@@ -8,8 +8,10 @@ sparse-dense product or copy the block into a dense float64 buffer (``toarray(ou
 call one float64 GEMM. This times both on random CSR blocks of several densities for the
 project's (d, q) shapes, one BLAS thread (as in the kernel's threaded pass), the two
 alternatives interleaved (process time, minimum over ``--reps`` rounds), and prints the time
-ratio sparse / dense: above 1 the dense path wins. kernel.DENSIFY_DENSITY and
-DENSIFY_DENSITY_Q (crossover ``0.09 + 9 / q``) quote the result. Also times float32 GEMM (not
+ratio sparse / dense: above 1 the dense path wins. Likewise for dense float32 rows: copy into
+a float64 buffer + GEMM against the kernel's conversion to CSR + the sparse product (above 1
+the conversion wins). kernel.DENSIFY_DENSITY, DENSIFY_DENSITY_Q (densify above
+``0.09 + 9 / q``) and SPARSIFY_DENSITY_Q (convert below ``0.09 - 2 / q``) quote the result. Also times float32 GEMM (not
 used: its rounding of x.a / sigma exceeds the float32 features' stated error, see the kernel
 module docstring).
 """
@@ -21,6 +23,8 @@ import time
 
 import numpy as np
 import scipy.sparse as sp
+
+from cmhash import kernel
 
 SHAPES = [(500, 500), (1000, 1000), (500, 1500), (1000, 1500), (200, 64), (4000, 500)]
 DENSITIES = (0.02, 0.05, 0.08, 0.11, 0.15, 0.2, 0.3)
@@ -34,13 +38,12 @@ def _cpu_seconds(fn, reps: int = 5) -> float:
 
 
 def crossover(d: int, q: int, reps: int, rng) -> dict:
-    from cmhash.kernel import CACHE_BLOCK_ELEMENTS
-    rows = max(1, CACHE_BLOCK_ELEMENTS // q)
+    rows = max(1, kernel.CACHE_BLOCK_ELEMENTS // q)
     B = rng.standard_normal((d, q))
     B32 = B.astype(np.float32)
     buf, out = np.empty((rows, d)), np.empty((rows, q))
     buf32, out32 = np.empty((rows, d), np.float32), np.empty((rows, q), np.float32)
-    ratios, sgemm_speedup = {}, None
+    ratios, dense_ratios, sgemm_speedup = {}, {}, None
     for density in DENSITIES:
         X = sp.random(rows, d, density=density, format="csr", random_state=1)
         buf32[...] = X.toarray()
@@ -52,8 +55,27 @@ def crossover(d: int, q: int, reps: int, rng) -> dict:
             single = min(single, _cpu_seconds(lambda: np.matmul(buf32, B32, out=out32)))
         ratios[density] = sparse / dense
         sgemm_speedup = double / single
+        # dense float32 rows: copy + GEMM against the kernel's CSR conversion + sparse product
+        Xd = X.toarray().astype(np.float32)
+        buffers = kernel._BlockBuffers(rows, d, q)
+        gemm = convert = np.inf
+        for _ in range(reps):
+            gemm = min(gemm, _cpu_seconds(lambda: np.matmul(buffers.dense(rows, copy_of=Xd),
+                                                            B, out=out)))
+            convert = min(convert, _cpu_seconds(lambda: to_csr(Xd, q, buffers) @ B))
+        dense_ratios[density] = gemm / convert
     return {"d": d, "q": q, "rows": rows, "sparse_over_dense": ratios,
-            "dgemm_over_sgemm": sgemm_speedup}
+            "dense_gemm_over_sparsified": dense_ratios, "dgemm_over_sgemm": sgemm_speedup}
+
+
+def to_csr(Xd, q, buffers):
+    """The kernel's conversion of a dense block to CSR (its threshold lifted)."""
+    saved = kernel.DENSIFY_DENSITY
+    kernel.DENSIFY_DENSITY = 2.0 + kernel.SPARSIFY_DENSITY_Q
+    try:
+        return kernel._sparse_if_cheaper(Xd, q, buffers)
+    finally:
+        kernel.DENSIFY_DENSITY = saved
 
 
 def main(argv=None) -> int:
@@ -69,8 +91,11 @@ def main(argv=None) -> int:
             r = crossover(d, q, args.reps, rng)
             results.append(r)
             ratios = " ".join(f"{k}:{v:.2f}" for k, v in r["sparse_over_dense"].items())
-            print(f"d={d} q={q} rows={r['rows']}  sparse/dense time by density  {ratios}  "
-                  f"(GEMM time float64 / float32: {r['dgemm_over_sgemm']:.1f})")
+            back = " ".join(f"{k}:{v:.2f}" for k, v in r["dense_gemm_over_sparsified"].items())
+            print(f"d={d} q={q} rows={r['rows']}\n  CSR rows, sparse / densify+GEMM time by "
+                  f"density: {ratios}\n  dense rows, copy+GEMM / convert+sparse time by "
+                  f"density: {back}\n  GEMM time float64 / float32: "
+                  f"{r['dgemm_over_sgemm']:.1f}")
     if args.json:
         from cmhash._io import atomic_write
         with atomic_write(args.json, "w") as f:

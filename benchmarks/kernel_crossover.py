@@ -11,9 +11,9 @@ alternatives interleaved (process time, minimum over ``--reps`` rounds), and pri
 ratio sparse / dense: above 1 the dense path wins. Likewise for dense float32 rows: copy into
 a float64 buffer + GEMM against the kernel's conversion to CSR + the sparse product (above 1
 the conversion wins). kernel.DENSIFY_DENSITY, DENSIFY_DENSITY_Q (densify above
-``0.09 + 9 / q``) and SPARSIFY_DENSITY_Q (convert below ``0.09 - 2 / q``) quote the result. Also times float32 GEMM (not
-used: its rounding of x.a / sigma exceeds the float32 features' stated error, see the kernel
-module docstring).
+``0.09 + 9 / q``) and SPARSIFY_DENSITY_Q (convert below ``0.09 - 2 / q``) quote the
+result. Also times float32 GEMM (not used: its rounding of x.a / sigma exceeds the float32
+features' stated error, see the kernel module docstring).
 """
 from __future__ import annotations
 

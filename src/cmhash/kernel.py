@@ -25,8 +25,9 @@ speed) the scale ``-1 / (2 sigma)`` is folded into the operands: one product wit
 pre-scaled by ``1 / sigma`` gives ``x.a / sigma``, and the exponent
 ``min(0, x.a / sigma - ||x||^2 / (2 sigma) - ||a||^2 / (2 sigma))`` takes three elementwise
 passes (row norms, anchor norms, clamp), then ``exp`` in place, the cast into the output and
-the column sum (whose NaN, from ``inf - inf``, reports an overflow) -- six passes, where the
-expanded distance, its negation and division took nine. The product is chosen per block by
+the column sum (whose NaN, from ``inf - inf``, reports an overflow) -- six passes over the
+block, where the expanded distance (outer sum, scale, subtract, clamp), a NaN check, the
+negation, the division, ``exp``, the cast and the sum took ten. The product is chosen per block by
 the block's density against crossovers measured on the project's machine
 (``DENSIFY_DENSITY``, ``DENSIFY_DENSITY_Q``, ``SPARSIFY_DENSITY_Q``; about 10 % nonzeros for
 q >= 500): scipy's sparse-dense product for sparser blocks (CSR input, and dense input
@@ -369,8 +370,9 @@ class RBFAnchorFeatures:
         folded into the operands, so one product and three elementwise passes give it. The
         product is scipy's sparse-dense one for CSR blocks and for dense blocks sparser than
         the crossover (:func:`_sparse_if_cheaper`), a float64 GEMM for other dense blocks and
-        for CSR blocks denser than the crossover (:func:`_densify`). ``half_sq``: the rows' ``||x||^2 / (2 sigma)`` when known.
-        NaN (``inf - inf``: a squared norm or product overflowed float64) propagates."""
+        for CSR blocks denser than the crossover (:func:`_densify`). ``half_sq``: the rows'
+        ``||x||^2 / (2 sigma)`` when known. NaN (``inf - inf``: a squared norm or product
+        overflowed float64) propagates."""
         At_scaled, half_sa = self._scaled_anchors()
         if self.shift_ is not None:
             Xb = self._shifted(Xb)

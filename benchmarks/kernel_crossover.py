@@ -73,7 +73,7 @@ def to_csr(Xd, q, buffers):
     saved = kernel.DENSIFY_DENSITY
     kernel.DENSIFY_DENSITY = 2.0 + kernel.SPARSIFY_DENSITY_Q
     try:
-        return kernel._sparse_if_cheaper(Xd, q, buffers)
+        return kernel._sparse_if_cheaper(Xd, q, buffers)[0]
     finally:
         kernel.DENSIFY_DENSITY = saved
 

@@ -212,7 +212,7 @@ def _record_products(monkeypatch) -> list:
 
     def spy_sparsify(Xb, q, buffers):
         out = sparsify(Xb, q, buffers)
-        sparse_product.append(sp.issparse(out))
+        sparse_product.append(sp.issparse(out[0]))
         return out
     monkeypatch.setattr(kernel_module, "_densify", spy_densify)
     monkeypatch.setattr(kernel_module, "_sparse_if_cheaper", spy_sparsify)

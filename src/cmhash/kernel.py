@@ -126,19 +126,23 @@ def _densify(Xb, q: int) -> bool:
 
 
 def _sparse_if_cheaper(Xb, q: int, buffers: "_BlockBuffers"):
-    """A block of dense rows for the product with ``q`` anchors: as CSR (float64) when its
-    density is below the sparsify crossover (``SPARSIFY_DENSITY_Q``), else as float64 (copied
-    into the reused buffer when it is not float64 already)."""
+    """A block of dense rows for the product with ``q`` anchors and the rows' squared norms:
+    as CSR (float64; the norms from its values) when its density is below the sparsify
+    crossover (``SPARSIFY_DENSITY_Q``), else as float64 (copied into the reused buffer when it
+    is not float64 already; norms None: the caller computes them)."""
     rows, d = Xb.shape
     mask = np.not_equal(Xb, 0, out=buffers.mask(rows))
     if np.count_nonzero(mask) < (DENSIFY_DENSITY - SPARSIFY_DENSITY_Q / max(q, 1)) * rows * d:
         idx = np.flatnonzero(mask)
-        indptr = np.searchsorted(idx, np.arange(0, (rows + 1) * d, d))
+        row, col = np.divmod(idx, d)
         values = np.asarray(Xb).reshape(-1)[idx].astype(np.float64)
-        return sp.csr_matrix((values, idx % d, indptr), shape=(rows, d))
+        index = np.int32 if rows * d < np.iinfo(np.int32).max else np.int64
+        indptr = np.searchsorted(row, np.arange(rows + 1)).astype(index)
+        sq = np.bincount(row, weights=values * values, minlength=rows)
+        return sp.csr_matrix((values, col.astype(index), indptr), shape=(rows, d)), sq
     if Xb.dtype != np.float64:
-        return buffers.dense(rows, copy_of=Xb)
-    return np.asarray(Xb)
+        return buffers.dense(rows, copy_of=Xb), None
+    return np.asarray(Xb), None
 
 
 class _BlockBuffers:
@@ -380,7 +384,9 @@ class RBFAnchorFeatures:
             if _densify(Xb, At_scaled.shape[1]):
                 Xb = Xb.toarray(out=buffers.dense(Xb.shape[0]))
         else:
-            Xb = _sparse_if_cheaper(Xb, At_scaled.shape[1], buffers)
+            Xb, sq = _sparse_if_cheaper(Xb, At_scaled.shape[1], buffers)
+            if sq is not None:
+                half_sq = self._half_scaled_norms(sq)
         with np.errstate(over="ignore", invalid="ignore"):
             if sp.issparse(Xb):
                 E = np.asarray(Xb @ At_scaled)            # a fresh array: safe to overwrite

@@ -36,8 +36,9 @@ gemm_gflops``. ``efficiency_vs_float32`` measures everything against the float32
 
 Phases (names of :func:`cmhash._phases.phase` in the code):
 
-* ``kernel``: kernel features (squared distances by one sparse-dense product per block,
-  exp, column sums, centring) -- a sparse product and elementwise work, not GEMM-shaped;
+* ``kernel``: kernel features (the exponent by one sparse-dense product per block -- or a
+  GEMM for blocks above the density crossover -- exp, column sums, centring) -- on
+  NUS-WIDE-like input a sparse product and elementwise work, not GEMM-shaped;
 * ``products``: the n x q x r products with the kernel features (``phi U^T``, ``V^T phi``,
   AMSH's stage 2), float32 BLAS;
 * ``gram``: ``phi^T phi`` (+ the ridge right-hand side) of the hash functions, float64 dsyrk;
@@ -48,7 +49,9 @@ Phases (names of :func:`cmhash._phases.phase` in the code):
 
 Only matrix products and factorisations are counted in ``latent`` / ``objective``; their
 elementwise passes (sign, centring, adding terms) are real work that is not counted, so those
-phases read low. The kernel phase counts 2 nnz q for the distances plus ``KERNEL_ELEMENTWISE``
+phases read low. The kernel phase counts 2 nnz q for the distances (the useful work: the
+input's nonzeros times the anchors, whichever product the kernel's cost model picks per
+block; a GEMM on a densified block's zeros is not counted) plus ``KERNEL_ELEMENTWISE``
 operations per (row, anchor) pair.
 """
 from __future__ import annotations
@@ -68,9 +71,10 @@ GEMM_SIZE = 3072
 GEMM_REPEATS = 3
 STREAM_ELEMENTS = 1 << 23
 FIRST_TOUCH_BYTES = 1 << 28
-#: per (row, anchor) pair of the kernel features: ||x||^2 + ||a||^2, - 2 x.a (scale and
-#: subtract), clamp, negate, divide by 2 sigma, exp, column sum, centring (exp counted as one)
-KERNEL_ELEMENTWISE = 9
+#: per (row, anchor) pair of the kernel features (cmhash.kernel, scale folded into the
+#: operands): subtract ||x||^2 / (2 sigma), subtract ||a||^2 / (2 sigma), clamp at 0, exp,
+#: cast into the output, column sum, centring (exp counted as one)
+KERNEL_ELEMENTWISE = 7
 PHASE_PRECISION = {"kernel": "float64", "products": "float32", "gram": "float64",
                    "latent": "float64", "small": "float64", "objective": "float64",
                    "other": "float64"}
@@ -154,10 +158,14 @@ class Bounds:
 
 
 # ----------------------------------------------------------------------------- FLOP model
-def _kernel_flops(n, q, nnz, d, sparse) -> float:
-    """Distances (one sparse-dense product: 2 nnz q; dense: 2 n d q) + elementwise work."""
-    product = 2.0 * nnz * q if sparse else 2.0 * n * d * q
-    return product + KERNEL_ELEMENTWISE * n * q
+def _kernel_flops(n, q, nnz) -> float:
+    """Distances + elementwise work. The distances' product counts the useful work, 2 nnz q
+    (nnz: the input's nonzeros, sparse or dense), whichever product a block takes: the
+    kernel's cost model multiplies sparse blocks by scipy's sparse-dense product (exactly
+    that work) and dense ones -- dense input, CSR blocks above the density crossover -- by a
+    GEMM whose multiplications by zeros are not counted (all of a dense block's work when it
+    has no zeros)."""
+    return 2.0 * nnz * q + KERNEL_ELEMENTWISE * n * q
 
 
 def _syrk(n, k) -> float:
@@ -188,8 +196,7 @@ def flop_model(method: str, shapes: dict) -> dict:
     n, r, c, T = shapes["n"], shapes["bits"], shapes["classes"], shapes["n_iter"]
     qs = shapes["anchors"]
     out = {p: 0.0 for p in PHASES}
-    out["kernel"] = sum(_kernel_flops(n, q, nnz, d, sp) for q, nnz, d, sp in
-                        zip(qs, shapes["nnz"], shapes["dims"], shapes["sparse"]))
+    out["kernel"] = sum(_kernel_flops(n, q, nnz) for q, nnz in zip(qs, shapes["nnz"]))
     thin = sum(2.0 * n * q * r for q in qs)        # one n x q x r product per modality
     if method == "batch":
         # V^T phi at the start and after every V-step, phi U^T in every V-step
@@ -249,7 +256,7 @@ def fit_shapes(method: str, hasher, views, labels) -> dict:
     import scipy.sparse as sp
     return {"n": int(labels.shape[0]), "bits": int(hasher.n_bits), "classes": int(labels.shape[1]),
             "n_iter": int(hasher.n_iter), "anchors": [int(k.anchors_.shape[0]) for k in hasher.kernels_],
-            "nnz": [int(X.nnz) if sp.issparse(X) else int(X.size) for X in views],
+            "nnz": [int(X.nnz) if sp.issparse(X) else int(np.count_nonzero(X)) for X in views],
             "dims": [int(X.shape[1]) for X in views],
             "sparse": [bool(sp.issparse(X)) for X in views],
             "n_iter_hash": int(getattr(hasher, "n_iter_hash", 0)),

@@ -152,39 +152,147 @@ def test_large_offset_fit_gives_the_same_codes():
 
 
 @pytest.mark.parametrize("block_elements", [None, 31 * 5])   # default / 5-row cache blocks
-def test_in_place_distances_round_exactly_like_the_expression(block_elements, monkeypatch):
-    # _sq_dist / _phi_in_place work in place on cache-sized blocks to save temporaries; the
-    # features must stay bit-identical to the plain expression on the same rows (the blocks
-    # change which rows share a product, not the operations), and the stored features are
-    # fl32(fl32(raw) - fl32(mean)) (kernel module docstring)
+def test_in_place_exponent_rounds_exactly_like_the_expression(block_elements, monkeypatch):
+    # _block_exponent works in place on cache-sized blocks with the scale folded into the
+    # operands; the float64 features must stay bit-identical to the plain expression
+    # exp(min(0, X (A^T / sigma) - ||x||^2 / (2 sigma) - ||a||^2 / (2 sigma))) on the same rows
+    # (the blocks change which rows share a product, not the operations), and the stored
+    # float32 features are fl32(fl32(raw) - fl32(mean)) (kernel module docstring)
     if block_elements is not None:
         monkeypatch.setattr(kernel_module, "CACHE_BLOCK_ELEMENTS", block_elements)
     rng = np.random.default_rng(4)
     X = rng.standard_normal((257, 9)) * 3.0 + 1.0
+    k64 = RBFAnchorFeatures(31, dtype=np.float64, chunk_size=64, random_state=0).fit(X)
     k = RBFAnchorFeatures(31, dtype=np.float32, chunk_size=64, random_state=0).fit(X)
-    A, sq = k.anchors_, kernel_module._squared_norms
-    D = np.maximum(sq(X)[:, None] + sq(A)[None, :] - 2.0 * (X @ A.T), 0.0)
-    raw = np.exp(-D / (2.0 * k.sigma_))
+    A, sq, s = k.anchors_, kernel_module._squared_norms, k.sigma_
+    block = min(64, kernel_module.CACHE_BLOCK_ELEMENTS // 31)   # the GEMM's rows per call
+    cross = np.vstack([X[i:min(i + block, c + 64)] @ (np.ascontiguousarray(A.T) / s)
+                       for c in range(0, len(X), 64) for i in range(c, c + 64, block)
+                       if i < len(X)])
+    E = cross - (sq(X) / (2.0 * s))[:, None] - sq(A) / (2.0 * s)
+    raw = np.exp(np.minimum(E, 0.0))
+    np.testing.assert_array_equal(k64.transform(X), raw - k64.mean_)
     expected = raw.astype(np.float32) - k.mean_.astype(np.float32)
     np.testing.assert_array_equal(k.transform(X), expected)
     np.testing.assert_allclose(k.mean_, raw.mean(axis=0), rtol=1e-13)
 
 
-def test_features_equal_the_float64_definition_to_the_stated_rounding():
+def test_raw_features_of_the_anchors_are_clamped_at_one():
+    """At an anchor the exponent x.a / sigma - ||x||^2 / (2 sigma) - ||a||^2 / (2 sigma) is 0
+    in exact arithmetic and rounds above 0 for many anchors of these features; the clamp keeps
+    every raw feature in [0, 1] (the stated rounding bound assumes it)."""
+    X = np.random.default_rng(4).standard_normal((2000, 30)) * 3.0 + 5.0
+    k = RBFAnchorFeatures(200, dtype=np.float64, center=False, random_state=0).fit(X)
+    raw = k.transform(k.anchors_)
+    assert raw.max() <= 1.0 and np.abs(np.diag(raw) - 1.0).max() < 1e-13
+
+
+def _stated_rounding_cases(rng):
+    """(name, X, whether the sparse product is expected): dense (GEMM), dense with a large
+    common offset (shift_ set; GEMM), dense with 3 % nonzeros (converted to CSR: sparse
+    product), CSR below the crossover (sparse product) and above it (densified blocks, GEMM)."""
+    dense = rng.standard_normal((400, 12)) + 2.0
+    few = (rng.random((400, 60)) < 0.03) * rng.standard_normal((400, 60))   # signed
+    return [("dense", dense, False), ("dense shifted", dense + 1e8, False),
+            ("dense sparsified", few, True), ("sparse", sp.csr_matrix(few), True),
+            ("sparse densified",
+             sp.csr_matrix((rng.random((400, 60)) < 0.6) * rng.random((400, 60))), False)]
+
+
+def _record_products(monkeypatch) -> list:
+    """Record, per block, whether the distances take scipy's sparse product (True) or a GEMM
+    (False) -- the cost model's choices (_densify for CSR blocks, _sparse_if_cheaper for dense
+    unshifted ones)."""
+    sparse_product = []
+    densify, sparsify = kernel_module._densify, kernel_module._sparse_if_cheaper
+
+    def spy_densify(Xb, q):
+        sparse_product.append(not densify(Xb, q))
+        return not sparse_product[-1]
+
+    def spy_sparsify(Xb, q, buffers):
+        out = sparsify(Xb, q, buffers)
+        sparse_product.append(sp.issparse(out[0]))
+        return out
+    monkeypatch.setattr(kernel_module, "_densify", spy_densify)
+    monkeypatch.setattr(kernel_module, "_sparse_if_cheaper", spy_sparsify)
+    return sparse_product
+
+
+@pytest.mark.parametrize("center", [True, False])
+def test_features_equal_the_float64_definition_to_the_stated_rounding(center, monkeypatch):
     """sigma in closed form and fl32(fl32(raw) - fl32(mean)) against the float64 definition
-    (sigma = mean of the explicit distance matrix, phi = raw - mean rounded once): sigma to
-    ~1e-15 relative, every feature within 3 u32 (raw, mean and phi are all in [-1, 1])."""
+    exp(-||x - a||^2 / (2 sigma)) (explicit differences; sigma = mean of the explicit distance
+    matrix, phi = raw - mean rounded once): sigma to ~1e-15 relative, every feature within
+    3 u32 (raw, mean and phi are all in [-1, 1]); on every path of the distances (sparse and
+    dense input on both sides of the crossovers, dense input with a large common offset)."""
     u32 = np.finfo(np.float32).eps / 2
     rng = np.random.default_rng(9)
-    for X in (rng.standard_normal((400, 12)) + 2.0,
-              sp.csr_matrix((rng.random((400, 60)) < 0.1) * rng.random((400, 60)))):
-        k = RBFAnchorFeatures(37, random_state=3)
+    sparse_product = _record_products(monkeypatch)
+    for name, X, expect_sparse_product in _stated_rounding_cases(rng):
+        sparse_product.clear()
+        k = RBFAnchorFeatures(37, center=center, random_state=3)
         phi = k.fit_transform(X)
         Xd = X.toarray() if sp.issparse(X) else X
         ref, sigma = _reference(Xd, k.anchors_)
-        assert abs(k.sigma_ - sigma) <= 1e-14 * sigma
-        exact = ref - ref.mean(axis=0)
-        assert np.abs(phi - exact).max() <= 3 * u32 + 1e-12
+        assert abs(k.sigma_ - sigma) <= 1e-14 * sigma, name
+        exact = ref - ref.mean(axis=0) if center else ref
+        assert np.abs(phi - exact).max() <= 3 * u32 + 1e-12, name
+        assert (k.shift_ is not None) == (name == "dense shifted")
+        # the path the case is meant to take (the cost model's choice per block)
+        expected = [] if name == "dense shifted" else [expect_sparse_product]
+        assert sorted(set(sparse_product)) == expected, name
+
+
+def test_sparse_and_dense_products_agree_and_fit_equals_transform(monkeypatch):
+    """The cost model decides per block: a matrix whose blocks fall on both sides of the
+    crossover, given as CSR and as a dense array, takes both products in both forms; the
+    float64 features agree with each other and the definition to rounding, and fit_transform
+    still equals fit + transform bit for bit (same blocks, same decisions)."""
+    rng = np.random.default_rng(12)
+    dens = np.repeat([0.02, 0.9], 150)[:, None]        # sparse rows, then dense-ish rows
+    X = (rng.random((300, 40)) < dens) * rng.random((300, 40))
+    monkeypatch.setattr(kernel_module, "CACHE_BLOCK_ELEMENTS", 100 * 30)   # 30-row blocks
+    sparse_product = _record_products(monkeypatch)
+    phis = []
+    for Xin in (sp.csr_matrix(X), X):              # CSR input, then the same rows dense
+        sparse_product.clear()
+        a = RBFAnchorFeatures(100, dtype=np.float64, random_state=0)
+        phi_a = a.fit_transform(Xin)
+        assert True in sparse_product and False in sparse_product
+        phi_b = RBFAnchorFeatures(100, dtype=np.float64, random_state=0).fit(Xin).transform(Xin)
+        np.testing.assert_array_equal(phi_a, phi_b)
+        phis.append(phi_a)
+    np.testing.assert_allclose(phis[0], phis[1], rtol=0, atol=1e-14)
+    np.testing.assert_allclose(phis[0], _reference(X, a.anchors_)[0] - a.mean_, rtol=0,
+                               atol=1e-14)
+
+
+def test_high_dimensional_sparse_input_is_never_densified(monkeypatch):
+    """A 100,000-d bag of words at 0.01 % stays on the sparse product (no (rows, d) buffer);
+    so does a block above the density crossover whose dense copy would exceed
+    DENSIFY_MAX_ELEMENTS."""
+    def no_buffer(self, rows, copy_of=None):
+        raise AssertionError("a (rows, d) dense buffer was allocated")
+    monkeypatch.setattr(kernel_module._BlockBuffers, "dense", no_buffer)
+    X = sp.random(500, 100_000, density=1e-4, format="csr", random_state=0)
+    X = X + sp.csr_matrix((np.ones(500), (np.arange(500), np.arange(500))), shape=X.shape)
+    phi = RBFAnchorFeatures(50, random_state=0).fit_transform(X)
+    assert np.isfinite(phi).all()
+    wide = sp.csr_matrix(np.ones((4, kernel_module.DENSIFY_MAX_ELEMENTS // 2)))
+    assert not kernel_module._densify(wide, 500)
+    assert kernel_module._densify(sp.csr_matrix(np.ones((4, 100))), 500)
+
+
+def test_overflow_inside_the_distance_pass_is_reported():
+    """sigma is finite (ordinary training data) but a query's squared norm and product overflow
+    float64 (inf - inf): a ValueError naming the overflow, not NaN features."""
+    X = np.random.default_rng(0).standard_normal((60, 4)) * 1e-100   # sigma ~ 1e-200
+    for center in (True, False):
+        k = RBFAnchorFeatures(10, center=center, random_state=0).fit(X)
+        query = np.sign(k.anchors_[:1]) * 1e250     # x.a / sigma = +inf, ||x||^2 = inf
+        with pytest.raises(ValueError, match="overflow float64"):
+            k.transform(query)
 
 
 @pytest.mark.parametrize("sparse_input", [False, True])

@@ -35,6 +35,30 @@ def test_flop_model_counts_the_thin_products_per_iteration(roofline):
         roofline.flop_model("nosuch", shapes)
 
 
+def test_kernel_work_is_the_useful_product_plus_the_elementwise_passes(roofline):
+    """2 nnz q per modality (nonzeros x anchors, the same for sparse and dense input: a GEMM's
+    multiplications by zeros are not counted) + KERNEL_ELEMENTWISE n q; fit_shapes counts a
+    dense view's nonzeros, not its size."""
+    import numpy as np
+    import scipy.sparse as sp
+    shapes = {"n": 1000, "bits": 16, "classes": 5, "n_iter": 3, "anchors": [40, 60],
+              "nnz": [5000, 3000], "dims": [50, 80], "sparse": [True, False],
+              "n_iter_hash": 0, "n_init_samples": 0}
+    kernel = roofline.flop_model("batch", shapes)["kernel"]
+    assert kernel == sum(2.0 * z * q + roofline.KERNEL_ELEMENTWISE * 1000 * q
+                         for z, q in ((5000, 40), (3000, 60)))
+
+    class Fitted:
+        n_bits, n_iter = 16, 3
+        kernels_ = [type("K", (), {"anchors_": np.zeros((40, 50))})()] * 2
+    dense = np.zeros((1000, 80))
+    dense[::10, 3] = 1.0
+    got = roofline.fit_shapes("batch", Fitted(), [sp.random(1000, 50, density=0.1,
+                                                            format="csr"), dense],
+                              np.zeros((1000, 5)))
+    assert got["nnz"] == [5000, 100]
+
+
 @pytest.mark.parametrize("memory", ["cold", "warm"])
 def test_records_are_consistent(roofline, tmp_path, memory):
     out = tmp_path / "r.json"

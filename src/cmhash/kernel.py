@@ -8,7 +8,7 @@ Centring the raw features by the training mean does not change any distance ``||
 so it is implicit here: sparse bag-of-words input is never densified as a whole. Every
 transform runs in row chunks, so memory is O(chunk x q) beyond the output.
 
-Distances are computed as ``||x||^2 + ||a||^2 - 2 x.a``, which loses the digits of ``||x||^2``
+Distances are expanded as ``||x||^2 + ||a||^2 - 2 x.a``, which loses the digits of ``||x||^2``
 that the distances do not have: dense features with a large common offset (mean far from 0
 relative to their spread, e.g. 1e8 + N(0, 1)) gave distances of pure rounding noise. When the
 training mean's squared norm exceeds ``SHIFT_RATIO`` times the features' spread, the features
@@ -18,13 +18,35 @@ exact arithmetic); below that ratio nothing is shifted and the features are as b
 Work per fit (docs/architecture.md, "Kernel features"): ``sigma`` (the mean squared
 train-to-anchor distance) is computed in closed form from the norms and means of the samples
 and anchors (``mean ||x||^2 + mean ||a||^2 - 2 mean(x).mean(a)``, no distance pass); one pass
-over row blocks then computes the distances (one sparse-dense product or one GEMM per block),
-``exp`` and the column sums, writing the uncentred features straight into the output; a last
-in-place pass subtracts the mean. The blocks are small enough (``CACHE_BLOCK_ELEMENTS``) for
-the float64 (rows, q) working array to stay in cache, so the elementwise work does not run at
-memory speed. Stored features are ``fl(fl(raw) - fl(mean))`` in the output dtype (float32:
-absolute error <= 3 u32 ~ 1.8e-7 for raw, mean in [0, 1]; ``transform`` does the same
-operations, so training features equal the encoded ones bit for bit).
+over row blocks then writes the uncentred features straight into the output and sums their
+columns; a last in-place pass subtracts the mean. Per block of ``CACHE_BLOCK_ELEMENTS`` (row,
+anchor) pairs (1 MiB of float64, in cache, so the elementwise work does not run at memory
+speed) the scale ``-1 / (2 sigma)`` is folded into the operands: one product with the anchors
+pre-scaled by ``1 / sigma`` gives ``x.a / sigma``, and the exponent
+``min(0, x.a / sigma - ||x||^2 / (2 sigma) - ||a||^2 / (2 sigma))`` takes three elementwise
+passes (row norms, anchor norms, clamp), then ``exp`` in place, the cast into the output and
+the column sum (whose NaN, from ``inf - inf``, reports an overflow) -- six passes over the
+block, where the expanded distance (outer sum, scale, subtract, clamp), a NaN check, the
+negation, the division, ``exp``, the cast and the sum took ten. The product is chosen per block by
+the block's density against crossovers measured on the project's machine
+(``DENSIFY_DENSITY``, ``DENSIFY_DENSITY_Q``, ``SPARSIFY_DENSITY_Q``; about 10 % nonzeros for
+q >= 500): scipy's sparse-dense product for sparser blocks (CSR input, and dense input
+converted to CSR per block), one float64 GEMM for denser ones (dense input, and CSR blocks
+densified into a reused buffer of at most ``DENSIFY_MAX_ELEMENTS`` values, so very
+high-dimensional bag-of-words input always keeps the sparse product). NUS-WIDE-like features
+(4.6 % and 1 % nonzeros) take the sparse product in either form.
+
+Precision: the exponent is computed in float64; its rounding error is a few u64 times
+``(||x||^2 + ||a||^2) / sigma`` -- ~1e-16 for ordinary features, at most ~1e-8 (below
+float32's rounding unit) where the offset shift's ratio bound (``SHIFT_RATIO``) is reached.
+Stored features are ``fl(fl(raw) - fl(mean))`` in the output dtype (float32: absolute error
+<= 3 u32 ~ 1.8e-7 against the float64 definition for raw, mean in [0, 1]; tested on every
+product path; ``transform`` does the same operations on the same blocks, so training
+features equal the encoded ones bit for bit). A float32 product (a 2x faster GEMM) is not
+used: the error of ``x.(a / sigma)`` in float32 is up to ~d u32 ``|x| |a| / sigma`` and does
+not shrink near the anchors, where the features are largest; measured on NUS-WIDE-like
+features (``|x| |a| / sigma`` up to 1.3) it reached 1.3e-7 in a feature, which would nearly
+double the stated bound.
 """
 from __future__ import annotations
 
@@ -44,6 +66,31 @@ CACHE_BLOCK_ELEMENTS = 1 << 17
 #: rows): the distances then keep at least ~8 of float64's 16 digits without the shift
 SHIFT_RATIO = 1e8
 SHIFT_SAMPLE = 1000
+#: a block of CSR rows is densified (into a reused float64 buffer) and multiplied by one GEMM
+#: instead of scipy's sparse-dense product when its density nnz / (rows d) exceeds
+#: ``DENSIFY_DENSITY + DENSIFY_DENSITY_Q / q``. Measured on the project's machine (Xeon,
+#: AVX-512, OpenBLAS 0.3.31, one BLAS thread as in the threaded pass; blocks of
+#: CACHE_BLOCK_ELEMENTS pairs, interleaved repeats, benchmarks/kernel_crossover.py): the
+#: sparse product runs at 0.24-0.49 ns per (nonzero, anchor), densify + dgemm at 0.03 ns per
+#: (row, feature, anchor) plus ~0.4 ns per (row, feature) to fill the buffer; the time ratio
+#: sparse / dense crossed 1 at density ~0.13 (d = 500, q = 500), ~0.08 (d = 1000, q = 1000),
+#: ~0.10 (q = 1500), ~0.23 (d = 200, q = 64): 0.09 + 9 / q fits these. NUS-WIDE-like
+#: features (4.6 % and 1 % nonzeros) stay on the sparse product.
+DENSIFY_DENSITY = 0.09
+DENSIFY_DENSITY_Q = 9.0
+#: conversely a block of dense rows is converted to CSR (a != 0 mask, its flat indices) and
+#: multiplied by the sparse product when its density is below ``DENSIFY_DENSITY -
+#: SPARSIFY_DENSITY_Q / q`` (the conversion costs ~0.4 ns per value, so the crossover is a
+#: little lower). Measured as above against copy + dgemm (float32 input): the GEMM / convert +
+#: sparse time ratio crossed 1 at density ~0.11 (d = 500, q = 500), ~0.095 (d = 1000,
+#: q = 1000), ~0.105 (q = 1500), ~0.07 (d = 4000, q = 500), ~0.06 (d = 200, q = 64); at 1 %
+#: (NUS-WIDE-like text held dense, e.g. in the Dask fit's zarr blocks) the sparse path was
+#: 5.6x faster. Checking costs one ``!= 0`` pass and a count (~1 % of the GEMM).
+SPARSIFY_DENSITY_Q = 2.0
+#: never densify a block of more than this many (row, feature) values (8 MiB of float64 per
+#: thread): very high-dimensional bag-of-words blocks keep the sparse product whatever the
+#: density (d = 100,000 at 0.01 % is far below the crossover anyway)
+DENSIFY_MAX_ELEMENTS = 1 << 20
 
 
 _OVERFLOW = ("X: squared distances to the kernel anchors overflow float64 (feature values "
@@ -67,6 +114,64 @@ def _squared_norms(X) -> np.ndarray:
         return np.asarray(X.multiply(X).sum(axis=1), dtype=np.float64).ravel()
     X = np.asarray(X, dtype=np.float64)
     return np.einsum("ij,ij->i", X, X)
+
+
+def _densify(Xb, q: int) -> bool:
+    """Whether a CSR block is multiplied by ``q`` anchors densely (module constants
+    ``DENSIFY_*``): its density exceeds the measured crossover for ``q`` and the dense copy
+    is at most ``DENSIFY_MAX_ELEMENTS`` values."""
+    rows, d = Xb.shape
+    return (rows * d <= DENSIFY_MAX_ELEMENTS
+            and Xb.nnz > (DENSIFY_DENSITY + DENSIFY_DENSITY_Q / max(q, 1)) * rows * d)
+
+
+def _sparse_if_cheaper(Xb, q: int, buffers: "_BlockBuffers"):
+    """A block of dense rows for the product with ``q`` anchors and the rows' squared norms:
+    as CSR (float64; the norms from its values) when its density is below the sparsify
+    crossover (``SPARSIFY_DENSITY_Q``), else as float64 (copied into the reused buffer when it
+    is not float64 already; norms None: the caller computes them)."""
+    rows, d = Xb.shape
+    mask = np.not_equal(Xb, 0, out=buffers.mask(rows))
+    if np.count_nonzero(mask) < (DENSIFY_DENSITY - SPARSIFY_DENSITY_Q / max(q, 1)) * rows * d:
+        idx = np.flatnonzero(mask)
+        row, col = np.divmod(idx, d)
+        values = np.asarray(Xb).reshape(-1)[idx].astype(np.float64)
+        index = np.int32 if rows * d < np.iinfo(np.int32).max else np.int64
+        indptr = np.searchsorted(row, np.arange(rows + 1)).astype(index)
+        sq = np.bincount(row, weights=values * values, minlength=rows)
+        return sp.csr_matrix((values, col.astype(index), indptr), shape=(rows, d)), sq
+    if Xb.dtype != np.float64:
+        return buffers.dense(rows, copy_of=Xb), None
+    return np.asarray(Xb), None
+
+
+class _BlockBuffers:
+    """The work arrays of one chunk's blocks, allocated on first use and reused by every
+    block: the float64 dense rows (a densified CSR block or a converted dense one; at most
+    ``rows x d``), the nonzero mask of dense rows (bool, ``rows x d``) and the float64 exponent
+    written by a GEMM (``rows x q``)."""
+
+    def __init__(self, rows: int, d: int, q: int):
+        self.rows, self.d, self.q = rows, d, q
+        self._dense = self._exponent = self._mask = None
+
+    def mask(self, rows: int) -> np.ndarray:
+        if self._mask is None:
+            self._mask = np.empty((self.rows, self.d), dtype=bool)
+        return self._mask[:rows]
+
+    def dense(self, rows: int, copy_of=None) -> np.ndarray:
+        if self._dense is None:
+            self._dense = np.empty((self.rows, self.d))
+        buf = self._dense[:rows]
+        if copy_of is not None:
+            buf[...] = copy_of
+        return buf
+
+    def exponent(self, rows: int) -> np.ndarray:
+        if self._exponent is None:
+            self._exponent = np.empty((self.rows, self.q))
+        return self._exponent[:rows]
 
 
 class RBFAnchorFeatures:
@@ -150,25 +255,34 @@ class RBFAnchorFeatures:
         """Uncentred features ``exp(-D / 2 sigma)`` of the rows ``Xc`` (one chunk), written into
         ``out`` (the chunk's rows of the output, its dtype) when given; returns their float64
         column sums. Works on cache blocks of at most ``CACHE_BLOCK_ELEMENTS`` (row, anchor)
-        pairs; the sums add the blocks' sums in row order. ``far`` (the chunk's rows of a
+        pairs (:meth:`_block_exponent`, then ``exp`` in place, the cast into ``out`` and the
+        column sum); the sums add the blocks' sums in row order. ``far`` (the chunk's rows of a
         boolean mask): set where every raw value is at most :meth:`far_tolerance`."""
         tol = None if far is None else self.far_tolerance()
         q = self.anchors_.shape[0]
-        sqn = None
+        half_sq = None
         if sp.issparse(Xc):
             Xc = sp.csr_matrix(Xc, dtype=np.float64)   # once per chunk, not per product
             if self.shift_ is None:
-                sqn = _squared_norms(Xc)
+                half_sq = self._half_scaled_norms(_squared_norms(Xc))
         block = max(1, min(self.chunk_size, CACHE_BLOCK_ELEMENTS // max(q, 1)))
+        buffers = _BlockBuffers(block, Xc.shape[1], q)
         acc = np.zeros(q)
         for rows in _row_blocks(Xc.shape[0], block):
-            raw = self._phi_in_place(self._sq_dist(Xc[rows], None if sqn is None else sqn[rows]))
+            raw = self._block_exponent(Xc[rows], None if half_sq is None else half_sq[rows],
+                                       buffers)
+            np.exp(raw, out=raw)
             if out is not None:
                 out[rows] = raw
             if far is not None:
                 far[rows] = raw.max(axis=1) <= tol if q else True
             if self.center:
-                acc += raw.sum(axis=0)
+                sums = raw.sum(axis=0)
+                if np.isnan(sums).any():        # NaN propagates through min, exp and the sum
+                    raise ValueError(_OVERFLOW)
+                acc += sums
+            elif np.isnan(raw).any():
+                raise ValueError(_OVERFLOW)
         return acc
 
     def _raw_pass(self, X, out=None, far=None) -> np.ndarray:
@@ -213,13 +327,13 @@ class RBFAnchorFeatures:
         return X
 
     def _set_anchors(self, anchors, shift) -> None:
-        """``anchors_``, ``shift_`` and the anchors as the distances use them (shifted; also
-        transposed, C-contiguous: the right operand of the per-block products)."""
+        """``anchors_``, ``shift_`` and the anchors as the distances use them (shifted; their
+        squared norms; the operands scaled by ``sigma`` follow in :meth:`_scaled_anchors`)."""
         self.anchors_ = anchors
         self.shift_ = None if shift is None else np.asarray(shift, dtype=np.float64)
         self._anchors_eff = anchors if shift is None else anchors - self.shift_
-        self._anchors_t = np.ascontiguousarray(self._anchors_eff.T)
         self._anchor_sqnorm = _squared_norms(self._anchors_eff)
+        self._scaled = None   # (sigma, A^T / sigma, ||a||^2 / (2 sigma)): _scaled_anchors
 
     def _set_sigma(self, sigma):
         if np.isinf(sigma):
@@ -236,32 +350,54 @@ class RBFAnchorFeatures:
         return (Xc.toarray() if sp.issparse(Xc) else np.asarray(Xc, dtype=np.float64)) \
             - self.shift_
 
-    def _sq_dist(self, Xc, sqn=None) -> np.ndarray:
-        """Squared distances of a block of rows to the anchors, (rows, q) float64: one
-        sparse-dense product (CSR input) or one float64 GEMM (dense input) per block.
-        ``sqn``: the rows' squared norms when already known."""
-        if self.shift_ is not None:
-            Xc = self._shifted(Xc)
-        elif not sp.issparse(Xc):
-            Xc = np.asarray(Xc, dtype=np.float64)
-        with np.errstate(over="ignore", invalid="ignore"):
-            cross = Xc @ self._anchors_t
-            cross = np.asarray(cross, dtype=np.float64)
-            # ||x||^2 + ||a||^2 - 2 x.a, in place (the same operations and rounding as the
-            # expression, without two more chunk-sized temporaries)
-            D = np.add.outer(_squared_norms(Xc) if sqn is None else sqn, self._anchor_sqnorm)
-            cross *= 2.0                     # a fresh product: safe to overwrite
-            D -= cross
-            np.maximum(D, 0.0, out=D)        # NaN (inf - inf) propagates through maximum
-        if np.isnan(D).any():   # inf - inf: a squared norm or product overflowed float64
-            raise ValueError(_OVERFLOW)
-        return D
+    def _scaled_anchors(self) -> tuple[np.ndarray, np.ndarray]:
+        """The anchors as the exponent uses them: ``(A^T / sigma`` (d, q) C-contiguous, the
+        right operand of the per-block products), ``||a||^2 / (2 sigma)`` (q,)) in shifted
+        coordinates. Cached per ``sigma_`` (also set directly by cmhash.logistic); worker
+        threads may compute it concurrently, which only repeats the same arithmetic."""
+        cached = getattr(self, "_scaled", None)
+        if cached is None or cached[0] != self.sigma_:
+            with np.errstate(over="ignore", invalid="ignore"):
+                cached = (self.sigma_, np.ascontiguousarray(self._anchors_eff.T) / self.sigma_,
+                          self._half_scaled_norms(self._anchor_sqnorm))
+            self._scaled = cached
+        return cached[1], cached[2]
 
-    def _phi_in_place(self, D) -> np.ndarray:
-        """``exp(-D / (2 sigma))`` written over the squared distances ``D``."""
-        np.negative(D, out=D)
-        np.divide(D, 2.0 * self.sigma_, out=D)
-        return np.exp(D, out=D)
+    def _half_scaled_norms(self, sq: np.ndarray) -> np.ndarray:
+        """``||.||^2 / (2 sigma)`` of squared norms ``sq`` (one rounding)."""
+        with np.errstate(over="ignore", invalid="ignore"):
+            return sq / (2.0 * self.sigma_)
+
+    def _block_exponent(self, Xb, half_sq, buffers: "_BlockBuffers") -> np.ndarray:
+        """The exponent ``-||x - a||^2 / (2 sigma)`` of a block of rows, (rows, q) float64:
+        ``min(0, x.(a / sigma) - ||x||^2 / (2 sigma) - ||a||^2 / (2 sigma))`` -- the scale is
+        folded into the operands, so one product and three elementwise passes give it. The
+        product is scipy's sparse-dense one for CSR blocks and for dense blocks sparser than
+        the crossover (:func:`_sparse_if_cheaper`), a float64 GEMM for other dense blocks and
+        for CSR blocks denser than the crossover (:func:`_densify`). ``half_sq``: the rows'
+        ``||x||^2 / (2 sigma)`` when known. NaN (``inf - inf``: a squared norm or product
+        overflowed float64) propagates."""
+        At_scaled, half_sa = self._scaled_anchors()
+        if self.shift_ is not None:
+            Xb = self._shifted(Xb)
+        elif sp.issparse(Xb):
+            if _densify(Xb, At_scaled.shape[1]):
+                Xb = Xb.toarray(out=buffers.dense(Xb.shape[0]))
+        else:
+            Xb, sq = _sparse_if_cheaper(Xb, At_scaled.shape[1], buffers)
+            if sq is not None:
+                half_sq = self._half_scaled_norms(sq)
+        with np.errstate(over="ignore", invalid="ignore"):
+            if sp.issparse(Xb):
+                E = np.asarray(Xb @ At_scaled)            # a fresh array: safe to overwrite
+            else:
+                E = np.matmul(Xb, At_scaled, out=buffers.exponent(Xb.shape[0]))
+            if half_sq is None:
+                half_sq = self._half_scaled_norms(_squared_norms(Xb))
+            E -= half_sq[:, None]
+            E -= half_sa
+            np.minimum(E, 0.0, out=E)        # NaN propagates through minimum
+        return E
 
     # ---------------------------------------------------------------- transform
     def transform(self, X, *, return_far: bool = False):

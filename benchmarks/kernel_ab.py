@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import time
 
 import numpy as np
@@ -106,9 +105,8 @@ def main(argv=None) -> int:
               f"({best['this'][1]:.2f} CPU s); speed-up wall {row['wall_ratio']:.2f}x, "
               f"CPU {row['cpu_ratio']:.2f}x; max |diff| {diff:.2e}", flush=True)
     if args.json:
-        from cmhash._io import atomic_write
-        with atomic_write(args.json, "w") as f:
-            json.dump(result, f, indent=2)
+        from cmhash._io import write_json
+        write_json(args.json, result)
     return 0
 
 

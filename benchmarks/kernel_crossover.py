@@ -18,7 +18,6 @@ features' stated error, see the kernel module docstring).
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 import numpy as np
@@ -97,9 +96,8 @@ def main(argv=None) -> int:
                   f"density: {back}\n  GEMM time float64 / float32: "
                   f"{r['dgemm_over_sgemm']:.1f}")
     if args.json:
-        from cmhash._io import atomic_write
-        with atomic_write(args.json, "w") as f:
-            json.dump(results, f, indent=2)
+        from cmhash._io import write_json
+        write_json(args.json, results)
     return 0
 
 

@@ -53,3 +53,16 @@ def test_a_failed_model_or_index_save_leaves_the_previous_file_loadable(tmp_path
                                   h.encode(ds.get("query", "image"), "image"))
     assert HammingIndex.load(index_file).ntotal == index.ntotal
     assert sorted(os.listdir(tmp_path)) == ["i.npz", "m.npz"]
+
+
+def test_write_json_is_atomic_and_round_trips(tmp_path):
+    import json
+
+    from cmhash._io import write_json
+    path = tmp_path / "r.json"
+    write_json(path, {"a": [1, 2.5]})
+    assert json.loads(path.read_text()) == {"a": [1, 2.5]}
+    with pytest.raises(TypeError):
+        write_json(path, {"bad": object()})         # not serialisable: the old file stays
+    assert json.loads(path.read_text()) == {"a": [1, 2.5]}
+    assert [p.name for p in tmp_path.iterdir()] == ["r.json"]

@@ -35,3 +35,11 @@ def atomic_write(path, mode: str = "wb"):
         with contextlib.suppress(OSError):
             os.remove(tmp)
         raise
+
+
+def write_json(path, obj, **dump_kwargs) -> None:
+    """``json.dump(obj)`` into ``path`` atomically (:func:`atomic_write`; indent 2 unless given)."""
+    import json
+    dump_kwargs.setdefault("indent", 2)
+    with atomic_write(path, "w") as fh:
+        json.dump(obj, fh, **dump_kwargs)

@@ -189,9 +189,14 @@ def positive_qr(M) -> np.ndarray:
     """The orthonormal Q of ``M = Q R`` with ``diag(R) >= 0`` (Householder QR, columns' signs
     fixed): the unique thin QR factor of a full-rank ``M``, which CholeskyQR also gives."""
     Q, R = np.linalg.qr(M)
-    signs = np.where(np.diagonal(R) < 0, -1.0, 1.0)
-    Q *= signs
+    Q *= positive_diagonal_signs(R)
     return Q
+
+
+def positive_diagonal_signs(R) -> np.ndarray:
+    """The column signs that turn a QR factorisation ``Q R`` into the one with ``diag(R) >= 0``
+    (``Q * signs``): shared by :func:`positive_qr` and the Dask fit's TSQR fallback."""
+    return np.where(np.diagonal(R) < 0, -1.0, 1.0)
 
 
 def cholesky_qr2_factor(C1, gram2):

@@ -32,7 +32,8 @@ from .._validation import check_random_state
 from ..kernel import SHIFT_RATIO, SHIFT_SAMPLE, RBFAnchorFeatures
 from ..progress import progress
 from ..solvers import (CHOLESKY_QR_MAX_DEVIATION, _numerical_rank, cholesky_qr2_factor,
-                       gram_and_cross, gram_of_product, null_space_basis, solve_psd,
+                       gram_and_cross, gram_of_product, null_space_basis,
+                       positive_diagonal_signs, solve_psd,
                        warn_rank_completion)
 
 log = logging.getLogger("cmhash")
@@ -358,7 +359,7 @@ def _completed_polar(U_k, Wt_k, rng, client=None):
                             lambda T1: reduce_rows(lambda b: gram_of_product(b, T1), R))
     if T is None:
         P, Rr = da.linalg.qr(R)
-        P = P * np.where(np.diagonal(Rr.compute()) < 0, -1.0, 1.0)
+        P = P * positive_diagonal_signs(Rr.compute())
     else:
         P = R @ T
     return (U_k @ Wt_k + P @ W_null) * np.sqrt(n)

@@ -69,6 +69,8 @@ import numpy as np
 
 GEMM_SIZE = 3072
 GEMM_REPEATS = 3
+#: repeats of each isolated call of :func:`library_ceilings` (best kept)
+CEILING_REPEATS = 3
 STREAM_ELEMENTS = 1 << 23
 FIRST_TOUCH_BYTES = 1 << 28
 #: per (row, anchor) pair of the kernel features (cmhash.kernel, scale folded into the
@@ -280,7 +282,56 @@ def timed_fit(method: str, bits: int, views, labels, names, seed: int, clock=tim
     return hasher, seconds, phases
 
 
-def record(method, bits, seconds, phases, flops, bounds: Bounds, shapes) -> dict:
+def library_ceilings(hasher, views, flops: dict, clock=time.perf_counter) -> dict:
+    """The fit's GEMM-shaped phases timed in isolation with the library calls the fit makes,
+    on the fit's own shapes (best of ``CEILING_REPEATS``), as ``{phase: seconds}``:
+
+    * ``kernel``: ``transform`` of each training view by the fitted kernel (scipy's sparse
+      product, exp, centring -- the same blocks as the fit's kernel pass);
+    * ``products``: the counted product work at the rate of one ``phi @ U^T`` (float32 BLAS,
+      r columns) and one ``cross_product(V, phi)`` per modality, averaged (the fits take the
+      two about equally often);
+    * ``gram``: the counted Gram work at the rate of ``ridge_regression(phi, B)`` per modality
+      (the float64 Gram and right-hand side of the hash functions).
+
+    Their sum is the least time these phases take with NumPy / SciPy's BLAS and sparse
+    products on this machine; with every other phase (latent, small, objective, other) taken
+    as free, ``flops / that sum`` bounds the whole fit's GFLOP/s from above
+    (``ceiling_efficiency`` of the record)."""
+    from cmhash.solvers import cross_product, ridge_regression
+
+    def best(func):
+        times = []
+        for _ in range(CEILING_REPEATS):
+            start = clock()
+            func()
+            times.append(clock() - start)
+        return min(times)
+
+    rng = np.random.default_rng(0)
+    r = int(hasher.n_bits)
+    n = views[0].shape[0]
+    kernel_s = products_rate = gram_rate = 0.0
+    codes = hasher.codes_[0] if isinstance(hasher.codes_, list) else hasher.codes_  # AMSH: per view
+    codes = np.asarray(codes, dtype=np.float32)
+    for kernel, X in zip(hasher.kernels_, views):
+        kernel_s += best(lambda: kernel.transform(X))
+        phi = kernel.transform(X)
+        q = phi.shape[1]
+        U = rng.standard_normal((q, r)).astype(np.float32)
+        V = rng.standard_normal((n, r))
+        thin = 2.0 * n * q * r
+        products_rate += thin / best(lambda: phi @ U) + thin / best(lambda: cross_product(V, phi))
+        gram_rate += (_syrk(n, q) + 2.0 * n * q * r) / best(
+            lambda: ridge_regression(phi, codes, 1.0))
+        del phi
+    m = len(views)
+    return {"kernel": kernel_s, "products": flops["products"] / (products_rate / (2 * m)),
+            "gram": flops["gram"] / (gram_rate / m)}
+
+
+def record(method, bits, seconds, phases, flops, bounds: Bounds, shapes,
+           ceilings=None) -> dict:
     """One result record: per-phase and overall GFLOP/s and efficiency."""
     g = bounds.gflops
     per_phase = []
@@ -308,21 +359,27 @@ def record(method, bits, seconds, phases, flops, bounds: Bounds, shapes) -> dict
             "first_touch_gbs": (min(bounds.first_touch) if bounds.first_touch else None,
                                 max(bounds.first_touch) if bounds.first_touch else None),
             "products_bandwidth_bound_gflops": min(g["float32"], intensity * bounds.bandwidth),
+            "library_ceiling_seconds": ceilings,
+            "ceiling_efficiency": (None if not ceilings else
+                                   work / sum(ceilings.values()) / 1e9 / effective),
             "shapes": shapes, "phases": per_phase}
 
 
 def markdown(records) -> str:
     lines = ["| method | bits | fit s | GFLOP | GFLOP/s | bound GFLOP/s | efficiency | "
+             "ceiling efficiency | "
              "kernel | products | gram | latent | small | objective | other |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for rec in records:
         cells = []
         for ph in rec["phases"]:
             eff = "-" if ph["efficiency"] is None else f"{ph['efficiency']:.2f}"
             cells.append(f"{ph['seconds']:.2f} s / {eff}")
+        ceiling = ("-" if rec.get("ceiling_efficiency") is None
+                   else f"{rec['ceiling_efficiency']:.2f}")
         lines.append(f"| {rec['method']} | {rec['bits']} | {rec['fit_seconds']:.2f} | "
                      f"{rec['flops'] / 1e9:.0f} | {rec['gflops']:.1f} | {rec['gemm_gflops']:.1f} | "
-                     f"{rec['efficiency']:.2f} | " + " | ".join(cells) + " |")
+                     f"{rec['efficiency']:.2f} | {ceiling} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -344,6 +401,10 @@ def main(argv=None):
                          "the process keeps the memory it frees (glibc mallopt) and the first "
                          "of --repeats fits (at least 2) only warms it up, so the timed fits "
                          "pay no first-touch page faults")
+    ap.add_argument("--ceilings", action="store_true",
+                    help="also time the kernel, product and Gram calls in isolation on the "
+                         "fit's shapes (library_ceilings) and report the whole fit's "
+                         "efficiency bound with every other phase free")
     ap.add_argument("--json", help="write the records here")
     args = ap.parse_args(argv)
     if args.memory == "warm":
@@ -376,10 +437,13 @@ def main(argv=None):
             bounds.measure()
             hasher, seconds, phases = best
             shapes = fit_shapes(method, hasher, views, labels)
-            records.append((method, bits, seconds, phases, flop_model(method, shapes), shapes))
+            model = flop_model(method, shapes)
+            ceilings = (library_ceilings(hasher, views, model, clock) if args.ceilings
+                        else None)
+            records.append((method, bits, seconds, phases, model, shapes, ceilings))
             print(f"{method} {bits} bits: {seconds:.2f} s", file=sys.stderr, flush=True)
     # every record against the best bounds of the whole run
-    out = [record(m, b, s, ph, fl, bounds, sh) for m, b, s, ph, fl, sh in records]
+    out = [record(m, b, s, ph, fl, bounds, sh, ce) for m, b, s, ph, fl, sh, ce in records]
     print(markdown(out))
     print(f"\nfloat32 GEMM {bounds.gflops['float32']:.1f} GFLOP/s, float64 GEMM "
           f"{bounds.gflops['float64']:.1f} GFLOP/s, bandwidth {bounds.bandwidth:.1f} GB/s, "

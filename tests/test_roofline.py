@@ -111,3 +111,46 @@ def test_the_warm_up_fit_is_never_the_reported_one(roofline, monkeypatch, memory
     (rec,) = roofline.main(["--n", "200", "--bits", "8", "--methods", "batch",
                             "--repeats", "2", "--memory", memory])
     assert rec["fit_seconds"] == reported
+
+
+@pytest.mark.parametrize("method", ["batch", "amsh"])
+def test_library_ceilings_time_the_gemm_shaped_phases_in_isolation(roofline, monkeypatch,
+                                                                   method):
+    """--ceilings: the kernel / products / Gram calls timed alone on the fit's shapes; the
+    record's ceiling efficiency is the work over their sum (every other phase free), so it is
+    above the fit's own efficiency. The isolated calls are the fit's: the kernel's transform,
+    the float32 product, cross_product and ridge_regression, each called CEILING_REPEATS
+    times."""
+    import cmhash.solvers as solvers
+    calls = {"ridge": 0, "cross": 0}
+    real_ridge, real_cross = solvers.ridge_regression, solvers.cross_product
+
+    def ridge(*a, **k):
+        calls["ridge"] += 1
+        return real_ridge(*a, **k)
+
+    def cross(*a, **k):
+        calls["cross"] += 1
+        return real_cross(*a, **k)
+    monkeypatch.setattr(roofline, "CEILING_REPEATS", 2)
+    records = roofline.main(["--n", "400", "--bits", "8", "--methods", method, "--repeats", "1",
+                             "--ceilings"])
+    (rec,) = records
+    ceil = rec["library_ceiling_seconds"]
+    assert set(ceil) == {"kernel", "products", "gram"} and min(ceil.values()) > 0
+    assert rec["ceiling_efficiency"] == pytest.approx(
+        rec["flops"] / sum(ceil.values()) / 1e9 / rec["gemm_gflops"])
+    assert rec["ceiling_efficiency"] > rec["efficiency"]
+    # the isolated calls are the library functions the fit uses
+    monkeypatch.setattr(solvers, "ridge_regression", ridge)
+    monkeypatch.setattr(solvers, "cross_product", cross)
+    from cmhash.base import make_hasher
+    from cmhash.data import load_dataset
+    ds = load_dataset("synthetic:nuswide-like", random_state=0, n_train=300)
+    views = ds.views("train")
+    hasher = make_hasher(method, n_bits=8, random_state=0).fit_views(
+        views, ds.labels_of("train"), names=ds.modality_names)
+    flops = {"products": 1e6, "gram": 1e6}
+    got = roofline.library_ceilings(hasher, views, flops)
+    assert calls == {"ridge": 2 * len(views), "cross": 2 * len(views)}
+    assert got["products"] > 0 and got["gram"] > 0

@@ -73,11 +73,11 @@ def test_orthogonal_zero_mean_gram_route_equals_svd_route(log_cond, monkeypatch)
     Z = (U * np.logspace(0, log_cond, r)) @ W.T * 50.0 + 7.0
     taken = []
     real = solvers._polar_via_gram
-    monkeypatch.setattr(solvers, "_polar_via_gram", lambda Zc: taken.append(real(Zc)) or taken[-1])
+    monkeypatch.setattr(solvers, "_polar_via_gram", lambda Zc, **kw: taken.append(real(Zc, **kw)) or taken[-1])
     V = orthogonal_zero_mean(Z)
     assert (taken[0] is not None) == (log_cond < 5)
-    monkeypatch.setattr(solvers, "_polar_via_gram", lambda Zc: None)  # force the SVD route
-    monkeypatch.setattr(solvers, "_svd_via_shifted_cholesky", lambda Zc: None)
+    monkeypatch.setattr(solvers, "_polar_via_gram", lambda Zc, **kw: None)  # force the SVD route
+    monkeypatch.setattr(solvers, "_svd_via_shifted_cholesky", lambda Zc, **kw: None)
     V_svd = orthogonal_zero_mean(Z)
     assert np.allclose(V.T @ V, n * np.eye(r), atol=1e-10 * n)
     assert np.allclose(V.sum(axis=0), 0, atol=1e-9 * n)
@@ -376,10 +376,10 @@ def test_orthogonal_zero_mean_shifted_cholesky_route_equals_svd_route(log_cond, 
     taken = []
     real = solvers._svd_via_shifted_cholesky
     monkeypatch.setattr(solvers, "_svd_via_shifted_cholesky",
-                        lambda Zc: taken.append(real(Zc)) or taken[-1])
+                        lambda Zc, **kw: taken.append(real(Zc, **kw)) or taken[-1])
     V = orthogonal_zero_mean(Z)
     assert len(taken) == 1 and taken[0] is not None     # Cholesky-QR2 declined, shifted taken
-    monkeypatch.setattr(solvers, "_svd_via_shifted_cholesky", lambda Zc: None)
+    monkeypatch.setattr(solvers, "_svd_via_shifted_cholesky", lambda Zc, **kw: None)
     V_svd = orthogonal_zero_mean(Z)
     assert np.allclose(V.T @ V, n * np.eye(r), atol=1e-11 * n)
     # V^T 1 = 0 holds to ~eps cond(Zc) on either route (the centring's rounding, amplified)
@@ -423,12 +423,12 @@ def test_orthogonal_zero_mean_rank_deficient_routes_agree(k, log_cond, noise, sh
     taken = []
     real = solvers._svd_via_shifted_cholesky
     monkeypatch.setattr(solvers, "_svd_via_shifted_cholesky",
-                        lambda Zc: taken.append(real(Zc)) or taken[-1])
+                        lambda Zc, **kw: taken.append(real(Zc, **kw)) or taken[-1])
     V, caught = _fallback_warnings(orthogonal_zero_mean, Z, np.random.default_rng(3))
     assert len(caught) == 1 and f"numerical rank {k} < r = {r}" in caught[0]
     # the shifted route gave the SVD (exactly rank-deficient ill-conditioned Zc: it declines)
     assert (taken[0] is not None) == shifted
-    monkeypatch.setattr(solvers, "_svd_via_shifted_cholesky", lambda Zc: None)
+    monkeypatch.setattr(solvers, "_svd_via_shifted_cholesky", lambda Zc, **kw: None)
     V_lapack, _ = _fallback_warnings(orthogonal_zero_mean, Z, np.random.default_rng(3))
     monkeypatch.setattr(solvers, "cholesky_qr2_factor", lambda C, g: None)   # Householder
     V_householder, _ = _fallback_warnings(orthogonal_zero_mean, Z, np.random.default_rng(3))

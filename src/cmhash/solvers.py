@@ -28,7 +28,8 @@ from scipy.linalg.blas import dgemm as _dgemm
 from scipy.linalg.blas import dsyrk as _dsyrk
 
 from ._phases import timed
-from ._threads import single_threaded, single_threaded_blas_if_small
+from ._threads import (LATENCY_BOUND_FLOPS, leaf_map, single_threaded,
+                       single_threaded_blas_if_small)
 from ._validation import check_random_state, warn_numerical_fallback
 
 #: rows per float64 block when accumulating Gram matrices of tall matrices (:func:`gram`)
@@ -129,34 +130,35 @@ def orthogonal_zero_mean(Z, random_state=None) -> np.ndarray:
     Z = _power_of_two_rescaled(Z, top)         # the mean of |Z| ~ 1e308 would overflow
     Zc = Z - Z.mean(axis=0, keepdims=True)
     Zc = _power_of_two_rescaled(Zc)
-    V = _polar_via_gram(Zc)
-    if V is None:
-        factors = _svd_via_shifted_cholesky(Zc)
-        if factors is None:
-            U, s, Wt = np.linalg.svd(Zc, full_matrices=False)
-            Q, U_R = U, None                   # Zc = U diag(s) Wt
-        else:
-            Q, U_R, s, Wt = factors            # Zc = (Q U_R) diag(s) Wt
-        k = _numerical_rank(s, n, r)
-        if k == r:
-            V = Q @ Wt if U_R is None else Q @ (U_R @ Wt)
-        else:
-            U_k = Q[:, :k] if U_R is None else Q @ U_R[:, :k]
+    G = tall_cross(Zc, Zc)                     # shared by both Cholesky-QR routes
+    root_n = np.sqrt(n)
+    V = _polar_via_gram(Zc, gram=G, scale=root_n)
     if V is not None:
-        V *= np.sqrt(n)                        # in place: no second n x r array
         return V
+    factors = _svd_via_shifted_cholesky(Zc, gram=G)
+    del G
+    if factors is None:
+        U, s, Wt = np.linalg.svd(Zc, full_matrices=False)
+        Q, U_R = U, np.eye(r)                  # Zc = U diag(s) Wt
+    else:
+        Q, U_R, s, Wt = factors                # Zc = (Q U_R) diag(s) Wt
+    del Zc
+    k = _numerical_rank(s, n, r)
+    if k == r:                                 # sqrt(n) folded into the r x r factor
+        return tall_product(Q, U_R @ (root_n * Wt), out=Q)
     warn_rank_completion(k, r)
+    U_k = tall_product(Q, U_R[:, :k])
+    del Q
     rng = check_random_state(random_state)
     R = rng.standard_normal((n, r - k))
     W_null = null_space_basis(Wt[:k], R[:r])   # before R is projected in place
     for _ in range(2):                         # classical Gram-Schmidt against [1, U_k], twice
-        mean, coef = R.mean(axis=0, keepdims=True), U_k.T @ R
+        mean, coef = R.mean(axis=0, keepdims=True), tall_cross(U_k, R)
         R -= mean
-        R -= U_k @ coef
+        R -= tall_product(U_k, coef)
     P = _orthonormal_columns(R)
-    V = U_k @ Wt[:k]
-    V += P @ W_null
-    V *= np.sqrt(n)
+    V = tall_product(U_k, root_n * Wt[:k])
+    V += tall_product(P, root_n * W_null)
     return V
 
 
@@ -224,9 +226,24 @@ def cholesky_qr2_factor(C1, gram2):
 def _orthonormal_columns(R) -> np.ndarray:
     """The thin QR factor of the Gram-Schmidt-projected Gaussian ``R`` (positive-diagonal R):
     CholeskyQR2 (two (n, m) x (m, m) products; cond(R) ~ 1 + sqrt(m / n) for a projected
-    Gaussian), Householder QR with fixed signs when CholeskyQR2 declines (n close to r)."""
-    T = cholesky_qr2_factor(R.T @ R, lambda T1: gram_of_product(R, T1))
-    return positive_qr(R) if T is None else R @ T
+    Gaussian), Householder QR with fixed signs when CholeskyQR2 declines (n close to r).
+    The row-block passes (:func:`tall_cross`, the Gram of ``R T1`` block by block as on
+    Dask, :func:`tall_product`) run on all cores."""
+    T = cholesky_qr2_factor(tall_cross(R, R), lambda T1: _gram_of_tall_product(R, T1))
+    return positive_qr(R) if T is None else tall_product(R, T, out=R)
+
+
+def _gram_of_tall_product(A, T) -> np.ndarray:
+    """``(A T)^T (A T)`` without the n x m product: :func:`gram_of_product` of each row block
+    (in cache), summed in block order on all cores."""
+    blocks = _tall_blocks(A.shape[0], 2.0 * A.shape[0] * A.shape[1] * T.shape[1])
+    if blocks is None:
+        return gram_of_product(A, T)
+    parts = leaf_map(lambda rows: gram_of_product(A[rows], T), blocks)
+    total = parts[0]
+    for part in parts[1:]:
+        total += part
+    return total
 
 
 def gram_of_product(A, T) -> np.ndarray:
@@ -259,7 +276,7 @@ def _numerical_rank(s, n: int, r: int) -> int:
     return int(np.count_nonzero(s > max(n, r) * np.finfo(np.float64).eps * max(s[0], 1e-300)))
 
 
-def _svd_via_shifted_cholesky(Zc):
+def _svd_via_shifted_cholesky(Zc, gram=None):
     """The thin SVD ``Zc = (Q U_R) diag(s) Wt`` of an ill-conditioned ``Zc`` through its QR
     factors, as ``(Q, U_R, s, Wt)``, or None.
 
@@ -276,21 +293,27 @@ def _svd_via_shifted_cholesky(Zc):
     returns None (LAPACK's thin SVD of Zc). Work: three passes of an n x r syrk and an
     n x r x r product plus one check, all BLAS-3: at n = 184,577, r = 64 (ASFOH's Z at
     numerical rank 12) 0.4 s against 1.2 s for LAPACK's thin SVD.
+
+    ``gram``: ``Zc^T Zc`` when the caller has it. Each pass ``Q <- Q R_k^{-1}`` computes the
+    next ``Q^T Q`` block by block in the same pass (:func:`tall_product_and_gram`, all cores):
+    three passes over n x r, the last one's Gram the final check.
     """
     n, r = Zc.shape
     eye = np.eye(r)
-    G = Zc.T @ Zc
+    G = tall_cross(Zc, Zc) if gram is None else gram
     shift = 11.0 * (n * r + r * (r + 1)) * (np.finfo(np.float64).eps / 2) * float(np.trace(G))
     try:
         R = sla.cholesky(G + shift * eye, lower=False, check_finite=False)
-        Q = Zc @ sla.solve_triangular(R, eye, lower=False, check_finite=False)
+        Q, C = tall_product_and_gram(
+            Zc, sla.solve_triangular(R, eye, lower=False, check_finite=False))
         for _ in range(2):
-            Rk = sla.cholesky(Q.T @ Q, lower=False, check_finite=False)
-            Q = Q @ sla.solve_triangular(Rk, eye, lower=False, check_finite=False)
+            Rk = sla.cholesky(C, lower=False, check_finite=False)
+            Q, C = tall_product_and_gram(
+                Q, sla.solve_triangular(Rk, eye, lower=False, check_finite=False), out=Q)
             R = Rk @ R
     except np.linalg.LinAlgError:
         return None
-    if not np.abs(Q.T @ Q - eye).max() <= CHOLESKY_QR_MAX_DEVIATION:
+    if not np.abs(C - eye).max() <= CHOLESKY_QR_MAX_DEVIATION:
         return None
     U, sv, Wt = np.linalg.svd(R)
     return Q, U, sv, Wt
@@ -301,7 +324,7 @@ def _svd_via_shifted_cholesky(Zc):
 CHOLESKY_QR_MAX_DEVIATION = 1e-7
 
 
-def _polar_via_gram(Zc):
+def _polar_via_gram(Zc, gram=None, scale: float = 1.0):
     """Orthonormal polar factor ``U W^T`` of ``Zc = U S W^T`` through r x r matrices, or None.
 
     CholeskyQR2 -- two passes of ``Q <- Q R_k^{-1}`` with ``R_k = chol(Q^T Q)`` -- gives
@@ -312,13 +335,18 @@ def _polar_via_gram(Zc):
     polar factor is then ``Q U_R W_R^T`` from the SVD of the r x r ``R``: as accurate as the
     thin SVD of ``Zc`` (both ~eps cond(Zc); tested), built from n x r x r BLAS-3 products,
     about twice as fast at r = 128.
+
+    ``gram``: ``Zc^T Zc`` when the caller has it; ``scale``: a factor folded into the r x r
+    matrix of the last product (``orthogonal_zero_mean``'s ``sqrt(n)``). The first pass
+    computes ``Q^T Q`` block by block as it writes ``Q`` (:func:`tall_product_and_gram`).
     """
     r = Zc.shape[1]
     eye = np.eye(r)
     try:
-        R1 = sla.cholesky(Zc.T @ Zc, lower=False, check_finite=False)
-        Q = Zc @ sla.solve_triangular(R1, eye, lower=False, check_finite=False)
-        C = Q.T @ Q
+        R1 = sla.cholesky(tall_cross(Zc, Zc) if gram is None else gram, lower=False,
+                          check_finite=False)
+        Q, C = tall_product_and_gram(
+            Zc, sla.solve_triangular(R1, eye, lower=False, check_finite=False))
         if not np.abs(C - eye).max() <= CHOLESKY_QR_MAX_DEVIATION:
             return None
         R2 = sla.cholesky(C, lower=False, check_finite=False)
@@ -326,7 +354,8 @@ def _polar_via_gram(Zc):
         return None
     # second pass folded into the last product: polar = (Q R2^{-1}) U_R W_R^T, R = R2 R1
     U, _, Wt = np.linalg.svd(R2 @ R1)
-    return Q @ (sla.solve_triangular(R2, eye, lower=False, check_finite=False) @ (U @ Wt))
+    T = sla.solve_triangular(R2, eye, lower=False, check_finite=False) @ (U @ Wt)
+    return tall_product(Q, scale * T if scale != 1.0 else T, out=Q)
 
 
 @timed("small")
@@ -370,6 +399,80 @@ def row_blocks(n: int, rows: int):
     functions over its own blocks and sums the results)."""
     rows = max(int(rows), 1)
     return [slice(start, min(start + rows, n)) for start in range(0, n, rows)]
+
+
+#: rows per block of the threaded tall products (:func:`tall_product`, :func:`tall_cross`,
+#: :func:`tall_product_and_gram`): 8,192 x 64 float64 is 4 MiB, a block and its product stay
+#: in cache between the two halves of a fused pass
+TALL_BLOCK_ROWS = 8192
+
+
+def _tall_blocks(n: int, work: float):
+    """The fixed row blocks of a tall product of ``work`` flops, or None when it is small
+    enough to be one BLAS call (``LATENCY_BOUND_FLOPS``: Wiki-size fits keep one call). The
+    blocks depend on the shape only, so the result does not depend on how many threads run
+    them."""
+    return row_blocks(n, TALL_BLOCK_ROWS) if work > LATENCY_BOUND_FLOPS and \
+        n > TALL_BLOCK_ROWS else None
+
+
+def tall_product(A, T, out=None) -> np.ndarray:
+    """``A @ T`` for a tall float64 ``A`` (n, k) and a small ``T`` (k, m), into ``out`` when
+    given (it may be ``A`` itself when k == m).
+
+    Large products run on row blocks on all cores, one BLAS thread each
+    (:func:`cmhash._threads.leaf_map`): an n x r x r product with r <= 128 has too short an
+    inner dimension for a multi-threaded BLAS to pay (one BLAS thread at n = 184,577,
+    r = 64: 49 ms; two BLAS threads: 26 ms but idle threads spin into the next call; two
+    single-threaded row blocks: 25 ms)."""
+    n = A.shape[0]
+    if out is None:
+        out = np.empty((n, T.shape[1]), dtype=np.result_type(A, T))
+    blocks = _tall_blocks(n, 2.0 * n * A.shape[1] * T.shape[1])
+    if blocks is None:
+        out[...] = A @ T
+        return out
+    leaf_map(lambda rows: np.matmul(A[rows], T, out=out[rows]), blocks)
+    return out
+
+
+def tall_cross(A, B) -> np.ndarray:
+    """``A^T B`` (float64, (k, m)) for tall ``A`` (n, k) and ``B`` (n, m): the sum of the
+    row blocks' products in block order on all cores (:func:`tall_product`); ``A^T A`` when
+    ``B`` is ``A`` (BLAS syrk per block)."""
+    n = A.shape[0]
+    blocks = _tall_blocks(n, 2.0 * n * A.shape[1] * B.shape[1])
+    if blocks is None:
+        return A.T @ B
+    same = B is A
+    parts = leaf_map(lambda rows: A[rows].T @ (A[rows] if same else B[rows]), blocks)
+    total = parts[0]
+    for part in parts[1:]:
+        total += part
+    return total
+
+
+def tall_product_and_gram(A, T, out=None):
+    """``(Q, Q^T Q)`` for ``Q = A @ T`` (:func:`tall_product`) in one pass: each row block's
+    product is multiplied by its own transpose while it is in cache (CholeskyQR's
+    ``Q <- Q R^{-1}`` then ``Q^T Q``: one read of A and one write of Q instead of three
+    passes over n x r). ``out`` may be ``A`` itself."""
+    n, m = A.shape[0], T.shape[1]
+    if out is None:
+        out = np.empty((n, m))
+    blocks = _tall_blocks(n, 2.0 * n * A.shape[1] * m)
+    if blocks is None:
+        out[...] = A @ T
+        return out, out.T @ out
+
+    def block(rows):
+        q = np.matmul(A[rows], T, out=out[rows])
+        return q.T @ q
+    parts = leaf_map(block, blocks)
+    total = parts[0]
+    for part in parts[1:]:
+        total += part
+    return out, total
 
 
 def _check_rows(A, B, what: str) -> None:

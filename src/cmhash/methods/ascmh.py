@@ -40,7 +40,7 @@ from ..base import TwoStepKernelHasher
 from ..labels import normalize_rows
 from ..progress import progress
 from ..solvers import (cross_product, orthogonal_zero_mean, procrustes, ridge_regression, sign,
-                       solve_psd)
+                       solve_psd, tall_cross, tall_product)
 
 __all__ = ["ASCMH", "ascmh_objective", "objective_constants"]
 
@@ -116,7 +116,7 @@ def v_step_target(G, LM_c, R, phis, Ps, lambdas, r: int) -> np.ndarray:
     ``-2 tr(Z^T V) + const``; the constant holds ``n ||L M||^2`` and ``n lambda_t ||P_t||^2``.
     """
     with single_threaded_blas():      # n x c x r: thin, memory-bound, one BLAS thread
-        Z = G @ (r * (LM_c @ np.asarray(R).T))
+        Z = tall_product(G, r * (LM_c @ np.asarray(R).T))
     with phase("products"):
         for lam, phi, P in zip(lambdas, phis, Ps):
             if lam:
@@ -297,8 +297,8 @@ class ASCMH(TwoStepKernelHasher):
             V = orthogonal_zero_mean(Z, rng)                            # (polar factor of Zc)
             del Z
             with phase("latent"), single_threaded_blas():
-                B = sign(L @ M, np.float64)                      # B-step
-                VtV, GtV, LtB = V.T @ V, G.T @ V, L.T @ B
+                B = sign(tall_product(L, M), np.float64)         # B-step
+                VtV, GtV, LtB = tall_cross(V, V), tall_cross(G, V), tall_cross(L, B)
             Vt_phis = [cross_product(V, phi) for phi in phis]           # reused by next P-step
             with phase("objective"), single_threaded_blas():
                 self.objective_.append(ascmh_objective(

@@ -55,7 +55,7 @@ from ..progress import progress
 from .._phases import phase
 from .._threads import single_threaded_blas
 from ..solvers import (cross_product, nuclear_norm, orthogonal_zero_mean, procrustes,
-                       ridge_regression, sign, solve_psd, svt)
+                       ridge_regression, sign, solve_psd, svt, tall_cross, tall_product)
 
 CONSTRAINTS = ("both", "balance", "decorrelation", "none")
 REGULARIZERS = ("nuclear", "frobenius")
@@ -201,12 +201,12 @@ class _Labels:
 
     def D_matmul(self, H):
         """``D H = 2 (Y^T Y~)(Y~^T H) - (Y^T 1)(1^T H)`` (c x k)."""
-        return 2.0 * self.YtYn @ (self.Yn.T @ H) - np.outer(self.Yt1, H.sum(axis=0))
+        return 2.0 * self.YtYn @ tall_cross(self.Yn, H) - np.outer(self.Yt1, H.sum(axis=0))
 
     def Dt_matmul(self, R):
         """``D^T R = S Y R = 2 Y~ ((Y^T Y~)^T R) - 1 ((Y^T 1)^T R)`` (n x k, one n-sized
         product and one in-place subtraction)."""
-        out = self.Yn @ (2.0 * (self.YtYn.T @ R))
+        out = tall_product(self.Yn, 2.0 * (self.YtYn.T @ R))
         out -= (self.Yt1 @ R)[None, :]
         return out
 
@@ -418,17 +418,17 @@ class ASFOH(TwoStepKernelHasher):
             H = update_H(Q, self.constraints, M, rng)
             del Q
             with phase("latent"), single_threaded_blas():
-                HtH = H.T @ H
+                HtH = tall_cross(H, H)
                 DH = lab.D_matmul(H)
             HtPhis = [cross_product(H, phi) for phi in phis]
             lagrangian("H")
             # B-step (Eq. 24)
             with phase("latent"), single_threaded_blas():
-                T = lab.Y @ (eta * R)
+                T = tall_product(lab.Y, eta * R)
                 T += self.omega * H
                 B = sign(T, np.float64)
                 del T
-                YtB = lab.Y.T @ B
+                YtB = tall_cross(lab.Y, B)
                 HB = float(np.einsum("ij,ij->", H, B))
             lagrangian("B")
             # P-step (Eq. 27) and J / Theta (Eq. 28), or ASFOH-NN's closed form

@@ -29,7 +29,8 @@ from .._validation import check_int, check_positive
 from ..base import TwoStepKernelHasher
 from ..labels import normalize_rows
 from ..progress import progress
-from ..solvers import cross_product, orthogonal_zero_mean, sign, solve_psd
+from ..solvers import (cross_product, orthogonal_zero_mean, sign, solve_psd, tall_cross,
+                       tall_product)
 
 
 class BATCH(TwoStepKernelHasher):
@@ -112,7 +113,7 @@ class BATCH(TwoStepKernelHasher):
             U_l = solve_psd(VtV_rho, VtL)                               # r x c
             # V-step: Z = r G (G^T B) + omega B + eta0 L U_l^T + sum_m eta_m phi_m U_m^T
             with phase("latent"), single_threaded_blas():   # thin products: 1 thread
-                Z = GL @ np.vstack([r * (G.T @ B), self.eta_label * U_l.T])
+                Z = tall_product(GL, np.vstack([r * tall_cross(G, B), self.eta_label * U_l.T]))
                 Z += self.omega * B
             with phase("products"):
                 for eta, phi, U in zip(etas, phis, Us):
@@ -121,7 +122,9 @@ class BATCH(TwoStepKernelHasher):
             del Z
             # B-step
             with phase("latent"), single_threaded_blas():
-                B = sign(G @ (r * (G.T @ V)) + self.omega * V, np.float64)
+                B = tall_product(G, r * tall_cross(G, V))
+                B += self.omega * V
+                B = sign(B, np.float64)
                 VtV, VtL = _latent_products(V, L)
             # V^T phi_m at the new V serves the objective now and the next U-step
             Vt_phis = [cross_product(V, phi) for phi in phis]
@@ -170,12 +173,13 @@ class _Constants:
 
 def _code_products(B, V, G):
     """``(B^T B, G^T B, G^T V, <B, V>, n)`` of the objective; a sum over row blocks."""
-    return (_codes_gram(B), G.T @ B, G.T @ V, float(np.einsum("ij,ij->", B, V)), B.shape[0])
+    return (_codes_gram(B), tall_cross(G, B), tall_cross(G, V),
+            float(np.einsum("ij,ij->", B, V)), B.shape[0])
 
 
 def _latent_products(V, L):
     """``V^T V`` (r x r) and ``V^T L`` (r x c) of the current V (U-step and objective)."""
-    return V.T @ V, V.T @ L
+    return tall_cross(V, V), tall_cross(V, L)
 
 
 def _codes_gram(B) -> np.ndarray:

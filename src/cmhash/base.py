@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ._io import atomic_write
+from ._memory import ordinary_pages
 from ._phases import phase
 from ._state_check import check_learned_state
 from ._validation import (check_distinct_label_sets, check_features, check_labels,
@@ -216,7 +217,8 @@ class CrossModalHasher:
         self._prepare_fit(views, names, Y.shape[1])
         rng = check_random_state(self.random_state)
         start = time.perf_counter()
-        self._fit(views, Y, rng)
+        with ordinary_pages():
+            self._fit(views, Y, rng)
         self.train_seconds_ = time.perf_counter() - start
         self.paired_ = True
         self.training_data_fingerprint_ = training_data_fingerprint(views, Y)
@@ -264,7 +266,8 @@ class CrossModalHasher:
         self._prepare_fit(views, names, c)
         rng = check_random_state(self.random_state)
         start = time.perf_counter()
-        self._fit_unpaired(views, Ys, rng)
+        with ordinary_pages():
+            self._fit_unpaired(views, Ys, rng)
         self.train_seconds_ = time.perf_counter() - start
         self.paired_ = False
         self.training_data_fingerprint_ = training_data_fingerprint(views, Ys)
@@ -359,6 +362,14 @@ class CrossModalHasher:
         X = self._check_query(X, m)
         if X.shape[0] == 0:
             return np.zeros((0, self._code_length(m, t)), dtype=np.int8)
+        with ordinary_pages():
+            codes, far = self._encode_chunks(X, m, t)
+        warn_if_far_from_training(codes, far, X, f"{type(self).__name__}.encode "
+                                                 f"({self.modality_names_[m]!r})")
+        return codes
+
+    def _encode_chunks(self, X, m, t):
+        """``(codes, far)`` of all rows of ``X``, chunk by chunk (:meth:`encode`)."""
         # a lazy image source is read batch by batch anyway: chunks only bound the outputs
         rows = ENCODE_CHUNK_ROWS if is_image_source(X) else encode_chunk_rows(X.shape[1:])
         first, far = self._encode_and_flag(X[:rows], m, t)
@@ -373,9 +384,7 @@ class CrossModalHasher:
                 if far is not None:
                     far.append(f)
             far = None if far is None else np.concatenate(far)
-        warn_if_far_from_training(codes, far, X, f"{type(self).__name__}.encode "
-                                                 f"({self.modality_names_[m]!r})")
-        return codes
+        return codes, far
 
     def _encode_and_flag(self, X, m, task):
         """``(codes, far)`` of one chunk: ``far`` is a boolean mask of the rows whose features

@@ -1,7 +1,8 @@
 """How close the shallow fits run to this machine's floating-point bound (issue 14).
 
     python benchmarks/roofline.py [--n 184577] [--bits 32 64] [--methods batch ascmh asfoh amsh]
-                                  [--repeats 2] [--seed 0] [--json out.json]
+                                  [--repeats 2] [--seed 0] [--memory cold|warm] [--ceilings]
+                                  [--json out.json]
 
 For BATCH, ASCMH, ASFOH and AMSH (default hyper-parameters) on the ``nuswide-like`` synthetic
 preset (two sparse bag-of-words modalities, 500-d / 1,000-d, 10 labels), trained on ``n``
@@ -23,7 +24,10 @@ items, the script
    everything in process CPU seconds instead of wall seconds (meaningful with ``--threads 1``
    on a machine shared with other jobs: time-slicing then cancels out of the ratios);
 4. reports per phase and overall: seconds, GFLOP, achieved GFLOP/s and
-   ``efficiency = (work / seconds) / GEMM throughput``.
+   ``efficiency = (work / seconds) / GEMM throughput``;
+5. with ``--ceilings``, times the kernel pass, the thin products and the Gram matrices alone
+   with the library calls the fit makes, on the fit's shapes (:func:`library_ceilings`), and
+   reports ``ceiling_efficiency``: the whole fit's efficiency if every other phase were free.
 
 Which GEMM throughput: a phase's work is measured against the GEMM of the precision it runs in
 (``PHASE_PRECISION``): the products with the float32 kernel features against float32 GEMM,

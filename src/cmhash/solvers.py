@@ -239,11 +239,7 @@ def _gram_of_tall_product(A, T) -> np.ndarray:
     blocks = _tall_blocks(A.shape[0], 2.0 * A.shape[0] * A.shape[1] * T.shape[1])
     if blocks is None:
         return gram_of_product(A, T)
-    parts = leaf_map(lambda rows: gram_of_product(A[rows], T), blocks)
-    total = parts[0]
-    for part in parts[1:]:
-        total += part
-    return total
+    return _sum_in_order(leaf_map(lambda rows: gram_of_product(A[rows], T), blocks))
 
 
 def gram_of_product(A, T) -> np.ndarray:
@@ -445,7 +441,13 @@ def tall_cross(A, B) -> np.ndarray:
     if blocks is None:
         return A.T @ B
     same = B is A
-    parts = leaf_map(lambda rows: A[rows].T @ (A[rows] if same else B[rows]), blocks)
+    return _sum_in_order(leaf_map(lambda rows: A[rows].T @ (A[rows] if same else B[rows]),
+                                  blocks))
+
+
+def _sum_in_order(parts):
+    """The sum of the row blocks' partial results, added in block order (so the result does
+    not depend on which thread finished first)."""
     total = parts[0]
     for part in parts[1:]:
         total += part
@@ -468,11 +470,7 @@ def tall_product_and_gram(A, T, out=None):
     def block(rows):
         q = np.matmul(A[rows], T, out=out[rows])
         return q.T @ q
-    parts = leaf_map(block, blocks)
-    total = parts[0]
-    for part in parts[1:]:
-        total += part
-    return out, total
+    return out, _sum_in_order(leaf_map(block, blocks))
 
 
 def _check_rows(A, B, what: str) -> None:

@@ -144,6 +144,9 @@ def keep_freed_memory() -> bool:
     except OSError:
         return False
     m_trim_threshold, m_mmap_max = -1, -4
+    # the fits' own scoped reuse (cmhash._memory.ordinary_pages) would restore glibc's
+    # thresholds after every fit: keep this process-wide setting instead
+    os.environ["CMHASH_MALLOC_REUSE"] = "0"
     return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2 ** 31 - 1))
 
 

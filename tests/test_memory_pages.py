@@ -95,3 +95,57 @@ def test_a_fit_and_an_encoding_run_with_ordinary_pages_and_give_the_same_codes(
     assert {flag for _, flag in seen} == {True}
     assert np.array_equal(again.codes_, fitted.codes_)
     assert np.array_equal(again.encode(ds.views("query")[0], 0), codes)
+
+
+class _FakeLibc:
+    def __init__(self):
+        self.calls = []
+
+    def mallopt(self, param, value):
+        self.calls.append(("mallopt", param, value))
+        return 1
+
+    def malloc_trim(self, pad):
+        self.calls.append(("malloc_trim", pad))
+        return 1
+
+
+def test_freed_memory_is_kept_inside_and_released_after(monkeypatch):
+    libc = _FakeLibc()
+    monkeypatch.setattr(memory, "_glibc", lambda: libc)
+    monkeypatch.setattr(memory, "huge_page_requests_stall", lambda: False)
+    with memory.ordinary_pages():
+        assert libc.calls == [("mallopt", memory.M_MMAP_MAX, 0),
+                              ("mallopt", memory.M_TRIM_THRESHOLD, 2 ** 31 - 1)]
+        with memory.ordinary_pages():                 # nested: no second setting
+            pass
+        assert len(libc.calls) == 2
+    assert libc.calls[2:] == [
+        ("mallopt", memory.M_MMAP_MAX, memory.DEFAULT_MMAP_MAX),
+        ("mallopt", memory.M_MMAP_THRESHOLD, memory.DYNAMIC_MMAP_THRESHOLD_MAX),
+        ("mallopt", memory.M_TRIM_THRESHOLD, 2 * memory.DYNAMIC_MMAP_THRESHOLD_MAX),
+        ("malloc_trim", 0)]
+
+
+def test_malloc_reuse_off_in_the_environment(monkeypatch):
+    libc = _FakeLibc()
+    monkeypatch.setattr(memory, "_glibc", lambda: libc)
+    monkeypatch.setenv("CMHASH_MALLOC_REUSE", "0")
+    with memory.ordinary_pages():
+        pass
+    assert libc.calls == []
+
+
+def test_large_arrays_in_worker_threads_allocate_while_mmap_is_off():
+    """glibc with M_MMAP_MAX = 0: a thread's arena still maps what its heap cannot hold."""
+    import threading
+    got = []
+
+    def worker():
+        got.append(float(np.ones((96 << 20) // 8).sum()))
+    with memory.ordinary_pages():
+        t = threading.Thread(target=worker)
+        t.start()
+        t.join(30)
+        got.append(float(np.ones((80 << 20) // 8).sum()))
+    assert got == [(96 << 20) / 8, (80 << 20) / 8]

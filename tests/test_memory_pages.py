@@ -81,6 +81,8 @@ def test_a_fit_and_an_encoding_run_with_ordinary_pages_and_give_the_same_codes(
     for what in ("fit_transform", "transform"):
         monkeypatch.setattr(kernel.RBFAnchorFeatures, what,
                             spying(getattr(kernel.RBFAnchorFeatures, what), what))
+    import cmhash.base as base
+    monkeypatch.setattr(base, "ENCODE_ORDINARY_PAGES_ROWS", 1)
     monkeypatch.setattr(memory, "huge_page_requests_stall", lambda: True)
     set_(True)
     fitted = make_hasher("batch", n_bits=8, random_state=0).fit_views(
@@ -149,3 +151,22 @@ def test_large_arrays_in_worker_threads_allocate_while_mmap_is_off():
         t.join(30)
         got.append(float(np.ones((80 << 20) // 8).sum()))
     assert got == [(96 << 20) / 8, (80 << 20) / 8]
+
+
+def test_a_small_encode_leaves_the_process_settings_alone(monkeypatch, restore_numpy_setting):
+    """A service's one-query encodes skip ordinary_pages (no mallopt / malloc_trim per call)."""
+    from cmhash.base import ENCODE_ORDINARY_PAGES_ROWS, make_hasher
+    from cmhash.data import load_dataset
+    ds = load_dataset("synthetic:nuswide-like", random_state=0, n_train=300)
+    fitted = make_hasher("batch", n_bits=8, random_state=0).fit_views(
+        ds.views("train"), ds.labels_of("train"), names=ds.modality_names)
+    entered = []
+    real = memory.ordinary_pages
+    import cmhash.base as base
+    monkeypatch.setattr(base, "ordinary_pages", lambda: entered.append(1) or real())
+    X = ds.views("train")[0]
+    fitted.encode(X[:1], 0)
+    assert entered == []
+    big = X[np.arange(ENCODE_ORDINARY_PAGES_ROWS) % X.shape[0]]
+    fitted.encode(big, 0)
+    assert entered == [1]

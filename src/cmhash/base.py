@@ -14,6 +14,7 @@ import inspect
 import json
 import os
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -102,6 +103,9 @@ def get_method(name: str):
 #: for one chunk's intermediate features (kernel features, standardised inputs) plus the codes
 ENCODE_CHUNK_ROWS = 16384
 ENCODE_CHUNK_ELEMENTS = 1 << 24
+#: encode() runs inside _memory.ordinary_pages() from this many rows on (batch encoding);
+#: smaller calls (a service's queries) leave the process-wide allocator settings alone
+ENCODE_ORDINARY_PAGES_ROWS = 4096
 
 
 def encode_chunk_rows(sample_shape) -> int:
@@ -362,7 +366,10 @@ class CrossModalHasher:
         X = self._check_query(X, m)
         if X.shape[0] == 0:
             return np.zeros((0, self._code_length(m, t)), dtype=np.int8)
-        with ordinary_pages():
+        # large batches only: a service's one-query encodes skip the process-wide settings
+        # (and the malloc_trim on leaving them)
+        large = X.shape[0] >= ENCODE_ORDINARY_PAGES_ROWS
+        with ordinary_pages() if large else nullcontext():
             codes, far = self._encode_chunks(X, m, t)
         warn_if_far_from_training(codes, far, X, f"{type(self).__name__}.encode "
                                                  f"({self.modality_names_[m]!r})")

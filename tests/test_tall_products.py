@@ -25,9 +25,13 @@ def _tall(seed, n=500, k=6, m=4):
 
 def test_the_small_path_is_one_product():
     A, T, B = _tall(0)
-    assert solvers._tall_blocks(A.shape[0], 2.0 * A.size * 4) is None
+    assert solvers._tall_blocks(A.shape[0], 2.0 * A.size * 4) == [slice(0, A.shape[0])]
     assert np.array_equal(tall_product(A, T), A @ T)
     assert np.array_equal(tall_cross(A, B), A.T @ B)
+    assert np.array_equal(tall_cross(A, A), A.T @ A)
+    Q, C = tall_product_and_gram(A, T)
+    AT = A @ T
+    assert np.array_equal(Q, AT) and np.array_equal(C, AT.T @ AT)
 
 
 def test_blocked_products_equal_the_direct_ones(blocked):

@@ -237,8 +237,6 @@ def _gram_of_tall_product(A, T) -> np.ndarray:
     """``(A T)^T (A T)`` without the n x m product: :func:`gram_of_product` of each row block
     (in cache), summed in block order on all cores."""
     blocks = _tall_blocks(A.shape[0], 2.0 * A.shape[0] * A.shape[1] * T.shape[1])
-    if blocks is None:
-        return gram_of_product(A, T)
     return _sum_in_order(leaf_map(lambda rows: gram_of_product(A[rows], T), blocks))
 
 
@@ -351,7 +349,7 @@ def _polar_via_gram(Zc, gram=None, scale: float = 1.0):
     # second pass folded into the last product: polar = (Q R2^{-1}) U_R W_R^T, R = R2 R1
     U, _, Wt = np.linalg.svd(R2 @ R1)
     T = sla.solve_triangular(R2, eye, lower=False, check_finite=False) @ (U @ Wt)
-    return tall_product(Q, scale * T if scale != 1.0 else T, out=Q)
+    return tall_product(Q, scale * T, out=Q)
 
 
 @timed("small")
@@ -404,12 +402,13 @@ TALL_BLOCK_ROWS = 8192
 
 
 def _tall_blocks(n: int, work: float):
-    """The fixed row blocks of a tall product of ``work`` flops, or None when it is small
-    enough to be one BLAS call (``LATENCY_BOUND_FLOPS``: Wiki-size fits keep one call). The
-    blocks depend on the shape only, so the result does not depend on how many threads run
-    them."""
-    return row_blocks(n, TALL_BLOCK_ROWS) if work > LATENCY_BOUND_FLOPS and \
-        n > TALL_BLOCK_ROWS else None
+    """The fixed row blocks of a tall product of ``work`` flops: one block of all rows when it
+    is small enough to be one BLAS call in the caller's thread (``LATENCY_BOUND_FLOPS``:
+    Wiki-size fits keep one call). The blocks depend on the shape only, so the result does
+    not depend on how many threads run them."""
+    if work > LATENCY_BOUND_FLOPS and n > TALL_BLOCK_ROWS:
+        return row_blocks(n, TALL_BLOCK_ROWS)
+    return [slice(0, n)]
 
 
 def tall_product(A, T, out=None) -> np.ndarray:
@@ -424,11 +423,8 @@ def tall_product(A, T, out=None) -> np.ndarray:
     n = A.shape[0]
     if out is None:
         out = np.empty((n, T.shape[1]), dtype=np.result_type(A, T))
-    blocks = _tall_blocks(n, 2.0 * n * A.shape[1] * T.shape[1])
-    if blocks is None:
-        out[...] = A @ T
-        return out
-    leaf_map(lambda rows: np.matmul(A[rows], T, out=out[rows]), blocks)
+    leaf_map(lambda rows: np.matmul(A[rows], T, out=out[rows]),
+             _tall_blocks(n, 2.0 * n * A.shape[1] * T.shape[1]))
     return out
 
 
@@ -437,12 +433,9 @@ def tall_cross(A, B) -> np.ndarray:
     row blocks' products in block order on all cores (:func:`tall_product`); ``A^T A`` when
     ``B`` is ``A`` (BLAS syrk per block)."""
     n = A.shape[0]
-    blocks = _tall_blocks(n, 2.0 * n * A.shape[1] * B.shape[1])
-    if blocks is None:
-        return A.T @ B
     same = B is A
     return _sum_in_order(leaf_map(lambda rows: A[rows].T @ (A[rows] if same else B[rows]),
-                                  blocks))
+                                  _tall_blocks(n, 2.0 * n * A.shape[1] * B.shape[1])))
 
 
 def _sum_in_order(parts):
@@ -462,15 +455,11 @@ def tall_product_and_gram(A, T, out=None):
     n, m = A.shape[0], T.shape[1]
     if out is None:
         out = np.empty((n, m))
-    blocks = _tall_blocks(n, 2.0 * n * A.shape[1] * m)
-    if blocks is None:
-        out[...] = A @ T
-        return out, out.T @ out
 
     def block(rows):
         q = np.matmul(A[rows], T, out=out[rows])
         return q.T @ q
-    return out, _sum_in_order(leaf_map(block, blocks))
+    return out, _sum_in_order(leaf_map(block, _tall_blocks(n, 2.0 * n * A.shape[1] * m)))
 
 
 def _check_rows(A, B, what: str) -> None:
